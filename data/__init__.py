@@ -1,0 +1,1 @@
+"""Images, homographies and pairs: everything the evaluation and training read."""

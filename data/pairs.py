@@ -1,0 +1,217 @@
+"""Image pairs: pairs files (official pose format or homography format) and fixed synthetic evaluation pairs.
+
+Pairs file lines:
+  name0 name1                                         (no ground truth)
+  name0 name1 h11 h12 h13 h21 h22 h23 h31 h32 h33     (H maps pixels of image0 to image1, images as stored)
+  name0 name1 rot0 rot1 K0(9) K1(9) T_0to1(16)        (the official pose format)
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from helper import InputError, atomic_path, read_image, resize_to
+
+from .homographies import HomographyConfig, crop_resize, sample_homography, warp_image
+from .images import ImageSource, readable_images
+
+
+@dataclass
+class Pair:
+    """Two image names and their ground truth, if any, for the images as stored."""
+
+    name0: str
+    name1: str
+    H: np.ndarray | None = None  # 3×3, image0 pixels -> image1 pixels
+    K0: np.ndarray | None = None
+    K1: np.ndarray | None = None
+    T_0to1: np.ndarray | None = None
+    rot0: int = 0
+    rot1: int = 0
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return "homography" if self.H is not None else "pose" if self.T_0to1 is not None else "none"
+
+    @property
+    def stems(self) -> tuple[str, str]:
+        return Path(self.name0).stem, Path(self.name1).stem
+
+    def line(self) -> str:
+        """This pair as a pairs-file line (full float64 precision)."""
+        fmt = lambda a: " ".join(repr(float(v)) for v in np.asarray(a).ravel())  # noqa: E731
+        if self.kind == "homography":
+            return f"{self.name0} {self.name1} {fmt(self.H)}"
+        if self.kind == "pose":
+            return f"{self.name0} {self.name1} {self.rot0} {self.rot1} {fmt(self.K0)} {fmt(self.K1)} {fmt(self.T_0to1)}"
+        return f"{self.name0} {self.name1}"
+
+
+def parse_pair_line(line: str, where: str) -> Pair:
+    """One pairs-file line -> Pair; a malformed line raises InputError naming ``where`` (file:line)."""
+    parts = line.split()
+    try:
+        if len(parts) == 2:
+            return Pair(parts[0], parts[1])
+        if len(parts) == 11:
+            H = np.array(parts[2:], np.float64).reshape(3, 3)
+            if not np.all(np.isfinite(H)) or abs(np.linalg.det(H)) < 1e-12:
+                raise ValueError("the homography is not finite and invertible")
+            return Pair(parts[0], parts[1], H=H)
+        if len(parts) == 38:
+            return Pair(parts[0], parts[1], rot0=int(parts[2]), rot1=int(parts[3]),
+                        K0=np.array(parts[4:13], np.float64).reshape(3, 3),
+                        K1=np.array(parts[13:22], np.float64).reshape(3, 3),
+                        T_0to1=np.array(parts[22:], np.float64).reshape(4, 4))
+    except ValueError as e:
+        raise InputError(f"{where}: malformed pair line ({e})") from None
+    raise InputError(f"{where}: expected 2, 11 (homography) or 38 (pose) fields, got {len(parts)}")
+
+
+def read_pairs(path: str | os.PathLike) -> list[Pair]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"pairs file not found: {path}")
+    pairs = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            pairs.append(parse_pair_line(line, f"{path}:{i}"))
+    if not pairs:
+        raise InputError(f"pairs file {path} has no pairs")
+    return pairs
+
+
+def write_pairs(path: str | os.PathLike, pairs: Sequence[Pair]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(p.line() + "\n" for p in pairs))
+
+
+class PairSet(Sequence):
+    """Pairs plus the images they refer to, at evaluation resolution, with ground truth in that resolution."""
+
+    ident = ""
+    pairs: list[Pair]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i):
+        return self.pairs[i]
+
+    def image(self, pair: Pair, i: int) -> tuple[str, np.ndarray]:
+        """(cache key, RGB uint8 image) of image ``i`` (0 or 1) of ``pair``."""
+        raise NotImplementedError
+
+    def ground_truth(self, pair: Pair) -> Pair:
+        """The pair with its ground truth expressed for the images that ``image`` returns."""
+        return pair
+
+
+class SyntheticPairs(PairSet):
+    """A fixed list of homography pairs: each photo (cropped to size) against seeded random warps of it.
+
+    The same source, size, seed and settings give the same pairs on any machine.
+    """
+
+    def __init__(self, source: ImageSource, names: list[str], num_pairs: int, size: tuple[int, int] = (640, 480),
+                 seed: int = 0, homography: HomographyConfig | None = None):
+        self.source, self.size, self.seed = source, tuple(size), seed
+        self.homography = homography or HomographyConfig()
+        self._images: dict[str, np.ndarray] = {}
+        usable = [name for name, img in readable_images(source, names) if self._keep(name, img)]
+        if not usable:
+            raise InputError(f"no readable images among {len(names)} in {source.ident}")
+        self.pairs = []
+        for i in range(num_pairs):
+            name = usable[i % len(usable)]
+            H = sample_homography(np.random.default_rng([seed, i]), self.size, self.homography)
+            warped = f"{Path(name).stem}_warp{i:04d}.png"
+            self.pairs.append(Pair(name, warped, H=H, meta={"index": i}))
+        self.ident = f"synthetic:{source.ident}:{self.size}:{seed}:{sorted(self.homography.as_dict().items())}"
+
+    def _keep(self, name: str, image: np.ndarray) -> bool:
+        self._images[name] = crop_resize(image, self.size)
+        return True
+
+    def image(self, pair: Pair, i: int) -> tuple[str, np.ndarray]:
+        base = self._images[pair.name0]
+        if i == 0:
+            return f"{self.ident}:{pair.name0}", base
+        return f"{self.ident}:{pair.name1}", warp_image(base, pair.H, self.size)
+
+    def export(self, folder: str | os.PathLike, pairs_file: str = "pairs.txt") -> Path:
+        """Write the images and a homography pairs file, so ``match_pairs.py`` reproduces any result."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        written = set()
+        for pair in self.pairs:
+            for i, name in enumerate((pair.name0, pair.name1)):
+                out = folder / Path(name).with_suffix(".png").name
+                if out.name in written:
+                    continue
+                with atomic_path(out) as tmp:
+                    ok, buf = cv2.imencode(".png", cv2.cvtColor(self.image(pair, i)[1], cv2.COLOR_RGB2BGR))
+                    tmp.write_bytes(buf.tobytes())
+                written.add(out.name)
+        exported = [Pair(Path(p.name0).with_suffix(".png").name, p.name1, H=p.H) for p in self.pairs]
+        write_pairs(folder / pairs_file, exported)
+        return folder / pairs_file
+
+
+class FilePairs(PairSet):
+    """Pairs from a pairs file with images in a folder, resized like the official match_pairs.py."""
+
+    def __init__(self, pairs: list[Pair], input_dir: str | os.PathLike, resize: Sequence[int] = (640, 480),
+                 resize_float: bool = False):
+        self.pairs, self.input_dir = pairs, Path(input_dir)
+        self.resize, self.resize_float = list(resize), resize_float
+        self.ident = f"files:{self.input_dir.resolve()}:{self.resize}:{resize_float}"
+        self._scales: dict[str, tuple[float, float]] = {}
+
+    def load(self, name: str, rotation: int = 0) -> np.ndarray:
+        image = read_image(self.input_dir / name)
+        h, w = image.shape[:2]
+        image = resize_to(image, self.resize, self.resize_float)
+        self._scales[name] = (w / image.shape[1], h / image.shape[0])
+        if rotation:
+            image = np.ascontiguousarray(np.rot90(image, k=rotation))
+        return image
+
+    def image(self, pair: Pair, i: int) -> tuple[str, np.ndarray]:
+        name, rot = (pair.name0, pair.rot0) if i == 0 else (pair.name1, pair.rot1)
+        image = self.load(name, rot)
+        if image.dtype != np.uint8:  # --resize_float keeps float precision
+            image = np.clip(image, 0, 255)
+        return f"{self.ident}:{name}:{rot}", image
+
+    def scales(self, name: str) -> tuple[float, float]:
+        """(original / resized) width and height factors of an image (reads it once if needed)."""
+        if name not in self._scales:
+            self.load(name)
+        return self._scales[name]
+
+    def ground_truth(self, pair: Pair) -> Pair:
+        if pair.kind == "homography":
+            s0, s1 = self.scales(pair.name0), self.scales(pair.name1)
+            S0 = np.diag([s0[0], s0[1], 1.0])
+            S1_inv = np.diag([1 / s1[0], 1 / s1[1], 1.0])
+            # Resized pixels are mapped with the centre convention of the resize: x_orig = s * x.
+            return Pair(pair.name0, pair.name1, H=S1_inv @ pair.H @ S0, meta=pair.meta)
+        if pair.kind == "pose":
+            # As the official code: the scales are swapped for odd rotations before scaling K.
+            s0 = self.scales(pair.name0)[:: -1 if pair.rot0 % 2 else 1]
+            s1 = self.scales(pair.name1)[:: -1 if pair.rot1 % 2 else 1]
+            return Pair(pair.name0, pair.name1, K0=scale_intrinsics(pair.K0, s0), K1=scale_intrinsics(pair.K1, s1),
+                        T_0to1=pair.T_0to1, rot0=pair.rot0, rot1=pair.rot1, meta=pair.meta)
+        return pair
+
+
+def scale_intrinsics(K: np.ndarray, scales: tuple[float, float]) -> np.ndarray:
+    """Intrinsics of an image resized by 1/scales (as the official code)."""
+    return np.diag([1.0 / scales[0], 1.0 / scales[1], 1.0]) @ K

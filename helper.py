@@ -1,0 +1,151 @@
+"""Small shared utilities: seeding, device, image I/O, atomic writes, timing, one-line CLI errors."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import cv2
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+class InputError(ValueError):
+    """Bad user input (missing file, corrupt image, malformed line); its message is one line for the user."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(force_cpu: bool = False) -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() and not force_cpu else "cpu")
+
+
+def decode_image(data: bytes, what: str) -> np.ndarray:
+    """Decode encoded image bytes to an RGB uint8 array; ``what`` names the source in the error."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise InputError(f"cannot decode image {what}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as RGB uint8; missing or corrupt files raise InputError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"image not found: {path}")
+    return decode_image(path.read_bytes(), str(path))
+
+
+def resize_to(image: np.ndarray, resize: list[int] | tuple[int, ...], resize_float: bool = False) -> np.ndarray:
+    """Resize like the official match_pairs.py: [W, H] exactly, [max_dim] keeping the aspect, or [-1] not at all."""
+    h, w = image.shape[:2]
+    if len(resize) == 2:
+        w_new, h_new = resize
+    elif len(resize) == 1 and resize[0] > 0:
+        scale = resize[0] / max(h, w)
+        w_new, h_new = int(round(w * scale)), int(round(h * scale))
+    elif len(resize) == 1 and resize[0] == -1:
+        return image
+    else:
+        raise InputError(f"--resize takes one or two numbers (or -1), got {list(resize)}")
+    if (w_new, h_new) == (w, h):
+        return image
+    if resize_float:
+        return cv2.resize(image.astype(np.float32), (w_new, h_new))
+    return cv2.resize(image, (w_new, h_new), interpolation=cv2.INTER_AREA)
+
+
+def to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """H×W×3 (or H×W) image in 0..255 -> 1×C×H×W float tensor in [0, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(image)).float() / 255.0
+    t = t[None] if t.ndim == 2 else t.permute(2, 0, 1)
+    return t[None].to(device)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; it replaces ``path`` only if the block finishes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return float(x) if np.isfinite(x) else str(float(x))  # JSON has no inf/nan
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_jsonable(obj), indent=2) + "\n")
+
+
+def write_csv(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None:
+    rows = list(rows)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        fields = list(dict.fromkeys(k for row in rows for k in row))
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+class Timer:
+    """Context manager measuring wall time in seconds (synchronising CUDA when used)."""
+
+    def __enter__(self) -> "Timer":
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.seconds = time.perf_counter() - self.start
+
+
+def run_cli(main: Callable[[], Any]) -> None:
+    """Run a command-line ``main``: known errors become one line on stderr and exit status 2."""
+    from models.weights import WeightsError
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        main()
+    except (InputError, WeightsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,202 @@
+"""Match image pairs and evaluate them: the official SuperGlue command line, extended to the whole zoo.
+
+    python match_pairs.py --eval --viz          # offline: sample pairs, the default matcher
+    python match_pairs.py --input_pairs pairs.txt --input_dir images/ --matcher sift+nn --eval
+    python match_pairs.py --checkpoint runs/demo/pruned.pth --input_pairs ... --eval
+
+Pairs files take the official pose format or the homography format (see data/pairs.py). Outputs per pair
+are named as the official script names them: {stem0}_{stem1}_matches.npz and, with --eval,
+{stem0}_{stem1}_evaluation.npz.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data.pairs import FilePairs, read_pairs
+from evaluate import (HOMOGRAPHY_THRESHOLDS, POSE_THRESHOLDS, pair_metrics, predict, summarize, symmetric_reprojection_error,
+                      synthetic_pairs)
+from helper import InputError, atomic_path, pick_device, run_cli
+from models.matching import Matcher, available_matchers, build_matcher
+from models.weights import WeightsError, resolve_weights
+from visualizations import make_matching_plot, match_colors
+
+logger = logging.getLogger("match_pairs")
+torch.set_grad_enabled(False)
+
+
+def official_weights_available(superglue: str = "indoor") -> bool:
+    """Whether the official SuperPoint and SuperGlue weights are on this machine (no download attempted)."""
+    try:
+        resolve_weights("superpoint_v1", allow_download=False)
+        resolve_weights(f"superglue_{superglue}", allow_download=False)
+        return True
+    except WeightsError:
+        return False
+
+
+def build_from_args(args: argparse.Namespace) -> Matcher:
+    """The matcher the flags ask for; superpoint+superglue by default when its weights are local."""
+    if getattr(args, "checkpoint", None):
+        from models.checkpoint import load_checkpoint
+
+        matcher = load_checkpoint(args.checkpoint)
+        logger.info("using %s from checkpoint %s", matcher.name, args.checkpoint)
+        return matcher
+    superglue = getattr(args, "superglue", "indoor")
+    name = args.matcher
+    if name is None:
+        name = "superpoint+superglue" if official_weights_available(superglue) else "aliked+lightglue"
+        if name == "aliked+lightglue":
+            logger.info("official SuperPoint/SuperGlue weights are not available locally: using aliked+lightglue")
+    logger.info("using matcher %s", name)
+    if name == "superpoint+superglue":
+        config = {"superpoint": {"nms_radius": getattr(args, "nms_radius", 4),
+                                 "keypoint_threshold": getattr(args, "keypoint_threshold", 0.005),
+                                 "max_keypoints": args.max_keypoints},
+                  "superglue": {"weights": superglue, "sinkhorn_iterations": getattr(args, "sinkhorn_iterations", 20),
+                                "match_threshold": getattr(args, "match_threshold", 0.2)}}
+    else:
+        config = {"detector": {"max_keypoints": args.max_keypoints}}
+    return build_matcher(name, config)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Image pair matching and evaluation",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--input_pairs", default="sample",
+                   help="pairs file, or 'sample': fixed homography pairs of the sample photos, exported first")
+    p.add_argument("--input_dir", default=None, help="folder of the images (default: the pairs file's folder)")
+    p.add_argument("--output_dir", default="dump_match_pairs/")
+    p.add_argument("--max_length", type=int, default=-1, help="maximum number of pairs to evaluate")
+    p.add_argument("--resize", type=int, nargs="+", default=[640, 480],
+                   help="two numbers: exact W H; one: max dimension; -1: no resize")
+    p.add_argument("--resize_float", action="store_true", help="resize after casting uint8 to float")
+    p.add_argument("--matcher", default=None, choices=available_matchers(),
+                   help="default: superpoint+superglue when its weights are local, else aliked+lightglue")
+    p.add_argument("--checkpoint", default=None, help="a pruned or quantized model written by this project")
+    p.add_argument("--superglue", choices=["indoor", "outdoor"], default="indoor", help="SuperGlue weights")
+    p.add_argument("--max_keypoints", type=int, default=1024, help="maximum keypoints per image (-1: all)")
+    p.add_argument("--keypoint_threshold", type=float, default=0.005, help="SuperPoint detector threshold")
+    p.add_argument("--nms_radius", type=int, default=4, help="SuperPoint NMS radius")
+    p.add_argument("--sinkhorn_iterations", type=int, default=20, help="SuperGlue Sinkhorn iterations")
+    p.add_argument("--match_threshold", type=float, default=0.2, help="SuperGlue match threshold")
+    p.add_argument("--viz", action="store_true", help="visualise the matches and write the plots")
+    p.add_argument("--eval", action="store_true", help="evaluate (needs homography or pose ground truth)")
+    p.add_argument("--fast_viz", action="store_true", help="faster visualisation with OpenCV")
+    p.add_argument("--cache", action="store_true", help="reuse existing _matches.npz files")
+    p.add_argument("--show_keypoints", action="store_true", help="plot the keypoints too")
+    p.add_argument("--viz_extension", default="png", choices=["png", "pdf"])
+    p.add_argument("--shuffle", action="store_true", help="shuffle the pairs before processing")
+    p.add_argument("--force_cpu", action="store_true")
+    args = p.parse_args(argv)
+    if args.fast_viz and not args.viz:
+        raise InputError("--fast_viz needs --viz")
+    if args.fast_viz and args.viz_extension == "pdf":
+        raise InputError("--fast_viz cannot write pdf")
+    if len(args.resize) == 2 and args.resize[1] == -1:
+        args.resize = args.resize[:1]
+    if len(args.resize) > 2:
+        raise InputError("--resize takes at most two numbers")
+    return args
+
+
+def save_npz(path: Path, **arrays) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    output_dir = Path(args.output_dir)
+    if args.input_pairs == "sample":
+        pairs_file = synthetic_pairs("sample", num_pairs=30, size=(640, 480)).export(output_dir / "sample_pairs")
+        input_dir = Path(args.input_dir or pairs_file.parent)
+        logger.info("exported the sample pairs to %s", pairs_file)
+    else:
+        pairs_file, input_dir = Path(args.input_pairs), Path(args.input_dir or Path(args.input_pairs).parent)
+    pairs = read_pairs(pairs_file)
+    if args.max_length > -1:
+        pairs = pairs[: args.max_length]
+    if args.shuffle:
+        random.Random(0).shuffle(pairs)
+    if args.eval:
+        missing = [p for p in pairs if p.kind == "none"]
+        if missing:
+            raise InputError(f"--eval needs ground truth, but {pairs_file} has pairs without it "
+                             f"(e.g. '{missing[0].name0} {missing[0].name1}')")
+    pairset = FilePairs(pairs, input_dir, args.resize, args.resize_float)
+    device = pick_device(args.force_cpu)
+    matcher = build_from_args(args).to(device)
+    print(f"Matching {len(pairs)} pairs from {pairs_file} with {matcher.name} on {device}; "
+          f"writing to {output_dir}")
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    rows = {"homography": [], "pose": []}
+    for pair in tqdm(pairs, desc="pairs"):
+        stem0, stem1 = pair.stems
+        matches_path = output_dir / f"{stem0}_{stem1}_matches.npz"
+        if args.cache and matches_path.exists():
+            try:
+                saved = np.load(matches_path)
+                pred = {"keypoints0": saved["keypoints0"], "keypoints1": saved["keypoints1"],
+                        "matches0": saved["matches"], "matching_scores0": saved["match_confidence"]}
+            except (OSError, KeyError, ValueError) as e:
+                raise InputError(f"cannot load cached matches {matches_path}: {e}") from None
+        else:
+            pred = predict(matcher, pairset, pair, device=device)
+            save_npz(matches_path, keypoints0=pred["keypoints0"], keypoints1=pred["keypoints1"],
+                     matches=pred["matches0"], match_confidence=pred["matching_scores0"])
+        need_images = args.eval or args.viz
+        image0 = pairset.image(pair, 0)[1] if need_images else None
+        image1 = pairset.image(pair, 1)[1] if need_images else None
+
+        correct, text = None, [matcher.name, f"Keypoints: {len(pred['keypoints0'])}:{len(pred['keypoints1'])}",
+                               f"Matches: {int((pred['matches0'] > -1).sum())}"]
+        if args.eval:
+            gt = pairset.ground_truth(pair)
+            metrics = pair_metrics(gt, pred, image0.shape, image1.shape)
+            rows[gt.kind].append(metrics)
+            if gt.kind == "homography":
+                save_npz(output_dir / f"{stem0}_{stem1}_evaluation.npz",
+                         **{k: metrics[k] for k in ("precision", "recall", "matching_score", "num_correct",
+                                                    "corner_error")})
+                valid = pred["matches0"] > -1
+                correct = symmetric_reprojection_error(pred["keypoints0"][valid],
+                                                       pred["keypoints1"][pred["matches0"][valid]], gt.H) < 3.0
+                text.append(f"Corner error: {metrics['corner_error']:.2f} px")
+            else:
+                save_npz(output_dir / f"{stem0}_{stem1}_evaluation.npz",
+                         **{k: metrics[k] for k in ("error_t", "error_R", "precision", "matching_score",
+                                                    "num_correct", "epipolar_errors")})
+                correct = metrics["epipolar_errors"] < 5e-4
+                text.append(f"dR: {metrics['error_R']:.1f} deg  dt: {metrics['error_t']:.1f} deg")
+            text.append(f"Precision: {metrics['precision']:.3f}")
+        if args.viz:
+            valid = pred["matches0"] > -1
+            make_matching_plot(image0, image1, pred["keypoints0"], pred["keypoints1"],
+                               pred["keypoints0"][valid], pred["keypoints1"][pred["matches0"][valid]],
+                               match_colors(pred["matching_scores0"][valid], correct), text,
+                               output_dir / f"{stem0}_{stem1}_matches.{args.viz_extension}", args.show_keypoints,
+                               args.fast_viz, [f"Image pair: {stem0}:{stem1}"])
+
+    summaries = {kind: summarize(r) for kind, r in rows.items() if r}
+    for kind, s in summaries.items():
+        thresholds = [f"auc@{t}px" for t in HOMOGRAPHY_THRESHOLDS] if kind == "homography" \
+            else [f"auc@{t}deg" for t in POSE_THRESHOLDS]
+        cols = thresholds + ["precision", "matching_score"]
+        print(f"Evaluation results ({kind}, mean over {s['num_pairs']} pairs, {s['failures']} failures):")
+        print("\t".join(c.upper() if c.startswith("auc") else c for c in cols))
+        print("\t".join(f"{100 * s[c]:.2f}" for c in cols))
+    return summaries
+
+
+if __name__ == "__main__":
+    run_cli(main)
