@@ -9,7 +9,6 @@ pair is ever dropped from an average.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import time
 from collections import OrderedDict
@@ -256,17 +255,6 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- prediction with a feature cache
 
-def fingerprint(module: torch.nn.Module) -> str:
-    """Identity of a network's weights and settings: changes whenever pruning or quantization touches it."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(type(module).__name__.encode())
-    h.update(repr(sorted(getattr(module, "config", {}).items())).encode())
-    for name, tensor in module.state_dict().items():
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 class FeatureCache:
     """Detector outputs per (detector fingerprint, image key), kept on the CPU, least recently used evicted."""
 
@@ -294,7 +282,7 @@ def predict(matcher: Matcher, pairs: PairSet, pair: Pair, cache: FeatureCache | 
             detector_id: str | None = None, device: torch.device | None = None) -> dict[str, Any]:
     """Keypoints (N×2), matches0 and matching_scores0 of one pair as numpy, plus the images' shapes and timings."""
     device = device or next(matcher.parameters(), torch.empty(0)).device
-    detector_id = detector_id or fingerprint(matcher.detector)
+    detector_id = detector_id or matcher.detector_fingerprint()
     feats, shapes, t_extract = [], [], 0.0
     for i in (0, 1):
         key, image = pairs.image(pair, i)
@@ -323,7 +311,7 @@ def evaluate(matcher: Matcher, pairs: PairSet, cache: FeatureCache | None = None
              method: str = "ransac", progress: bool = True, desc: str = "evaluate") -> dict[str, Any]:
     """Match every pair and return {'summary': means and AUCs over all pairs, 'rows': per-pair metrics}."""
     matcher.eval()
-    detector_id = fingerprint(matcher.detector)
+    detector_id = matcher.detector_fingerprint()
     rows = []
     for pair in tqdm(pairs, desc=desc, disable=not progress, leave=False):
         pred = predict(matcher, pairs, pair, cache, detector_id)

@@ -149,3 +149,26 @@ def run_cli(main: Callable[[], Any]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def count_macs(fn: Callable[[], Any]) -> int:
+    """Multiply-accumulates of one call, counted by torch's FlopCounterMode (sees einsum/bmm, not only modules)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        fn()
+    return counter.get_total_flops() // 2
+
+
+def measure_latency(fn: Callable[[], Any], repeats: int = 10, warmup: int = 2) -> dict[str, float]:
+    """Median and interquartile range of the wall time of ``fn`` in ms, after warm-up (CUDA synchronised)."""
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(repeats):
+            with Timer() as t:
+                fn()
+            times.append(t.seconds * 1000)
+    q1, median, q3 = np.percentile(times, [25, 50, 75])
+    return {"latency_ms": float(median), "latency_ms_iqr": float(q3 - q1)}

@@ -44,6 +44,9 @@ class LightGlueMatcher(Matcher):
     def config_of(config: dict[str, Any], part: str, default: dict[str, Any]) -> dict[str, Any]:
         return {**default, **config.get(part, {})}
 
+    def detector_settings(self) -> dict[str, Any]:
+        return self.config_of(self.config, "detector", DEFAULT_DETECTOR)
+
     def match(self, data: dict[str, Any]) -> dict[str, torch.Tensor]:
         def side(i: int) -> dict[str, torch.Tensor]:
             kpts = data[f"keypoints{i}"]

@@ -7,6 +7,7 @@ lists over the batch of keypoints N×2 (x, y; pixel centres at integers), scores
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Callable
 
 import torch
@@ -33,6 +34,17 @@ def stack_features(feats: Features, suffix: str) -> dict[str, torch.Tensor]:
     return {k + suffix: torch.stack(v) for k, v in feats.items()}
 
 
+def fingerprint(module: nn.Module, settings: dict[str, Any] | None = None) -> str:
+    """Identity of a network's weights and settings: changes whenever pruning or quantization touches it."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(type(module).__name__.encode())
+    h.update(repr(sorted((settings if settings is not None else getattr(module, "config", {})).items())).encode())
+    for name, tensor in module.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 class Matcher(nn.Module):
     """Detector + matcher behind one interface; ``detector`` and ``matcher`` are the two networks."""
 
@@ -44,6 +56,14 @@ class Matcher(nn.Module):
         self.detector = detector
         self.matcher = matcher
         self.config = config
+
+    def detector_settings(self) -> dict[str, Any]:
+        """Everything besides the detector's weights that changes its output (keypoint budget, thresholds)."""
+        return dict(getattr(self.detector, "config", {}))
+
+    def detector_fingerprint(self) -> str:
+        """Cache identity of the detector: its weights and settings."""
+        return fingerprint(self.detector, self.detector_settings())
 
     def detect(self, image: torch.Tensor) -> Features:
         """Run the detector on a B×channels×H×W image; subclasses adapt its outputs to the official layout."""

@@ -132,3 +132,11 @@ def test_resized_evaluation_accounts_for_the_scales(small_pairs, tmp_path):
     half = evaluate(matcher, FilePairs(read_pairs(pairs_file), tmp_path, [200, 150]), progress=False)["summary"]
     assert full["precision"] > 0.9 and half["precision"] > 0.85
     assert full["failures"] == half["failures"] == 0
+
+
+def test_detector_settings_are_part_of_the_cache_identity():
+    a = build_matcher("aliked+lightglue", {"detector": {"max_keypoints": 128}})
+    b = build_matcher("aliked+lightglue", {"detector": {"max_keypoints": 256}})
+    c = build_matcher("aliked+lightglue", {"detector": {"max_keypoints": 128}, "matcher": {"filter_threshold": 0.5}})
+    assert a.detector_fingerprint() != b.detector_fingerprint()
+    assert a.detector_fingerprint() == c.detector_fingerprint()  # the matcher's settings do not matter

@@ -1,0 +1,1 @@
+"""Pruning toolkit: fine-grained magnitude pruning, channel pruning, sensitivity scans. Transforms models only."""

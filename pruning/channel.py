@@ -1,0 +1,197 @@
+"""Channel (structured) pruning: smaller dense networks, so MACs, latency and file size all fall.
+
+Importance is the L2 norm of what a channel feeds (the next layers' input slices, as in the efficientml.ai
+lab), summed over every consumer; the kept channels are then taken in order of importance (the lab's
+reordering). Layers are replaced by smaller ones; head counts and dims are updated on the modules and
+recorded by the checkpoint format, which rebuilds them on load.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Mapping, Sequence, Union
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+Ratio = Union[float, Mapping[str, float]]
+
+
+def _slice(layer: nn.Module, out_idx: torch.Tensor | None = None, in_idx: torch.Tensor | None = None) -> nn.Module:
+    """A copy of a Conv1d/Conv2d/Linear layer keeping the given output and input channels."""
+    w = layer.weight.detach()
+    if out_idx is not None:
+        w = w[out_idx]
+    if in_idx is not None:
+        w = w[:, in_idx]
+    if isinstance(layer, nn.Linear):
+        new = nn.Linear(w.shape[1], w.shape[0], bias=layer.bias is not None)
+    else:
+        new = type(layer)(w.shape[1], w.shape[0], layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+                          bias=layer.bias is not None)
+    new = new.to(w.device, w.dtype)
+    with torch.no_grad():
+        new.weight.copy_(w)
+        if layer.bias is not None:
+            new.bias.copy_(layer.bias.detach() if out_idx is None else layer.bias.detach()[out_idx])
+    return new.train(layer.training)
+
+
+def _slice_norm(norm: nn.Module, idx: torch.Tensor) -> nn.Module:
+    """A BatchNorm or LayerNorm keeping channels ``idx`` (statistics and affine parameters)."""
+    if isinstance(norm, nn.LayerNorm):
+        new = nn.LayerNorm(len(idx), norm.eps, norm.elementwise_affine)
+    else:
+        new = type(norm)(len(idx), norm.eps, norm.momentum, norm.affine, norm.track_running_stats)
+    new = new.to(norm.weight.device if norm.weight is not None else "cpu")
+    with torch.no_grad():
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            src = getattr(norm, name, None)
+            if src is not None:
+                getattr(new, name).copy_(src.detach()[idx])
+        if getattr(norm, "num_batches_tracked", None) is not None:
+            new.num_batches_tracked.copy_(norm.num_batches_tracked)
+    return new.train(norm.training)
+
+
+def input_importance(consumers: Sequence[nn.Module]) -> torch.Tensor:
+    """L2 norm of each input channel's weights, summed over the layers that read the channel."""
+    total = 0
+    for layer in consumers:
+        w = layer.weight.detach()
+        total = total + w.transpose(0, 1).reshape(w.shape[1], -1).norm(dim=1)
+    return total
+
+
+def keep_count(n: int, ratio: float) -> int:
+    """Channels kept when pruning ``ratio`` of ``n`` (at least one)."""
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"channel pruning ratio must be in [0, 1), got {ratio}")
+    return max(1, int(round(n * (1 - ratio))))
+
+
+def top_channels(importance: torch.Tensor, keep: int) -> torch.Tensor:
+    return torch.argsort(importance, descending=True, stable=True)[:keep]
+
+
+def _ratio(spec: Ratio, name: str, default: float = 0.0) -> float:
+    return float(spec) if isinstance(spec, (int, float)) else float(spec.get(name, default))
+
+
+# ----------------------------------------------------------------------------- SuperPoint
+
+SUPERPOINT_LAYERS = ("conv1a", "conv1b", "conv2a", "conv2b", "conv3a", "conv3b", "conv4a", "conv4b", "convPa", "convDa")
+
+
+def _superpoint_consumers(name: str) -> tuple[str, ...]:
+    chain = SUPERPOINT_LAYERS[:8]
+    if name == "conv4b":
+        return ("convPa", "convDa")  # both heads read the encoder output: cut consistently
+    if name == "convPa":
+        return ("convPb",)
+    if name == "convDa":
+        return ("convDb",)
+    return (chain[chain.index(name) + 1],)
+
+
+def prune_superpoint_channels(sp: nn.Module, ratio: Ratio) -> dict[str, int]:
+    """Remove ``ratio`` of the output channels of SuperPoint's encoder convs and head hidden layers, in place.
+
+    ``ratio`` is one fraction for every layer or a dict layer -> fraction. The 65 detector outputs and the
+    descriptor dimension stay. Returns the kept channel count of each layer.
+    """
+    kept = {}
+    for name in SUPERPOINT_LAYERS:
+        r = _ratio(ratio, name)
+        layer = getattr(sp, name)
+        if r == 0:
+            kept[name] = layer.out_channels
+            continue
+        consumers = _superpoint_consumers(name)
+        idx = top_channels(input_importance([getattr(sp, c) for c in consumers]),
+                           keep_count(layer.out_channels, r))
+        setattr(sp, name, _slice(layer, out_idx=idx))
+        for c in consumers:
+            setattr(sp, c, _slice(getattr(sp, c), in_idx=idx))
+        kept[name] = len(idx)
+    return kept
+
+
+# ----------------------------------------------------------------------------- SuperGlue
+
+def _prune_mlp_hidden(mlp: nn.Sequential, conv_index: int, ratio: float) -> int:
+    """Prune the output channels of ``mlp[conv_index]`` (followed by BatchNorm, ReLU and the next conv)."""
+    conv, norm, nxt = mlp[conv_index], mlp[conv_index + 1], mlp[conv_index + 3]
+    idx = top_channels(input_importance([nxt]), keep_count(conv.out_channels, ratio))
+    mlp[conv_index] = _slice(conv, out_idx=idx)
+    mlp[conv_index + 1] = _slice_norm(norm, idx)
+    mlp[conv_index + 3] = _slice(nxt, in_idx=idx)
+    return len(idx)
+
+
+def prune_attention(attn: nn.Module, dim_ratio: float = 0.0, head_ratio: float = 0.0) -> tuple[int, int]:
+    """Prune per-head dims and/or whole heads of an official-layout MultiHeadedAttention, in place.
+
+    Channel c belongs to head c % heads at position c // heads (``view(b, dim, heads, n)``), so q, k, v and
+    merge are cut with one index list in that layout. Queries are rescaled so that the attention's
+    1/sqrt(dim) temperature is unchanged. Returns (heads, dim) after pruning.
+    """
+    heads, dim = attn.num_heads, attn.dim
+    q, k, v = attn.proj
+    score = sum(layer.weight.detach().reshape(layer.weight.shape[0], -1).norm(dim=1) ** 2 for layer in (q, k, v))
+    score = (score + attn.merge.weight.detach().reshape(attn.merge.weight.shape[0], -1).norm(dim=0) ** 2).sqrt()
+    per_head = score.view(dim, heads)  # [position j, head h] = channel j * heads + h
+    new_heads = keep_count(heads, head_ratio)
+    head_keep = torch.sort(top_channels(per_head.sum(0), new_heads)).values
+    new_dim = keep_count(dim, dim_ratio)
+    positions = [torch.sort(top_channels(per_head[:, h], new_dim)).values for h in head_keep.tolist()]
+    idx = torch.tensor([positions[i][j].item() * heads + h for j in range(new_dim)
+                        for i, h in enumerate(head_keep.tolist())])
+    new_q = _slice(q, out_idx=idx)
+    with torch.no_grad():  # keep q·k / sqrt(dim) at the same scale with the smaller dim
+        new_q.weight.mul_(math.sqrt(new_dim / dim))
+        if new_q.bias is not None:
+            new_q.bias.mul_(math.sqrt(new_dim / dim))
+    attn.proj = nn.ModuleList([new_q, _slice(k, out_idx=idx), _slice(v, out_idx=idx)])
+    attn.merge = _slice(attn.merge, in_idx=idx)
+    attn.num_heads, attn.dim = new_heads, new_dim
+    return new_heads, new_dim
+
+
+def prune_superglue_channels(sg: nn.Module, ratio: Ratio) -> dict[str, object]:
+    """Channel-prune SuperGlue in place: keypoint-encoder hidden layers, GNN MLP hidden widths, attention.
+
+    ``ratio``: one fraction for kenc, mlp and per-head attention dims, or a dict with any of 'kenc', 'mlp',
+    'attn_dim', 'heads'. The residual width (descriptor_dim) is left intact. Returns the new widths.
+    """
+    out: dict[str, object] = {}
+    r_kenc, r_mlp = _ratio(ratio, "kenc"), _ratio(ratio, "mlp")
+    r_dim, r_heads = _ratio(ratio, "attn_dim"), _ratio(ratio, "heads")
+    enc = sg.kenc.encoder
+    convs = [i for i, m in enumerate(enc) if isinstance(m, nn.Conv1d)]
+    if r_kenc:
+        out["kenc"] = [_prune_mlp_hidden(enc, i, r_kenc) for i in convs[:-1]]
+    widths, attn = [], []
+    for layer in sg.gnn.layers:
+        if r_mlp:
+            widths.append(_prune_mlp_hidden(layer.mlp, 0, r_mlp))
+        if r_dim or r_heads:
+            attn.append(prune_attention(layer.attn, r_dim, r_heads))
+    out.update(mlp=widths, attention=attn)
+    return out
+
+
+# ----------------------------------------------------------------------------- LightGlue (kornia)
+
+def prune_lightglue_ffn(lightglue: nn.Module, ratio: float) -> list[int]:
+    """Prune the hidden width (2d) of every feed-forward block of a kornia LightGlue, in place."""
+    widths = []
+    for layer in lightglue.transformers:
+        for block in (layer.self_attn, layer.cross_attn):
+            ffn = block.ffn
+            idx = top_channels(input_importance([ffn[3]]), keep_count(ffn[0].out_features, ratio))
+            ffn[0], ffn[1], ffn[3] = _slice(ffn[0], out_idx=idx), _slice_norm(ffn[1], idx), _slice(ffn[3], in_idx=idx)
+            widths.append(len(idx))
+    return widths

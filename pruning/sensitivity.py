@@ -1,0 +1,134 @@
+"""Sensitivity scans (prune one group at a time, evaluate) and the per-group sparsity choice they enable.
+
+A scan takes an evaluation callable instead of importing evaluate.py. Its rows are appended to a CSV as
+they come, so a killed scan resumes where it stopped.
+"""
+from __future__ import annotations
+
+import csv
+import fnmatch
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from models.matching import fingerprint
+
+from .fine_grained import magnitude_mask, prunable_weights
+
+logger = logging.getLogger(__name__)
+
+DENSE = "__dense__"
+METRICS = ("auc@1px", "auc@3px", "auc@5px", "precision", "recall")
+
+
+def groups_by_prefix(model: nn.Module, depth: int, include: Sequence[str] = ("*",)) -> dict[str, list[str]]:
+    """Group prunable weights by the first ``depth`` components of their names (e.g. 'transformers.3.self_attn')."""
+    groups: dict[str, list[str]] = {}
+    for name in prunable_weights(model):
+        if any(fnmatch.fnmatchcase(name, p) for p in include):
+            groups.setdefault(".".join(name.split(".")[:depth]), []).append(name)
+    return groups
+
+
+def group_sizes(model: nn.Module, groups: Mapping[str, list[str]]) -> dict[str, int]:
+    weights = prunable_weights(model)
+    return {g: sum(weights[n].numel() for n in names) for g, names in groups.items()}
+
+
+def _read_rows(path: Path, model_id: str) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("model") == model_id]
+    return [{k: (v if k in ("group", "model") else float(v)) for k, v in r.items()} for r in rows]
+
+
+def _append_row(path: Path, row: dict) -> None:
+    new = not path.exists() or path.stat().st_size == 0
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def scan(model: nn.Module, groups: Mapping[str, list[str]], sparsities: Sequence[float],
+         evaluate_fn: Callable[[], Mapping[str, float]], csv_path: str | os.PathLike,
+         metrics: Sequence[str] = METRICS, progress: bool = True) -> list[dict]:
+    """Prune each group alone at each sparsity (by magnitude), evaluate, restore; rows go to ``csv_path``.
+
+    Rows of an earlier, interrupted scan of the same weights are reused. The model is left as it was.
+    """
+    path = Path(csv_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model_id = fingerprint(model)
+    rows = _read_rows(path, model_id)
+    done = {(r["group"], round(r["sparsity"], 6)) for r in rows}
+    weights = prunable_weights(model)
+    sizes = group_sizes(model, groups)
+    todo = [(DENSE, 0.0)] + [(g, float(s)) for g in groups for s in sparsities if s > 0]
+    todo = [(g, s) for g, s in todo if (g, round(s, 6)) not in done]
+    if len(todo) < 1 + len(groups) * len([s for s in sparsities if s > 0]):
+        logger.info("resuming scan: %d evaluations done, %d to go", len(rows), len(todo))
+    bar = tqdm(todo, desc="sensitivity", disable=not progress)
+    for group, sparsity in bar:
+        bar.set_postfix_str(f"{group} @ {sparsity:.2f}")
+        saved = {n: weights[n].detach().clone() for n in groups.get(group, [])}
+        try:
+            with torch.no_grad():
+                for n in saved:
+                    weights[n].mul_(magnitude_mask(weights[n], sparsity))
+            result = evaluate_fn()
+        finally:
+            with torch.no_grad():
+                for n, w in saved.items():
+                    weights[n].copy_(w)
+        row = {"model": model_id, "group": group, "sparsity": sparsity,
+               "params": sizes.get(group, 0), **{m: float(result[m]) for m in metrics if m in result}}
+        _append_row(path, row)
+        rows.append(row)
+    return rows
+
+
+def choose_sparsities(rows: Sequence[Mapping], budget: float, metric: str = "auc@3px",
+                      resolution: int = 200) -> dict[str, float]:
+    """Per-group sparsities that remove the most parameters while the summed predicted drop stays within budget.
+
+    The drop of a group at a sparsity is the scan's baseline minus its metric there (improvements count as
+    zero); drops are assumed additive. Solved exactly as a multiple-choice knapsack over a discretised budget.
+    """
+    dense = [r for r in rows if r["group"] == DENSE]
+    if not dense:
+        raise ValueError("the scan has no dense baseline row")
+    baseline = float(dense[0][metric])
+    options: dict[str, list[tuple[int, float, float]]] = {}
+    for r in rows:
+        if r["group"] == DENSE:
+            continue
+        drop = max(0.0, baseline - float(r[metric]))
+        if drop <= budget:
+            cost = int(round(drop / budget * resolution)) if budget > 0 else 0
+            options.setdefault(r["group"], []).append((cost, float(r["sparsity"]) * float(r["params"]),
+                                                       float(r["sparsity"])))
+    best = {0: (0.0, {})}  # spent budget units -> (removed params, choice)
+    for group, opts in options.items():
+        nxt = dict(best)
+        for spent, (removed, choice) in best.items():
+            for cost, gain, sparsity in opts:
+                b = spent + cost
+                if b <= resolution and (b not in nxt or nxt[b][0] < removed + gain):
+                    nxt[b] = (removed + gain, {**choice, group: sparsity})
+        best = nxt
+    return max(best.values(), key=lambda v: v[0])[1]
+
+
+def expand(groups: Mapping[str, list[str]], choice: Mapping[str, float]) -> dict[str, float]:
+    """Group sparsities -> per-parameter sparsities for ``prune_fine_grained``."""
+    return {name: s for g, s in choice.items() for name in groups[g]}
