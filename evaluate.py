@@ -24,6 +24,7 @@ from data.homographies import HomographyConfig, warp_points
 from data.images import open_source, split_names
 from data.pairs import FilePairs, Pair, PairSet, SyntheticPairs, read_pairs
 from helper import InputError, pick_device, run_cli, to_tensor, write_csv, write_json
+from models.losses import homography_gt
 from models.matching import Matcher
 
 logger = logging.getLogger(__name__)
@@ -59,16 +60,10 @@ def symmetric_reprojection_error(kpts0: np.ndarray, kpts1: np.ndarray, H: np.nda
 
 def ground_truth_matches(kpts0: np.ndarray, kpts1: np.ndarray, H: np.ndarray, threshold: float) -> np.ndarray:
     """For each keypoint of image0, its mutual-nearest keypoint of image1 within ``threshold`` px, else -1."""
-    gt = np.full(len(kpts0), -1)
-    if len(kpts0) == 0 or len(kpts1) == 0:
-        return gt
-    d = 0.5 * (np.linalg.norm(warp_points(kpts0, H)[:, None] - kpts1[None], axis=2)
-               + np.linalg.norm(kpts0[:, None] - warp_points(kpts1, np.linalg.inv(H))[None], axis=2))
-    nn0, nn1 = d.argmin(1), d.argmin(0)
-    mutual = nn1[nn0] == np.arange(len(kpts0))
-    ok = mutual & (d[np.arange(len(kpts0)), nn0] < threshold)
-    gt[ok] = nn0[ok]
-    return gt
+    as_t = lambda a: torch.from_numpy(np.asarray(a, np.float64))[None]  # noqa: E731
+    gt0, _ = homography_gt(as_t(kpts0).reshape(1, -1, 2), as_t(kpts1).reshape(1, -1, 2), as_t(H), threshold,
+                           threshold)
+    return gt0[0].clamp(min=-1).numpy()
 
 
 def weighted_dlt(pts0: np.ndarray, pts1: np.ndarray, weights: np.ndarray) -> np.ndarray | None:

@@ -1,15 +1,16 @@
 """Channel (structured) pruning: smaller dense networks, so MACs, latency and file size all fall.
 
 Importance is the L2 norm of what a channel feeds (the next layers' input slices, as in the efficientml.ai
-lab), summed over every consumer; the kept channels are then taken in order of importance (the lab's
-reordering). Layers are replaced by smaller ones; head counts and dims are updated on the modules and
-recorded by the checkpoint format, which rebuilds them on load.
+lab), summed over every consumer, or the same norm of first-order Taylor scores (w · dL/dw)² accumulated on
+data (``taylor_scores``); the kept channels are taken in order of importance (the lab's reordering).
+Layers are replaced by smaller ones; head counts and dims are updated on the modules and recorded by the
+checkpoint format, which rebuilds them on load.
 """
 from __future__ import annotations
 
 import logging
 import math
-from typing import Mapping, Sequence, Union
+from typing import Callable, Mapping, Sequence, Union
 
 import torch
 from torch import nn
@@ -17,6 +18,7 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 Ratio = Union[float, Mapping[str, float]]
+Scores = Mapping[nn.Module, torch.Tensor]  # per-weight importance (e.g. Taylor); None means the weights' L2 norm
 
 
 def _slice(layer: nn.Module, out_idx: torch.Tensor | None = None, in_idx: torch.Tensor | None = None) -> nn.Module:
@@ -56,13 +58,33 @@ def _slice_norm(norm: nn.Module, idx: torch.Tensor) -> nn.Module:
     return new.train(norm.training)
 
 
-def input_importance(consumers: Sequence[nn.Module]) -> torch.Tensor:
-    """L2 norm of each input channel's weights, summed over the layers that read the channel."""
+def _values(layer: nn.Module, scores: Scores | None) -> torch.Tensor:
+    """What importance is read from: the weights (L2 criterion) or accumulated Taylor scores (their sqrt)."""
+    return layer.weight.detach() if scores is None else scores[layer].sqrt()
+
+
+def input_importance(consumers: Sequence[nn.Module], scores: Scores | None = None) -> torch.Tensor:
+    """L2 norm of each input channel's weights (or scores), summed over the layers that read the channel."""
     total = 0
     for layer in consumers:
-        w = layer.weight.detach()
+        w = _values(layer, scores)
         total = total + w.transpose(0, 1).reshape(w.shape[1], -1).norm(dim=1)
     return total
+
+
+def taylor_scores(model: nn.Module, loss_fn: Callable[[], torch.Tensor], steps: int) -> dict[nn.Module, torch.Tensor]:
+    """First-order Taylor importance: (w · dL/dw)² per weight, summed over ``steps`` calls of ``loss_fn``."""
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
+    scores = {m: torch.zeros_like(m.weight) for m in layers}
+    with torch.enable_grad():
+        for _ in range(steps):
+            model.zero_grad()
+            loss_fn().backward()
+            for m in layers:
+                if m.weight.grad is not None:
+                    scores[m] += (m.weight.detach() * m.weight.grad) ** 2
+    model.zero_grad()
+    return scores
 
 
 def keep_count(n: int, ratio: float) -> int:
@@ -96,7 +118,7 @@ def _superpoint_consumers(name: str) -> tuple[str, ...]:
     return (chain[chain.index(name) + 1],)
 
 
-def prune_superpoint_channels(sp: nn.Module, ratio: Ratio) -> dict[str, int]:
+def prune_superpoint_channels(sp: nn.Module, ratio: Ratio, scores: Scores | None = None) -> dict[str, int]:
     """Remove ``ratio`` of the output channels of SuperPoint's encoder convs and head hidden layers, in place.
 
     ``ratio`` is one fraction for every layer or a dict layer -> fraction. The 65 detector outputs and the
@@ -110,7 +132,7 @@ def prune_superpoint_channels(sp: nn.Module, ratio: Ratio) -> dict[str, int]:
             kept[name] = layer.out_channels
             continue
         consumers = _superpoint_consumers(name)
-        idx = top_channels(input_importance([getattr(sp, c) for c in consumers]),
+        idx = top_channels(input_importance([getattr(sp, c) for c in consumers], scores),
                            keep_count(layer.out_channels, r))
         setattr(sp, name, _slice(layer, out_idx=idx))
         for c in consumers:
@@ -121,17 +143,18 @@ def prune_superpoint_channels(sp: nn.Module, ratio: Ratio) -> dict[str, int]:
 
 # ----------------------------------------------------------------------------- SuperGlue
 
-def _prune_mlp_hidden(mlp: nn.Sequential, conv_index: int, ratio: float) -> int:
+def _prune_mlp_hidden(mlp: nn.Sequential, conv_index: int, ratio: float, scores: Scores | None = None) -> int:
     """Prune the output channels of ``mlp[conv_index]`` (followed by BatchNorm, ReLU and the next conv)."""
     conv, norm, nxt = mlp[conv_index], mlp[conv_index + 1], mlp[conv_index + 3]
-    idx = top_channels(input_importance([nxt]), keep_count(conv.out_channels, ratio))
+    idx = top_channels(input_importance([nxt], scores), keep_count(conv.out_channels, ratio))
     mlp[conv_index] = _slice(conv, out_idx=idx)
     mlp[conv_index + 1] = _slice_norm(norm, idx)
     mlp[conv_index + 3] = _slice(nxt, in_idx=idx)
     return len(idx)
 
 
-def prune_attention(attn: nn.Module, dim_ratio: float = 0.0, head_ratio: float = 0.0) -> tuple[int, int]:
+def prune_attention(attn: nn.Module, dim_ratio: float = 0.0, head_ratio: float = 0.0,
+                    scores: Scores | None = None) -> tuple[int, int]:
     """Prune per-head dims and/or whole heads of an official-layout MultiHeadedAttention, in place.
 
     Channel c belongs to head c % heads at position c // heads (``view(b, dim, heads, n)``), so q, k, v and
@@ -140,8 +163,8 @@ def prune_attention(attn: nn.Module, dim_ratio: float = 0.0, head_ratio: float =
     """
     heads, dim = attn.num_heads, attn.dim
     q, k, v = attn.proj
-    score = sum(layer.weight.detach().reshape(layer.weight.shape[0], -1).norm(dim=1) ** 2 for layer in (q, k, v))
-    score = (score + attn.merge.weight.detach().reshape(attn.merge.weight.shape[0], -1).norm(dim=0) ** 2).sqrt()
+    score = sum(_values(layer, scores).reshape(layer.weight.shape[0], -1).norm(dim=1) ** 2 for layer in (q, k, v))
+    score = (score + _values(attn.merge, scores).reshape(attn.merge.weight.shape[0], -1).norm(dim=0) ** 2).sqrt()
     per_head = score.view(dim, heads)  # [position j, head h] = channel j * heads + h
     new_heads = keep_count(heads, head_ratio)
     head_keep = torch.sort(top_channels(per_head.sum(0), new_heads)).values
@@ -160,7 +183,7 @@ def prune_attention(attn: nn.Module, dim_ratio: float = 0.0, head_ratio: float =
     return new_heads, new_dim
 
 
-def prune_superglue_channels(sg: nn.Module, ratio: Ratio) -> dict[str, object]:
+def prune_superglue_channels(sg: nn.Module, ratio: Ratio, scores: Scores | None = None) -> dict[str, object]:
     """Channel-prune SuperGlue in place: keypoint-encoder hidden layers, GNN MLP hidden widths, attention.
 
     ``ratio``: one fraction for kenc, mlp and per-head attention dims, or a dict with any of 'kenc', 'mlp',
@@ -172,26 +195,26 @@ def prune_superglue_channels(sg: nn.Module, ratio: Ratio) -> dict[str, object]:
     enc = sg.kenc.encoder
     convs = [i for i, m in enumerate(enc) if isinstance(m, nn.Conv1d)]
     if r_kenc:
-        out["kenc"] = [_prune_mlp_hidden(enc, i, r_kenc) for i in convs[:-1]]
+        out["kenc"] = [_prune_mlp_hidden(enc, i, r_kenc, scores) for i in convs[:-1]]
     widths, attn = [], []
     for layer in sg.gnn.layers:
         if r_mlp:
-            widths.append(_prune_mlp_hidden(layer.mlp, 0, r_mlp))
+            widths.append(_prune_mlp_hidden(layer.mlp, 0, r_mlp, scores))
         if r_dim or r_heads:
-            attn.append(prune_attention(layer.attn, r_dim, r_heads))
+            attn.append(prune_attention(layer.attn, r_dim, r_heads, scores))
     out.update(mlp=widths, attention=attn)
     return out
 
 
 # ----------------------------------------------------------------------------- LightGlue (kornia)
 
-def prune_lightglue_ffn(lightglue: nn.Module, ratio: float) -> list[int]:
+def prune_lightglue_ffn(lightglue: nn.Module, ratio: float, scores: Scores | None = None) -> list[int]:
     """Prune the hidden width (2d) of every feed-forward block of a kornia LightGlue, in place."""
     widths = []
     for layer in lightglue.transformers:
         for block in (layer.self_attn, layer.cross_attn):
             ffn = block.ffn
-            idx = top_channels(input_importance([ffn[3]]), keep_count(ffn[0].out_features, ratio))
+            idx = top_channels(input_importance([ffn[3]], scores), keep_count(ffn[0].out_features, ratio))
             ffn[0], ffn[1], ffn[3] = _slice(ffn[0], out_idx=idx), _slice_norm(ffn[1], idx), _slice(ffn[3], in_idx=idx)
             widths.append(len(idx))
     return widths

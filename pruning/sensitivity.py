@@ -101,18 +101,15 @@ def choose_sparsities(rows: Sequence[Mapping], budget: float, metric: str = "auc
                       resolution: int = 200) -> dict[str, float]:
     """Per-group sparsities that remove the most parameters while the summed predicted drop stays within budget.
 
-    The drop of a group at a sparsity is the scan's baseline minus its metric there (improvements count as
-    zero); drops are assumed additive. Solved exactly as a multiple-choice knapsack over a discretised budget.
+    The drop of a group at a sparsity is the scan's baseline minus its metric there, made monotone in the
+    sparsity (a sparser layer never predicts less damage than a denser one; improvements count as zero);
+    drops are assumed additive. Solved exactly as a multiple-choice knapsack over a discretised budget.
     """
-    dense = [r for r in rows if r["group"] == DENSE]
-    if not dense:
-        raise ValueError("the scan has no dense baseline row")
-    baseline = float(dense[0][metric])
+    baseline = dense_metric(rows, metric)
     options: dict[str, list[tuple[int, float, float]]] = {}
-    for r in rows:
-        if r["group"] == DENSE:
-            continue
-        drop = max(0.0, baseline - float(r[metric]))
+    worst: dict[str, float] = {}
+    for r in sorted((r for r in rows if r["group"] != DENSE), key=lambda r: (r["group"], float(r["sparsity"]))):
+        drop = worst[r["group"]] = max(worst.get(r["group"], 0.0), baseline - float(r[metric]))
         if drop <= budget:
             cost = int(round(drop / budget * resolution)) if budget > 0 else 0
             options.setdefault(r["group"], []).append((cost, float(r["sparsity"]) * float(r["params"]),
@@ -127,6 +124,31 @@ def choose_sparsities(rows: Sequence[Mapping], budget: float, metric: str = "auc
                     nxt[b] = (removed + gain, {**choice, group: sparsity})
         best = nxt
     return max(best.values(), key=lambda v: v[0])[1]
+
+
+def dense_metric(rows: Sequence[Mapping], metric: str = "auc@3px") -> float:
+    dense = [r for r in rows if r["group"] == DENSE]
+    if not dense:
+        raise ValueError("the scan has no dense baseline row")
+    return float(dense[0][metric])
+
+
+def choose_verified(rows: Sequence[Mapping], budget: float,
+                    evaluate_choice: Callable[[dict[str, float]], Mapping[str, float]], metric: str = "auc@3px",
+                    shrink: float = 0.5, attempts: int = 4) -> tuple[dict[str, float], Mapping[str, float], list]:
+    """Choose within ``budget``, evaluate the combination for real, and tighten the predicted budget while the
+    real drop exceeds ``budget`` (per-layer drops do not simply add up). Returns (choice, result, history)."""
+    baseline = dense_metric(rows, metric)
+    predicted, history = budget, []
+    for _ in range(attempts):
+        choice = choose_sparsities(rows, predicted, metric)
+        result = evaluate_choice(choice)
+        history.append({"predicted_budget": predicted, "choice": choice, metric: float(result[metric])})
+        logger.info("choice within predicted %.4f: real %s drop %.4f", predicted, metric, baseline - result[metric])
+        if baseline - float(result[metric]) <= budget:
+            break
+        predicted *= shrink
+    return choice, result, history
 
 
 def expand(groups: Mapping[str, list[str]], choice: Mapping[str, float]) -> dict[str, float]:

@@ -1,0 +1,65 @@
+"""Ground truth from homographies and the matching loss that training and Taylor importance use."""
+import torch
+
+from models.losses import IGNORE, homography_gt, matching_nll
+from models.superglue import SuperGlue
+from pruning.channel import prune_superglue_channels, taylor_scores
+
+
+def scene(m=50, outliers=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    H = torch.tensor([[[0.9, 0.1, 20.0], [-0.05, 1.0, 5.0], [1e-4, 0.0, 1.0]]], dtype=torch.float64)
+    k0 = torch.rand(1, m, 2, generator=g, dtype=torch.float64) * 300 + 50
+    p = torch.cat([k0, torch.ones(1, m, 1, dtype=torch.float64)], -1) @ H[0].T
+    k1 = p[..., :2] / p[..., 2:]
+    perm = torch.randperm(m, generator=g)
+    k1 = k1[:, perm]
+    k0 = torch.cat([k0, torch.rand(1, outliers, 2, generator=g, dtype=torch.float64) * 5 + 1000], 1)
+    return k0, k1, H, perm
+
+
+def test_ground_truth_matches_ignores_and_unmatched():
+    k0, k1, H, perm = scene()
+    k1[0, 0] += torch.tensor([4.0, 0.0], dtype=torch.float64)  # 4 px off: neither match nor clearly unmatched
+    gt0, gt1 = homography_gt(k0, k1, H)
+    inv = torch.argsort(perm)
+    assert gt0[0, perm[0]] == IGNORE and gt1[0, 0] == IGNORE
+    ok = torch.ones(50, dtype=torch.bool)
+    ok[perm[0]] = False
+    assert torch.equal(gt0[0, :50][ok], inv[:50][ok])
+    assert (gt0[0, 50:] == -1).all()  # the outliers go to the dustbin
+
+
+def test_loss_prefers_the_true_assignment_and_trains_superglue():
+    torch.manual_seed(0)
+    k0, k1, H, _ = scene(40, 5)
+    gt0, gt1 = homography_gt(k0, k1, H)
+    perfect = torch.full((1, 46, 41), -20.0)
+    for i, j in enumerate(gt0[0].tolist()):
+        perfect[0, i, j if j >= 0 else -1] = 0.0
+    perfect[0, -1, :-1][gt1[0] == -1] = 0.0
+    uniform = torch.full((1, 46, 41), -3.7)
+    assert matching_nll(perfect, gt0, gt1) < 1e-6 < matching_nll(uniform, gt0, gt1)
+
+    sg = SuperGlue({"weights": None, "GNN_layers": ["self", "cross"], "sinkhorn_iterations": 20}).train()
+    g = torch.Generator().manual_seed(3)
+    d0 = torch.nn.functional.normalize(torch.randn(1, 256, 45, generator=g), dim=1)
+    d1 = d0[:, :, :40][:, :, torch.argsort(gt0[0, :40].clamp(min=0))]  # image1 sees image0's first 40 points
+    data = {"keypoints0": k0.float(), "keypoints1": k1.float(), "scores0": torch.rand(1, 45), "scores1": torch.rand(1, 40),
+            "descriptors0": d0, "descriptors1": d1, "image_size0": (400, 400), "image_size1": (400, 400)}
+    opt = torch.optim.Adam(sg.parameters(), lr=1e-3)
+    losses = []
+    with torch.enable_grad():
+        for _ in range(15):
+            loss = matching_nll(sg(data)["log_assignment"], gt0, gt1)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+    # Taylor importance from the same loss drives channel pruning.
+    scores = taylor_scores(sg, lambda: matching_nll(sg(data)["log_assignment"], gt0, gt1), steps=2)
+    assert all(s.shape == m.weight.shape for m, s in scores.items()) and sum(s.sum() for s in scores.values()) > 0
+    prune_superglue_channels(sg.eval(), {"mlp": 0.5, "attn_dim": 0.5}, scores)
+    assert torch.isfinite(sg(data)["log_assignment"]).all()
