@@ -272,34 +272,42 @@ class FeatureCache:
             self.items.popitem(last=False)
 
 
+def extract_pair(matcher: Matcher, pairs: PairSet, pair: Pair, cache: FeatureCache | None = None,
+                 detector_id: str | None = None, device: torch.device | None = None) -> dict[str, Any]:
+    """Batched features of both images of a pair (``keypoints0``, ``descriptors0``, ``image_size0``, …) on
+    ``device``, detector outputs taken from / put into ``cache``; plus the image shapes and extraction time."""
+    device = device or next(matcher.parameters(), torch.empty(0)).device
+    detector_id = detector_id or matcher.detector_fingerprint()
+    data: dict[str, Any] = {"time_extract": 0.0}
+    for i in (0, 1):
+        key, image = pairs.image(pair, i)
+        cached = cache.get((detector_id, key)) if cache is not None else None
+        if cached is None:
+            start = time.perf_counter()
+            with torch.no_grad():
+                f = matcher.extract(to_tensor(image, device))
+            data["time_extract"] += time.perf_counter() - start
+            cached = {k: v[0].detach().cpu() for k, v in f.items()}
+            if cache is not None:
+                cache.put((detector_id, key), cached)
+        data.update({f"{k}{i}": v[None].to(device) for k, v in cached.items()})
+        data[f"shape{i}"] = image.shape
+        data[f"image_size{i}"] = (image.shape[1], image.shape[0])
+    return data
+
+
 @torch.no_grad()
 def predict(matcher: Matcher, pairs: PairSet, pair: Pair, cache: FeatureCache | None = None,
             detector_id: str | None = None, device: torch.device | None = None) -> dict[str, Any]:
     """Keypoints (N×2), matches0 and matching_scores0 of one pair as numpy, plus the images' shapes and timings."""
-    device = device or next(matcher.parameters(), torch.empty(0)).device
-    detector_id = detector_id or matcher.detector_fingerprint()
-    feats, shapes, t_extract = [], [], 0.0
-    for i in (0, 1):
-        key, image = pairs.image(pair, i)
-        shapes.append(image.shape)
-        cached = cache.get((detector_id, key)) if cache is not None else None
-        if cached is None:
-            start = time.perf_counter()
-            f = matcher.extract(to_tensor(image, device))
-            t_extract += time.perf_counter() - start
-            cached = {k: v[0].detach().cpu() for k, v in f.items()}
-            if cache is not None:
-                cache.put((detector_id, key), cached)
-        feats.append(cached)
-    data = {f"{k}{i}": v[None].to(device) for i, f in enumerate(feats) for k, v in f.items()}
-    for i, shape in enumerate(shapes):
-        data[f"image_size{i}"] = (shape[1], shape[0])
+    data = extract_pair(matcher, pairs, pair, cache, detector_id, device)
     start = time.perf_counter()
     out = matcher.match(data)
     t_match = time.perf_counter() - start
-    return {"keypoints0": feats[0]["keypoints"].numpy(), "keypoints1": feats[1]["keypoints"].numpy(),
+    return {"keypoints0": data["keypoints0"][0].cpu().numpy(), "keypoints1": data["keypoints1"][0].cpu().numpy(),
             "matches0": out["matches0"][0].cpu().numpy(), "matching_scores0": out["matching_scores0"][0].cpu().numpy(),
-            "shape0": shapes[0], "shape1": shapes[1], "time_extract": t_extract, "time_match": t_match}
+            "shape0": data["shape0"], "shape1": data["shape1"], "time_extract": data["time_extract"],
+            "time_match": t_match}
 
 
 def evaluate(matcher: Matcher, pairs: PairSet, cache: FeatureCache | None = None, threshold: float = 3.0,

@@ -136,6 +136,66 @@ class Timer:
         self.seconds = time.perf_counter() - self.start
 
 
+def git_commit() -> str | None:
+    """The commit of this project's checkout (with '-dirty' if it has changes), or None outside git."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+    except OSError:
+        return None
+    commit = head.stdout.strip()
+    return (commit + ("-dirty" if dirty.stdout.strip() else "")) or None
+
+
+def merge_config(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge: ``override`` wins, nested dicts are merged key by key."""
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = merge_config(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | os.PathLike | None, overrides: Iterable[str] = (),
+                defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """YAML config merged over ``defaults``, then ``key.sub=value`` overrides (values parsed as YAML)."""
+    import yaml
+
+    config = dict(defaults or {})
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise InputError(f"cannot parse {path}: {str(e).splitlines()[0]}") from None
+        config = merge_config(config, loaded)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InputError(f"override must look like key.sub=value, got '{item}'")
+        node: dict[str, Any] = {}
+        cursor = node
+        parts = key.split(".")
+        for part in parts[:-1]:
+            cursor = cursor.setdefault(part, {})
+        cursor[parts[-1]] = yaml.safe_load(value)
+        config = merge_config(config, node)
+    return config
+
+
+def write_run_config(folder: str | os.PathLike, config: dict[str, Any]) -> None:
+    """Record what produced a run folder: its config and the git commit."""
+    import yaml
+
+    with atomic_path(Path(folder) / "config.yaml") as tmp:
+        tmp.write_text(yaml.safe_dump({**config, "git_commit": git_commit()}, sort_keys=False))
+
+
 def run_cli(main: Callable[[], Any]) -> None:
     """Run a command-line ``main``: known errors become one line on stderr and exit status 2."""
     from models.weights import WeightsError

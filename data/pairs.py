@@ -17,7 +17,7 @@ import numpy as np
 
 from helper import InputError, atomic_path, read_image, resize_to
 
-from .homographies import HomographyConfig, crop_resize, sample_homography, warp_image
+from .homographies import HomographyConfig, crop_resize, photometric_augment, sample_homography, warp_image
 from .images import ImageSource, readable_images
 
 
@@ -114,17 +114,23 @@ class PairSet(Sequence):
 
 
 class SyntheticPairs(PairSet):
-    """A fixed list of homography pairs: each photo (cropped to size) against seeded random warps of it.
+    """A fixed list of homography pairs: photos (cropped to size) against seeded random warps of them.
 
-    The same source, size, seed and settings give the same pairs on any machine.
+    The same source, names, size, seed and settings give the same pairs on any machine. Photos are used in
+    order, cycling when there are fewer than pairs; only the photos needed are read (and kept). With
+    ``augment`` > 0 both images get seeded photometric augmentation (for training).
     """
 
     def __init__(self, source: ImageSource, names: list[str], num_pairs: int, size: tuple[int, int] = (640, 480),
-                 seed: int = 0, homography: HomographyConfig | None = None):
-        self.source, self.size, self.seed = source, tuple(size), seed
+                 seed: int = 0, homography: HomographyConfig | None = None, augment: float = 0.0):
+        self.source, self.size, self.seed, self.augment = source, tuple(size), seed, augment
         self.homography = homography or HomographyConfig()
         self._images: dict[str, np.ndarray] = {}
-        usable = [name for name, img in readable_images(source, names) if self._keep(name, img)]
+        for name, image in readable_images(source, names):
+            self._images[name] = crop_resize(image, self.size)
+            if len(self._images) >= num_pairs:
+                break
+        usable = list(self._images)
         if not usable:
             raise InputError(f"no readable images among {len(names)} in {source.ident}")
         self.pairs = []
@@ -133,17 +139,16 @@ class SyntheticPairs(PairSet):
             H = sample_homography(np.random.default_rng([seed, i]), self.size, self.homography)
             warped = f"{Path(name).stem}_warp{i:04d}.png"
             self.pairs.append(Pair(name, warped, H=H, meta={"index": i}))
-        self.ident = f"synthetic:{source.ident}:{self.size}:{seed}:{sorted(self.homography.as_dict().items())}"
-
-    def _keep(self, name: str, image: np.ndarray) -> bool:
-        self._images[name] = crop_resize(image, self.size)
-        return True
+        self.ident = (f"synthetic:{source.ident}:{self.size}:{seed}:{augment}:"
+                      f"{sorted(self.homography.as_dict().items())}")
 
     def image(self, pair: Pair, i: int) -> tuple[str, np.ndarray]:
         base = self._images[pair.name0]
-        if i == 0:
-            return f"{self.ident}:{pair.name0}", base
-        return f"{self.ident}:{pair.name1}", warp_image(base, pair.H, self.size)
+        image = base if i == 0 else warp_image(base, pair.H, self.size)
+        if self.augment > 0:
+            rng = np.random.default_rng([self.seed, pair.meta["index"], i, 7])
+            return f"{self.ident}:{pair.name1}:{i}", photometric_augment(image, rng, self.augment)
+        return f"{self.ident}:{pair.name0 if i == 0 else pair.name1}", image
 
     def export(self, folder: str | os.PathLike, pairs_file: str = "pairs.txt") -> Path:
         """Write the images and a homography pairs file, so ``match_pairs.py`` reproduces any result."""

@@ -8,12 +8,13 @@ so the caller never needs to know the shapes.
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from helper import git_commit
 
 from .matching import Matcher, build_matcher
 from .weights import WeightsError, read_state_dict
@@ -21,16 +22,6 @@ from .weights import WeightsError, read_state_dict
 FORMAT = "efficient-feature-matching/checkpoint"
 VERSION = 1
 SHAPE_ATTRS = ("num_heads", "dim", "head_dim", "embed_dim")  # ints that shapes alone do not determine
-
-
-def git_commit() -> str | None:
-    """The commit of this project's checkout, or None outside git."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=10)
-    except OSError:
-        return None
-    return out.stdout.strip() or None
 
 
 def shape_attrs(model: nn.Module) -> dict[str, dict[str, int]]:

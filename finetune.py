@@ -1,0 +1,258 @@
+"""Finetune a matcher (dense, pruned or quantized) on homography pairs, resumably, on one device or many.
+
+    python finetune.py --config configs/finetune_demo.yaml [--set steps=100 --set lr=3e-4]
+    python finetune.py --config configs/finetune_demo.yaml --set checkpoint=runs/pruned.pth
+    torchrun --nproc_per_node 2 finetune.py --config ...          # data-parallel (gloo on CPU, NCCL on GPUs)
+
+The loss is the negative log-likelihood of the ground-truth assignment (from the true homography) under the
+matcher's log assignment, dustbins included. Weights that are exactly zero stay zero (pruning masks are
+re-applied after every step), checkpoints use the project's format, and a killed run resumes from
+``last.pth`` + ``state.pt`` with the same schedule, data order and optimizer state.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from data.homographies import HomographyConfig
+from data.images import open_source, split_names
+from data.pairs import SyntheticPairs
+from evaluate import FeatureCache, evaluate, extract_pair
+from helper import InputError, atomic_path, load_config, pick_device, run_cli, seed_everything, write_run_config
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.losses import homography_gt, matching_nll
+from models.matching import Matcher, build_matcher
+from pruning.fine_grained import apply_masks, prunable_weights, sparsity_report
+
+logger = logging.getLogger("finetune")
+
+DEFAULTS: dict[str, Any] = {
+    "matcher": "aliked+lightglue",
+    "matcher_config": {"matcher": {"depth_confidence": -1, "width_confidence": -1}},
+    "checkpoint": None, "out": "runs/finetune", "seed": 0, "steps": 300, "lr": 1e-4, "weight_decay": 0.0,
+    "warmup": 0.05, "min_lr_ratio": 0.1, "clip": 1.0, "keep_zeros": True, "train_detector": False,
+    "loss": {"balance": 0.5, "pos_th": 3.0, "neg_th": 5.0},
+    "train": {"source": "sample", "split": "train", "val_fraction": 0.5, "num_pairs": 200, "size": [640, 480],
+              "difficulty": 0.7, "augment": 1.0, "seed": 100},
+    "val": {"source": "sample", "split": "val", "val_fraction": 0.5, "num_pairs": 30, "size": [640, 480],
+            "difficulty": 0.7, "seed": 1, "every": 50},
+}
+
+
+def make_pairs(cfg: dict[str, Any], augment: float = 0.0) -> SyntheticPairs:
+    source = open_source(cfg["source"])
+    names = split_names(source.names, cfg["split"], cfg["val_fraction"])
+    return SyntheticPairs(source, names, cfg["num_pairs"], tuple(cfg["size"]), cfg["seed"],
+                          HomographyConfig(difficulty=cfg["difficulty"]), augment)
+
+
+def schedule(step: int, total: int, warmup: float, min_ratio: float) -> float:
+    """Learning-rate factor: linear warm-up, then cosine decay to ``min_ratio`` (sensible for short runs too)."""
+    n_warm = max(1, int(round(warmup * total)))
+    if step < n_warm:
+        return (step + 1) / n_warm
+    progress = min(1.0, (step - n_warm) / max(1, total - n_warm))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def keep_zeros(net: torch.nn.Module) -> float:
+    """Mask every exactly-zero weight so training cannot regrow it; returns the overall sparsity."""
+    masks = {n: w.detach() != 0 for n, w in prunable_weights(net).items() if (w == 0).any()}
+    if masks:
+        apply_masks(net, masks)
+    return sparsity_report(net)["total"]
+
+
+class Run:
+    """One finetuning run: model, optimizer, schedule, data and the files of its folder."""
+
+    def __init__(self, config: dict[str, Any], device: torch.device, rank: int = 0, world: int = 1):
+        self.cfg, self.device, self.rank, self.world = config, device, rank, world
+        self.out = Path(config["out"])
+        self.last, self.best_path, self.state_path = self.out / "last.pth", self.out / "best.pth", self.out / "state.pt"
+        resume = self.state_path.exists() and self.last.exists()
+        if resume:
+            self.matcher = load_checkpoint(self.last)
+        elif config["checkpoint"]:
+            self.matcher = load_checkpoint(config["checkpoint"])
+        else:
+            self.matcher = build_matcher(config["matcher"], config.get("matcher_config"))
+        self.matcher.to(device)
+        self.net = self.matcher.matcher
+        params = list(self.net.parameters()) + (list(self.matcher.detector.parameters())
+                                                if config["train_detector"] else [])
+        self.sparsity = keep_zeros(self.net) if config["keep_zeros"] else 0.0
+        self.optimizer = torch.optim.AdamW(params, lr=config["lr"], weight_decay=config["weight_decay"])
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: schedule(s, config["steps"], config["warmup"], config["min_lr_ratio"]))
+        self.step, self.best, self.skipped = 0, -1.0, 0
+        if resume:
+            state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.step, self.best, self.skipped = state["step"], state["best"], state["skipped"]
+            logger.info("resuming %s at step %d", self.out, self.step)
+        self.ddp = None
+        if world > 1:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(self.net, find_unused_parameters=True)
+        self.train_pairs = make_pairs(config["train"], config["train"]["augment"])
+        self.val_pairs = make_pairs(config["val"]) if rank == 0 else None
+        self.train_cache, self.val_cache = FeatureCache(), FeatureCache()
+
+    def loss(self, step: int) -> torch.Tensor:
+        """Loss of the pair this rank trains on at ``step`` (a seeded choice: the same on resume)."""
+        rng = np.random.default_rng([self.cfg["seed"], step, self.rank])
+        pair = self.train_pairs[int(rng.integers(len(self.train_pairs)))]
+        cache = None if self.cfg["train_detector"] else self.train_cache
+        if self.cfg["train_detector"]:
+            data = self._extract_with_grad(pair)
+        else:
+            data = extract_pair(self.matcher, self.train_pairs, pair, cache, device=self.device)
+        H = torch.as_tensor(pair.H, dtype=torch.float64, device=self.device)[None]
+        lc = self.cfg["loss"]
+        gt0, gt1 = homography_gt(data["keypoints0"].double(), data["keypoints1"].double(), H, lc["pos_th"],
+                                 lc["neg_th"])
+        if self.ddp is not None:
+            self.matcher.matcher = self.ddp
+        try:
+            out = self.matcher.match(data)
+        finally:
+            self.matcher.matcher = self.net
+        return matching_nll(out["log_assignment"], gt0, gt1, lc["balance"])
+
+    def _extract_with_grad(self, pair) -> dict[str, Any]:
+        from helper import to_tensor
+
+        data: dict[str, Any] = {}
+        for i in (0, 1):
+            image = self.train_pairs.image(pair, i)[1]
+            f = self.matcher.extract(to_tensor(image, self.device))
+            data.update({f"{k}{i}": v[0][None] for k, v in f.items()})
+            data[f"image_size{i}"] = (image.shape[1], image.shape[0])
+        return data
+
+    def validate(self) -> dict[str, float]:
+        self.matcher.eval()
+        summary = evaluate(self.matcher, self.val_pairs, self.val_cache, progress=False)["summary"]
+        self.net.train()
+        return summary
+
+    def save(self, summary: dict[str, float] | None) -> None:
+        meta = {"step": self.step, "config": self.cfg, "val": summary}
+        save_checkpoint(self.matcher, self.last, meta)
+        if summary is not None and summary["auc@3px"] > self.best:
+            self.best = summary["auc@3px"]
+            save_checkpoint(self.matcher, self.best_path, meta)
+        with atomic_path(self.state_path) as tmp:
+            torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
+                        "scheduler": self.scheduler.state_dict(), "best": self.best, "skipped": self.skipped}, tmp)
+
+
+def log_row(path: Path, row: dict[str, Any], upto_step: int | None = None) -> None:
+    """Append a row to the CSV log (dropping rows past ``upto_step`` left by a killed run first)."""
+    rows = []
+    if path.exists():
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if upto_step is not None:
+            rows = [r for r in rows if int(r["step"]) <= upto_step]
+    rows.append({k: row.get(k, "") for k in ("step", "loss", "lr", "steps_per_s", "skipped", "auc@1px", "auc@3px",
+                                             "precision", "recall")})
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[-1]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def finetune(config: dict[str, Any], stop_after: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) finetuning; ``stop_after`` ends this process after that many steps without saving,
+    as a kill would (a resumed run restarts from the last validation's checkpoint)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = pick_device()
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    seed_everything(config["seed"] + rank)
+    run = Run(config, device, rank, world)
+    if rank == 0:
+        run.out.mkdir(parents=True, exist_ok=True)
+        write_run_config(run.out, config)
+    log_path = run.out / "log.csv"
+    if rank == 0 and run.step == 0:
+        summary = run.validate()
+        run.save(summary)  # best.pth starts as the input model: finetuning must beat it to replace it
+        log_row(log_path, {"step": 0, **summary}, upto_step=-1)
+    run.net.train()
+    use_amp = device.type == "cuda"
+    bar = tqdm(total=config["steps"], initial=run.step, desc="finetune", disable=not progress or rank != 0)
+    start, done_here = time.perf_counter(), 0
+    while run.step < config["steps"]:
+        if stop_after is not None and done_here >= stop_after:
+            break
+        with torch.enable_grad():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss = run.loss(run.step)
+            finite = torch.tensor(float(torch.isfinite(loss)), device=device)
+            if world > 1:
+                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            run.optimizer.zero_grad(set_to_none=True)
+            if finite.item() == 1:
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(run.net.parameters(), config["clip"])
+                run.optimizer.step()
+            else:
+                run.skipped += 1
+                logger.warning("non-finite loss at step %d: step skipped (%d so far)", run.step, run.skipped)
+        run.scheduler.step()
+        run.step += 1
+        done_here += 1
+        rate = done_here / (time.perf_counter() - start)
+        lr = run.scheduler.get_last_lr()[0]
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", it_s=f"{rate:.2f}")
+        last = run.step == config["steps"]
+        if run.step % config["val"]["every"] == 0 or last:
+            if rank == 0:
+                summary = run.validate()
+                run.save(summary)
+                log_row(log_path, {"step": run.step, "loss": loss.item(), "lr": lr, "steps_per_s": rate,
+                                   "skipped": run.skipped, **summary}, upto_step=run.step - 1)
+            if world > 1:
+                dist.barrier()
+    bar.close()
+    result = {"step": run.step, "best_auc@3px": run.best, "skipped": run.skipped, "out": str(run.out),
+              "sparsity": sparsity_report(run.net)["total"]}
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default=None, help="YAML experiment config (configs/finetune_demo.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. steps=50")
+    args = p.parse_args()
+    config = load_config(args.config, args.set, DEFAULTS)
+    if config["checkpoint"] and not Path(config["checkpoint"]).is_file():
+        raise InputError(f"checkpoint not found: {config['checkpoint']}")
+    result = finetune(config)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(result)
+
+
+if __name__ == "__main__":
+    run_cli(main)

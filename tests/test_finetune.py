@@ -1,0 +1,86 @@
+"""finetune.py: resumes exactly, keeps sparsity, skips NaN steps, runs data-parallel, fails clearly."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import finetune
+from conftest import ROOT
+from helper import merge_config
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.matching import build_matcher
+from pruning.fine_grained import prune_fine_grained, sparsity_report
+
+TINY = {"steps": 4, "lr": 3e-4, "matcher_config": {"detector": {"max_keypoints": 64},
+                                                   "matcher": {"depth_confidence": -1, "width_confidence": -1}},
+        "train": {"num_pairs": 3, "size": [160, 120]}, "val": {"num_pairs": 2, "size": [160, 120], "every": 2}}
+
+
+def config(out, **extra):
+    return merge_config(merge_config(finetune.DEFAULTS, TINY), {"out": str(out), **extra})
+
+
+def weights(path):
+    return load_checkpoint(path).matcher.state_dict()
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    straight = finetune.finetune(config(tmp_path / "a"), progress=False)
+    assert straight["step"] == 4
+    killed = finetune.finetune(config(tmp_path / "b"), stop_after=3, progress=False)  # dies after step 3
+    assert killed["step"] == 3
+    resumed = finetune.finetune(config(tmp_path / "b"), progress=False)  # restarts from step 2's checkpoint
+    assert resumed["step"] == 4
+    a, b = weights(tmp_path / "a" / "last.pth"), weights(tmp_path / "b" / "last.pth")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert any(not torch.equal(a[k], v) for k, v in build_matcher("aliked+lightglue").matcher.state_dict().items()
+               if k in a)  # it did train
+    log = (tmp_path / "b" / "log.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in log[1:]] == ["0", "2", "4"]  # no duplicated rows after the resume
+
+
+def test_fine_grained_sparsity_stays_exact(tmp_path):
+    m = build_matcher("aliked+lightglue", TINY["matcher_config"])
+    prune_fine_grained(m.matcher, {"*transformers*": 0.8})
+    before = sparsity_report(m.matcher)
+    save_checkpoint(m, tmp_path / "pruned.pth")
+    finetune.finetune(config(tmp_path / "ft", checkpoint=str(tmp_path / "pruned.pth")), progress=False)
+    after = sparsity_report(load_checkpoint(tmp_path / "ft" / "last.pth").matcher)
+    assert after == before
+
+
+def test_nan_loss_is_skipped_and_counted(tmp_path, monkeypatch):
+    real = finetune.matching_nll
+    calls = []
+
+    def sometimes_nan(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(finetune, "matching_nll", sometimes_nan)
+    result = finetune.finetune(config(tmp_path / "n"), progress=False)
+    assert result["skipped"] == 1
+    assert all(torch.isfinite(v).all() for v in weights(tmp_path / "n" / "last.pth").values())
+
+
+def test_two_process_gloo_run_writes_one_checkpoint(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(f"out: {tmp_path / 'ddp'}\nsteps: 2\n"
+                   "matcher_config: {detector: {max_keypoints: 64}, matcher: {depth_confidence: -1, width_confidence: -1}}\n"
+                   "train: {num_pairs: 2, size: [160, 120]}\nval: {num_pairs: 1, size: [160, 120], every: 2}\n")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           "29517", "finetune.py", "--config", str(cfg)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "ddp").glob("*.pth")) == ["best.pth", "last.pth"]
+    assert load_checkpoint(tmp_path / "ddp" / "last.pth").name == "aliked+lightglue"
+
+
+@pytest.mark.parametrize("override,message", [("checkpoint=/nope/pruned.pth", "checkpoint not found"),
+                                              ("train.source=/nope/coco.zip", "image source not found")])
+def test_bad_input_is_one_line(tmp_path, override, message):
+    proc = subprocess.run([sys.executable, "finetune.py", "--set", f"out={tmp_path}", "--set", override],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
