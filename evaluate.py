@@ -216,11 +216,12 @@ def pose_ground_truth(pair: Pair, shape0: tuple[int, ...], shape1: tuple[int, ..
 
 
 def pair_metrics(pair: Pair, pred: dict[str, np.ndarray], shape0: tuple[int, ...], shape1: tuple[int, ...],
-                 threshold: float = 3.0, method: str = "ransac") -> dict[str, Any]:
+                 threshold: float = 3.0, method: str = "ransac", ransac_threshold: float = 3.0) -> dict[str, Any]:
     """Metrics of one pair whose ground truth is expressed for the evaluated images (PairSet.ground_truth)."""
     k0, k1, m, c = pred["keypoints0"], pred["keypoints1"], pred["matches0"], pred["matching_scores0"]
     if pair.kind == "homography":
-        return homography_metrics(k0, k1, m, c, pair.H, (shape0[1], shape0[0]), threshold, method, threshold)
+        return homography_metrics(k0, k1, m, c, pair.H, (shape0[1], shape0[0]), threshold, method,
+                                  ransac_threshold)
     if pair.kind == "pose":
         K0, K1, T = pose_ground_truth(pair, shape0, shape1)
         return pose_metrics(k0, k1, m, K0, K1, T)
@@ -310,19 +311,45 @@ def predict(matcher: Matcher, pairs: PairSet, pair: Pair, cache: FeatureCache | 
             "time_match": t_match}
 
 
+def match_agreement(reference: dict[str, np.ndarray], pred: dict[str, np.ndarray], tol: float = 1.0) -> float:
+    """Share of a reference model's matches that ``pred`` reproduces (both endpoints within ``tol`` px)."""
+    valid = reference["matches0"] > -1
+    if not valid.any():
+        return 1.0
+    r0, r1 = reference["keypoints0"][valid], reference["keypoints1"][reference["matches0"][valid]]
+    ok = pred["matches0"] > -1
+    if not ok.any():
+        return 0.0
+    p0, p1 = pred["keypoints0"][ok], pred["keypoints1"][pred["matches0"][ok]]
+    d = np.linalg.norm(r0[:, None] - p0[None], axis=2)
+    nearest = d.argmin(1)
+    same = (d[np.arange(len(r0)), nearest] < tol) & (np.linalg.norm(r1 - p1[nearest], axis=1) < tol)
+    return float(same.mean())
+
+
 def evaluate(matcher: Matcher, pairs: PairSet, cache: FeatureCache | None = None, threshold: float = 3.0,
-             method: str = "ransac", progress: bool = True, desc: str = "evaluate") -> dict[str, Any]:
-    """Match every pair and return {'summary': means and AUCs over all pairs, 'rows': per-pair metrics}."""
+             method: str = "ransac", progress: bool = True, desc: str = "evaluate",
+             reference: list[dict[str, np.ndarray]] | None = None, ransac_threshold: float = 3.0) -> dict[str, Any]:
+    """Match every pair; return {'summary': means and AUCs over all pairs, 'rows': per-pair metrics,
+    'predictions': keypoints and matches per pair}. With the ``predictions`` of a reference model (e.g. the
+    dense one), rows and summary also give ``agreement``: the share of its matches that are reproduced."""
     matcher.eval()
     detector_id = matcher.detector_fingerprint()
-    rows = []
-    for pair in tqdm(pairs, desc=desc, disable=not progress, leave=False):
+    rows, predictions = [], []
+    for k, pair in enumerate(tqdm(pairs, desc=desc, disable=not progress, leave=False)):
         pred = predict(matcher, pairs, pair, cache, detector_id)
-        metrics = pair_metrics(pairs.ground_truth(pair), pred, pred["shape0"], pred["shape1"], threshold, method)
+        metrics = pair_metrics(pairs.ground_truth(pair), pred, pred["shape0"], pred["shape1"], threshold, method,
+                               ransac_threshold)
         metrics.pop("epipolar_errors", None)
+        if reference is not None:
+            metrics["agreement"] = match_agreement(reference[k], pred)
         rows.append({"name0": pair.name0, "name1": pair.name1, **metrics,
                      "time_extract": pred["time_extract"], "time_match": pred["time_match"]})
-    return {"summary": summarize(rows), "rows": rows}
+        predictions.append({k: pred[k] for k in ("keypoints0", "keypoints1", "matches0")})
+    summary = summarize(rows)
+    if reference is not None:
+        summary["agreement"] = float(np.mean([r["agreement"] for r in rows]))
+    return {"summary": summary, "rows": rows, "predictions": predictions}
 
 
 # ----------------------------------------------------------------------------- command line
@@ -360,6 +387,7 @@ def main() -> None:
     parser.add_argument("--resize", type=int, nargs="+", default=[640, 480])
     parser.add_argument("--estimator", default="ransac", choices=["ransac", "magsac", "dlt"])
     parser.add_argument("--threshold", type=float, default=3.0, help="correctness threshold, px")
+    parser.add_argument("--ransac_threshold", type=float, default=3.0, help="inlier threshold of the estimator, px")
     parser.add_argument("--output", default=None, help="folder for summary.json and pairs.csv")
     parser.add_argument("--export_pairs", default=None, help="write the synthetic pairs (images + pairs.txt) here")
     parser.add_argument("--force_cpu", action="store_true")
@@ -376,7 +404,8 @@ def main() -> None:
             raise InputError("--export_pairs exports synthetic pairs; drop --input_pairs")
         print(f"exported {len(pairs)} pairs to {pairs.export(args.export_pairs)}")
     matcher = build_from_args(args).to(pick_device(args.force_cpu))
-    result = evaluate(matcher, pairs, FeatureCache(), args.threshold, args.estimator)
+    result = evaluate(matcher, pairs, FeatureCache(), args.threshold, args.estimator,
+                      ransac_threshold=args.ransac_threshold)
     summary = {"matcher": matcher.name, **result["summary"]}
     print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
     if args.output:

@@ -61,6 +61,12 @@ def superpoint_comparison(tp) -> None:
     print(f"  encoder layers with equal widths: {same}/8")
 
 
+def unused_kept(attn) -> int:
+    """Kept key channels whose weights are all zero (the unused ones a correct pruning removes)."""
+    w = attn.proj[1].weight.detach()
+    return int((w.reshape(w.shape[0], -1) == 0).all(1).sum())
+
+
 def superglue_attention_comparison(tp) -> None:
     torch.manual_seed(0)
     sg = SuperGlue({"weights": None, "GNN_layers": ["self"]}).eval()
@@ -104,11 +110,13 @@ def superglue_attention_comparison(tp) -> None:
         a.dim = a.proj[0].out_channels // heads  # Torch-Pruning cannot see the view(); set it by hand
         err_theirs = (theirs(data["descriptors0"]) - reference).abs().max().item()
         widths = [layer.out_channels for layer in a.proj] + [a.merge.in_channels]
-        theirs_text = f"max |Δ log assignment| {err_theirs:.2e} (q, k, v, merge widths {widths})"
+        theirs_text = (f"max |Δ log assignment| {err_theirs:.2e} (q, k, v, merge widths {widths}; "
+                       f"{unused_kept(a)} of the {widths[1]} kept channels are unused ones)")
     except Exception as e:  # report, do not hide, how it fails
         theirs_text = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
     print("SuperGlue attention, half of every head's dims unused (interleaved layout):")
-    print(f"  ours           max |Δ log assignment| {err_ours:.2e}")
+    print(f"  ours           max |Δ log assignment| {err_ours:.2e} "
+          f"({unused_kept(ours.gnn.layers[0].attn)} of the kept channels are unused ones)")
     print(f"  torch-pruning  {theirs_text}")
 
 

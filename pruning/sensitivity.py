@@ -23,7 +23,7 @@ from .fine_grained import magnitude_mask, prunable_weights
 logger = logging.getLogger(__name__)
 
 DENSE = "__dense__"
-METRICS = ("auc@1px", "auc@3px", "auc@5px", "precision", "recall")
+METRICS = ("auc@1px", "auc@3px", "auc@5px", "precision", "recall", "agreement")
 
 
 def groups_by_prefix(model: nn.Module, depth: int, include: Sequence[str] = ("*",)) -> dict[str, list[str]]:
@@ -135,15 +135,23 @@ def dense_metric(rows: Sequence[Mapping], metric: str = "auc@3px") -> float:
 
 def choose_verified(rows: Sequence[Mapping], budget: float,
                     evaluate_choice: Callable[[dict[str, float]], Mapping[str, float]], metric: str = "auc@3px",
-                    shrink: float = 0.5, attempts: int = 4) -> tuple[dict[str, float], Mapping[str, float], list]:
-    """Choose within ``budget``, evaluate the combination for real, and tighten the predicted budget while the
-    real drop exceeds ``budget`` (per-layer drops do not simply add up). Returns (choice, result, history)."""
+                    shrink: float = 0.5, attempts: int = 4, choose_metric: str | None = None,
+                    choose_budget: float | None = None) -> tuple[dict[str, float], Mapping[str, float], list]:
+    """Choose within a budget, evaluate the combination for real, and tighten the predicted budget while the
+    real drop of ``metric`` exceeds ``budget`` (per-layer drops do not simply add up).
+
+    The choice may be made on a smoother scan metric (``choose_metric`` with ``choose_budget``, e.g. recall,
+    which varies less from pair to pair than a homography AUC on a few pairs). Returns (choice, result, history).
+    """
     baseline = dense_metric(rows, metric)
-    predicted, history = budget, []
+    choose_metric = choose_metric or metric
+    predicted = budget if choose_budget is None else choose_budget
+    history = []
     for _ in range(attempts):
-        choice = choose_sparsities(rows, predicted, metric)
+        choice = choose_sparsities(rows, predicted, choose_metric)
         result = evaluate_choice(choice)
-        history.append({"predicted_budget": predicted, "choice": choice, metric: float(result[metric])})
+        history.append({"predicted_budget": predicted, "choose_metric": choose_metric, "choice": choice,
+                        metric: float(result[metric])})
         logger.info("choice within predicted %.4f: real %s drop %.4f", predicted, metric, baseline - result[metric])
         if baseline - float(result[metric]) <= budget:
             break
