@@ -90,8 +90,8 @@ class Run:
             self.matcher = build_matcher(config["matcher"], config.get("matcher_config"))
         self.matcher.to(device)
         self.net = self.matcher.matcher
-        params = list(self.net.parameters()) + (list(self.matcher.detector.parameters())
-                                                if config["train_detector"] else [])
+        params = self.params = list(self.net.parameters()) + (list(self.matcher.detector.parameters())
+                                                              if config["train_detector"] else [])
         self.sparsity = keep_zeros(self.net) if config["keep_zeros"] else 0.0
         self.optimizer = torch.optim.AdamW(params, lr=config["lr"], weight_decay=config["weight_decay"])
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -211,7 +211,7 @@ def finetune(config: dict[str, Any], stop_after: int | None = None, progress: bo
             run.optimizer.zero_grad(set_to_none=True)
             if finite.item() == 1:
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(run.net.parameters(), config["clip"])
+                torch.nn.utils.clip_grad_norm_(run.params, config["clip"])
                 run.optimizer.step()
             else:
                 run.skipped += 1

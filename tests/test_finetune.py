@@ -84,3 +84,10 @@ def test_bad_input_is_one_line(tmp_path, override, message):
     proc = subprocess.run([sys.executable, "finetune.py", "--set", f"out={tmp_path}", "--set", override],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_detector_can_be_trained_too(tmp_path):
+    before = build_matcher("aliked+lightglue").detector.state_dict()
+    finetune.finetune(config(tmp_path / "d", steps=2, train_detector=True, val={"every": 2}), progress=False)
+    after = load_checkpoint(tmp_path / "d" / "last.pth").detector.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())

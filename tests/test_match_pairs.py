@@ -77,3 +77,13 @@ def test_command_line_error_is_one_line_with_status_2(tmp_path):
     err = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert err == [f"error: {bad}:2: expected 2, 11 (homography) or 38 (pose) fields, got 4"]
     assert "Traceback" not in proc.stderr
+
+
+def test_checkpoint_flag_runs_a_saved_model(exported, tmp_path):
+    from models.checkpoint import save_checkpoint
+    from models.matching import build_matcher
+
+    ckpt = save_checkpoint(build_matcher("sift+nn", {"matcher": {"ratio_threshold": 0.7}}), tmp_path / "sift.pth")
+    summaries = match_pairs.main(["--input_pairs", str(exported), "--output_dir", str(tmp_path / "o"),
+                                  "--checkpoint", str(ckpt), "--eval", "--max_length", "1"])
+    assert summaries["homography"]["num_pairs"] == 1 and summaries["homography"]["precision"] > 0.8
