@@ -1,0 +1,229 @@
+"""Cost of matchers, dense or compressed, measured side by side: parameters, MACs, size, latency, memory.
+
+    python profiling.py --matcher aliked+lightglue --num_keypoints 512 --resize 640 480 --json prof.json
+    python profiling.py --matcher superpoint+superglue --random-weights --checkpoint runs/pruned.pth
+    python profiling.py --matcher aliked+lightglue --sweep_keypoints 128 256 512 1024 2048 --csv sweep.csv
+
+(Named profiling.py on purpose: a profile.py here would shadow Python's profile module and break
+torch._dynamo.) MACs come from two counters: torch's FlopCounterMode, which sees every matmul/einsum/bmm, and
+a module-hook counter (convolutions and linear layers only, as thop counts); their difference is the
+attention arithmetic that module counters miss. The matcher runs on exactly N real keypoints per image (from
+a sample photo and a warp of it; topped up with random ones only if the detector finds fewer).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from data.homographies import HomographyConfig, crop_resize, sample_homography, warp_image
+from data.images import open_source
+from helper import (InputError, count_macs, git_commit, measure_latency, pick_device, run_cli, to_tensor, write_csv,
+                    write_json)
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.matching import Matcher, available_matchers, build_matcher
+
+logger = logging.getLogger("profiling")
+
+
+def module_macs(model: nn.Module, fn: Callable[[], Any]) -> int:
+    """MACs of convolution and linear layers only, counted with forward hooks (what thop sees)."""
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        if isinstance(module, nn.Linear):
+            total += output.numel() * module.in_features
+        else:
+            k = int(np.prod(module.kernel_size))
+            total += output.numel() * (module.in_channels // module.groups) * k
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    try:
+        with torch.no_grad():
+            fn()
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def peak_memory(fn: Callable[[], Any], device: torch.device) -> int:
+    """Peak bytes allocated during ``fn`` above what was allocated before (CUDA allocator, or CPU profiler)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        with torch.no_grad():
+            fn()
+        torch.cuda.synchronize()
+        return int(torch.cuda.max_memory_allocated() - base)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof, torch.no_grad():
+        fn()
+    running = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        running += event.self_cpu_memory_usage
+        peak = max(peak, running)
+    return int(peak)
+
+
+def state_bytes(module: nn.Module) -> int:
+    buf = io.BytesIO()
+    torch.save(module.state_dict(), buf)
+    return buf.tell()
+
+
+def part_stats(module: nn.Module) -> dict[str, int]:
+    params = list(module.parameters())
+    return {"params": sum(p.numel() for p in params), "nonzero_params": sum(int((p != 0).sum()) for p in params),
+            "size_bytes": state_bytes(module)}
+
+
+def test_pair(size: tuple[int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A real photo (scikit-image's astronaut) at ``size`` and a seeded homography warp of it."""
+    image = crop_resize(open_source("sample").read("astronaut.png"), size)
+    H = sample_homography(np.random.default_rng(seed), size, HomographyConfig())
+    return image, warp_image(image, H, size)
+
+
+def exactly_n(feats: dict[str, torch.Tensor], n: int, size: tuple[int, int], seed: int) -> tuple[dict, int]:
+    """Top-n keypoints by score; when fewer were found, random ones fill up (returned count = real ones)."""
+    k, s, d = feats["keypoints"], feats["scores"], feats["descriptors"]
+    real = min(n, len(k))
+    order = torch.argsort(s, descending=True)[:real]
+    k, s, d = k[order], s[order], d[:, order]
+    if real < n:
+        g = torch.Generator().manual_seed(seed)
+        extra = n - real
+        k = torch.cat([k, (torch.rand(extra, 2, generator=g) * torch.tensor(size, dtype=torch.float32)).to(k)])
+        s = torch.cat([s, torch.rand(extra, generator=g).to(s)])
+        d = torch.cat([d, nn.functional.normalize(torch.randn(d.shape[0], extra, generator=g), dim=0).to(d)], 1)
+    return {"keypoints": k, "scores": s, "descriptors": d}, real
+
+
+def profile_matcher(matcher: Matcher, name: str, size: tuple[int, int], num_keypoints: int, repeats: int,
+                    device: torch.device) -> dict[str, Any]:
+    """Detector, matcher and total cost of one model on one real image pair."""
+    matcher = matcher.eval().to(device)
+    img0, img1 = (to_tensor(im, device) for im in test_pair(size))
+    extract = lambda: matcher.extract(img0)  # noqa: E731
+    with torch.no_grad():
+        feats = [matcher.extract(img) for img in (img0, img1)]
+    data, real = {}, []
+    for i, f in enumerate(feats):
+        one, n_real = exactly_n({k: v[0] for k, v in f.items()}, num_keypoints, size, i)
+        data.update({f"{k}{i}": v[None] for k, v in one.items()})
+        data[f"image_size{i}"] = size
+        real.append(n_real)
+    match = lambda: matcher.match(data)  # noqa: E731
+    det = {**part_stats(matcher.detector), "macs": count_macs(extract),
+           "macs_modules": module_macs(matcher.detector, extract), **measure_latency(extract, repeats),
+           "peak_memory_bytes": peak_memory(extract, device)}
+    mat = {**part_stats(matcher.matcher), "macs": count_macs(match), "macs_modules": module_macs(matcher.matcher, match),
+           **measure_latency(match, repeats), "peak_memory_bytes": peak_memory(match, device)}
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint_bytes = save_checkpoint(matcher, Path(tmp) / "m.pth").stat().st_size
+    pair = lambda: (matcher.extract(img0), matcher.extract(img1), matcher.match(data))  # noqa: E731
+    total = {"params": det["params"] + mat["params"], "nonzero_params": det["nonzero_params"] + mat["nonzero_params"],
+             "macs": 2 * det["macs"] + mat["macs"], "macs_modules": 2 * det["macs_modules"] + mat["macs_modules"],
+             "size_bytes": checkpoint_bytes, "state_dict_bytes": state_bytes(matcher),
+             **measure_latency(pair, max(3, repeats // 2))}
+    return {"name": name, "matcher": mat, "detector": det, "total": total, "keypoints_real": real,
+            "num_keypoints": num_keypoints, "resize": list(size)}
+
+
+def sweep(matcher: Matcher, name: str, size: tuple[int, int], keypoints: list[int], resizes: list[tuple[int, int]],
+          repeats: int, device: torch.device) -> list[dict[str, Any]]:
+    """Matcher cost against keypoints, and detector cost against resolution."""
+    rows = []
+    for n in keypoints:
+        r = profile_matcher(matcher, name, size, n, repeats, device)
+        rows.append({"model": name, "num_keypoints": n, "width": size[0], "height": size[1],
+                     "detector_ms": r["detector"]["latency_ms"], "matcher_ms": r["matcher"]["latency_ms"],
+                     "matcher_macs": r["matcher"]["macs"], "detector_macs": r["detector"]["macs"]})
+    for wh in resizes:
+        r = profile_matcher(matcher, name, wh, keypoints[0] if keypoints else 512, repeats, device)
+        rows.append({"model": name, "num_keypoints": r["num_keypoints"], "width": wh[0], "height": wh[1],
+                     "detector_ms": r["detector"]["latency_ms"], "matcher_ms": r["matcher"]["latency_ms"],
+                     "matcher_macs": r["matcher"]["macs"], "detector_macs": r["detector"]["macs"]})
+    return rows
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    """Side-by-side table with ratios to the first (dense) model."""
+    base = results[0]["total"]
+    lines = ["| model | params | non-zero | GMACs (all ops) | GMACs (modules) | size MB | latency ms (IQR) | "
+             "size × | MACs × | latency × |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        t = r["total"]
+        lines.append(f"| {r['name']} | {t['params']:,} | {t['nonzero_params']:,} | {t['macs'] / 1e9:.2f} | "
+                     f"{t['macs_modules'] / 1e9:.2f} | {t['size_bytes'] / 1e6:.2f} | {t['latency_ms']:.1f} "
+                     f"({t['latency_ms_iqr']:.1f}) | {t['size_bytes'] / base['size_bytes']:.2f} | "
+                     f"{t['macs'] / base['macs']:.2f} | {t['latency_ms'] / base['latency_ms']:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--matcher", nargs="*", default=[], choices=available_matchers())
+    p.add_argument("--checkpoint", nargs="*", default=[], help="checkpoints written by this project")
+    p.add_argument("--random-weights", "--random_weights", dest="random_weights", action="store_true",
+                   help="profile the architecture without its weights (cost does not depend on them)")
+    p.add_argument("--num_keypoints", type=int, default=512, help="keypoints per image fed to the matcher")
+    p.add_argument("--resize", type=int, nargs=2, default=[640, 480], metavar=("W", "H"))
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--sweep_keypoints", type=int, nargs="*", default=[])
+    p.add_argument("--sweep_resize", type=int, nargs="*", default=[], help="W H pairs, e.g. 320 240 640 480")
+    p.add_argument("--json", default=None)
+    p.add_argument("--csv", default=None, help="sweep rows")
+    p.add_argument("--markdown", default=None)
+    p.add_argument("--force_cpu", action="store_true")
+    args = p.parse_args()
+    if not args.matcher and not args.checkpoint:
+        raise InputError("give --matcher and/or --checkpoint")
+    if len(args.sweep_resize) % 2:
+        raise InputError("--sweep_resize takes W H pairs")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.force_cpu)
+    models: list[tuple[str, Matcher]] = []
+    for name in args.matcher:
+        config = ({"superpoint": {"weights": None}, "superglue": {"weights": None}, "pretrained": False}
+                  if args.random_weights else {})
+        models.append((name + (" (random weights)" if args.random_weights else ""), build_matcher(name, config)))
+    for path in args.checkpoint:
+        if not Path(path).is_file():
+            raise InputError(f"checkpoint not found: {path}")
+        models.append((Path(path).name, load_checkpoint(path)))
+    size = tuple(args.resize)
+    meta = {"device": str(device), "threads": torch.get_num_threads(), "git_commit": git_commit(), "args": vars(args)}
+    results = []
+    for name, matcher in models:
+        logger.info("profiling %s", name)
+        results.append({**profile_matcher(copy.deepcopy(matcher), name, size, args.num_keypoints, args.repeats,
+                                          device), "meta": meta})
+    print(markdown(results))
+    resizes = [tuple(args.sweep_resize[i:i + 2]) for i in range(0, len(args.sweep_resize), 2)]
+    rows = [row for name, m in models for row in sweep(m, name, size, args.sweep_keypoints, resizes, args.repeats,
+                                                       device)] if (args.sweep_keypoints or resizes) else []
+    if args.json:
+        write_json(args.json, results)
+    if args.csv and rows:
+        write_csv(args.csv, rows)
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(results) + "\n")
+
+
+if __name__ == "__main__":
+    run_cli(main)
