@@ -1,9 +1,14 @@
-"""Checkpoints this project writes: the weights plus everything needed to rebuild the network.
+"""Checkpoints this project writes: compressed weights plus everything needed to rebuild the network.
 
 A pruned network has other shapes than its config says, so a checkpoint records the matcher's zoo name,
-its config, the state_dict and the few int attributes that shapes cannot tell (attention head counts and
-dims). Loading rebuilds the default network, resizes each layer to the stored weights and loads strictly,
-so the caller never needs to know the shapes.
+its config and the few int attributes that shapes cannot tell (attention head counts and dims). Loading
+rebuilds the default network, resizes each layer to the stored weights and loads strictly, so the caller never
+needs to know the shapes.
+
+Tensors are stored by kind: k-means-quantized weights as codes packed at their bit width plus the codebook
+(and a bitmask of the non-zeros when pruned), sparse weights as a bitmask plus the non-zero values, the rest
+as they are. Loading gives back exactly the weights that were evaluated (bit-exact). Model size in this
+project means the bytes of this file.
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -66,18 +72,73 @@ def fit_shapes(model: nn.Module, state: dict[str, torch.Tensor], attrs: dict[str
             setattr(model.get_submodule(name), attr, value)
 
 
+def pack_bits(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack integers < 2**bits (any shape) into a flat uint8 tensor, ``bits`` bits each."""
+    v = values.flatten().to(torch.int64).numpy()
+    planes = ((v[:, None] >> np.arange(bits)) & 1).astype(np.uint8)
+    return torch.from_numpy(np.packbits(planes.ravel()))
+
+
+def unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
+    planes = np.unpackbits(packed.numpy())[: count * bits].reshape(count, bits).astype(np.int64)
+    return torch.from_numpy((planes << np.arange(bits)).sum(1))
+
+
+def encode(name: str, tensor: torch.Tensor, modules: dict[str, nn.Module]) -> dict[str, Any]:
+    """One state_dict entry in its compact form (k-means codes, sparse bitmask + values, or plain)."""
+    t = tensor.detach().cpu()
+    module = modules.get(name.rsplit(".", 1)[0] if "." in name else "")
+    if name.endswith("weight") and module is not None and hasattr(module, "weight_codes"):
+        codebook = module.weight_codebook.detach().cpu()
+        bits = max(1, int(codebook.numel() - 1).bit_length())
+        nonzero = getattr(module, "weight_nonzero", None)
+        entry = {"kind": "kmeans", "shape": list(t.shape), "dtype": str(t.dtype).split(".")[-1], "bits": bits,
+                 "codebook": codebook.to(t.dtype), "codes": pack_bits(module.weight_codes.cpu(), bits),
+                 "count": int(module.weight_codes.numel())}
+        if nonzero is not None:
+            entry["mask"] = pack_bits(nonzero.cpu(), 1)
+        return entry
+    if t.is_floating_point() and t.ndim >= 2 and (t == 0).float().mean() >= 0.1:
+        mask = t != 0
+        return {"kind": "sparse", "shape": list(t.shape), "mask": pack_bits(mask, 1), "values": t[mask]}
+    return {"kind": "dense", "tensor": t}
+
+
+def decode(entry: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(tensor, k-means buffers to restore) of an encoded entry."""
+    if entry["kind"] == "dense":
+        return entry["tensor"], {}
+    shape = entry["shape"]
+    numel = int(np.prod(shape))
+    if entry["kind"] == "sparse":
+        mask = unpack_bits(entry["mask"], 1, numel).bool()
+        flat = torch.zeros(numel, dtype=entry["values"].dtype)
+        flat[mask] = entry["values"]
+        return flat.view(shape), {}
+    codes = unpack_bits(entry["codes"], entry["bits"], entry["count"])
+    values = entry["codebook"][codes]
+    buffers = {"weight_codebook": entry["codebook"], "weight_codes": codes.to(torch.uint8)}
+    if "mask" in entry:
+        mask = unpack_bits(entry["mask"], 1, numel).bool()
+        flat = torch.zeros(numel, dtype=values.dtype)
+        flat[mask] = values
+        buffers["weight_nonzero"] = mask.view(shape)
+        return flat.view(shape), buffers
+    return values.view(shape), buffers
+
+
 def save_checkpoint(matcher: Matcher, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
-    """Write ``matcher`` atomically as a self-describing checkpoint (zoo name, config, weights, git commit)."""
+    """Write ``matcher`` atomically as a compact, self-describing checkpoint (zoo name, config, git commit)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    config = {**matcher.config}
+    modules = dict(matcher.named_modules())
     payload = {
         "format": FORMAT,
         "version": VERSION,
         "matcher": matcher.name,
-        "config": config,
+        "config": {**matcher.config},
         "attrs": shape_attrs(matcher),
-        "state_dict": {k: v.detach().cpu() for k, v in matcher.state_dict().items()},
+        "tensors": {k: encode(k, v, modules) for k, v in matcher.state_dict().items()},
         "meta": {"git_commit": git_commit(), **(meta or {})},
     }
     tmp = path.with_name(path.name + ".tmp")
@@ -99,11 +160,17 @@ def load_checkpoint(path: str | os.PathLike) -> Matcher:
         raise WeightsError(f"{path} has checkpoint version {payload['version']}; this code reads up to {VERSION}")
     config = _without_weights(payload["config"])
     matcher = build_matcher(payload["matcher"], config)
-    fit_shapes(matcher, payload["state_dict"], payload.get("attrs", {}))
+    decoded = {k: decode(e) for k, e in payload["tensors"].items()}
+    state = {k: t for k, (t, _) in decoded.items()}
+    fit_shapes(matcher, state, payload.get("attrs", {}))
     try:
-        matcher.load_state_dict(payload["state_dict"], strict=True)
+        matcher.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise WeightsError(f"{path} does not fit {payload['matcher']}: {str(e).splitlines()[0]}") from None
+    modules = dict(matcher.named_modules())
+    for name, (_, buffers) in decoded.items():
+        for buf, value in buffers.items():  # k-means codes stay with the layer, for codebook finetuning
+            modules[name.rsplit(".", 1)[0]].register_buffer(buf, value, persistent=False)
     return matcher.eval()
 
 

@@ -1,0 +1,75 @@
+"""K-means weight sharing and the compressed checkpoint format: real bytes on disk, bit-exact loading."""
+import io
+
+import pytest
+import torch
+
+from models.checkpoint import load_checkpoint, pack_bits, save_checkpoint, unpack_bits
+from models.matching import build_matcher
+from models.superglue import SuperGlue
+from pruning.fine_grained import prune_fine_grained, sparsity_report
+from quantization.kmeans import kmeans_1d, quantize_kmeans, track
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 8])
+def test_pack_bits_round_trips(bits):
+    values = torch.randint(0, 2 ** bits, (1001,))
+    packed = pack_bits(values, bits)
+    assert packed.numel() == (1001 * bits + 7) // 8
+    assert torch.equal(unpack_bits(packed, bits, 1001), values)
+
+
+def test_kmeans_finds_the_clusters():
+    values = torch.cat([torch.full((100,), -1.0), torch.full((50,), 0.5), torch.full((30,), 2.0)])
+    codebook, codes = kmeans_1d(values[torch.randperm(180)], 3)
+    assert torch.allclose(codebook, torch.tensor([-1.0, 0.5, 2.0]))
+    assert torch.bincount(codes).tolist() == [100, 50, 30]
+
+
+def test_quantized_weights_share_values_keep_zeros_and_survive_training():
+    sg = SuperGlue({"weights": None, "GNN_layers": ["self", "cross"], "sinkhorn_iterations": 5}).train()
+    prune_fine_grained(sg, {"*mlp*": 0.8})
+    quantize_kmeans(sg, {"*mlp*": 4, "*attn*": 2})
+    w = sg.gnn.layers[0].mlp[0].weight
+    assert torch.unique(w[w != 0]).numel() <= 16 and (w == 0).float().mean().item() == pytest.approx(0.8, abs=1e-5)
+    assert torch.unique(sg.gnn.layers[1].attn.merge.weight).numel() <= 4
+    before = sparsity_report(sg)
+    codebook = sg.gnn.layers[0].mlp[0].weight_codebook.clone()
+    opt = torch.optim.Adam(sg.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    data = {"keypoints0": torch.rand(1, 30, 2, generator=g) * 90, "keypoints1": torch.rand(1, 20, 2, generator=g) * 90,
+            "scores0": torch.rand(1, 30, generator=g), "scores1": torch.rand(1, 20, generator=g),
+            "descriptors0": torch.randn(1, 256, 30, generator=g), "descriptors1": torch.randn(1, 256, 20, generator=g),
+            "image_size0": (100, 100), "image_size1": (100, 100)}
+    with torch.enable_grad():
+        for _ in range(3):
+            loss = -sg(data)["log_assignment"][:, :20, :20].diagonal(dim1=1, dim2=2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert not torch.equal(codebook, sg.gnn.layers[0].mlp[0].weight_codebook)  # the codebook was finetuned
+    assert torch.unique(w[w != 0]).numel() <= 16 and sparsity_report(sg) == before
+    assert torch.unique(sg.gnn.layers[1].attn.merge.weight).numel() <= 4
+
+
+def test_compressed_checkpoint_is_15x_smaller_and_bit_exact(tmp_path):
+    m = build_matcher("superpoint+superglue", {"superpoint": {"weights": None}, "superglue": {"weights": None}})
+    buf = io.BytesIO()
+    torch.save(m.state_dict(), buf)
+    prune_fine_grained(m, 0.8)
+    quantize_kmeans(m, 4)
+    path = save_checkpoint(m, tmp_path / "small.pth")
+    assert buf.tell() / path.stat().st_size >= 15
+    loaded = load_checkpoint(path)
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in m.state_dict().items())
+    assert track(loaded) > 0  # codes came back with the layers: codebooks can be finetuned further
+
+
+def test_sparse_weights_without_codes_are_stored_sparsely(tmp_path):
+    m = build_matcher("aliked+lightglue")
+    dense = save_checkpoint(m, tmp_path / "dense.pth").stat().st_size
+    prune_fine_grained(m.matcher, 0.9)
+    sparse = save_checkpoint(m, tmp_path / "sparse.pth").stat().st_size
+    assert sparse < 0.35 * dense
+    loaded = load_checkpoint(tmp_path / "sparse.pth")
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in m.state_dict().items())
