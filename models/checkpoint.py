@@ -23,6 +23,7 @@ from torch import nn
 from helper import git_commit
 
 from .matching import Matcher, build_matcher
+from .quantized import install_activation_quant
 from .weights import WeightsError, read_state_dict
 
 FORMAT = "efficient-feature-matching/checkpoint"
@@ -98,6 +99,16 @@ def encode(name: str, tensor: torch.Tensor, modules: dict[str, nn.Module]) -> di
         if nonzero is not None:
             entry["mask"] = pack_bits(nonzero.cpu(), 1)
         return entry
+    if name.endswith("weight") and module is not None and hasattr(module, "weight_scale"):
+        bits, scale = module.weight_bits, module.weight_scale.detach().cpu()
+        qmax = 2 ** (bits - 1) - 1
+        codes = torch.round(t / scale.view((-1,) + (1,) * (t.ndim - 1))).to(torch.int64) + qmax
+        entry = {"kind": "linear", "shape": list(t.shape), "bits": bits, "scale": scale,
+                 "codes": pack_bits(codes, bits), "count": t.numel()}
+        if hasattr(module, "act_scale"):
+            entry.update(act_scale=module.act_scale.cpu(), act_zero_point=module.act_zero_point.cpu(),
+                         act_bits=module.act_bits)
+        return entry
     if t.is_floating_point() and t.ndim >= 2 and (t == 0).float().mean() >= 0.1:
         mask = t != 0
         return {"kind": "sparse", "shape": list(t.shape), "mask": pack_bits(mask, 1), "values": t[mask]}
@@ -116,6 +127,11 @@ def decode(entry: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]
         flat[mask] = entry["values"]
         return flat.view(shape), {}
     codes = unpack_bits(entry["codes"], entry["bits"], entry["count"])
+    if entry["kind"] == "linear":
+        qmax = 2 ** (entry["bits"] - 1) - 1
+        scale = entry["scale"]
+        weight = (codes - qmax).view(shape).to(scale.dtype) * scale.view((-1,) + (1,) * (len(shape) - 1))
+        return weight, {"weight_scale": scale}
     values = entry["codebook"][codes]
     buffers = {"weight_codebook": entry["codebook"], "weight_codes": codes.to(torch.uint8)}
     if "mask" in entry:
@@ -169,8 +185,14 @@ def load_checkpoint(path: str | os.PathLike) -> Matcher:
         raise WeightsError(f"{path} does not fit {payload['matcher']}: {str(e).splitlines()[0]}") from None
     modules = dict(matcher.named_modules())
     for name, (_, buffers) in decoded.items():
-        for buf, value in buffers.items():  # k-means codes stay with the layer, for codebook finetuning
-            modules[name.rsplit(".", 1)[0]].register_buffer(buf, value, persistent=False)
+        layer = modules.get(name.rsplit(".", 1)[0])
+        for buf, value in buffers.items():  # codes and scales stay with the layer (finetuning, re-saving)
+            layer.register_buffer(buf, value, persistent=False)
+        entry = payload["tensors"][name]
+        if entry.get("kind") == "linear":
+            layer.weight_bits = entry["bits"]
+            if "act_scale" in entry:  # run exactly as evaluated: inputs fake-quantized
+                install_activation_quant(layer, entry["act_scale"], entry["act_zero_point"], entry["act_bits"])
     return matcher.eval()
 
 

@@ -73,3 +73,28 @@ def test_sparse_weights_without_codes_are_stored_sparsely(tmp_path):
     assert sparse < 0.35 * dense
     loaded = load_checkpoint(tmp_path / "sparse.pth")
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in m.state_dict().items())
+
+
+def test_linear_ptq_round_trips_through_the_checkpoint(tmp_path):
+    from quantization.linear import quantize_linear
+
+    m = build_matcher("superpoint+superglue", {"superpoint": {"weights": None, "max_keypoints": 64},
+                                               "superglue": {"weights": None, "GNN_layers": ["self", "cross"]}})
+    x = torch.rand(1, 1, 96, 128)
+    dense = m({"image0": x, "image1": x.flip(-1)})
+    buf = io.BytesIO()
+    torch.save(m.state_dict(), buf)
+    with torch.no_grad():
+        quantize_linear(m, lambda: m({"image0": x, "image1": x.flip(-1)}), 8, 8)
+    w = m.superglue.gnn.layers[0].mlp[0].weight
+    assert all(torch.unique(row).numel() <= 255 for row in w[:8])
+    out = m({"image0": x, "image1": x.flip(-1)})
+    assert torch.isfinite(out["matching_scores0"]).all()
+    path = save_checkpoint(m, tmp_path / "int8.pth")
+    assert buf.tell() / path.stat().st_size > 3.5  # 8-bit codes + per-channel scales
+    loaded = load_checkpoint(path)
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in m.state_dict().items())
+    again = loaded({"image0": x, "image1": x.flip(-1)})
+    assert torch.equal(again["matches0"], out["matches0"])  # activations are fake-quantized after loading too
+    assert torch.allclose(again["matching_scores0"], out["matching_scores0"])
+    assert dense["keypoints0"][0].shape == out["keypoints0"][0].shape

@@ -1,0 +1,63 @@
+"""Accuracy of quantized aliked+lightglue matchers on the sample validation pairs, side by side with dense.
+
+    python benchmarks/quantization_accuracy.py [--num_pairs 30]
+
+Variants: 8-bit linear PTQ of the whole LightGlue (per-channel weights, per-tensor activations calibrated on
+training pairs) and 4-bit / 2-bit k-means weight sharing; each also saved in the compressed checkpoint format,
+whose size is reported next to the fp32 state_dict.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from evaluate import FeatureCache, evaluate  # noqa: E402
+from finetune import DEFAULTS, make_pairs  # noqa: E402
+from helper import merge_config  # noqa: E402
+from models.checkpoint import save_checkpoint  # noqa: E402
+from models.matching import build_matcher  # noqa: E402
+from quantization.kmeans import quantize_kmeans  # noqa: E402
+from quantization.linear import quantize_linear  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--num_pairs", type=int, default=30)
+    p.add_argument("--calibration_pairs", type=int, default=8)
+    args = p.parse_args()
+    cfg = {"detector": {"max_keypoints": 512}, "matcher": {"depth_confidence": -1, "width_confidence": -1}}
+    dense = build_matcher("aliked+lightglue", cfg)
+    val = make_pairs(merge_config(DEFAULTS["val"], {"num_pairs": args.num_pairs}))
+    calib = make_pairs(merge_config(DEFAULTS["train"], {"num_pairs": args.calibration_pairs}))
+    cache = FeatureCache()
+    buf = io.BytesIO()
+    torch.save(dense.matcher.state_dict(), buf)
+
+    variants = {"dense fp32": dense}
+    m = copy.deepcopy(dense)
+    quantize_linear(m.matcher, lambda: evaluate(m, calib, cache, progress=False), 8, 8)
+    variants["linear int8 PTQ (w8a8)"] = m
+    for bits in (4, 2):
+        m = copy.deepcopy(dense)
+        quantize_kmeans(m.matcher, bits)
+        variants[f"k-means {bits}-bit"] = m
+
+    print(f"{len(val)} validation pairs; LightGlue fp32 state_dict {buf.tell() / 1e6:.1f} MB")
+    print(f"{'variant':<24}{'AUC@1px':>9}{'AUC@3px':>9}{'AUC@5px':>9}{'prec':>7}{'recall':>8}{'ckpt MB':>9}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, m in variants.items():
+            s = evaluate(m, val, cache, progress=False)["summary"]
+            size = save_checkpoint(m, Path(tmp) / "m.pth").stat().st_size
+            print(f"{name:<24}{s['auc@1px']:>9.3f}{s['auc@3px']:>9.3f}{s['auc@5px']:>9.3f}{s['precision']:>7.3f}"
+                  f"{s['recall']:>8.3f}{size / 1e6:>9.1f}")
+
+
+if __name__ == "__main__":
+    main()

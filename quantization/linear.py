@@ -1,0 +1,84 @@
+"""Linear (uniform) quantization: symmetric per-output-channel weights, calibrated per-tensor activations.
+
+Weights are rounded in place to their per-channel grid (so the stored codes and scales reproduce them
+bit-exactly); activations entering each layer are fake-quantized by a forward pre-hook with a scale and zero
+point calibrated on sample data (min/max or percentile). The straight-through estimator lets gradients pass
+the rounding (quantization-aware training). Attention products and Sinkhorn stay in float.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Mapping, Union
+
+import torch
+from torch import nn
+
+from models.quantized import install_activation_quant
+from pruning.fine_grained import prunable_weights, resolve_sparsities
+
+logger = logging.getLogger(__name__)
+BitsSpec = Union[int, Mapping[str, int]]
+
+
+def weight_scales(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """Symmetric per-output-channel scales: max |w| of each channel maps to 2^(bits-1) - 1."""
+    qmax = 2 ** (bits - 1) - 1
+    return (weight.detach().reshape(weight.shape[0], -1).abs().amax(1) / qmax).clamp(min=1e-12)
+
+
+class ActivationObserver:
+    """Collects the range of a layer's input during calibration (min/max, or a percentile of |x|)."""
+
+    def __init__(self, method: str = "minmax", percentile: float = 99.99):
+        self.method, self.percentile = method, percentile
+        self.lo, self.hi = float("inf"), float("-inf")
+
+    def __call__(self, module: nn.Module, inputs: tuple) -> None:
+        x = inputs[0].detach().float().flatten()
+        if self.method == "percentile" and x.numel() > 1:
+            sample = x[:: x.numel() // (1 << 20) + 1]
+            lo, hi = torch.quantile(sample, 1 - self.percentile / 100), torch.quantile(sample, self.percentile / 100)
+        else:
+            lo, hi = x.min(), x.max()
+        self.lo, self.hi = min(self.lo, lo.item()), max(self.hi, hi.item())
+
+
+def quantize_linear(model: nn.Module, calibrate: Callable[[], None], weight_bits: BitsSpec = 8,
+                    activation_bits: int = 8, method: str = "minmax") -> dict[str, int]:
+    """Quantize the weights of ``model``'s conv/linear layers in place and fake-quantize their inputs.
+
+    ``calibrate`` runs the model on sample data once (e.g. an evaluation of a few pairs) to set the
+    activation ranges (asymmetric, per tensor). Returns the weight bits per tensor.
+    """
+    spec = resolve_sparsities(model, weight_bits)
+    modules = dict(model.named_modules())
+    layers = {name: modules[name.rsplit(".", 1)[0] if "." in name else ""] for name in spec}
+    observers = {name: ActivationObserver(method) for name in layers}
+    handles = [layer.register_forward_pre_hook(observers[name]) for name, layer in layers.items()]
+    try:
+        with torch.no_grad():
+            calibrate()
+    finally:
+        for h in handles:
+            h.remove()
+    weights = prunable_weights(model)
+    for name, layer in layers.items():
+        bits = int(spec[name])
+        obs = observers[name]
+        w = weights[name]
+        s = weight_scales(w, bits)
+        shape = (-1,) + (1,) * (w.ndim - 1)
+        qmax = 2 ** (bits - 1) - 1
+        with torch.no_grad():
+            w.copy_(torch.round(w / s.view(shape)).clamp(-qmax, qmax) * s.view(shape))
+        layer._buffers.pop("weight_scale", None)
+        layer.register_buffer("weight_scale", s.to(w.device), persistent=False)
+        layer.weight_bits = bits
+        if obs.hi < obs.lo:  # never ran during calibration (e.g. an early-exit head): weights only
+            logger.debug("%s did not run during calibration; its inputs stay float", name)
+            continue
+        lo, hi = min(obs.lo, 0.0), max(obs.hi, 0.0)
+        scale = torch.tensor(max(hi - lo, 1e-8) / (2 ** activation_bits - 1))
+        install_activation_quant(layer, scale, torch.round(-lo / scale), activation_bits)
+    logger.info("linear-quantized %d layers of %s", len(layers), type(model).__name__)
+    return {n: int(b) for n, b in spec.items()}
