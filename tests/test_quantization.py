@@ -98,3 +98,25 @@ def test_linear_ptq_round_trips_through_the_checkpoint(tmp_path):
     assert torch.equal(again["matches0"], out["matches0"])  # activations are fake-quantized after loading too
     assert torch.allclose(again["matching_scores0"], out["matching_scores0"])
     assert dense["keypoints0"][0].shape == out["keypoints0"][0].shape
+
+
+def test_int8_superpoint_runs_in_onnxruntime(tmp_path):
+    import numpy as np
+
+    from models.superpoint import SuperPoint
+    from quantization.int8 import OrtSuperPoint, export_superpoint, quantize_static_onnx
+
+    sp = SuperPoint({"weights": None, "max_keypoints": 100}).eval()
+    fp32 = export_superpoint(sp, tmp_path / "sp.onnx", (128, 96))
+    calib = [np.random.default_rng(i).random((1, 1, 96, 128), dtype=np.float32) for i in range(2)]
+    int8 = quantize_static_onnx(fp32, tmp_path / "sp8.onnx", calib)
+    assert int8.stat().st_size < 0.5 * fp32.stat().st_size
+    image = torch.rand(2, 1, 96, 128)
+    ref = sp({"image": image})
+    for path in (fp32, int8):
+        out = OrtSuperPoint(sp, path)({"image": image})
+        assert [len(k) for k in out["keypoints"]] == [len(k) for k in ref["keypoints"]]
+        assert out["descriptors"][0].shape == ref["descriptors"][0].shape
+    heat_ref, desc_ref = sp.dense(image)
+    heat, desc = OrtSuperPoint(sp, fp32).dense(image)
+    assert torch.allclose(heat, heat_ref, atol=1e-5) and torch.allclose(desc, desc_ref, atol=1e-4)
