@@ -35,6 +35,7 @@ from models.losses import homography_gt, matching_nll
 from models.matching import Matcher, build_matcher
 from pruning.fine_grained import apply_masks, prunable_weights, sparsity_report
 from quantization.kmeans import track as track_kmeans
+from quantization.linear import track as track_linear
 
 logger = logging.getLogger("finetune")
 
@@ -95,6 +96,7 @@ class Run:
                                                               if config["train_detector"] else [])
         self.sparsity = keep_zeros(self.net) if config["keep_zeros"] else 0.0
         track_kmeans(self.net)  # k-means codebooks of a quantized checkpoint are finetuned, codes kept
+        track_linear(self.net)  # linear-quantized weights stay on their grid
         self.optimizer = torch.optim.AdamW(params, lr=config["lr"], weight_decay=config["weight_decay"])
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: schedule(s, config["steps"], config["warmup"], config["min_lr_ratio"]))

@@ -3,21 +3,52 @@
 Weights are rounded in place to their per-channel grid (so the stored codes and scales reproduce them
 bit-exactly); activations entering each layer are fake-quantized by a forward pre-hook with a scale and zero
 point calibrated on sample data (min/max or percentile). The straight-through estimator lets gradients pass
-the rounding (quantization-aware training). Attention products and Sinkhorn stay in float.
+the activation rounding, and after every optimizer step the weights are put back on their grid, so what is
+evaluated is what the checkpoint stores (float shadow weights, as full QAT keeps, are not implemented yet:
+updates smaller than half a grid step are lost). Attention products and Sinkhorn stay in float.
 """
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Callable, Mapping, Union
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from models.quantized import install_activation_quant
 from pruning.fine_grained import prunable_weights, resolve_sparsities
 
 logger = logging.getLogger(__name__)
 BitsSpec = Union[int, Mapping[str, int]]
+_QUANTIZED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+_HOOK = None
+
+
+def snap(layer: nn.Module) -> None:
+    """Round a layer's weight to its per-channel grid (what the checkpoint stores)."""
+    w, s = layer.weight, layer.weight_scale
+    qmax = 2 ** (layer.weight_bits - 1) - 1
+    shape = (-1,) + (1,) * (w.ndim - 1)
+    with torch.no_grad():
+        w.copy_(torch.round(w / s.view(shape)).clamp(-qmax, qmax) * s.view(shape))
+
+
+def _snap_all(optimizer=None, args=None, kwargs=None) -> None:
+    for layer in list(_QUANTIZED):
+        if hasattr(layer, "weight_scale"):
+            snap(layer)
+
+
+def track(model: nn.Module) -> int:
+    """Keep every linear-quantized layer of ``model`` on its grid after each optimizer step."""
+    global _HOOK
+    found = [m for m in model.modules() if hasattr(m, "weight_scale")]
+    _QUANTIZED.update(found)
+    if found and _HOOK is None:
+        _HOOK = register_optimizer_step_post_hook(_snap_all)
+    return len(found)
 
 
 def weight_scales(weight: torch.Tensor, bits: int) -> torch.Tensor:
@@ -67,18 +98,16 @@ def quantize_linear(model: nn.Module, calibrate: Callable[[], None], weight_bits
         obs = observers[name]
         w = weights[name]
         s = weight_scales(w, bits)
-        shape = (-1,) + (1,) * (w.ndim - 1)
-        qmax = 2 ** (bits - 1) - 1
-        with torch.no_grad():
-            w.copy_(torch.round(w / s.view(shape)).clamp(-qmax, qmax) * s.view(shape))
         layer._buffers.pop("weight_scale", None)
         layer.register_buffer("weight_scale", s.to(w.device), persistent=False)
         layer.weight_bits = bits
+        snap(layer)
         if obs.hi < obs.lo:  # never ran during calibration (e.g. an early-exit head): weights only
             logger.debug("%s did not run during calibration; its inputs stay float", name)
             continue
         lo, hi = min(obs.lo, 0.0), max(obs.hi, 0.0)
         scale = torch.tensor(max(hi - lo, 1e-8) / (2 ** activation_bits - 1))
         install_activation_quant(layer, scale, torch.round(-lo / scale), activation_bits)
+    track(model)
     logger.info("linear-quantized %d layers of %s", len(layers), type(model).__name__)
     return {n: int(b) for n, b in spec.items()}

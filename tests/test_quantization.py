@@ -90,6 +90,11 @@ def test_linear_ptq_round_trips_through_the_checkpoint(tmp_path):
     assert all(torch.unique(row).numel() <= 255 for row in w[:8])
     out = m({"image0": x, "image1": x.flip(-1)})
     assert torch.isfinite(out["matching_scores0"]).all()
+    opt = torch.optim.SGD(m.superglue.parameters(), lr=1e-3)  # a training step keeps weights on their grid
+    for p in m.superglue.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    out = m({"image0": x, "image1": x.flip(-1)})
     path = save_checkpoint(m, tmp_path / "int8.pth")
     assert buf.tell() / path.stat().st_size > 3.5  # 8-bit codes + per-channel scales
     loaded = load_checkpoint(path)
