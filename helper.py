@@ -136,6 +136,36 @@ class Timer:
         self.seconds = time.perf_counter() - self.start
 
 
+_AFTER_STEP: dict[str, tuple["weakref.WeakSet", Callable[[Any], None]]] = {}
+_STEP_HOOK = None
+
+
+def after_every_step(kind: str, fn: Callable[[Any], None], module: Any) -> None:
+    """Call ``fn(module)`` after each step of any optimizer while ``module`` lives (kinds run in order of first
+    use). Compression toolkits keep their constraints this way without the caller having to remember a call."""
+    global _STEP_HOOK
+    import weakref
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    if kind not in _AFTER_STEP:
+        _AFTER_STEP[kind] = (weakref.WeakSet(), fn)
+    _AFTER_STEP[kind][0].add(module)
+    if _STEP_HOOK is None:
+        def run(*_: Any) -> None:
+            with torch.no_grad():
+                for modules, function in _AFTER_STEP.values():
+                    for m in list(modules):
+                        function(m)
+
+        _STEP_HOOK = register_optimizer_step_post_hook(run)
+
+
+def stop_after_every_step(kind: str, module: Any) -> None:
+    if kind in _AFTER_STEP:
+        _AFTER_STEP[kind][0].discard(module)
+
+
 def git_commit() -> str | None:
     """The commit of this project's checkout (with '-dirty' if it has changes), or None outside git."""
     import subprocess

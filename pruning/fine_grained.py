@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import weakref
 from typing import Mapping, Union
 
 import torch
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from helper import after_every_step, stop_after_every_step
 
 logger = logging.getLogger(__name__)
 
 SparsitySpec = Union[float, Mapping[str, float]]
-_PRUNED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
-_HOOK = None
 
 
 def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -77,17 +75,14 @@ def global_sparsities(model: nn.Module, sparsity: float, names: list[str] | None
     return out
 
 
-def _reapply_masks(optimizer=None, args=None, kwargs=None) -> None:
-    with torch.no_grad():
-        for module in list(_PRUNED):
-            mask = getattr(module, "weight_mask", None)
-            if mask is not None:
-                module.weight.mul_(mask)
+def _reapply_mask(module: nn.Module) -> None:
+    mask = getattr(module, "weight_mask", None)
+    if mask is not None:
+        module.weight.mul_(mask)
 
 
 def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
     """Zero the masked weights and keep them zero: gradients are masked, and every optimizer step re-applies."""
-    global _HOOK
     modules = dict(model.named_modules())
     for pname, mask in masks.items():
         module = modules[pname.rsplit(".", 1)[0] if "." in pname else ""]
@@ -100,9 +95,7 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
             module.weight.register_hook(lambda g, m=module: g * m.weight_mask if hasattr(m, "weight_mask") else g)
         with torch.no_grad():
             module.weight.mul_(module.weight_mask)
-        _PRUNED.add(module)
-    if _HOOK is None:
-        _HOOK = register_optimizer_step_post_hook(_reapply_masks)
+        after_every_step("prune", _reapply_mask, module)
 
 
 def prune_fine_grained(model: nn.Module, spec: SparsitySpec, global_ranking: bool = False) -> dict[str, float]:
@@ -128,7 +121,7 @@ def remove_masks(model: nn.Module) -> None:
     for module in model.modules():
         if "weight_mask" in module._buffers:
             del module._buffers["weight_mask"]
-            _PRUNED.discard(module)
+            stop_after_every_step("prune", module)
 
 
 def sparsity_report(model: nn.Module) -> dict[str, float]:

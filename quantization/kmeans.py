@@ -8,19 +8,16 @@ the shared values back, so a finetuned model still has exactly 2^bits values per
 from __future__ import annotations
 
 import logging
-import weakref
 from typing import Mapping, Union
 
 import torch
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from helper import after_every_step
 from pruning.fine_grained import prunable_weights, resolve_sparsities
 
 logger = logging.getLogger(__name__)
 BitsSpec = Union[int, Mapping[str, int]]
-_QUANTIZED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
-_HOOK = None
 
 
 def kmeans_1d(values: torch.Tensor, k: int, iters: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,25 +64,23 @@ def _write_back(module: nn.Module) -> None:
             w.copy_(flat.view_as(w))
 
 
-def _update_codebooks(optimizer=None, args=None, kwargs=None) -> None:
-    with torch.no_grad():
-        for module in list(_QUANTIZED):
-            if not hasattr(module, "weight_codes"):
-                continue
-            w = module.weight.detach().flatten()
-            nonzero = getattr(module, "weight_nonzero", None)
-            values = w if nonzero is None else w[nonzero.flatten()]
-            k = module.weight_codebook.numel()
-            codes = module.weight_codes.long()
-            sums = torch.zeros(k, device=w.device).index_add_(0, codes, values.float())
-            counts = torch.bincount(codes, minlength=k).float()
-            module.weight_codebook.copy_(torch.where(counts > 0, sums / counts.clamp(min=1), module.weight_codebook))
-            _write_back(module)
+def _update_codebook(module: nn.Module) -> None:
+    """Move each centroid to the mean of its (just updated) weights, then share the values again."""
+    if not hasattr(module, "weight_codes"):
+        return
+    w = module.weight.detach().flatten()
+    nonzero = getattr(module, "weight_nonzero", None)
+    values = w if nonzero is None else w[nonzero.flatten()]
+    k = module.weight_codebook.numel()
+    codes = module.weight_codes.long()
+    sums = torch.zeros(k, device=w.device).index_add_(0, codes, values.float())
+    counts = torch.bincount(codes, minlength=k).float()
+    module.weight_codebook.copy_(torch.where(counts > 0, sums / counts.clamp(min=1), module.weight_codebook))
+    _write_back(module)
 
 
 def quantize_kmeans(model: nn.Module, bits: BitsSpec, iters: int = 30) -> dict[str, int]:
     """Replace weights by k-means shared values in place (zeros kept exact); returns the bits per tensor."""
-    global _HOOK
     spec = resolve_sparsities(model, bits)  # same name/pattern resolution, values are bit widths
     weights = prunable_weights(model)
     modules = dict(model.named_modules())
@@ -105,10 +100,8 @@ def quantize_kmeans(model: nn.Module, bits: BitsSpec, iters: int = 30) -> dict[s
             if value is not None:
                 module.register_buffer(buf, value, persistent=False)
         _write_back(module)
-        _QUANTIZED.add(module)
+        after_every_step("kmeans", _update_codebook, module)
         applied[name] = b
-    if _HOOK is None:
-        _HOOK = register_optimizer_step_post_hook(_update_codebooks)
     logger.info("k-means quantized %d tensors of %s", len(applied), type(model).__name__)
     return applied
 
@@ -122,9 +115,7 @@ def kmeans_state(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.T
 
 def track(model: nn.Module) -> int:
     """Keep the codebooks of a loaded k-means model (buffers restored by load_checkpoint) updated in training."""
-    global _HOOK
     found = [m for m in model.modules() if hasattr(m, "weight_codes")]
-    _QUANTIZED.update(found)
-    if found and _HOOK is None:
-        _HOOK = register_optimizer_step_post_hook(_update_codebooks)
+    for m in found:
+        after_every_step("kmeans", _update_codebook, m)
     return len(found)

@@ -10,20 +10,18 @@ updates smaller than half a grid step are lost). Attention products and Sinkhorn
 from __future__ import annotations
 
 import logging
-import weakref
 from typing import Callable, Mapping, Union
 
 import torch
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from helper import after_every_step
 
 from models.quantized import install_activation_quant
 from pruning.fine_grained import prunable_weights, resolve_sparsities
 
 logger = logging.getLogger(__name__)
 BitsSpec = Union[int, Mapping[str, int]]
-_QUANTIZED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
-_HOOK = None
 
 
 def snap(layer: nn.Module) -> None:
@@ -35,19 +33,11 @@ def snap(layer: nn.Module) -> None:
         w.copy_(torch.round(w / s.view(shape)).clamp(-qmax, qmax) * s.view(shape))
 
 
-def _snap_all(optimizer=None, args=None, kwargs=None) -> None:
-    for layer in list(_QUANTIZED):
-        if hasattr(layer, "weight_scale"):
-            snap(layer)
-
-
 def track(model: nn.Module) -> int:
     """Keep every linear-quantized layer of ``model`` on its grid after each optimizer step."""
-    global _HOOK
     found = [m for m in model.modules() if hasattr(m, "weight_scale")]
-    _QUANTIZED.update(found)
-    if found and _HOOK is None:
-        _HOOK = register_optimizer_step_post_hook(_snap_all)
+    for m in found:
+        after_every_step("linear", snap, m)
     return len(found)
 
 
