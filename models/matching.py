@@ -29,11 +29,6 @@ def to_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
     return (image * weights).sum(1, keepdim=True)
 
 
-def stack_features(feats: Features, suffix: str) -> dict[str, torch.Tensor]:
-    """Batch per-image features (equal counts, or a batch of one) as B×N×2, B×N and B×D×N tensors."""
-    return {k + suffix: torch.stack(v) for k, v in feats.items()}
-
-
 def fingerprint(module: nn.Module, settings: dict[str, Any] | None = None) -> str:
     """Identity of a network's weights and settings: changes whenever pruning or quantization touches it."""
     h = hashlib.blake2b(digest_size=16)

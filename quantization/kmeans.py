@@ -106,13 +106,6 @@ def quantize_kmeans(model: nn.Module, bits: BitsSpec, iters: int = 30) -> dict[s
     return applied
 
 
-def kmeans_state(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
-    """(codebook, codes, nonzero mask or None) of a k-means-quantized layer, else None."""
-    if not hasattr(module, "weight_codes"):
-        return None
-    return module.weight_codebook, module.weight_codes, getattr(module, "weight_nonzero", None)
-
-
 def track(model: nn.Module) -> int:
     """Keep the codebooks of a loaded k-means model (buffers restored by load_checkpoint) updated in training."""
     found = [m for m in model.modules() if hasattr(m, "weight_codes")]
