@@ -356,11 +356,12 @@ def evaluate(matcher: Matcher, pairs: PairSet, cache: FeatureCache | None = None
 
 def synthetic_pairs(source: str = "sample", split: str = "all", num_pairs: int = 100,
                     size: Sequence[int] = (640, 480), seed: int = 0, difficulty: float = 0.7,
-                    val_fraction: float = 0.2) -> SyntheticPairs:
-    """The fixed evaluation pairs of an image source (the same on every machine for the same arguments)."""
+                    val_fraction: float = 0.2, augment: float = 0.0) -> SyntheticPairs:
+    """The fixed evaluation pairs of an image source (the same on every machine for the same arguments);
+    ``augment`` > 0 adds seeded photometric changes (brightness, contrast, noise, blur) to both images."""
     src = open_source(source)
     names = split_names(src.names, split, val_fraction)
-    return SyntheticPairs(src, names, num_pairs, tuple(size), seed, HomographyConfig(difficulty=difficulty))
+    return SyntheticPairs(src, names, num_pairs, tuple(size), seed, HomographyConfig(difficulty=difficulty), augment)
 
 
 def add_matcher_args(parser: argparse.ArgumentParser) -> None:
@@ -382,6 +383,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, nargs=2, default=[640, 480], metavar=("W", "H"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--difficulty", type=float, default=0.7)
+    parser.add_argument("--augment", type=float, default=0.0, help="photometric change strength (0: none)")
     parser.add_argument("--input_pairs", default=None, help="evaluate a pairs file instead of synthetic pairs")
     parser.add_argument("--input_dir", default=".", help="folder of the images of --input_pairs")
     parser.add_argument("--resize", type=int, nargs="+", default=[640, 480])
@@ -398,7 +400,8 @@ def main() -> None:
     if args.input_pairs:
         pairs = FilePairs(read_pairs(args.input_pairs), args.input_dir, args.resize)
     else:
-        pairs = synthetic_pairs(args.source, args.split, args.num_pairs, args.size, args.seed, args.difficulty)
+        pairs = synthetic_pairs(args.source, args.split, args.num_pairs, args.size, args.seed, args.difficulty,
+                                augment=args.augment)
     if args.export_pairs:
         if not isinstance(pairs, SyntheticPairs):
             raise InputError("--export_pairs exports synthetic pairs; drop --input_pairs")
