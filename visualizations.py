@@ -1,9 +1,19 @@
-"""Figures: match visualisations (and, as the project grows, every figure of the report from saved results)."""
+"""Figures of the report, each from result files on disk (nothing is recomputed), plus match visualisations.
+
+    python visualizations.py --scan runs/sens/scan.csv --results runs/demo/results.json \
+        --sweep runs/prof/sweep.csv --checkpoints dense.pth pruned.pth --tensor matcher.transformers.0.ffn.0.weight \
+        --out figures/
+
+Every figure is written as PNG (README) and PDF (papers), with markers so it reads without colour.
+"""
 from __future__ import annotations
 
+import argparse
+import csv
+import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import cv2
 import matplotlib
@@ -12,9 +22,119 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from helper import atomic_path  # noqa: E402
+from helper import atomic_path, run_cli  # noqa: E402
 
 CORRECT, WRONG = (0.1, 0.8, 0.1, 1.0), (0.9, 0.1, 0.1, 1.0)
+MARKERS = "osD^v<>pPX*h"
+
+
+def save_figure(fig: "plt.Figure", out: str | os.PathLike, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """Write ``out``.png and ``out``.pdf atomically; returns the paths."""
+    paths = []
+    for fmt in formats:
+        path = Path(out).with_suffix(f".{fmt}")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, bbox_inches="tight", dpi=150)
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k, v in r.items():
+            try:
+                r[k] = float(v)
+            except (TypeError, ValueError):
+                pass
+    return rows
+
+
+def plot_sensitivity(scan_csv: str | os.PathLike, out: str | os.PathLike, metric: str = "auc@3px") -> list[Path]:
+    """Per-group sensitivity curves (metric vs sparsity) from a scan CSV, with the dense baseline."""
+    rows = read_csv(scan_csv)
+    dense = [r for r in rows if r["group"] == "__dense__"]
+    groups = sorted({r["group"] for r in rows} - {"__dense__"})
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, g in enumerate(groups):
+        pts = sorted((r["sparsity"], r[metric]) for r in rows if r["group"] == g)
+        if dense:
+            pts = [(0.0, dense[0][metric])] + pts
+        ax.plot(*zip(*pts), marker=MARKERS[i % len(MARKERS)], linewidth=1, markersize=4, label=g)
+    if dense:
+        ax.axhline(dense[0][metric], color="k", linestyle="--", linewidth=1, label="dense")
+    ax.set_xlabel("sparsity of the group")
+    ax.set_ylabel(metric)
+    ax.set_title("Sensitivity: one group pruned at a time")
+    ax.legend(fontsize=6, ncol=2)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, out)
+
+
+def plot_tradeoff(results: str | os.PathLike | list[dict[str, Any]], out: str | os.PathLike,
+                  x: str = "size_bytes", y: str = "auc@3px") -> list[Path]:
+    """Accuracy against a cost (size, MACs or latency) for all variants; the Pareto front is drawn."""
+    variants = json.loads(Path(results).read_text()) if not isinstance(results, list) else results
+    variants = [v for v in variants if v.get(x) is not None and v.get(y) is not None]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for i, v in enumerate(variants):
+        dense = v.get("method") == "dense"
+        ax.scatter(v[x], v[y], marker="*" if dense else MARKERS[i % len(MARKERS)], s=120 if dense else 40,
+                   label=v["name"], edgecolors="k", linewidths=0.5)
+    front, best = [], -np.inf
+    for v in sorted(variants, key=lambda v: v[x]):
+        if v[y] > best:
+            front.append(v)
+            best = v[y]
+    ax.plot([v[x] for v in front], [v[y] for v in front], "k:", linewidth=1, label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel({"size_bytes": "size on disk (bytes)", "macs": "MACs", "latency_ms": "latency (ms)"}.get(x, x))
+    ax.set_ylabel(y)
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3, which="both")
+    return save_figure(fig, out)
+
+
+def plot_latency_vs_keypoints(sweep_csv: str | os.PathLike, out: str | os.PathLike) -> list[Path]:
+    """Detector and matcher latency stacked against the number of keypoints, one panel per model."""
+    rows = [r for r in read_csv(sweep_csv)]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        pts = sorted((r["num_keypoints"], r["detector_ms"], r["matcher_ms"]) for r in rows if r["model"] == model)
+        n, det, mat = (np.array(v) for v in zip(*pts))
+        ax.stackplot(n, 2 * det, mat, labels=["detector (2 images)", "matcher"], alpha=0.7)
+        ax.plot(n, 2 * det + mat, "k-o", markersize=3, linewidth=1)
+        ax.set_title(model)
+        ax.set_xlabel("keypoints per image")
+        ax.set_ylabel("latency (ms)")
+        ax.legend(fontsize=7, loc="upper left")
+        ax.grid(alpha=0.3)
+    return save_figure(fig, out)
+
+
+def plot_weight_histograms(checkpoints: Sequence[str | os.PathLike], tensor: str, out: str | os.PathLike,
+                           bins: int = 120) -> list[Path]:
+    """Histogram of one weight tensor in several checkpoints (dense, pruned, quantized: codebook marked)."""
+    from models.checkpoint import load_checkpoint
+
+    fig, axes = plt.subplots(len(checkpoints), 1, figsize=(6.5, 2.2 * len(checkpoints)), sharex=True, squeeze=False)
+    for ax, path in zip(axes[:, 0], checkpoints):
+        model = load_checkpoint(path)
+        w = model.state_dict()[tensor].flatten().float().numpy()
+        nonzero = w[w != 0]
+        ax.hist(nonzero, bins=bins, color="0.4")
+        module = model.get_submodule(tensor.rsplit(".", 1)[0])
+        if hasattr(module, "weight_codebook"):
+            for c in module.weight_codebook.numpy():
+                ax.axvline(c, color="r", linewidth=0.8)
+        ax.set_title(f"{Path(path).parent.name}/{Path(path).name}: {tensor} ({(w == 0).mean():.0%} zeros, {len(np.unique(nonzero))} values)",
+                     fontsize=8)
+        ax.set_yscale("log")
+    axes[-1, 0].set_xlabel("weight value")
+    return save_figure(fig, out)
 
 
 def match_colors(conf: np.ndarray, correct: np.ndarray | None = None) -> np.ndarray:
@@ -89,3 +209,30 @@ def _fast_plot(image0, image1, kpts0, kpts1, mkpts0, mkpts1, color, text, path, 
     ok, buf = cv2.imencode(path.suffix or ".png", out)
     with atomic_path(path) as tmp:
         tmp.write_bytes(buf.tobytes())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="Regenerate the report's figures from result files")
+    p.add_argument("--out", default="figures")
+    p.add_argument("--scan", help="sensitivity scan CSV (pruning/sensitivity.py)")
+    p.add_argument("--results", help="results.json: list of variants with name, method, auc@3px, size_bytes, …")
+    p.add_argument("--sweep", help="profiling.py --csv output (keypoint sweep)")
+    p.add_argument("--checkpoints", nargs="*", default=[])
+    p.add_argument("--tensor", default=None, help="weight to histogram, e.g. matcher.transformers.0.ffn.0.weight")
+    args = p.parse_args()
+    out = Path(args.out)
+    written = []
+    if args.scan:
+        written += plot_sensitivity(args.scan, out / "sensitivity")
+    if args.results:
+        for x in ("size_bytes", "macs", "latency_ms"):
+            written += plot_tradeoff(args.results, out / f"tradeoff_{x}", x=x)
+    if args.sweep:
+        written += plot_latency_vs_keypoints(args.sweep, out / "latency_vs_keypoints")
+    if args.checkpoints and args.tensor:
+        written += plot_weight_histograms(args.checkpoints, args.tensor, out / "weights")
+    print("\n".join(str(p) for p in written))
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -27,7 +27,7 @@ from .quantized import install_activation_quant
 from .weights import WeightsError, read_state_dict
 
 FORMAT = "efficient-feature-matching/checkpoint"
-VERSION = 1
+VERSION = 2  # 1: plain state_dict; 2: compressed tensors
 SHAPE_ATTRS = ("num_heads", "dim", "head_dim", "embed_dim")  # ints that shapes alone do not determine
 
 
@@ -176,7 +176,8 @@ def load_checkpoint(path: str | os.PathLike) -> Matcher:
         raise WeightsError(f"{path} has checkpoint version {payload['version']}; this code reads up to {VERSION}")
     config = _without_weights(payload["config"])
     matcher = build_matcher(payload["matcher"], config)
-    decoded = {k: decode(e) for k, e in payload["tensors"].items()}
+    entries = payload.get("tensors") or {k: {"kind": "dense", "tensor": v} for k, v in payload["state_dict"].items()}
+    decoded = {k: decode(e) for k, e in entries.items()}
     state = {k: t for k, (t, _) in decoded.items()}
     fit_shapes(matcher, state, payload.get("attrs", {}))
     try:
@@ -188,7 +189,7 @@ def load_checkpoint(path: str | os.PathLike) -> Matcher:
         layer = modules.get(name.rsplit(".", 1)[0])
         for buf, value in buffers.items():  # codes and scales stay with the layer (finetuning, re-saving)
             layer.register_buffer(buf, value, persistent=False)
-        entry = payload["tensors"][name]
+        entry = entries[name]
         if entry.get("kind") == "linear":
             layer.weight_bits = entry["bits"]
             if "act_scale" in entry:  # run exactly as evaluated: inputs fake-quantized
