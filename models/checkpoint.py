@@ -176,7 +176,10 @@ def load_checkpoint(path: str | os.PathLike) -> Matcher:
         raise WeightsError(f"{path} has checkpoint version {payload['version']}; this code reads up to {VERSION}")
     config = _without_weights(payload["config"])
     matcher = build_matcher(payload["matcher"], config)
-    entries = payload.get("tensors") or {k: {"kind": "dense", "tensor": v} for k, v in payload["state_dict"].items()}
+    if "tensors" in payload:
+        entries = payload["tensors"]
+    else:  # version 1
+        entries = {k: {"kind": "dense", "tensor": v} for k, v in payload["state_dict"].items()}
     decoded = {k: decode(e) for k, e in entries.items()}
     state = {k: t for k, (t, _) in decoded.items()}
     fit_shapes(matcher, state, payload.get("attrs", {}))
