@@ -44,3 +44,13 @@ def test_plain_state_dict_is_not_a_checkpoint(tmp_path):
     torch.save({"w": torch.zeros(1)}, tmp_path / "sd.pth")
     with pytest.raises(WeightsError, match="not a checkpoint written by this project"):
         load_checkpoint(tmp_path / "sd.pth")
+
+
+def test_version_1_checkpoints_still_load(tmp_path):
+    from models.checkpoint import FORMAT
+
+    m = build_matcher("superpoint+superglue", {"superpoint": {"weights": None}, "superglue": {"weights": None}})
+    torch.save({"format": FORMAT, "version": 1, "matcher": m.name, "config": m.config, "attrs": {},
+                "state_dict": m.state_dict(), "meta": {}}, tmp_path / "v1.pth")
+    loaded = load_checkpoint(tmp_path / "v1.pth")
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in m.state_dict().items())
