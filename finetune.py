@@ -29,7 +29,8 @@ from data.homographies import HomographyConfig
 from data.images import open_source, split_names
 from data.pairs import SyntheticPairs
 from evaluate import FeatureCache, evaluate, extract_pair
-from helper import InputError, atomic_path, load_config, pick_device, run_cli, seed_everything, write_run_config
+from helper import (InputError, atomic_path, load_config, pick_device, run_cli, seed_everything, to_tensor,
+                    write_run_config)
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.losses import homography_gt, matching_nll
 from models.matching import Matcher, build_matcher
@@ -118,11 +119,10 @@ class Run:
         """Loss of the pair this rank trains on at ``step`` (a seeded choice: the same on resume)."""
         rng = np.random.default_rng([self.cfg["seed"], step, self.rank])
         pair = self.train_pairs[int(rng.integers(len(self.train_pairs)))]
-        cache = None if self.cfg["train_detector"] else self.train_cache
         if self.cfg["train_detector"]:
             data = self._extract_with_grad(pair)
         else:
-            data = extract_pair(self.matcher, self.train_pairs, pair, cache, device=self.device)
+            data = extract_pair(self.matcher, self.train_pairs, pair, self.train_cache, device=self.device)
         H = torch.as_tensor(pair.H, dtype=torch.float64, device=self.device)[None]
         lc = self.cfg["loss"]
         gt0, gt1 = homography_gt(data["keypoints0"].double(), data["keypoints1"].double(), H, lc["pos_th"],
@@ -136,8 +136,6 @@ class Run:
         return matching_nll(out["log_assignment"], gt0, gt1, lc["balance"])
 
     def _extract_with_grad(self, pair) -> dict[str, Any]:
-        from helper import to_tensor
-
         data: dict[str, Any] = {}
         for i in (0, 1):
             image = self.train_pairs.image(pair, i)[1]
