@@ -36,6 +36,7 @@ from models.losses import homography_gt, matching_nll
 from models.matching import Matcher, build_matcher
 from pruning.fine_grained import apply_masks, prunable_weights, sparsity_report
 from quantization.kmeans import track as track_kmeans
+from quantization.linear import enable_qat
 from quantization.linear import track as track_linear
 
 logger = logging.getLogger("finetune")
@@ -44,7 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "matcher": "aliked+lightglue",
     "matcher_config": {"matcher": {"depth_confidence": -1, "width_confidence": -1}},
     "checkpoint": None, "out": "runs/finetune", "seed": 0, "steps": 300, "lr": 1e-4, "weight_decay": 0.0,
-    "warmup": 0.05, "min_lr_ratio": 0.1, "clip": 1.0, "keep_zeros": True, "train_detector": False,
+    "warmup": 0.05, "min_lr_ratio": 0.1, "clip": 1.0, "keep_zeros": True, "qat": True, "train_detector": False,
     "loss": {"balance": 0.5, "pos_th": 3.0, "neg_th": 5.0},
     "train": {"source": "sample", "split": "train", "val_fraction": 0.5, "num_pairs": 200, "size": [640, 480],
               "difficulty": 0.7, "augment": 1.0, "seed": 100},
@@ -95,15 +96,21 @@ class Run:
         self.net = self.matcher.matcher
         params = self.params = list(self.net.parameters()) + (list(self.matcher.detector.parameters())
                                                               if config["train_detector"] else [])
-        self.sparsity = keep_zeros(self.net) if config["keep_zeros"] else 0.0
+        state = torch.load(self.state_path, map_location="cpu", weights_only=True) if resume else None
+        if config["keep_zeros"] and state is not None:
+            apply_masks(self.net, state["masks"])  # the masks of the run, not the zeros of its last checkpoint
+        elif config["keep_zeros"]:
+            keep_zeros(self.net)
         track_kmeans(self.net)  # k-means codebooks of a quantized checkpoint are finetuned, codes kept
-        track_linear(self.net)  # linear-quantized weights stay on their grid
+        if config.get("qat", True):
+            enable_qat(self.net)  # linear-quantized layers train float shadows seen through their grid
+        track_linear(self.net)  # the others stay on their grid
         self.optimizer = torch.optim.AdamW(params, lr=config["lr"], weight_decay=config["weight_decay"])
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: schedule(s, config["steps"], config["warmup"], config["min_lr_ratio"]))
         self.step, self.best, self.skipped = 0, -1.0, 0
-        if resume:
-            state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        if state is not None:
+            self.net.load_state_dict(state["net"])  # float shadows of QAT layers, not only their grid values
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.step, self.best, self.skipped = state["step"], state["best"], state["skipped"]
@@ -157,7 +164,9 @@ class Run:
             self.best = summary["auc@3px"]
             save_checkpoint(self.matcher, self.best_path, meta)
         with atomic_path(self.state_path) as tmp:
-            torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(),
+            masks = {f"{name}.weight": m.weight_mask for name, m in self.net.named_modules() if "weight_mask" in m._buffers}
+            torch.save({"step": self.step, "net": self.net.state_dict(), "masks": masks,
+                        "optimizer": self.optimizer.state_dict(),
                         "scheduler": self.scheduler.state_dict(), "best": self.best, "skipped": self.skipped}, tmp)
 
 

@@ -148,13 +148,22 @@ def save_checkpoint(matcher: Matcher, path: str | os.PathLike, meta: dict[str, A
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     modules = dict(matcher.named_modules())
+    state = {}
+    for key, value in matcher.state_dict().items():
+        if ".parametrizations." in key:  # e.g. QAT: store the weight as the forward pass sees it
+            owner, _, rest = key.partition(".parametrizations.")
+            attr = rest.split(".")[0]
+            if rest == f"{attr}.original":
+                state[f"{owner}.{attr}"] = getattr(modules[owner], attr).detach()
+            continue
+        state[key] = value
     payload = {
         "format": FORMAT,
         "version": VERSION,
         "matcher": matcher.name,
         "config": {**matcher.config},
         "attrs": shape_attrs(matcher),
-        "tensors": {k: encode(k, v, modules) for k, v in matcher.state_dict().items()},
+        "tensors": {k: encode(k, v, modules) for k, v in state.items()},
         "meta": {"git_commit": git_commit(), **(meta or {})},
     }
     tmp = path.with_name(path.name + ".tmp")

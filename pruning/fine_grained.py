@@ -12,6 +12,7 @@ from typing import Mapping, Union
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from helper import after_every_step, stop_after_every_step
 
@@ -78,7 +79,9 @@ def global_sparsities(model: nn.Module, sparsity: float, names: list[str] | None
 def _reapply_mask(module: nn.Module) -> None:
     mask = getattr(module, "weight_mask", None)
     if mask is not None:
-        module.weight.mul_(mask)
+        weight = (module.parametrizations.weight.original if parametrize.is_parametrized(module, "weight")
+                  else module.weight)  # QAT: the float shadow
+        weight.mul_(mask)
 
 
 def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:

@@ -2,10 +2,12 @@
 
 Weights are rounded in place to their per-channel grid (so the stored codes and scales reproduce them
 bit-exactly); activations entering each layer are fake-quantized by a forward pre-hook with a scale and zero
-point calibrated on sample data (min/max or percentile). The straight-through estimator lets gradients pass
-the activation rounding, and after every optimizer step the weights are put back on their grid, so what is
-evaluated is what the checkpoint stores (float shadow weights, as full QAT keeps, are not implemented yet:
-updates smaller than half a grid step are lost). Attention products and Sinkhorn stay in float.
+point calibrated on sample data (min/max or percentile). Attention products and Sinkhorn stay in float.
+
+Training: ``enable_qat`` turns the layers into quantization-aware training — the float weight becomes a shadow
+that the optimizer updates, and the forward pass sees it fake-quantized (straight-through estimator, via a
+parametrization). Without it, weights are put back on their grid after every optimizer step. Either way what
+is evaluated is what the checkpoint stores.
 """
 from __future__ import annotations
 
@@ -15,17 +17,45 @@ from typing import Callable, Mapping, Union
 import torch
 from torch import nn
 
-from helper import after_every_step
+from torch.nn.utils import parametrize
 
-from models.quantized import install_activation_quant
+from helper import after_every_step
+from models.quantized import install_activation_quant, round_ste
 from pruning.fine_grained import prunable_weights, resolve_sparsities
 
 logger = logging.getLogger(__name__)
 BitsSpec = Union[int, Mapping[str, int]]
 
 
+class WeightFakeQuant(nn.Module):
+    """Parametrization: a float shadow weight seen through its per-channel int grid (STE gradient)."""
+
+    def __init__(self, scale: torch.Tensor, bits: int):
+        super().__init__()
+        self.register_buffer("scale", scale.detach().clone())
+        self.bits = bits
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        qmax = 2 ** (self.bits - 1) - 1
+        s = self.scale.view((-1,) + (1,) * (weight.ndim - 1))
+        return round_ste(weight / s).clamp(-qmax, qmax) * s
+
+
+def enable_qat(model: nn.Module) -> int:
+    """Quantization-aware training for every linear-quantized layer of ``model``; returns how many."""
+    count = 0
+    for layer in model.modules():
+        if hasattr(layer, "weight_scale") and not parametrize.is_parametrized(layer, "weight"):
+            parametrize.register_parametrization(layer, "weight", WeightFakeQuant(layer.weight_scale,
+                                                                                  layer.weight_bits))
+            count += 1
+    return count
+
+
 def snap(layer: nn.Module) -> None:
-    """Round a layer's weight to its per-channel grid (what the checkpoint stores)."""
+    """Round a layer's weight to its per-channel grid (what the checkpoint stores); QAT layers need not."""
+    if parametrize.is_parametrized(layer, "weight"):
+        return
     w, s = layer.weight, layer.weight_scale
     qmax = 2 ** (layer.weight_bits - 1) - 1
     shape = (-1,) + (1,) * (w.ndim - 1)

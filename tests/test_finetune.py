@@ -91,3 +91,23 @@ def test_detector_can_be_trained_too(tmp_path):
     finetune.finetune(config(tmp_path / "d", steps=2, train_detector=True, val={"every": 2}), progress=False)
     after = load_checkpoint(tmp_path / "d" / "last.pth").detector.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
+
+
+def test_qat_run_resumes_with_its_float_shadows(tmp_path):
+    from evaluate import evaluate
+    from quantization.linear import quantize_linear
+
+    m = build_matcher("aliked+lightglue", TINY["matcher_config"])
+    calib = finetune.make_pairs(merge_config(finetune.DEFAULTS["train"], TINY["train"]))
+    quantize_linear(m.matcher, lambda: evaluate(m, calib, progress=False), 8, 8)
+    save_checkpoint(m, tmp_path / "int8.pth")
+    cfg = lambda out: config(tmp_path / out, checkpoint=str(tmp_path / "int8.pth"), lr=1e-3)  # noqa: E731
+    finetune.finetune(cfg("a"), progress=False)
+    finetune.finetune(cfg("b"), stop_after=3, progress=False)
+    finetune.finetune(cfg("b"), progress=False)
+    a, b = weights(tmp_path / "a" / "last.pth"), weights(tmp_path / "b" / "last.pth")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # on the grid and identical
+    w = a["transformers.0.self_attn.Wqkv.weight"]
+    assert all(torch.unique(row).numel() <= 255 for row in w[:4])
+    assert not torch.equal(w, load_checkpoint(tmp_path / "int8.pth").matcher.state_dict()[
+        "transformers.0.self_attn.Wqkv.weight"])  # QAT moved some weights to other grid points

@@ -125,3 +125,35 @@ def test_int8_superpoint_runs_in_onnxruntime(tmp_path):
     heat_ref, desc_ref = sp.dense(image)
     heat, desc = OrtSuperPoint(sp, fp32).dense(image)
     assert torch.allclose(heat, heat_ref, atol=1e-5) and torch.allclose(desc, desc_ref, atol=1e-4)
+
+
+def test_qat_trains_float_shadows_and_saves_the_grid(tmp_path):
+    from torch.nn.utils import parametrize
+
+    from quantization.linear import enable_qat, quantize_linear
+
+    m = build_matcher("superpoint+superglue", {"superpoint": {"weights": None, "max_keypoints": 64},
+                                               "superglue": {"weights": None, "GNN_layers": ["self", "cross"],
+                                                             "sinkhorn_iterations": 5}})
+    x = torch.rand(1, 1, 96, 128)
+    with torch.no_grad():
+        quantize_linear(m.superglue, lambda: m({"image0": x, "image1": x.flip(-1)}), 8, 8)
+    assert enable_qat(m.superglue) > 0
+    layer = m.superglue.gnn.layers[0].mlp[0]
+    shadow = layer.parametrizations.weight.original
+    opt = torch.optim.SGD(m.superglue.parameters(), lr=1e-4)
+    with torch.enable_grad():
+        out = m({"image0": x, "image1": x.flip(-1)})
+        loss = -out["matching_scores0"].sum() - m.superglue.gnn.layers[0].mlp[0].weight.sum()
+        opt.zero_grad()
+        loss.backward()
+        before = shadow.detach().clone()
+        opt.step()
+    assert not torch.equal(before, shadow) and shadow.grad is not None  # the float shadow learns (STE)
+    assert all(torch.unique(row).numel() <= 255 for row in layer.weight[:8])  # the forward sees the grid
+    path = save_checkpoint(m, tmp_path / "qat.pth")
+    loaded = load_checkpoint(path)
+    assert not parametrize.is_parametrized(loaded.superglue.gnn.layers[0].mlp[0], "weight")
+    assert torch.equal(loaded.superglue.gnn.layers[0].mlp[0].weight, layer.weight.detach())
+    a, b = m({"image0": x, "image1": x.flip(-1)}), loaded({"image0": x, "image1": x.flip(-1)})
+    assert torch.equal(a["matches0"], b["matches0"])
