@@ -6,7 +6,8 @@ rebuilds the default network, resizes each layer to the stored weights and loads
 needs to know the shapes.
 
 Tensors are stored by kind: k-means-quantized weights as codes packed at their bit width plus the codebook
-(and a bitmask of the non-zeros when pruned), sparse weights as a bitmask plus the non-zero values, the rest
+(and a bitmask of the non-zeros when pruned), linear-quantized weights as packed int codes plus per-channel
+scales (and their activation quantization), sparse weights as a bitmask plus the non-zero values, the rest
 as they are. Loading gives back exactly the weights that were evaluated (bit-exact). Model size in this
 project means the bytes of this file.
 """
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from helper import git_commit
+from helper import atomic_path, git_commit
 
 from .matching import Matcher, build_matcher
 from .quantized import install_activation_quant
@@ -146,7 +147,6 @@ def decode(entry: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]
 def save_checkpoint(matcher: Matcher, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
     """Write ``matcher`` atomically as a compact, self-describing checkpoint (zoo name, config, git commit)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     modules = dict(matcher.named_modules())
     state = {}
     for key, value in matcher.state_dict().items():
@@ -166,9 +166,8 @@ def save_checkpoint(matcher: Matcher, path: str | os.PathLike, meta: dict[str, A
         "tensors": {k: encode(k, v, modules) for k, v in state.items()},
         "meta": {"git_commit": git_commit(), **(meta or {})},
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

@@ -5,7 +5,6 @@ import hashlib
 import importlib.util
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -13,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 from tqdm import tqdm
+
+from helper import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -50,21 +51,15 @@ def git_blob_sha1(path: Path) -> str:
 
 def download(url: str, dest: Path, sha1: str | None = None) -> Path:
     """Download ``url`` to ``dest`` with a progress bar; the file appears only complete and verified."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
+    with atomic_path(dest) as tmp:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
                 for chunk in iter(lambda: response.read(1 << 20), b""):
                     out.write(chunk)
                     bar.update(len(chunk))
-        if sha1 is not None and git_blob_sha1(Path(tmp)) != sha1:
+        if sha1 is not None and git_blob_sha1(tmp) != sha1:
             raise WeightsError(f"checksum mismatch for {url}: the download is corrupt or not the official file")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return dest
 
 
