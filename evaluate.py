@@ -25,7 +25,8 @@ from data.images import open_source, split_names
 from data.pairs import FilePairs, Pair, PairSet, SyntheticPairs, read_pairs
 from helper import InputError, pick_device, run_cli, to_tensor, write_csv, write_json
 from models.losses import homography_gt
-from models.matching import Matcher
+from models.matching import Matcher, build_matcher
+from models.weights import WeightsError, resolve_weights
 
 logger = logging.getLogger(__name__)
 
@@ -364,6 +365,42 @@ def synthetic_pairs(source: str = "sample", split: str = "all", num_pairs: int =
     return SyntheticPairs(src, names, num_pairs, tuple(size), seed, HomographyConfig(difficulty=difficulty), augment)
 
 
+def official_weights_available(superglue: str = "indoor") -> bool:
+    """Whether the official SuperPoint and SuperGlue weights are on this machine (no download attempted)."""
+    try:
+        resolve_weights("superpoint_v1", allow_download=False)
+        resolve_weights(f"superglue_{superglue}", allow_download=False)
+        return True
+    except WeightsError:
+        return False
+
+
+def build_from_args(args: argparse.Namespace) -> Matcher:
+    """The matcher the flags ask for; superpoint+superglue by default when its weights are local."""
+    if getattr(args, "checkpoint", None):
+        from models.checkpoint import load_checkpoint
+
+        matcher = load_checkpoint(args.checkpoint)
+        logger.info("using %s from checkpoint %s", matcher.name, args.checkpoint)
+        return matcher
+    superglue = getattr(args, "superglue", "indoor")
+    name = args.matcher
+    if name is None:
+        name = "superpoint+superglue" if official_weights_available(superglue) else "aliked+lightglue"
+        if name == "aliked+lightglue":
+            logger.info("official SuperPoint/SuperGlue weights are not available locally: using aliked+lightglue")
+    logger.info("using matcher %s", name)
+    if name == "superpoint+superglue":
+        config = {"superpoint": {"nms_radius": getattr(args, "nms_radius", 4),
+                                 "keypoint_threshold": getattr(args, "keypoint_threshold", 0.005),
+                                 "max_keypoints": args.max_keypoints},
+                  "superglue": {"weights": superglue, "sinkhorn_iterations": getattr(args, "sinkhorn_iterations", 20),
+                                "match_threshold": getattr(args, "match_threshold", 0.2)}}
+    else:
+        config = {"detector": {"max_keypoints": args.max_keypoints}}
+    return build_matcher(name, config)
+
+
 def add_matcher_args(parser: argparse.ArgumentParser) -> None:
     from models.matching import available_matchers
 
@@ -394,8 +431,6 @@ def main() -> None:
     parser.add_argument("--export_pairs", default=None, help="write the synthetic pairs (images + pairs.txt) here")
     parser.add_argument("--force_cpu", action="store_true")
     args = parser.parse_args()
-
-    from match_pairs import build_from_args
 
     if args.input_pairs:
         pairs = FilePairs(read_pairs(args.input_pairs), args.input_dir, args.resize)

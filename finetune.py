@@ -33,7 +33,7 @@ from helper import (InputError, atomic_path, load_config, pick_device, run_cli, 
                     write_run_config)
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.losses import homography_gt, matching_nll
-from models.matching import Matcher, build_matcher
+from models.matching import build_matcher
 from pruning.fine_grained import apply_masks, prunable_weights, sparsity_report
 from quantization.kmeans import track as track_kmeans
 from quantization.linear import enable_qat

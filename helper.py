@@ -10,6 +10,7 @@ import random
 import sys
 import tempfile
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -136,7 +137,7 @@ class Timer:
         self.seconds = time.perf_counter() - self.start
 
 
-_AFTER_STEP: dict[str, tuple["weakref.WeakSet", Callable[[Any], None]]] = {}
+_AFTER_STEP: dict[str, tuple[weakref.WeakSet, Callable[[Any], None]]] = {}
 _STEP_HOOK = None
 
 
@@ -144,8 +145,6 @@ def after_every_step(kind: str, fn: Callable[[Any], None], module: Any) -> None:
     """Call ``fn(module)`` after each step of any optimizer while ``module`` lives (kinds run in order of first
     use). Compression toolkits keep their constraints this way without the caller having to remember a call."""
     global _STEP_HOOK
-    import weakref
-
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     if kind not in _AFTER_STEP:

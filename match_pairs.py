@@ -20,51 +20,14 @@ import torch
 from tqdm import tqdm
 
 from data.pairs import FilePairs, read_pairs
-from evaluate import (HOMOGRAPHY_THRESHOLDS, POSE_THRESHOLDS, pair_metrics, predict, summarize, symmetric_reprojection_error,
-                      synthetic_pairs)
+from evaluate import (HOMOGRAPHY_THRESHOLDS, POSE_THRESHOLDS, build_from_args, pair_metrics, predict, summarize,
+                      symmetric_reprojection_error, synthetic_pairs)
 from helper import InputError, atomic_path, pick_device, run_cli
-from models.matching import Matcher, available_matchers, build_matcher
-from models.weights import WeightsError, resolve_weights
+from models.matching import available_matchers
 from visualizations import make_matching_plot, match_colors
 
 logger = logging.getLogger("match_pairs")
 torch.set_grad_enabled(False)
-
-
-def official_weights_available(superglue: str = "indoor") -> bool:
-    """Whether the official SuperPoint and SuperGlue weights are on this machine (no download attempted)."""
-    try:
-        resolve_weights("superpoint_v1", allow_download=False)
-        resolve_weights(f"superglue_{superglue}", allow_download=False)
-        return True
-    except WeightsError:
-        return False
-
-
-def build_from_args(args: argparse.Namespace) -> Matcher:
-    """The matcher the flags ask for; superpoint+superglue by default when its weights are local."""
-    if getattr(args, "checkpoint", None):
-        from models.checkpoint import load_checkpoint
-
-        matcher = load_checkpoint(args.checkpoint)
-        logger.info("using %s from checkpoint %s", matcher.name, args.checkpoint)
-        return matcher
-    superglue = getattr(args, "superglue", "indoor")
-    name = args.matcher
-    if name is None:
-        name = "superpoint+superglue" if official_weights_available(superglue) else "aliked+lightglue"
-        if name == "aliked+lightglue":
-            logger.info("official SuperPoint/SuperGlue weights are not available locally: using aliked+lightglue")
-    logger.info("using matcher %s", name)
-    if name == "superpoint+superglue":
-        config = {"superpoint": {"nms_radius": getattr(args, "nms_radius", 4),
-                                 "keypoint_threshold": getattr(args, "keypoint_threshold", 0.005),
-                                 "max_keypoints": args.max_keypoints},
-                  "superglue": {"weights": superglue, "sinkhorn_iterations": getattr(args, "sinkhorn_iterations", 20),
-                                "match_threshold": getattr(args, "match_threshold", 0.2)}}
-    else:
-        config = {"detector": {"max_keypoints": args.max_keypoints}}
-    return build_matcher(name, config)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from evaluate import FeatureCache, evaluate, synthetic_pairs  # noqa: E402
