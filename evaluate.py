@@ -414,7 +414,7 @@ def add_matcher_args(parser: argparse.ArgumentParser) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_matcher_args(parser)
-    parser.add_argument("--source", default="sample", help="'sample', an image folder or a .zip archive")
+    parser.add_argument("--source", default="sample", help="'sample', 'opencv' (OpenCV's sample photos), an image folder or a .zip archive")
     parser.add_argument("--split", default="all", choices=["all", "train", "val"])
     parser.add_argument("--num_pairs", type=int, default=100)
     parser.add_argument("--size", type=int, nargs=2, default=[640, 480], metavar=("W", "H"))

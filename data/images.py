@@ -20,6 +20,12 @@ SAMPLE_PHOTOS = ("astronaut.png", "brick.png", "camera.png", "chelsea.png", "clo
                  "coins.png", "grass.png", "gravel.png", "hubble_deep_field.jpg", "moon.png", "motorcycle_left.png",
                  "motorcycle_right.png", "retina.jpg", "rocket.jpg")
 
+# OpenCV's sample data (Debian/Ubuntu package opencv-doc, Apache-2.0/BSD): the Oxford graffiti pair graf1/graf3
+# with its published homography H1to3p.xml, and natural photographs that are not in the sample set above.
+OPENCV_SAMPLES_DIR = "/usr/share/doc/opencv-doc/examples/data"
+OPENCV_PHOTOS = ("aero1.jpg", "aero3.jpg", "apple.jpg", "baboon.jpg", "building.jpg", "butterfly.jpg", "fruits.jpg",
+                 "home.jpg", "messi5.jpg", "orange.jpg", "squirrel_cls.jpg")
+
 
 class ImageSource:
     """A named, sorted collection of images readable by name."""
@@ -89,10 +95,29 @@ class SampleSource(FolderSource):
         ImageSource.__init__(self, "sample", names)
 
 
+def opencv_samples_dir() -> Path:
+    """OpenCV's sample data folder ($OPENCV_SAMPLES_DIR, default: where Debian's opencv-doc installs it)."""
+    folder = Path(os.environ.get("OPENCV_SAMPLES_DIR", OPENCV_SAMPLES_DIR))
+    if not (folder / "graf1.png").is_file():
+        raise InputError(f"OpenCV's sample data is not in {folder}: 'apt-get install opencv-doc', or set "
+                         "OPENCV_SAMPLES_DIR to a copy of opencv/samples/data")
+    return folder
+
+
+class OpenCVPhotos(FolderSource):
+    """Natural photographs of OpenCV's sample data that are not in the sample set (for unseen-photo checks)."""
+
+    def __init__(self):
+        self.root = opencv_samples_dir()
+        ImageSource.__init__(self, "opencv", [n for n in OPENCV_PHOTOS if (self.root / n).is_file()])
+
+
 def open_source(spec: str | os.PathLike) -> ImageSource:
-    """'sample', a folder, or a .zip archive."""
+    """'sample', 'opencv' (OpenCV's sample photos), a folder, or a .zip archive."""
     if str(spec) == "sample":
         return SampleSource()
+    if str(spec) == "opencv":
+        return OpenCVPhotos()
     path = Path(spec).expanduser()
     if path.is_dir():
         return FolderSource(path)

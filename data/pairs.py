@@ -87,6 +87,28 @@ def read_pairs(path: str | os.PathLike) -> list[Pair]:
     return pairs
 
 
+def read_homography_file(path: str | os.PathLike) -> np.ndarray:
+    """A published 3×3 homography: plain text (Oxford / HPatches ``H1to3p``, ``H_1_2``) or an OpenCV XML/YAML
+    storage holding one matrix (OpenCV's ``samples/data/H1to3p.xml``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"homography file not found: {path}")
+    if path.suffix.lower() in (".xml", ".yml", ".yaml"):
+        storage = cv2.FileStorage(str(path), cv2.FILE_STORAGE_READ)
+        root = storage.root()
+        nodes = [root.getNode(k) for k in root.keys()] if storage.isOpened() else []
+        H = nodes[0].mat() if len(nodes) == 1 else None
+        storage.release()
+    else:
+        try:
+            H = np.loadtxt(path, dtype=np.float64)
+        except ValueError:
+            H = None
+    if H is None or np.shape(H) != (3, 3) or not np.all(np.isfinite(H)) or abs(np.linalg.det(H)) < 1e-12:
+        raise InputError(f"{path}: expected one finite, invertible 3×3 homography")
+    return np.asarray(H, np.float64)
+
+
 def write_pairs(path: str | os.PathLike, pairs: Sequence[Pair]) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text("".join(p.line() + "\n" for p in pairs))
