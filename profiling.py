@@ -112,8 +112,8 @@ def exactly_n(feats: dict[str, torch.Tensor], n: int, size: tuple[int, int], see
 
 
 def profile_matcher(matcher: Matcher, name: str, size: tuple[int, int], num_keypoints: int, repeats: int,
-                    device: torch.device) -> dict[str, Any]:
-    """Detector, matcher and total cost of one model on one real image pair."""
+                    device: torch.device, memory: bool = True) -> dict[str, Any]:
+    """Detector, matcher and total cost of one model on one real image pair (``memory``: also peak memory)."""
     matcher = matcher.eval().to(device)
     img0, img1 = (to_tensor(im, device) for im in test_pair(size))
     extract = lambda: matcher.extract(img0)  # noqa: E731
@@ -127,10 +127,11 @@ def profile_matcher(matcher: Matcher, name: str, size: tuple[int, int], num_keyp
         real.append(n_real)
     match = lambda: matcher.match(data)  # noqa: E731
     det = {**part_stats(matcher.detector), "macs": count_macs(extract),
-           "macs_modules": module_macs(matcher.detector, extract), **measure_latency(extract, repeats),
-           "peak_memory_bytes": peak_memory(extract, device)}
+           "macs_modules": module_macs(matcher.detector, extract), **measure_latency(extract, repeats)}
     mat = {**part_stats(matcher.matcher), "macs": count_macs(match), "macs_modules": module_macs(matcher.matcher, match),
-           **measure_latency(match, repeats), "peak_memory_bytes": peak_memory(match, device)}
+           **measure_latency(match, repeats)}
+    if memory:
+        det["peak_memory_bytes"], mat["peak_memory_bytes"] = peak_memory(extract, device), peak_memory(match, device)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint_bytes = save_checkpoint(matcher, Path(tmp) / "m.pth").stat().st_size
     pair = lambda: (matcher.extract(img0), matcher.extract(img1), matcher.match(data))  # noqa: E731

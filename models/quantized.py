@@ -32,3 +32,15 @@ def install_activation_quant(layer: nn.Module, scale: torch.Tensor, zero_point: 
     layer._act_hook = layer.register_forward_pre_hook(
         lambda m, inputs: (fake_quantize_activation(inputs[0], m.act_scale, m.act_zero_point, m.act_bits),
                            *inputs[1:]))
+
+
+def remove_activation_quant(model: nn.Module) -> int:
+    """Stop fake-quantizing inputs in every layer of ``model`` (weights stay on their grid); returns the count."""
+    count = 0
+    for layer in model.modules():
+        hook = getattr(layer, "_act_hook", None)
+        if hook is not None:
+            hook.remove()
+            del layer._act_hook
+            count += 1
+    return count

@@ -1,0 +1,12 @@
+"""Pruning experiments: baseline -> sensitivity scan -> fine-grained / channel pruning -> finetuning ->
+evaluation -> profiling -> figures and report.md (resumable; see experiments.py).
+
+    python pruning_experiments.py                                   # the demo: configs/demo.yaml -> runs/demo
+    python pruning_experiments.py --config configs/coco.yaml --out runs/coco
+    python pruning_experiments.py --dry-run                          # print the plan
+"""
+from experiments import main
+from helper import run_cli
+
+if __name__ == "__main__":
+    run_cli(lambda: main(("pruning",), __doc__.split("\n")[0]))

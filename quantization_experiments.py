@@ -1,0 +1,12 @@
+"""Quantization experiments: baseline -> k-means / linear int8 quantization (of the dense model or of a pruned
+variant) -> finetuning -> evaluation -> profiling -> figures and report.md (resumable; see experiments.py).
+
+    python quantization_experiments.py                              # the demo: configs/demo.yaml -> runs/demo
+    python quantization_experiments.py --config configs/coco.yaml --out runs/coco
+    python quantization_experiments.py --dry-run                     # print the plan
+"""
+from experiments import main
+from helper import run_cli
+
+if __name__ == "__main__":
+    run_cli(lambda: main(("quantization",), __doc__.split("\n")[0]))
