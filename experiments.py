@@ -24,7 +24,7 @@ from data.pairs import SyntheticPairs
 from evaluate import FeatureCache, evaluate
 from finetune import DEFAULTS as FINETUNE_DEFAULTS
 from finetune import finetune, make_pairs
-from helper import (InputError, atomic_path, git_commit, load_config, merge_config, pick_device, run_cli, seed_everything,
+from helper import (InputError, atomic_path, count_macs, git_commit, load_config, merge_config, pick_device, run_cli, seed_everything,
                     write_json, write_run_config)
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.matching import Matcher, build_matcher
@@ -47,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "matcher_config": {"detector": {"max_keypoints": 512},
                        "matcher": {"depth_confidence": -1, "width_confidence": -1}},
     "checkpoint": None,
+    "source": None,  # when set: the images of every stage (val, calibration, finetuning), e.g. a COCO zip
     "seed": 0,
     "val": FINETUNE_DEFAULTS["val"],
     "calibration": {**FINETUNE_DEFAULTS["train"], "num_pairs": 8, "augment": 0.0},
@@ -173,7 +174,7 @@ class Experiment:
         if base is not None and base not in variants:
             raise InputError(f"variant {name}: its base {base!r} is not a variant of this experiment (run it first)")
         base_spec = variants[base]["spec"] if base else None
-        base_row = variants[base]["rows"][-1] if base else None
+        base_row = (variants[base]["rows"] or [{}])[-1] if base else None  # {}: not computed (dry run)
         todo = [s for s in steps if not base_spec or s not in base_spec["method"].split("+")]
         auto = spec.get("sparsity") == "auto"
         parts = ["finetune"] * bool(spec.get("finetune")) + ["calibration"] * ("linear-int8" in todo)
@@ -200,7 +201,7 @@ class Experiment:
             path = save_checkpoint(m, self.checkpoint(name), {"experiment": self.cfg["name"], "spec": spec})
             summary = self.evaluate(m, name)["summary"]
             return variant_row(name, method, summary, path, m, self.dense(), part, bits=variant_bits(spec),
-                               finetuned=bool(base_row and base_row["finetuned"]))
+                               finetuned=bool(base_row and base_row.get("finetuned")))
         rows = [self.stage(f"variant-{name}", key, compute)]
         if spec.get("finetune"):
             rows.append(self.stage(f"finetune-{name}", key, lambda: self.finetune(spec, rows[0], digest(key))))
@@ -224,32 +225,33 @@ class Experiment:
                            bits=variant_bits(spec), finetuned=True)
 
     def profile(self, rows: list[dict[str, Any]], label: str) -> dict[str, Any]:
-        """Cost of the dense model and of every variant, measured one after the other in this process."""
-        from profiling import profile_matcher
+        """MACs of the dense model and every variant, and their latencies timed round-robin in this process (so
+        machine drift hits them alike and the ratios to dense are side by side)."""
+        from profiling import interleaved_latency, prepare
 
         pc = self.cfg["profile"]
-        names = [r["name"] for r in rows]
 
         def compute():
             if pc.get("threads"):
                 torch.set_num_threads(pc["threads"])
-            out = {"threads": torch.get_num_threads(), "device": str(self.device), "models": {}}
+            models, fns = {}, {}
             for r in rows:
                 m = load_checkpoint(r["checkpoint"])
                 execution = "fp32" if r["method"] == "dense" else "fp32 kernels, decoded weights"
                 if remove_activation_quant(m):
                     execution = "fp32 kernels on int8-grid weights (no int8 backend for this network yet)"
-                p = profile_matcher(m, r["name"], tuple(pc["resize"]), pc["num_keypoints"], pc["repeats"],
-                                    self.device, memory=False)
-                out["models"][r["name"]] = {"macs": p["total"]["macs"], "matcher_macs": p["matcher"]["macs"],
-                                            "latency_ms": p["total"]["latency_ms"],
-                                            "latency_ms_iqr": p["total"]["latency_ms_iqr"],
-                                            "matcher_latency_ms": p["matcher"]["latency_ms"],
-                                            "matcher_latency_ms_iqr": p["matcher"]["latency_ms_iqr"],
-                                            "execution": execution, "checkpoint_sha1": r["checkpoint_sha1"]}
-            return out
+                run = prepare(m, tuple(pc["resize"]), pc["num_keypoints"], self.device)
+                fns[r["name"], "pair"], fns[r["name"], "matcher"] = run["pair"], run["match"]
+                models[r["name"]] = {"macs": count_macs(run["pair"]), "matcher_macs": count_macs(run["match"]),
+                                     "execution": execution, "checkpoint_sha1": r["checkpoint_sha1"]}
+            times = interleaved_latency(fns, pc["repeats"])
+            for name, entry in models.items():
+                entry.update(times[name, "pair"])
+                entry["matcher_latency_ms"] = times[name, "matcher"]["latency_ms"]
+                entry["matcher_latency_ms_iqr"] = times[name, "matcher"]["latency_ms_iqr"]
+            return {"threads": torch.get_num_threads(), "device": str(self.device), "models": models}
         key = {"profile": pc, "models": {r["name"]: r["checkpoint_sha1"] for r in rows}}
-        return self.stage(f"profile-{label}", key, compute) if names else {}
+        return self.stage(f"profile-{label}", key, compute)
 
 
 def prune_channels(net: torch.nn.Module, ratio: Any) -> None:
@@ -401,11 +403,38 @@ def report_markdown(cfg: dict[str, Any], rows: list[dict[str, Any]], figures: li
 
 # ----------------------------------------------------------------------------- command line
 
+README_START, README_END = "<!-- demo results: generated by --update-readme -->", "<!-- end of demo results -->"
+
+
+def update_readme(out: Path, readme: Path = Path(__file__).with_name("README.md"),
+                  figures: Path = Path(__file__).with_name("docs") / "demo") -> None:
+    """Put a run's report table and figures into the README between its markers (generated, never typed)."""
+    import shutil
+
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise InputError(f"{readme} has no '{README_START}' … '{README_END}' section")
+    report = (out / "report.md").read_text().split("\n![")[0].split("\n", 2)[2].strip()
+    figures.mkdir(parents=True, exist_ok=True)
+    links = []
+    for png in sorted((out / "figures").glob("*.png")):
+        shutil.copyfile(png, figures / png.name)
+        links.append(f"![{png.stem}]({(figures / png.name).relative_to(readme.parent).as_posix()})")
+    head, rest = text.split(README_START, 1)
+    body = f"{README_START}\n{report}\n\n{' '.join(links)}\n"
+    with atomic_path(readme) as tmp:
+        tmp.write_text(head + body + README_END + rest.split(README_END, 1)[1])
+
+
 def experiment_config(files: list[str], overrides: list[str] = ()) -> dict[str, Any]:
     """Experiment YAML files merged in order over the defaults, then ``key.sub=value`` overrides."""
     config = DEFAULTS
     for i, path in enumerate(files):
         config = load_config(path, overrides if i == len(files) - 1 else (), config)
+    if config.get("source"):
+        config = merge_config(config, {"val": {"source": config["source"]},
+                                       "calibration": {"source": config["source"]},
+                                       "finetune": {"train": {"source": config["source"]}}})
     return config
 
 
@@ -416,6 +445,8 @@ def main(kinds: tuple[str, ...], description: str) -> None:
     p.add_argument("--out", default=None, help="run folder (default: runs/<name of the config>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. val.num_pairs=10")
     p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true", help="print the plan and stop")
+    p.add_argument("--update-readme", "--update_readme", dest="update_readme", action="store_true",
+                   help="copy the report's table and figures into README.md (for the demo run)")
     args = p.parse_args()
     config = experiment_config(args.config, args.set)
     out = Path(args.out or Path("runs") / config["name"])
@@ -423,3 +454,5 @@ def main(kinds: tuple[str, ...], description: str) -> None:
     if rows:
         print((out / "report.md").read_text())
         print(f"written: {out / 'report.md'}, {out / 'results.json'}")
+        if args.update_readme:
+            update_readme(out)

@@ -26,8 +26,8 @@ from torch import nn
 
 from data.homographies import HomographyConfig, crop_resize, sample_homography, warp_image
 from data.images import open_source
-from helper import (InputError, count_macs, git_commit, measure_latency, pick_device, run_cli, to_tensor, write_csv,
-                    write_json)
+from helper import (InputError, Timer, count_macs, git_commit, measure_latency, pick_device, run_cli, to_tensor,
+                    write_csv, write_json)
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.matching import Matcher, available_matchers, build_matcher
 
@@ -111,12 +111,11 @@ def exactly_n(feats: dict[str, torch.Tensor], n: int, size: tuple[int, int], see
     return {"keypoints": k, "scores": s, "descriptors": d}, real
 
 
-def profile_matcher(matcher: Matcher, name: str, size: tuple[int, int], num_keypoints: int, repeats: int,
-                    device: torch.device, memory: bool = True) -> dict[str, Any]:
-    """Detector, matcher and total cost of one model on one real image pair (``memory``: also peak memory)."""
+def prepare(matcher: Matcher, size: tuple[int, int], num_keypoints: int,
+            device: torch.device) -> dict[str, Any]:
+    """Callables running one model's detector (one image), matcher (exactly N keypoints per image) and pair."""
     matcher = matcher.eval().to(device)
     img0, img1 = (to_tensor(im, device) for im in test_pair(size))
-    extract = lambda: matcher.extract(img0)  # noqa: E731
     with torch.no_grad():
         feats = [matcher.extract(img) for img in (img0, img1)]
     data, real = {}, []
@@ -125,7 +124,36 @@ def profile_matcher(matcher: Matcher, name: str, size: tuple[int, int], num_keyp
         data.update({f"{k}{i}": v[None] for k, v in one.items()})
         data[f"image_size{i}"] = size
         real.append(n_real)
-    match = lambda: matcher.match(data)  # noqa: E731
+    return {"extract": lambda: matcher.extract(img0), "match": lambda: matcher.match(data),
+            "pair": lambda: (matcher.extract(img0), matcher.extract(img1), matcher.match(data)),
+            "keypoints_real": real}
+
+
+def interleaved_latency(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, dict]:
+    """Median and IQR (ms) of several callables timed round-robin, so that drift of the machine (heat, other
+    load) hits all of them alike: the right way to measure a ratio side by side."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    with torch.no_grad():
+        for _ in range(warmup):
+            for fn in fns.values():
+                fn()
+        for _ in range(repeats):
+            for k, fn in fns.items():
+                with Timer() as t:
+                    fn()
+                times[k].append(t.seconds * 1000)
+    out = {}
+    for k, v in times.items():
+        q1, median, q3 = np.percentile(v, [25, 50, 75])
+        out[k] = {"latency_ms": float(median), "latency_ms_iqr": float(q3 - q1)}
+    return out
+
+
+def profile_matcher(matcher: Matcher, name: str, size: tuple[int, int], num_keypoints: int, repeats: int,
+                    device: torch.device, memory: bool = True) -> dict[str, Any]:
+    """Detector, matcher and total cost of one model on one real image pair (``memory``: also peak memory)."""
+    run = prepare(matcher, size, num_keypoints, device)
+    extract, match = run["extract"], run["match"]
     det = {**part_stats(matcher.detector), "macs": count_macs(extract),
            "macs_modules": module_macs(matcher.detector, extract), **measure_latency(extract, repeats)}
     mat = {**part_stats(matcher.matcher), "macs": count_macs(match), "macs_modules": module_macs(matcher.matcher, match),
@@ -134,12 +162,11 @@ def profile_matcher(matcher: Matcher, name: str, size: tuple[int, int], num_keyp
         det["peak_memory_bytes"], mat["peak_memory_bytes"] = peak_memory(extract, device), peak_memory(match, device)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint_bytes = save_checkpoint(matcher, Path(tmp) / "m.pth").stat().st_size
-    pair = lambda: (matcher.extract(img0), matcher.extract(img1), matcher.match(data))  # noqa: E731
     total = {"params": det["params"] + mat["params"], "nonzero_params": det["nonzero_params"] + mat["nonzero_params"],
              "macs": 2 * det["macs"] + mat["macs"], "macs_modules": 2 * det["macs_modules"] + mat["macs_modules"],
              "size_bytes": checkpoint_bytes, "state_dict_bytes": state_bytes(matcher),
-             **measure_latency(pair, max(3, repeats // 2))}
-    return {"name": name, "matcher": mat, "detector": det, "total": total, "keypoints_real": real,
+             **measure_latency(run["pair"], max(3, repeats // 2))}
+    return {"name": name, "matcher": mat, "detector": det, "total": total, "keypoints_real": run["keypoints_real"],
             "num_keypoints": num_keypoints, "resize": list(size)}
 
 
@@ -214,6 +241,10 @@ def main() -> None:
         logger.info("profiling %s", name)
         results.append({**profile_matcher(copy.deepcopy(matcher), name, size, args.num_keypoints, args.repeats,
                                           device), "meta": meta})
+    if len(models) > 1:  # the pair latencies behind the ratios: timed round-robin, side by side
+        pairs = {i: prepare(m, size, args.num_keypoints, device)["pair"] for i, (_, m) in enumerate(models)}
+        for i, t in interleaved_latency(pairs, args.repeats).items():
+            results[i]["total"].update(t)
     print(markdown(results))
     resizes = [tuple(args.sweep_resize[i:i + 2]) for i in range(0, len(args.sweep_resize), 2)]
     rows = [row for name, m in models for row in sweep(m, name, size, args.sweep_keypoints, resizes, args.repeats,

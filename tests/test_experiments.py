@@ -1,0 +1,85 @@
+"""The experiment pipeline: every stage runs, a killed run resumes without redoing finished stages, changed
+settings redo only what depends on them, and the report lists every variant with its measured costs."""
+import json
+import math
+
+import pytest
+
+import experiments
+from conftest import FIXTURES, ROOT
+from experiments import experiment_config, run
+from helper import InputError
+
+TINY = experiment_config([str(ROOT / "configs" / "demo.yaml"), str(FIXTURES / "tiny_experiment.yaml")])
+KEYS = ("name", "method", "sparsity", "bits", "finetuned", "auc@1px", "auc@3px", "auc@5px", "precision", "recall",
+        "size_bytes", "macs", "latency_ms")
+
+
+def stage_times(out):
+    return {p.name: p.stat().st_mtime_ns for p in (out / "stages").glob("*.json")}
+
+
+def test_killed_experiment_resumes_and_reports_every_variant(tmp_path, monkeypatch):
+    real_finetune = experiments.finetune
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # as if the process were killed while finetuning
+
+    monkeypatch.setattr(experiments, "finetune", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(TINY, tmp_path, ("pruning",), progress=False)
+    done = stage_times(tmp_path)
+    assert {"baseline.json", "sensitivity.json", "variant-fine-grained.json"} <= set(done)
+
+    monkeypatch.setattr(experiments, "finetune", real_finetune)
+    run(TINY, tmp_path, ("pruning",), progress=False)
+    after = stage_times(tmp_path)
+    assert all(after[name] == t for name, t in done.items())  # finished stages were not redone
+    assert "finetune-fine-grained.json" in after
+
+    rows = run(TINY, tmp_path, ("quantization",), progress=False)
+    by_name = {r["name"]: r for r in rows}
+    assert set(by_name) == {"dense", "fine-grained", "fine-grained +ft", "channel-ffn25", "channel-ffn25 +ft",
+                            "linear-int8", "kmeans-4bit", "fine-grained+kmeans-4bit"}
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [r["name"] for r in saved] == [r["name"] for r in rows]
+    for r in saved:
+        assert all(k in r for k in KEYS), r["name"]
+        assert math.isfinite(r["latency_ms"]) and r["latency_ms"] > 0
+    dense, combined = by_name["dense"], by_name["fine-grained+kmeans-4bit"]
+    assert by_name["fine-grained"]["sparsity"] > 0 and combined["sparsity"] == by_name["fine-grained +ft"]["sparsity"]
+    assert combined["finetuned"] and combined["bits"] == 4
+    assert by_name["kmeans-4bit"]["size_bytes"] < dense["size_bytes"] / 4
+    assert combined["size_bytes"] < by_name["kmeans-4bit"]["size_bytes"]
+    assert by_name["channel-ffn25"]["macs"] < dense["macs"]
+    report = (tmp_path / "report.md").read_text()
+    assert all(f"| {name} |" in report for name in by_name)
+    assert all((tmp_path / "figures" / f"{f}.png").is_file() for f in ("auc_vs_size", "auc_vs_latency", "sensitivity"))
+    assert (tmp_path / "config.yaml").read_text().count("git_commit") == 1
+
+    # Nothing to redo; a changed quantization setting redoes that variant (and the profile) only.
+    before = stage_times(tmp_path)
+    run(TINY, tmp_path, ("quantization",), progress=False)
+    assert stage_times(tmp_path) == before
+    changed = experiments.merge_config(TINY, {})
+    changed["quantization"] = [dict(s, bits=3) if s["name"] == "kmeans-4bit" else s for s in TINY["quantization"]]
+    run(changed, tmp_path, ("quantization",), progress=False)
+    redone = {n for n, t in stage_times(tmp_path).items() if before.get(n) != t}
+    assert redone == {"variant-kmeans-4bit.json", "profile-quantization.json"}
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
+    run(TINY, tmp_path / "run", dry_run=True)
+    plan = capsys.readouterr().out
+    assert "to do: baseline" in plan and "to do: finetune-fine-grained" in plan and "report.md" in plan
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("variant, message", [
+    ({"name": "x", "method": "magic"}, "unknown method"),
+    ({"name": "x", "method": "fine-grained+kmeans", "base": "nope", "bits": 4}, "base 'nope'"),
+])
+def test_bad_variants_are_one_line_errors(tmp_path, variant, message):
+    config = {**TINY, "pruning": [], "quantization": [variant]}
+    with pytest.raises(InputError, match=message):
+        run(config, tmp_path, ("quantization",), dry_run=True)

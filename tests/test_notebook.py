@@ -1,0 +1,28 @@
+"""The Colab-first notebook is stored without outputs and executes end to end outside Colab (tiny settings)."""
+import nbformat
+from nbclient import NotebookClient
+
+from conftest import ROOT
+
+NOTEBOOK = ROOT / "notebooks" / "efficient_feature_matching.ipynb"
+
+
+def test_notebook_is_stored_without_outputs_and_has_a_parameter_cell():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)
+    assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1
+
+
+def test_notebook_executes_with_tiny_parameters(tmp_path):
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    params.source += (f'\nEXTRA_CONFIGS = ["tests/fixtures/tiny_experiment.yaml"]\nOUT = {str(tmp_path / "run")!r}\n')
+    NotebookClient(nb, timeout=900, kernel_name="python3",
+                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| fine-grained+kmeans-4bit |" in report and "| dense |" in report
+    shown = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "MB on disk" in shown
+    assert list((tmp_path / "run" / "match_pairs").glob("*_matches.png"))
