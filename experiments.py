@@ -224,7 +224,7 @@ class Experiment:
         return variant_row(f"{name} +ft", spec["method"], summary, path, m, self.dense(), spec.get("part", "matcher"),
                            bits=variant_bits(spec), finetuned=True)
 
-    def profile(self, rows: list[dict[str, Any]], label: str) -> dict[str, Any]:
+    def profile(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         """MACs of the dense model and every variant, and their latencies timed round-robin in this process (so
         machine drift hits them alike and the ratios to dense are side by side)."""
         from profiling import interleaved_latency, prepare
@@ -251,7 +251,7 @@ class Experiment:
                 entry["matcher_latency_ms_iqr"] = times[name, "matcher"]["latency_ms_iqr"]
             return {"threads": torch.get_num_threads(), "device": str(self.device), "models": models}
         key = {"profile": pc, "models": {r["name"]: r["checkpoint_sha1"] for r in rows}}
-        return self.stage(f"profile-{label}", key, compute)
+        return self.stage("profile", key, compute)
 
 
 def prune_channels(net: torch.nn.Module, ratio: Any) -> None:
@@ -313,23 +313,22 @@ def run(config: dict[str, Any], out: str | Path, kinds: tuple[str, ...] = ("prun
     if dry_run:
         print("  then: profile, results.json, figures, report.md")
         return []
-    ours = [r for v in variants.values() if v["spec"]["name"] in wanted for r in v["rows"]]
-    exp.profile([dense, *ours], "-".join(kinds))
-    return write_report(exp, [dense, *(r for v in variants.values() for r in v["rows"])])
+    rows = [dense, *(r for v in variants.values() for r in v["rows"])]
+    exp.profile(rows)  # every current variant, side by side in one run
+    return write_report(exp, rows)
 
 
 def with_costs(exp: Experiment, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The variants with the costs of the latest profile that measured their very checkpoint."""
+    """The variants with the costs the profile stage measured for their very checkpoints."""
+    prof = json.loads((exp.out / "stages" / "profile.json").read_text())["result"]
+    dense = prof["models"]["dense"]
+    measured = {m["checkpoint_sha1"]: m for m in prof["models"].values()}
     rows = [dict(r) for r in rows]
-    for p in sorted((exp.out / "stages").glob("profile-*.json"), key=lambda p: p.stat().st_mtime):
-        prof = json.loads(p.read_text())["result"]
-        dense = prof["models"]["dense"]
-        measured = {m["checkpoint_sha1"]: m for m in prof["models"].values()}
-        for r in rows:  # ratios: to the dense model measured in the same run
-            if r["checkpoint_sha1"] in measured:
-                r.update(measured[r["checkpoint_sha1"]], threads=prof["threads"], profile=p.stem)
-                r["latency_ratio"] = r["latency_ms"] / dense["latency_ms"]
-                r["matcher_latency_ratio"] = r["matcher_latency_ms"] / dense["matcher_latency_ms"]
+    for r in rows:  # ratios: to the dense model measured in the same run
+        if r["checkpoint_sha1"] in measured:
+            r.update(measured[r["checkpoint_sha1"]], threads=prof["threads"])
+            r["latency_ratio"] = r["latency_ms"] / dense["latency_ms"]
+            r["matcher_latency_ratio"] = r["matcher_latency_ms"] / dense["matcher_latency_ms"]
     return rows
 
 

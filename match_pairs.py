@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.pairs import FilePairs, read_pairs
+from data.images import open_source
+from data.pairs import FilePairs, SequencePairs, read_pairs
 from evaluate import (HOMOGRAPHY_THRESHOLDS, POSE_THRESHOLDS, build_from_args, pair_metrics, predict, summarize,
                       symmetric_reprojection_error, synthetic_pairs)
 from helper import InputError, atomic_path, pick_device, run_cli
@@ -34,7 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Image pair matching and evaluation",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--input_pairs", default="sample",
-                   help="pairs file, or 'sample': fixed homography pairs of the sample photos, exported first")
+                   help="pairs file, or 'sample': fixed homography pairs of the sample photos, or 'sequence': a "
+                        "sample photo against 12 frames of a smooth camera motion (both exported first)")
     p.add_argument("--input_dir", default=None, help="folder of the images (default: the pairs file's folder)")
     p.add_argument("--output_dir", default="dump_match_pairs/")
     p.add_argument("--max_length", type=int, default=-1, help="maximum number of pairs to evaluate")
@@ -79,10 +81,12 @@ def save_npz(path: Path, **arrays) -> None:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
-    if args.input_pairs == "sample":
-        pairs_file = synthetic_pairs("sample", num_pairs=30, size=(640, 480)).export(output_dir / "sample_pairs")
+    if args.input_pairs in ("sample", "sequence"):
+        made = (synthetic_pairs("sample", num_pairs=30, size=(640, 480)) if args.input_pairs == "sample" else
+                SequencePairs(open_source("sample"), "astronaut.png", 12, (640, 480)))
+        pairs_file = made.export(output_dir / f"{args.input_pairs}_pairs")
         input_dir = Path(args.input_dir or pairs_file.parent)
-        logger.info("exported the sample pairs to %s", pairs_file)
+        logger.info("exported the %s pairs to %s", args.input_pairs, pairs_file)
     else:
         pairs_file, input_dir = Path(args.input_pairs), Path(args.input_dir or Path(args.input_pairs).parent)
     pairs = read_pairs(pairs_file)

@@ -188,6 +188,15 @@ def make_matching_plot(image0: np.ndarray, image1: np.ndarray, kpts0: np.ndarray
 
 
 def _fast_plot(image0, image1, kpts0, kpts1, mkpts0, mkpts1, color, text, path, show_keypoints, small_text):
+    out = _fast_canvas(image0, image1, kpts0, kpts1, mkpts0, mkpts1, color, text, show_keypoints, small_text)
+    ok, buf = cv2.imencode(path.suffix or ".png", out)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.tobytes())
+
+
+def _fast_canvas(image0, image1, kpts0, kpts1, mkpts0, mkpts1, color, text, show_keypoints=False,
+                 small_text=()) -> np.ndarray:
+    """The pair side by side with match lines and text, drawn with OpenCV (BGR uint8)."""
     h0, w0 = image0.shape[:2]
     h1, w1 = image1.shape[:2]
     margin = 10
@@ -206,9 +215,44 @@ def _fast_plot(image0, image1, kpts0, kpts1, mkpts0, mkpts1, color, text, path, 
         cv2.putText(out, line, (8, 24 + 24 * i), cv2.FONT_HERSHEY_DUPLEX, 0.7, (255, 255, 255), 1, cv2.LINE_AA)
     for i, line in enumerate(reversed(list(small_text))):
         cv2.putText(out, line, (8, out.shape[0] - 8 - 14 * i), cv2.FONT_HERSHEY_DUPLEX, 0.4, (255, 255, 255), 1)
-    ok, buf = cv2.imencode(path.suffix or ".png", out)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.tobytes())
+    return out
+
+
+def make_gif(match_dirs: Sequence[str | os.PathLike], pairs_file: str | os.PathLike, out: str | os.PathLike,
+             input_dir: str | os.PathLike | None = None, labels: Sequence[str] | None = None,
+             resize: Sequence[int] = (640, 480), scale: float = 0.5, frame_ms: int = 400) -> Path:
+    """Animation of a sequence of pairs: one row per model (dense on top, compressed below), drawn from the
+    ``*_matches.npz`` files that match_pairs.py wrote into each folder (correct green, wrong red)."""
+    from PIL import Image
+
+    from data.pairs import FilePairs, read_pairs
+    from evaluate import symmetric_reprojection_error
+
+    pairs_file = Path(pairs_file)
+    pairs = FilePairs(read_pairs(pairs_file), input_dir or pairs_file.parent, list(resize))
+    labels = list(labels or [Path(d).name for d in match_dirs])
+    frames = []
+    for pair in pairs:
+        gt, rows = pairs.ground_truth(pair), []
+        images = [pairs.image(pair, i)[1] for i in (0, 1)]
+        for folder, label in zip(match_dirs, labels):
+            path = Path(folder) / f"{pair.stems[0]}_{pair.stems[1]}_matches.npz"
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is missing: run match_pairs.py on {pairs_file} into {folder}")
+            m = np.load(path)
+            valid = m["matches"] > -1
+            k0, k1 = m["keypoints0"][valid], m["keypoints1"][m["matches"][valid]]
+            correct = symmetric_reprojection_error(k0, k1, gt.H) < 3.0 if gt.kind == "homography" else None
+            text = [label, f"matches: {int(valid.sum())}" + ("" if correct is None else
+                                                             f"  correct: {correct.mean() if len(correct) else 0:.0%}")]
+            rows.append(_fast_canvas(*images, m["keypoints0"], m["keypoints1"], k0, k1,
+                                     match_colors(m["match_confidence"][valid], correct), text))
+        frame = cv2.cvtColor(np.concatenate(rows, 0), cv2.COLOR_BGR2RGB)
+        frames.append(Image.fromarray(cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)))
+    out = Path(out).with_suffix(".gif")
+    with atomic_path(out) as tmp:
+        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
+    return out
 
 
 def main() -> None:
@@ -219,6 +263,10 @@ def main() -> None:
     p.add_argument("--sweep", help="profiling.py --csv output (keypoint sweep)")
     p.add_argument("--checkpoints", nargs="*", default=[])
     p.add_argument("--tensor", default=None, help="weight to histogram, e.g. matcher.transformers.0.ffn.0.weight")
+    p.add_argument("--gif", nargs="*", default=[], metavar="MATCH_DIR",
+                   help="match_pairs.py output folders (dense first) to animate side by side")
+    p.add_argument("--gif_pairs", default=None, help="the pairs file they matched (default: "
+                                                      "FIRST_DIR/sequence_pairs/pairs.txt)")
     args = p.parse_args()
     out = Path(args.out)
     written = []
@@ -231,6 +279,9 @@ def main() -> None:
         written += plot_latency_vs_keypoints(args.sweep, out / "latency_vs_keypoints")
     if args.checkpoints and args.tensor:
         written += plot_weight_histograms(args.checkpoints, args.tensor, out / "weights")
+    if args.gif:
+        pairs_file = args.gif_pairs or Path(args.gif[0]) / "sequence_pairs" / "pairs.txt"
+        written.append(make_gif(args.gif, pairs_file, out / "dense_vs_compressed"))
     print("\n".join(str(p) for p in written))
 
 

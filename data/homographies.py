@@ -119,3 +119,10 @@ def photometric_augment(image: np.ndarray, rng: np.random.Generator, strength: f
         img = cv2.GaussianBlur(img, (k, k), 0)
     img = img + rng.normal(0, 5 * strength, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def interpolate_homography(H: np.ndarray, size: tuple[int, int], t: float) -> np.ndarray:
+    """The homography that moves the image corners a fraction ``t`` of the way along ``H`` (0: identity)."""
+    c = _corners(*size)
+    moved = c + t * (warp_points(c, H) - c)
+    return cv2.getPerspectiveTransform(c.astype(np.float32), moved.astype(np.float32)).astype(np.float64)

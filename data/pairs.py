@@ -17,7 +17,8 @@ import numpy as np
 
 from helper import InputError, atomic_path, read_image, resize_to
 
-from .homographies import HomographyConfig, crop_resize, photometric_augment, sample_homography, warp_image
+from .homographies import (HomographyConfig, crop_resize, interpolate_homography, photometric_augment,
+                           sample_homography, warp_image)
 from .images import ImageSource, readable_images
 
 
@@ -189,6 +190,20 @@ class SyntheticPairs(PairSet):
         exported = [Pair(Path(p.name0).with_suffix(".png").name, p.name1, H=p.H) for p in self.pairs]
         write_pairs(folder / pairs_file, exported)
         return folder / pairs_file
+
+
+class SequencePairs(SyntheticPairs):
+    """A photo against frames of a smooth camera motion: frame i is warped ``i / (n - 1)`` of the way along
+    one seeded homography (for the dense-vs-compressed animation)."""
+
+    def __init__(self, source: ImageSource, name: str, num_frames: int = 12, size: tuple[int, int] = (640, 480),
+                 seed: int = 0, homography: HomographyConfig | None = None):
+        super().__init__(source, [name], num_frames, size, seed, homography)
+        H = sample_homography(np.random.default_rng([seed, 10**6]), self.size, self.homography)
+        for i, pair in enumerate(self.pairs):
+            pair.H = interpolate_homography(H, self.size, (i + 1) / num_frames)
+            pair.name1 = f"{Path(name).stem}_frame{i:04d}.png"
+        self.ident += ":sequence"
 
 
 class FilePairs(PairSet):

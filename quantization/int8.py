@@ -40,12 +40,23 @@ def export_superpoint(sp: nn.Module, path: str | os.PathLike, size: tuple[int, i
     return path
 
 
+def export_network(net: nn.Module, path: str | os.PathLike, example: torch.Tensor) -> Path:
+    """ONNX graph of a one-input, one-output image network (e.g. DISK's U-Net), dynamic batch and image size."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(net.eval(), (example,), str(path), input_names=["image"], output_names=["output"],
+                      opset_version=17, dynamo=False,
+                      dynamic_axes={"image": {0: "b", 2: "h", 3: "w"}, "output": {0: "b", 2: "h", 3: "w"}})
+    return path
+
+
 def quantize_static_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
-                         calibration: Iterable[np.ndarray], keep_float: Iterable[str] = ("convPb", "convDb")) -> Path:
+                         calibration: Iterable[np.ndarray], keep_float: Iterable[str] = ("convPb", "convDb"),
+                         keep_last: bool = False) -> Path:
     """Static int8 quantization (QDQ, per-channel weights) of the convolutions, calibrated on the given images.
 
-    The output layers named in ``keep_float`` stay float: the detector's 65-way logits and the descriptors
-    feed a softmax / normalisation whose small differences decide keypoints.
+    The output layers named in ``keep_float`` (or the graph's last convolution, with ``keep_last``) stay float:
+    a detector's logits and descriptors feed a softmax / normalisation whose small differences decide keypoints.
     """
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -53,6 +64,8 @@ def quantize_static_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathL
     graph = onnx.load(str(fp32_path)).graph
     exclude = [n.name for n in graph.node if any(k in n.name or any(k in i for i in n.input) for k in keep_float)
                and n.op_type == "Conv"]
+    if keep_last:
+        exclude.append([n.name for n in graph.node if n.op_type == "Conv"][-1])
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -67,6 +80,14 @@ def quantize_static_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathL
     return Path(int8_path)
 
 
+def _identify(module: nn.Module, onnx_path: str | os.PathLike) -> None:
+    """Put the ONNX file's hash in the state_dict, so detector fingerprints (feature caches) tell graphs apart."""
+    import hashlib
+
+    digest = hashlib.sha1(Path(onnx_path).read_bytes()).digest()
+    module.register_buffer("onnx_sha1", torch.tensor(list(digest), dtype=torch.uint8))
+
+
 class OrtSuperPoint(nn.Module):
     """SuperPoint whose network runs in an ONNX Runtime session (fp32 or int8); post-processing unchanged."""
 
@@ -79,6 +100,7 @@ class OrtSuperPoint(nn.Module):
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         self.sp = sp  # for config and post-processing
+        _identify(self, onnx_path)
 
     @property
     def config(self):
@@ -95,3 +117,53 @@ class OrtSuperPoint(nn.Module):
             return self.sp(data)
         finally:
             self.sp.dense = original
+
+
+class OrtNetwork(nn.Module):
+    """A one-input, one-output network run by an ONNX Runtime session (fp32 or int8) in place of PyTorch."""
+
+    def __init__(self, onnx_path: str | os.PathLike, threads: int | None = None):
+        super().__init__()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        _identify(self, onnx_path)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        (out,) = self.session.run(None, {"image": image.detach().cpu().numpy().astype(np.float32)})
+        return torch.from_numpy(out).to(image.device)
+
+
+def int8_detector(matcher: nn.Module, calibration: list[torch.Tensor], folder: str | os.PathLike,
+                  threads: int | None = None, quantize: bool = True) -> nn.Module:
+    """A copy of ``matcher`` whose detector network runs in ONNX Runtime, int8 (or fp32 with ``quantize=False``).
+
+    Supports SuperPoint (its dense network) and DISK (its U-Net); post-processing stays in PyTorch.
+    ``calibration``: images as the detector sees them (1×C×H×W in [0, 1]).
+    """
+    import copy
+
+    folder = Path(folder)
+    m = copy.deepcopy(matcher).eval()
+    det = m.detector
+    kind = type(det).__name__
+    if kind == "SuperPoint":
+        path = export_superpoint(det, folder / "superpoint.onnx", tuple(calibration[0].shape[-1:-3:-1]))
+        keep = {"keep_float": ("convPb", "convDb")}
+    elif kind == "DISK":
+        path = export_network(det.unet, folder / "disk_unet.onnx", calibration[0])
+        keep = {"keep_float": (), "keep_last": True}
+    else:
+        raise ValueError(f"no ONNX Runtime path for a {kind} detector (SuperPoint and DISK are supported)")
+    if quantize:
+        path = quantize_static_onnx(path, path.with_name(path.stem + "_int8.onnx"),
+                                    [x.cpu().numpy() for x in calibration], **keep)
+    if kind == "SuperPoint":
+        m.detector = OrtSuperPoint(det, path, threads)
+    else:
+        det.unet = OrtNetwork(path, threads)
+    m.onnx_path = path
+    return m

@@ -65,7 +65,7 @@ def test_killed_experiment_resumes_and_reports_every_variant(tmp_path, monkeypat
     changed["quantization"] = [dict(s, bits=3) if s["name"] == "kmeans-4bit" else s for s in TINY["quantization"]]
     run(changed, tmp_path, ("quantization",), progress=False)
     redone = {n for n, t in stage_times(tmp_path).items() if before.get(n) != t}
-    assert redone == {"variant-kmeans-4bit.json", "profile-quantization.json"}
+    assert redone == {"variant-kmeans-4bit.json", "profile.json"}
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):

@@ -4,7 +4,13 @@ import json
 import subprocess
 import sys
 
+import numpy as np
+from PIL import Image
+
 from conftest import ROOT
+from data.homographies import warp_points
+from data.images import open_source
+from data.pairs import SequencePairs
 from models.checkpoint import save_checkpoint
 from models.matching import build_matcher
 from pruning.fine_grained import prune_fine_grained
@@ -40,15 +46,26 @@ def fake_results(tmp_path):
     prune_fine_grained(dense.matcher, 0.8)
     quantize_kmeans(dense.matcher, 4)
     save_checkpoint(dense, tmp_path / "pq.pth")
-    return scan, results, sweep
+    seq = SequencePairs(open_source("sample"), "astronaut.png", 3)
+    pairs_file = seq.export(tmp_path / "dense" / "sequence_pairs")
+    rng = np.random.default_rng(0)
+    for folder, wrong in (("dense", 0), ("compressed", 20)):
+        for pair in seq:
+            k0 = rng.uniform([50, 50], [590, 430], (60, 2))
+            k1 = warp_points(k0, pair.H)
+            k1[:wrong] += 40  # wrong matches are drawn red
+            np.savez(tmp_path / folder / f"{pair.stems[0]}_{pair.stems[1]}_matches.npz", keypoints0=k0,
+                     keypoints1=k1, matches=np.arange(60), match_confidence=np.ones(60))
+    return scan, results, sweep, pairs_file
 
 
 def test_every_figure_renders_from_files(tmp_path):
-    scan, results, sweep = fake_results(tmp_path)
+    scan, results, sweep, pairs_file = fake_results(tmp_path)
     out = tmp_path / "figures"
     proc = subprocess.run([sys.executable, "visualizations.py", "--out", str(out), "--scan", str(scan), "--results",
                            str(results), "--sweep", str(sweep), "--checkpoints", str(tmp_path / "dense.pth"),
-                           str(tmp_path / "pq.pth"), "--tensor", "matcher.gnn.layers.0.mlp.0.weight"],
+                           str(tmp_path / "pq.pth"), "--tensor", "matcher.gnn.layers.0.mlp.0.weight",
+                           "--gif", str(tmp_path / "dense"), str(tmp_path / "compressed")],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     names = {"sensitivity", "tradeoff_size_bytes", "tradeoff_macs", "tradeoff_latency_ms", "latency_vs_keypoints",
@@ -56,3 +73,5 @@ def test_every_figure_renders_from_files(tmp_path):
     for name in names:
         for ext in ("png", "pdf"):
             assert (out / f"{name}.{ext}").stat().st_size > 5000, name
+    gif = Image.open(out / "dense_vs_compressed.gif")
+    assert gif.n_frames == 3 and gif.size == (645, 480)  # two rows of 1290×480 pairs, at half size
