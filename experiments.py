@@ -20,12 +20,13 @@ from typing import Any, Callable
 
 import torch
 
-from data.pairs import SyntheticPairs
-from evaluate import FeatureCache, evaluate
+from data.images import open_source, split_names
+from data.pairs import SequencePairs, SyntheticPairs
+from evaluate import FeatureCache, evaluate, predict
 from finetune import DEFAULTS as FINETUNE_DEFAULTS
 from finetune import finetune, make_pairs
-from helper import (InputError, atomic_path, count_macs, git_commit, load_config, merge_config, pick_device, run_cli, seed_everything,
-                    write_json, write_run_config)
+from helper import (InputError, atomic_path, count_macs, git_commit, load_config, merge_config, pick_device, run_cli,
+                    save_npz, seed_everything, write_json, write_run_config)
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.matching import Matcher, build_matcher
 from models.quantized import remove_activation_quant
@@ -55,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
                     "choose_metric": "agreement", "choose_budget": 0.2},
     "finetune": {"steps": 100},
     "profile": {"num_keypoints": 512, "resize": [640, 480], "repeats": 5, "threads": None},
+    "animation": {"frames": 12, "photo": None},  # dense vs the smallest variant over a camera sweep; null: none
     "pruning": [],
     "quantization": [],
 }
@@ -253,6 +255,36 @@ class Experiment:
         key = {"profile": pc, "models": {r["name"]: r["checkpoint_sha1"] for r in rows}}
         return self.stage("profile", key, compute)
 
+    def animation(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """Match files of the dense model and of the smallest variant on a camera sweep, and the GIF drawn from them."""
+        from visualizations import make_gif
+
+        ac, vc = self.cfg.get("animation"), self.cfg["val"]
+        if not ac or len(rows) < 2:
+            return {}
+        shown = [rows[0], min(rows[1:], key=lambda r: (r["size_bytes"], -r["auc@3px"]))]
+
+        def compute():
+            source = open_source(vc["source"])
+            photo = ac["photo"] or split_names(source.names, vc["split"], vc["val_fraction"])[0]
+            seq = SequencePairs(source, photo, ac["frames"], tuple(vc["size"]), vc["seed"])
+            folder = self.out / "animation"
+            pairs_file = seq.export(folder / "sequence_pairs")
+            dirs = []
+            for r in shown:
+                m, dirs = load_checkpoint(r["checkpoint"]).to(self.device), [*dirs, folder / digest(r["name"])]
+                for pair in seq:
+                    pred = predict(m, seq, pair, self.cache)
+                    save_npz(dirs[-1] / f"{pair.stems[0]}_{pair.stems[1]}_matches.npz",
+                             keypoints0=pred["keypoints0"], keypoints1=pred["keypoints1"], matches=pred["matches0"],
+                             match_confidence=pred["matching_scores0"])
+            gif = make_gif(dirs, pairs_file, self.out / "figures" / "dense_vs_compressed",
+                           labels=[f"{r['name']} ({r['size_bytes'] / 1e6:.1f} MB)" for r in shown],
+                           resize=vc["size"])
+            return {"gif": str(gif), "models": [r["name"] for r in shown]}
+        key = {"animation": ac, "val": vc, "models": [r["checkpoint_sha1"] for r in shown]}
+        return self.stage("animation", key, compute)
+
 
 def prune_channels(net: torch.nn.Module, ratio: Any) -> None:
     """Structured channel pruning of whichever network this is (SuperPoint, SuperGlue, LightGlue)."""
@@ -315,6 +347,7 @@ def run(config: dict[str, Any], out: str | Path, kinds: tuple[str, ...] = ("prun
         return []
     rows = [dense, *(r for v in variants.values() for r in v["rows"])]
     exp.profile(rows)  # every current variant, side by side in one run
+    exp.animation(rows)
     return write_report(exp, rows)
 
 
@@ -347,22 +380,29 @@ def write_report(exp: Experiment, rows: list[dict[str, Any]]) -> list[dict[str, 
     if sensitivity.exists():
         made += plot_sensitivity(json.loads(sensitivity.read_text())["result"]["scan_csv"],
                                  figures / "sensitivity")[:1]
-    ckpts = [Path(r["checkpoint"]) for r in rows if r["method"] in ("dense", "fine-grained", "kmeans",
-                                                                    "fine-grained+kmeans")]
-    tensor = first_shared_weight(ckpts[0], [r for r in rows if Path(r["checkpoint"]) in ckpts]) if ckpts else None
-    if tensor and len(ckpts) > 1:
-        made += plot_weight_histograms(ckpts[:4], tensor, figures / "weights")[:1]
+    shown = {}  # one checkpoint per method whose weights stay in shape: the finetuned one when there is one
+    for r in rows:
+        if r["method"] in ("dense", "fine-grained", "kmeans", "fine-grained+kmeans"):
+            shown[r["method"]] = r
+    gif = exp.out / "figures" / "dense_vs_compressed.gif"
+    if gif.exists():
+        made.append(gif)
+    if len(shown) > 1:
+        made += plot_weight_histograms([r["checkpoint"] for r in shown.values()], histogram_tensor(list(shown.values())),
+                                       figures / "weights")[:1]
     text = report_markdown(exp.cfg, rows, [p.relative_to(exp.out) for p in made])
     with atomic_path(exp.out / "report.md") as tmp:
         tmp.write_text(text)
     return rows
 
 
-def first_shared_weight(path: Path, rows: list[dict[str, Any]]) -> str | None:
-    """A weight tensor of the compressed part present in every listed checkpoint (for the histograms)."""
+def histogram_tensor(rows: list[dict[str, Any]]) -> str:
+    """The weight of the compressed part with the most zeros in the sparsest of these checkpoints."""
     part = next((r["part"] for r in rows if r["method"] != "dense"), "matcher")
-    names = [f"{part}.{n}" for n in prunable_weights(getattr(load_checkpoint(path), part))]
-    return names[len(names) // 2] if names else None
+    sparsest = max(rows, key=lambda r: r["sparsity"])
+    weights = prunable_weights(getattr(load_checkpoint(sparsest["checkpoint"]), part))
+    name = max(weights, key=lambda n: (int((weights[n] == 0).sum()), -list(weights).index(n)))
+    return f"{part}.{name}"
 
 
 def report_markdown(cfg: dict[str, Any], rows: list[dict[str, Any]], figures: list[Path]) -> str:
@@ -416,7 +456,7 @@ def update_readme(out: Path, readme: Path = Path(__file__).with_name("README.md"
     report = (out / "report.md").read_text().split("\n![")[0].split("\n", 2)[2].strip()
     figures.mkdir(parents=True, exist_ok=True)
     links = []
-    for png in sorted((out / "figures").glob("*.png")):
+    for png in sorted([*(out / "figures").glob("*.png"), *(out / "figures").glob("*.gif")]):
         shutil.copyfile(png, figures / png.name)
         links.append(f"![{png.stem}]({(figures / png.name).relative_to(readme.parent).as_posix()})")
     head, rest = text.split(README_START, 1)

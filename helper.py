@@ -86,6 +86,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; results are ordinary files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -111,6 +114,11 @@ def _jsonable(x: Any) -> Any:
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(_jsonable(obj), indent=2) + "\n")
+
+
+def save_npz(path: str | os.PathLike, **arrays: Any) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def write_csv(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None:

@@ -23,7 +23,7 @@ from data.images import open_source
 from data.pairs import FilePairs, SequencePairs, read_pairs
 from evaluate import (HOMOGRAPHY_THRESHOLDS, POSE_THRESHOLDS, build_from_args, pair_metrics, predict, summarize,
                       symmetric_reprojection_error, synthetic_pairs)
-from helper import InputError, atomic_path, pick_device, run_cli
+from helper import InputError, pick_device, run_cli, save_npz
 from models.matching import available_matchers
 from visualizations import make_matching_plot, match_colors
 
@@ -70,12 +70,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if len(args.resize) > 2:
         raise InputError("--resize takes at most two numbers")
     return args
-
-
-def save_npz(path: Path, **arrays) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
 
 
 def main(argv=None) -> dict:

@@ -55,6 +55,7 @@ def test_killed_experiment_resumes_and_reports_every_variant(tmp_path, monkeypat
     report = (tmp_path / "report.md").read_text()
     assert all(f"| {name} |" in report for name in by_name)
     assert all((tmp_path / "figures" / f"{f}.png").is_file() for f in ("auc_vs_size", "auc_vs_latency", "sensitivity"))
+    assert "dense_vs_compressed.gif" in report and (tmp_path / "figures" / "dense_vs_compressed.gif").is_file()
     assert (tmp_path / "config.yaml").read_text().count("git_commit") == 1
 
     # Nothing to redo; a changed quantization setting redoes that variant (and the profile) only.
@@ -65,7 +66,8 @@ def test_killed_experiment_resumes_and_reports_every_variant(tmp_path, monkeypat
     changed["quantization"] = [dict(s, bits=3) if s["name"] == "kmeans-4bit" else s for s in TINY["quantization"]]
     run(changed, tmp_path, ("quantization",), progress=False)
     redone = {n for n, t in stage_times(tmp_path).items() if before.get(n) != t}
-    assert redone == {"variant-kmeans-4bit.json", "profile.json"}
+    assert {"variant-kmeans-4bit.json", "profile.json"} <= redone <= {"variant-kmeans-4bit.json", "profile.json",
+                                                                       "animation.json"}  # if it is the smallest
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):

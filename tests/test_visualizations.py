@@ -50,6 +50,7 @@ def fake_results(tmp_path):
     pairs_file = seq.export(tmp_path / "dense" / "sequence_pairs")
     rng = np.random.default_rng(0)
     for folder, wrong in (("dense", 0), ("compressed", 20)):
+        (tmp_path / folder).mkdir(exist_ok=True)
         for pair in seq:
             k0 = rng.uniform([50, 50], [590, 430], (60, 2))
             k1 = warp_points(k0, pair.H)
