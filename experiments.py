@@ -33,7 +33,7 @@ from models.quantized import remove_activation_quant
 from pruning.channel import prune_lightglue_ffn, prune_superglue_channels, prune_superpoint_channels
 from pruning.fine_grained import prunable_weights, prune_fine_grained, sparsity_report
 from pruning.sensitivity import choose_verified, expand, groups_by_prefix, scan
-from quantization.kmeans import quantize_kmeans
+from quantization.kmeans import kmeans_values, quantize_kmeans
 from quantization.linear import quantize_linear
 
 logger = logging.getLogger("experiments")
@@ -52,8 +52,8 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "val": FINETUNE_DEFAULTS["val"],
     "calibration": {**FINETUNE_DEFAULTS["train"], "num_pairs": 8, "augment": 0.0},
-    "sensitivity": {"part": "matcher", "include": ["*"], "depth": 2, "sparsities": [0.5, 0.8], "budget": 0.01,
-                    "choose_metric": "agreement", "choose_budget": 0.2},
+    "sensitivity": {"part": "matcher", "include": ["*"], "depth": 2, "sparsities": [0.5, 0.8], "bits": [2, 3],
+                    "base_bits": 4, "budget": 0.01, "choose_metric": "agreement", "choose_budget": 0.2},
     "finetune": {"steps": 100},
     "profile": {"num_keypoints": 512, "resize": [640, 480], "repeats": 5, "threads": None},
     "animation": {"frames": 12, "photo": None},  # dense vs the smallest variant over a camera sweep; null: none
@@ -74,7 +74,6 @@ class Experiment:
     def __init__(self, config: dict[str, Any], out: str | Path, dry_run: bool = False, progress: bool = True):
         self.cfg, self.out, self.dry_run, self.progress = config, Path(out), dry_run, progress
         self.cache = FeatureCache()
-        self.ran: list[str] = []  # stages computed by this process (the rest were read back)
         self.read_only = False  # True: stages not done for the current config are reported missing, not run
         self._val: SyntheticPairs | None = None
         self._dense: Matcher | None = None
@@ -100,7 +99,6 @@ class Experiment:
         result = compute()
         write_json(path, {"key": k, "seconds": time.perf_counter() - start, "git_commit": git_commit(),
                           "result": result})
-        self.ran.append(name)
         return json.loads(path.read_text())["result"]  # as stored (inf -> 'inf'), the same on a re-run
 
     def key(self, *parts: str) -> dict[str, Any]:
@@ -138,32 +136,45 @@ class Experiment:
             return variant_row("dense", "dense", summary, path, self.dense(), self.dense(), "matcher", bits=32)
         return self.stage("baseline", self.key(), compute)
 
-    def sensitivity(self) -> dict[str, float]:
-        """Per-parameter sparsities of the compressed part, chosen from a scan and verified on the val pairs."""
-        sc = self.cfg["sensitivity"]
-        key = self.key("sensitivity")
+    def sensitivity(self, kind: str = "sparsity") -> dict[str, Any]:
+        """Per-parameter sparsities (``kind='sparsity'``) or k-means bit widths (``'bits'``, mixed precision) of
+        the compressed part, chosen from a scan of one group at a time and verified on the val pairs."""
+        sc, bits = self.cfg["sensitivity"], kind == "bits"
+        key = {**self.key(), "sensitivity": self.sensitivity_settings(kind), **({"kind": kind} if bits else {})}
         scan_csv = self.out / "sensitivity" / f"scan-{digest(key)[:8]}.csv"  # rows of other settings never mix
+        gain = (lambda b: sc["base_bits"] - b) if bits else float  # bits saved per weight vs. sparsity  # noqa: E731
+
+        def compress(net: torch.nn.Module, levels: dict[str, float]) -> None:
+            if bits:
+                quantize_kmeans(net, {"*": sc["base_bits"], **levels})
+            else:
+                prune_fine_grained(net, levels)
 
         def compute():
             dense = self.dense()
             net = getattr(dense, sc["part"])
             groups = groups_by_prefix(net, sc["depth"], sc["include"])
             reference = self.evaluate(dense, "dense")["predictions"]
-            rows = scan(net, groups, sc["sparsities"],
+            rows = scan(net, groups, sc["bits"] if bits else sc["sparsities"],
                         lambda: self.evaluate(dense, "scan", reference)["summary"],
-                        scan_csv, progress=self.progress)
+                        scan_csv, progress=self.progress, transform=kmeans_values if bits else None)
 
             def try_choice(choice):
                 m = copy.deepcopy(dense)
-                prune_fine_grained(getattr(m, sc["part"]), expand(groups, choice))
+                compress(getattr(m, sc["part"]), expand(groups, choice))
                 return self.evaluate(m, "choice")["summary"]
 
             choice, result, history = choose_verified(rows, sc["budget"], try_choice,
                                                       choose_metric=sc["choose_metric"],
-                                                      choose_budget=sc["choose_budget"])
-            return {"groups": choice, "sparsities": expand(groups, choice), "auc@3px": result["auc@3px"],
+                                                      choose_budget=sc["choose_budget"], gain=gain)
+            return {"groups": choice, "levels": expand(groups, choice), "auc@3px": result["auc@3px"],
                     "history": history, "scan_csv": str(scan_csv)}
-        return self.stage("sensitivity", key, compute)
+        return self.stage("sensitivity-bits" if bits else "sensitivity", key, compute)
+
+    def sensitivity_settings(self, kind: str) -> dict[str, Any]:
+        """The sensitivity settings a scan of this kind depends on."""
+        unused = ("sparsities",) if kind == "bits" else ("bits", "base_bits")
+        return {k: v for k, v in self.cfg["sensitivity"].items() if k not in unused}
 
     def variant(self, spec: dict[str, Any], variants: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         """Compress (from the dense model or from another variant), evaluate; finetune and evaluate again."""
@@ -172,27 +183,41 @@ class Experiment:
         unknown = [s for s in steps if s not in METHODS]
         if unknown:
             raise InputError(f"variant {name}: unknown method {unknown[0]!r} (choose from {', '.join(METHODS)})")
+
         base = spec.get("base")
         if base is not None and base not in variants:
             raise InputError(f"variant {name}: its base {base!r} is not a variant of this experiment (run it first)")
         base_spec = variants[base]["spec"] if base else None
         base_row = (variants[base]["rows"] or [{}])[-1] if base else None  # {}: not computed (dry run)
         todo = [s for s in steps if not base_spec or s not in base_spec["method"].split("+")]
-        auto = spec.get("sparsity") == "auto"
+        needs = {"fine-grained": "sparsity", "channel": "ratio", "kmeans": "bits"}
+        missing = [needs[s] for s in todo if s in needs and needs[s] not in spec]
+        if missing:
+            raise InputError(f"variant {name}: method {method} needs '{missing[0]}'")
+        auto = spec.get("sparsity") == "auto" or spec.get("bits") == "auto"
+        kind = "bits" if spec.get("bits") == "auto" else "sparsity"
         parts = ["finetune"] * bool(spec.get("finetune")) + ["calibration"] * ("linear-int8" in todo)
         key = {**self.key(*parts), "spec": spec, "base": variants[base]["key"] if base else None,
-               "sensitivity": self.cfg["sensitivity"] if auto else None}
-        chosen = self.sensitivity() if auto and "fine-grained" in todo else None
+               "sensitivity": self.sensitivity_settings(kind) if auto else None}
+        if auto and spec.get("sparsity") == "auto" and spec.get("bits") == "auto":
+            raise InputError(f"variant {name}: choose either the sparsity or the bits automatically, not both")
+        chosen = self.sensitivity(kind) if auto else None
 
         def compute():
             m = load_checkpoint(base_row["checkpoint"]) if base else copy.deepcopy(self.dense())
             m.to(self.device)
+            bits = variant_bits(spec)
             net = getattr(m, part)
             for s in todo:
                 if s == "fine-grained":
-                    prune_fine_grained(net, chosen["sparsities"] if auto else spec["sparsity"])
+                    prune_fine_grained(net, chosen["levels"] if spec["sparsity"] == "auto" else spec["sparsity"])
                 elif s == "channel":
                     prune_channels(net, spec["ratio"])
+                elif s == "kmeans" and spec["bits"] == "auto":  # mixed precision
+                    applied = quantize_kmeans(net, {"*": self.cfg["sensitivity"]["base_bits"], **chosen["levels"]})
+                    weights = prunable_weights(net)
+                    bits = sum(b * weights[n].numel() for n, b in applied.items()) / sum(
+                        weights[n].numel() for n in applied)
                 elif s == "kmeans":
                     quantize_kmeans(net, spec["bits"])
                 elif s == "linear-int8":
@@ -202,11 +227,12 @@ class Experiment:
                                     spec.get("calibration_method", "minmax"))
             path = save_checkpoint(m, self.checkpoint(name), {"experiment": self.cfg["name"], "spec": spec})
             summary = self.evaluate(m, name)["summary"]
-            return variant_row(name, method, summary, path, m, self.dense(), part, bits=variant_bits(spec),
+            return variant_row(name, method, summary, path, m, self.dense(), part, bits=bits,
                                finetuned=bool(base_row and base_row.get("finetuned")))
         rows = [self.stage(f"variant-{name}", key, compute)]
         if spec.get("finetune"):
-            rows.append(self.stage(f"finetune-{name}", key, lambda: self.finetune(spec, rows[0], digest(key))))
+            tuned = {**spec, "bits": rows[0]["bits"]} if rows[0] else spec  # mixed precision: the mean chosen
+            rows.append(self.stage(f"finetune-{name}", key, lambda: self.finetune(tuned, rows[0], digest(key))))
         return rows
 
     def finetune(self, spec: dict[str, Any], row: dict[str, Any], key: str) -> dict[str, Any]:
@@ -299,8 +325,10 @@ def prune_channels(net: torch.nn.Module, ratio: Any) -> None:
         raise InputError(f"channel pruning supports SuperPoint, SuperGlue and LightGlue, not {kind}")
 
 
-def variant_bits(spec: dict[str, Any]) -> int:
-    return int(spec.get("bits", 8 if "linear-int8" in spec["method"] else 32))
+def variant_bits(spec: dict[str, Any]) -> float:
+    """Bits per weight as configured (the mean over weights for mixed precision, known once it is chosen)."""
+    bits = spec.get("bits", 8 if "linear-int8" in spec["method"] else 32)
+    return bits if bits == "auto" else float(bits)
 
 
 def variant_row(name: str, method: str, summary: dict[str, Any], path: Path, model: Matcher, dense: Matcher,
@@ -376,10 +404,12 @@ def write_report(exp: Experiment, rows: list[dict[str, Any]]) -> list[dict[str, 
     for x in ("size_bytes", "macs", "latency_ms"):
         if any(x in r for r in rows[1:]):
             made += plot_tradeoff(rows, figures / f"auc_vs_{x.split('_')[0]}", x=x)[:1]
-    sensitivity = exp.out / "stages" / "sensitivity.json"
-    if sensitivity.exists():
-        made += plot_sensitivity(json.loads(sensitivity.read_text())["result"]["scan_csv"],
-                                 figures / "sensitivity")[:1]
+    for name, xlabel, dense_at in (("sensitivity", "sparsity of the group", 0.0),
+                                   ("sensitivity-bits", "k-means bits of the group", None)):
+        stage = exp.out / "stages" / f"{name}.json"
+        if stage.exists():
+            made += plot_sensitivity(json.loads(stage.read_text())["result"]["scan_csv"], figures / name,
+                                     xlabel=xlabel, dense_at=dense_at)[:1]
     shown = {}  # one checkpoint per method whose weights stay in shape: the finetuned one when there is one
     for r in rows:
         if r["method"] in ("dense", "fine-grained", "kmeans", "fine-grained+kmeans"):
@@ -423,7 +453,7 @@ def report_markdown(cfg: dict[str, Any], rows: list[dict[str, Any]], figures: li
     for r in rows:
         g = lambda k: r[k] / 1e9 if k in r else None  # noqa: E731
         lines.append(
-            f"| {r['name']} | {r['method']} | {'yes' if r['finetuned'] else 'no'} | {r['sparsity']:.2f} | {r['bits']} | "
+            f"| {r['name']} | {r['method']} | {'yes' if r['finetuned'] else 'no'} | {r['sparsity']:.2f} | {r['bits']:.3g} | "
             f"{r['auc@1px']:.3f} | {r['auc@3px']:.3f} | {r['auc@5px']:.3f} | {r['precision']:.3f} | "
             f"{r['recall']:.3f} | {r['size_bytes'] / 1e6:.2f} | {dense['size_bytes'] / r['size_bytes']:.1f} | "
             f"{fmt(g('macs'), '.2f')} ({fmt(g('matcher_macs'), '.2f')}) | "

@@ -52,20 +52,22 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
-def plot_sensitivity(scan_csv: str | os.PathLike, out: str | os.PathLike, metric: str = "auc@3px") -> list[Path]:
-    """Per-group sensitivity curves (metric vs sparsity) from a scan CSV, with the dense baseline."""
+def plot_sensitivity(scan_csv: str | os.PathLike, out: str | os.PathLike, metric: str = "auc@3px",
+                     xlabel: str = "sparsity of the group", dense_at: float | None = 0.0) -> list[Path]:
+    """Per-group sensitivity curves (metric vs sparsity, or bits) from a scan CSV, with the dense baseline (as a
+    line, and as the curves' first point at ``dense_at``)."""
     rows = read_csv(scan_csv)
     dense = [r for r in rows if r["group"] == "__dense__"]
     groups = sorted({r["group"] for r in rows} - {"__dense__"})
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, g in enumerate(groups):
         pts = sorted((r["sparsity"], r[metric]) for r in rows if r["group"] == g)
-        if dense:
-            pts = [(0.0, dense[0][metric])] + pts
+        if dense and dense_at is not None:
+            pts = [(dense_at, dense[0][metric])] + pts
         ax.plot(*zip(*pts), marker=MARKERS[i % len(MARKERS)], linewidth=1, markersize=4, label=g)
     if dense:
         ax.axhline(dense[0][metric], color="k", linestyle="--", linewidth=1, label="dense")
-    ax.set_xlabel("sparsity of the group")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(metric)
     ax.set_title("Sensitivity: one group pruned at a time")
     ax.legend(fontsize=6, ncol=2)

@@ -61,9 +61,12 @@ def _append_row(path: Path, row: dict) -> None:
 
 def scan(model: nn.Module, groups: Mapping[str, list[str]], sparsities: Sequence[float],
          evaluate_fn: Callable[[], Mapping[str, float]], csv_path: str | os.PathLike,
-         metrics: Sequence[str] = METRICS, progress: bool = True) -> list[dict]:
+         metrics: Sequence[str] = METRICS, progress: bool = True,
+         transform: Callable[[torch.Tensor, float], torch.Tensor] | None = None) -> list[dict]:
     """Prune each group alone at each sparsity (by magnitude), evaluate, restore; rows go to ``csv_path``.
 
+    ``transform(weight, level)`` replaces magnitude pruning by another per-tensor change (e.g. k-means at a bit
+    width, with bit widths as the levels); the CSV column is still called ``sparsity``.
     Rows of an earlier, interrupted scan of the same weights are reused. The model is left as it was.
     """
     path = Path(csv_path)
@@ -73,9 +76,9 @@ def scan(model: nn.Module, groups: Mapping[str, list[str]], sparsities: Sequence
     done = {(r["group"], round(r["sparsity"], 6)) for r in rows}
     weights = prunable_weights(model)
     sizes = group_sizes(model, groups)
-    todo = [(DENSE, 0.0)] + [(g, float(s)) for g in groups for s in sparsities if s > 0]
+    todo = [(DENSE, 0.0)] + [(g, float(s)) for g in groups for s in sparsities if s > 0 or transform]
     todo = [(g, s) for g, s in todo if (g, round(s, 6)) not in done]
-    if len(todo) < 1 + len(groups) * len([s for s in sparsities if s > 0]):
+    if len(todo) < 1 + len(groups) * len([s for s in sparsities if s > 0 or transform]):
         logger.info("resuming scan: %d evaluations done, %d to go", len(rows), len(todo))
     bar = tqdm(todo, desc="sensitivity", disable=not progress)
     for group, sparsity in bar:
@@ -84,7 +87,10 @@ def scan(model: nn.Module, groups: Mapping[str, list[str]], sparsities: Sequence
         try:
             with torch.no_grad():
                 for n in saved:
-                    weights[n].mul_(magnitude_mask(weights[n], sparsity))
+                    if transform is None:
+                        weights[n].mul_(magnitude_mask(weights[n], sparsity))
+                    else:
+                        weights[n].copy_(transform(weights[n], sparsity))
             result = evaluate_fn()
         finally:
             with torch.no_grad():
@@ -98,21 +104,22 @@ def scan(model: nn.Module, groups: Mapping[str, list[str]], sparsities: Sequence
 
 
 def choose_sparsities(rows: Sequence[Mapping], budget: float, metric: str = "auc@3px",
-                      resolution: int = 200) -> dict[str, float]:
+                      resolution: int = 200, gain: Callable[[float], float] = float) -> dict[str, float]:
     """Per-group sparsities that remove the most parameters while the summed predicted drop stays within budget.
 
     The drop of a group at a sparsity is the scan's baseline minus its metric there, made monotone in the
-    sparsity (a sparser layer never predicts less damage than a denser one; improvements count as zero);
+    compression (a sparser layer never predicts less damage than a denser one; improvements count as zero);
     drops are assumed additive. Solved exactly as a multiple-choice knapsack over a discretised budget.
+    ``gain(level)`` is what a level saves per parameter (the sparsity itself; for bit widths e.g. 4 - bits).
     """
     baseline = dense_metric(rows, metric)
     options: dict[str, list[tuple[int, float, float]]] = {}
     worst: dict[str, float] = {}
-    for r in sorted((r for r in rows if r["group"] != DENSE), key=lambda r: (r["group"], float(r["sparsity"]))):
+    for r in sorted((r for r in rows if r["group"] != DENSE), key=lambda r: (r["group"], gain(float(r["sparsity"])))):
         drop = worst[r["group"]] = max(worst.get(r["group"], 0.0), baseline - float(r[metric]))
-        if drop <= budget:
+        if drop <= budget and gain(float(r["sparsity"])) > 0:
             cost = int(round(drop / budget * resolution)) if budget > 0 else 0
-            options.setdefault(r["group"], []).append((cost, float(r["sparsity"]) * float(r["params"]),
+            options.setdefault(r["group"], []).append((cost, gain(float(r["sparsity"])) * float(r["params"]),
                                                        float(r["sparsity"])))
     best = {0: (0.0, {})}  # spent budget units -> (removed params, choice)
     for group, opts in options.items():
@@ -136,7 +143,8 @@ def dense_metric(rows: Sequence[Mapping], metric: str = "auc@3px") -> float:
 def choose_verified(rows: Sequence[Mapping], budget: float,
                     evaluate_choice: Callable[[dict[str, float]], Mapping[str, float]], metric: str = "auc@3px",
                     shrink: float = 0.5, attempts: int = 4, choose_metric: str | None = None,
-                    choose_budget: float | None = None) -> tuple[dict[str, float], Mapping[str, float], list]:
+                    choose_budget: float | None = None,
+                    gain: Callable[[float], float] = float) -> tuple[dict[str, float], Mapping[str, float], list]:
     """Choose within a budget, evaluate the combination for real, and tighten the predicted budget while the
     real drop of ``metric`` exceeds ``budget`` (per-layer drops do not simply add up).
 
@@ -148,7 +156,7 @@ def choose_verified(rows: Sequence[Mapping], budget: float,
     predicted = budget if choose_budget is None else choose_budget
     history = []
     for _ in range(attempts):
-        choice = choose_sparsities(rows, predicted, choose_metric)
+        choice = choose_sparsities(rows, predicted, choose_metric, gain=gain)
         result = evaluate_choice(choice)
         history.append({"predicted_budget": predicted, "choose_metric": choose_metric, "choice": choice,
                         metric: float(result[metric])})

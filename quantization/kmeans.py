@@ -79,6 +79,16 @@ def _update_codebook(module: nn.Module) -> None:
     _write_back(module)
 
 
+def kmeans_values(weight: torch.Tensor, bits: float) -> torch.Tensor:
+    """The tensor with its non-zero values replaced by their k-means centroid at ``bits`` (for sensitivity scans)."""
+    w = weight.detach().flatten()
+    nonzero = w != 0
+    codebook, codes = kmeans_1d(w[nonzero], 2 ** int(bits))
+    out = torch.zeros_like(w)
+    out[nonzero] = codebook.to(w)[codes]
+    return out.view_as(weight)
+
+
 def quantize_kmeans(model: nn.Module, bits: BitsSpec, iters: int = 30) -> dict[str, int]:
     """Replace weights by k-means shared values in place (zeros kept exact); returns the bits per tensor."""
     spec = resolve_sparsities(model, bits)  # same name/pattern resolution, values are bit widths

@@ -40,7 +40,7 @@ def test_killed_experiment_resumes_and_reports_every_variant(tmp_path, monkeypat
     rows = run(TINY, tmp_path, ("quantization",), progress=False)
     by_name = {r["name"]: r for r in rows}
     assert set(by_name) == {"dense", "fine-grained", "fine-grained +ft", "channel-ffn25", "channel-ffn25 +ft",
-                            "linear-int8", "kmeans-4bit", "fine-grained+kmeans-4bit"}
+                            "linear-int8", "kmeans-4bit", "kmeans-mixed", "fine-grained+kmeans-4bit"}
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [r["name"] for r in saved] == [r["name"] for r in rows]
     for r in saved:
@@ -50,11 +50,14 @@ def test_killed_experiment_resumes_and_reports_every_variant(tmp_path, monkeypat
     assert by_name["fine-grained"]["sparsity"] > 0 and combined["sparsity"] == by_name["fine-grained +ft"]["sparsity"]
     assert combined["finetuned"] and combined["bits"] == 4
     assert by_name["kmeans-4bit"]["size_bytes"] < dense["size_bytes"] / 4
+    assert 2 <= by_name["kmeans-mixed"]["bits"] < 4  # the budget lets the scanned layers go to 2 bits
+    assert by_name["kmeans-mixed"]["size_bytes"] < by_name["kmeans-4bit"]["size_bytes"]
     assert combined["size_bytes"] < by_name["kmeans-4bit"]["size_bytes"]
     assert by_name["channel-ffn25"]["macs"] < dense["macs"]
     report = (tmp_path / "report.md").read_text()
     assert all(f"| {name} |" in report for name in by_name)
-    assert all((tmp_path / "figures" / f"{f}.png").is_file() for f in ("auc_vs_size", "auc_vs_latency", "sensitivity"))
+    assert all((tmp_path / "figures" / f"{f}.png").is_file()
+               for f in ("auc_vs_size", "auc_vs_latency", "sensitivity", "sensitivity-bits", "weights"))
     assert "dense_vs_compressed.gif" in report and (tmp_path / "figures" / "dense_vs_compressed.gif").is_file()
     assert (tmp_path / "config.yaml").read_text().count("git_commit") == 1
 
@@ -79,6 +82,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
 
 @pytest.mark.parametrize("variant, message", [
     ({"name": "x", "method": "magic"}, "unknown method"),
+    ({"name": "x", "method": "kmeans"}, "needs 'bits'"),
     ({"name": "x", "method": "fine-grained+kmeans", "base": "nope", "bits": 4}, "base 'nope'"),
 ])
 def test_bad_variants_are_one_line_errors(tmp_path, variant, message):
