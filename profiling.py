@@ -201,6 +201,17 @@ def markdown(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def int8_copy(matcher: Matcher, size: tuple[int, int], folder: Path, threads: int | None) -> Matcher:
+    """A copy whose detector runs in int8 in ONNX Runtime, calibrated on 8 training photos of the sample set."""
+    from data.images import split_names
+    from models.matching import to_channels
+    from quantization.int8 import int8_detector
+
+    source = open_source("sample")
+    photos = [crop_resize(source.read(n), size) for n in split_names(source.names, "train", 0.5)[:8]]
+    return int8_detector(matcher, [to_channels(to_tensor(p), matcher.channels) for p in photos], folder, threads)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--matcher", nargs="*", default=[], choices=available_matchers())
@@ -213,6 +224,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--sweep_keypoints", type=int, nargs="*", default=[])
     p.add_argument("--sweep_resize", type=int, nargs="*", default=[], help="W H pairs, e.g. 320 240 640 480")
+    p.add_argument("--int8_detector", action="store_true",
+                   help="also profile each model with its detector (SuperPoint, DISK) in real int8 (ONNX Runtime, "
+                        "static QDQ calibrated on sample photos)")
     p.add_argument("--json", default=None)
     p.add_argument("--csv", default=None, help="sweep rows")
     p.add_argument("--markdown", default=None)
@@ -235,16 +249,32 @@ def main() -> None:
             raise InputError(f"checkpoint not found: {path}")
         models.append((Path(path).name, load_checkpoint(path)))
     size = tuple(args.resize)
+    tmp = tempfile.TemporaryDirectory()
+    int8_of = {}  # index of an int8-detector model -> index of its fp32 original
+    if args.int8_detector:
+        for i, (name, m) in enumerate(list(models)):
+            int8_of[len(models)] = i
+            models.append((f"{name} (int8 detector, onnxruntime)", int8_copy(m, size, Path(tmp.name) / str(i),
+                                                                            args.threads)))
     meta = {"device": str(device), "threads": torch.get_num_threads(), "git_commit": git_commit(), "args": vars(args)}
     results = []
-    for name, matcher in models:
+    for i, (name, matcher) in enumerate(models):
         logger.info("profiling %s", name)
-        results.append({**profile_matcher(copy.deepcopy(matcher), name, size, args.num_keypoints, args.repeats,
-                                          device), "meta": meta})
+        matcher = matcher if i in int8_of else copy.deepcopy(matcher)  # an ONNX Runtime session cannot be copied
+        results.append({**profile_matcher(matcher, name, size, args.num_keypoints, args.repeats, device),
+                        "meta": meta})
     if len(models) > 1:  # the pair latencies behind the ratios: timed round-robin, side by side
         pairs = {i: prepare(m, size, args.num_keypoints, device)["pair"] for i, (_, m) in enumerate(models)}
         for i, t in interleaved_latency(pairs, args.repeats).items():
             results[i]["total"].update(t)
+    for i, j in int8_of.items():  # the ONNX graph's size, and the fp32 detector's MACs (the graph computes the same)
+        r, base, m = results[i], results[j], models[i][1]
+        extra = m.onnx_path.stat().st_size - base["detector"]["size_bytes"]
+        r["detector"].update(macs=base["detector"]["macs"], macs_modules=base["detector"]["macs_modules"],
+                             size_bytes=m.onnx_path.stat().st_size)
+        r["total"].update(macs=base["total"]["macs"], macs_modules=base["total"]["macs_modules"],
+                          size_bytes=base["total"]["size_bytes"] + extra)
+    tmp.cleanup()
     print(markdown(results))
     resizes = [tuple(args.sweep_resize[i:i + 2]) for i in range(0, len(args.sweep_resize), 2)]
     rows = [row for name, m in models for row in sweep(m, name, size, args.sweep_keypoints, resizes, args.repeats,

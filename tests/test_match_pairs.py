@@ -87,3 +87,11 @@ def test_checkpoint_flag_runs_a_saved_model(exported, tmp_path):
     summaries = match_pairs.main(["--input_pairs", str(exported), "--output_dir", str(tmp_path / "o"),
                                   "--checkpoint", str(ckpt), "--eval", "--max_length", "1"])
     assert summaries["homography"]["num_pairs"] == 1 and summaries["homography"]["precision"] > 0.8
+
+
+def test_sequence_input_matches_a_camera_sweep(tmp_path):
+    summaries = match_pairs.main(["--input_pairs", "sequence", "--output_dir", str(tmp_path), "--matcher", "sift+nn",
+                                  "--eval", "--max_length", "3"])
+    assert summaries["homography"]["num_pairs"] == 3
+    assert len(list(tmp_path.glob("astronaut_astronaut_frame000*_matches.npz"))) == 3
+    assert len(list((tmp_path / "sequence_pairs").glob("*.png"))) == 13  # the photo and 12 frames

@@ -132,6 +132,35 @@ def test_choose_sparsities_maximises_removed_params_within_budget():
     assert expand({"a": ["x"], "b": ["y"], "c": ["z"]}, choice) == {"x": 0.5, "y": 0.5, "z": 0.5}
 
 
+def test_bit_width_choice_prefers_fewer_bits_where_they_cost_nothing():
+    # Levels are k-means bit widths: fewer bits save more; groups left out stay at the base width (4).
+    rows = [{"group": DENSE, "sparsity": 0.0, "params": 0, "auc@3px": 0.80}]
+    for g, drops in (("robust", {2: 0.002, 3: 0.0}), ("fragile", {2: 0.05, 3: 0.004})):
+        rows += [{"group": g, "sparsity": b, "params": 1000, "auc@3px": 0.80 - d} for b, d in drops.items()]
+    gain = lambda bits: 4 - bits  # noqa: E731
+    assert choose_sparsities(rows, budget=0.007, gain=gain) == {"robust": 2, "fragile": 3}
+    assert choose_sparsities(rows, budget=0.003, gain=gain) == {"robust": 2}
+    # Monotone in compression: 2 bits never predicts less damage than 3 bits of the same group.
+    rows.append({"group": "odd", "sparsity": 3, "params": 1000, "auc@3px": 0.70})
+    rows.append({"group": "odd", "sparsity": 2, "params": 1000, "auc@3px": 0.80})
+    assert "odd" not in choose_sparsities(rows, budget=0.05, gain=gain)
+
+
+def test_kmeans_scan_transform_restores_the_weights(tmp_path):
+    from quantization.kmeans import kmeans_values
+
+    sg = SuperGlue({"weights": None, "GNN_layers": ["self", "cross"]})
+    before = {k: v.clone() for k, v in sg.state_dict().items()}
+    groups = groups_by_prefix(sg, 3, ["gnn.layers.*"])
+    seen = []
+    w = dict(sg.named_parameters())["gnn.layers.0.mlp.0.weight"]
+    distinct = len(torch.unique(w))
+    rows = scan(sg, groups, [2], lambda: seen.append(len(torch.unique(w))) or {"auc@3px": 0.5},
+                tmp_path / "bits.csv", progress=False, transform=kmeans_values)
+    assert sorted(seen) == [4, distinct, distinct]  # only while its group is scanned: 2^2 shared values
+    assert len(rows) == 3 and all(torch.equal(v, sg.state_dict()[k]) for k, v in before.items())
+
+
 def test_superpoint_channel_pruning_removes_exactly_the_unused_channels():
     sp = SuperPoint({"weights": None, "max_keypoints": 200}).eval()
     with torch.no_grad():  # channels nobody reads: pruning them must not change anything
