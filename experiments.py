@@ -25,13 +25,13 @@ from data.pairs import SequencePairs, SyntheticPairs
 from evaluate import FeatureCache, evaluate, predict
 from finetune import DEFAULTS as FINETUNE_DEFAULTS
 from finetune import finetune, make_pairs
-from helper import (InputError, atomic_path, count_macs, git_commit, load_config, merge_config, pick_device, run_cli,
+from helper import (InputError, atomic_path, count_macs, git_commit, load_config, merge_config, pick_device,
                     save_npz, seed_everything, write_json, write_run_config)
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.matching import Matcher, build_matcher
 from models.quantized import remove_activation_quant
 from pruning.channel import prune_lightglue_ffn, prune_superglue_channels, prune_superpoint_channels
-from pruning.fine_grained import prunable_weights, prune_fine_grained, sparsity_report
+from pruning.fine_grained import prunable_weights, prune_fine_grained
 from pruning.sensitivity import choose_verified, expand, groups_by_prefix, scan
 from quantization.kmeans import kmeans_values, quantize_kmeans
 from quantization.linear import quantize_linear
