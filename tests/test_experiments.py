@@ -89,3 +89,20 @@ def test_bad_variants_are_one_line_errors(tmp_path, variant, message):
     config = {**TINY, "pruning": [], "quantization": [variant]}
     with pytest.raises(InputError, match=message):
         run(config, tmp_path, ("quantization",), dry_run=True)
+
+
+def test_coco_preset_runs_end_to_end_with_random_weights(tmp_path):
+    # The official weights and COCO are not here: the same preset on random weights and the sample photos checks
+    # its wiring (SuperGlue fine-grained and channel pruning, SuperPoint channel pruning with detector finetuning).
+    config = experiment_config(
+        [str(ROOT / "configs" / "coco.yaml"), str(FIXTURES / "tiny_experiment.yaml")],
+        ["source=sample", "matcher_config.superpoint.weights=null", "matcher_config.superglue.weights=null",
+         'sensitivity.include=["gnn.layers.0.*"]', "sensitivity.depth=3", "val.val_fraction=0.5",
+         "finetune.train.val_fraction=0.5", "calibration.val_fraction=0.5", "finetune.val.every=1", "animation=null"])
+    rows = {r["name"]: r for r in run(config, tmp_path, ("pruning",), progress=False)}
+    assert set(rows) == {"dense"} | {f"{n}{ft}" for n in ("superglue-attn80-mlp80", "superglue-auto",
+                                                           "superpoint-channel50", "superglue-channel50")
+                                     for ft in ("", " +ft")}
+    assert rows["superglue-attn80-mlp80"]["sparsity"] > 0.75
+    assert rows["superpoint-channel50 +ft"]["macs"] < rows["dense"]["macs"] / 2  # the detector lost its channels
+    assert rows["superglue-channel50"]["matcher_macs"] < rows["dense"]["matcher_macs"]
