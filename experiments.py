@@ -39,7 +39,6 @@ from quantization.linear import quantize_linear
 logger = logging.getLogger("experiments")
 
 METHODS = ("fine-grained", "channel", "kmeans", "linear-int8")
-PRUNING, QUANTIZATION = ("fine-grained", "channel"), ("kmeans", "linear-int8")
 METRICS = ("auc@1px", "auc@3px", "auc@5px", "auc@10px", "precision", "recall", "matching_score", "failures")
 
 DEFAULTS: dict[str, Any] = {
@@ -244,7 +243,7 @@ class Experiment:
                                                "val": self.cfg["val"]})
         cfg = merge_config(merge_config(cfg, self.cfg["finetune"]), extra)
         cfg.update(checkpoint=row["checkpoint"], out=str(self.out / "finetune" / f"{name}-{key[:8]}"))
-        finetune(cfg, progress=self.progress)
+        finetune(cfg, progress=self.progress, val_cache=self.cache)  # the val pairs' detector outputs are cached
         # The last checkpoint, not the best: the best was picked on these very validation pairs.
         path = Path(cfg["out"]) / "last.pth"
         m = load_checkpoint(path).to(self.device)
@@ -296,12 +295,12 @@ class Experiment:
             seq = SequencePairs(source, photo, ac["frames"], tuple(vc["size"]), vc["seed"])
             folder = self.out / "animation"
             pairs_file = seq.export(folder / "sequence_pairs")
-            dirs = []
-            for r in shown:
-                m, dirs = load_checkpoint(r["checkpoint"]).to(self.device), [*dirs, folder / digest(r["name"])]
+            dirs = [folder / digest(r["name"]) for r in shown]
+            for r, folder_r in zip(shown, dirs):
+                m = load_checkpoint(r["checkpoint"]).to(self.device)
                 for pair in seq:
                     pred = predict(m, seq, pair, self.cache)
-                    save_npz(dirs[-1] / f"{pair.stems[0]}_{pair.stems[1]}_matches.npz",
+                    save_npz(folder_r / f"{pair.stems[0]}_{pair.stems[1]}_matches.npz",
                              keypoints0=pred["keypoints0"], keypoints1=pred["keypoints1"], matches=pred["matches0"],
                              match_confidence=pred["matching_scores0"])
             gif = make_gif(dirs, pairs_file, self.out / "figures" / "dense_vs_compressed",
@@ -332,7 +331,7 @@ def variant_bits(spec: dict[str, Any]) -> float:
 
 
 def variant_row(name: str, method: str, summary: dict[str, Any], path: Path, model: Matcher, dense: Matcher,
-                part: str, bits: int, finetuned: bool = False) -> dict[str, Any]:
+                part: str, bits: float, finetuned: bool = False) -> dict[str, Any]:
     """One variant as results.json lists it (costs that need the profiler are added by the report)."""
     params = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
     net, dense_net = getattr(model, part), getattr(dense, part)

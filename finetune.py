@@ -81,7 +81,8 @@ def keep_zeros(net: torch.nn.Module) -> float:
 class Run:
     """One finetuning run: model, optimizer, schedule, data and the files of its folder."""
 
-    def __init__(self, config: dict[str, Any], device: torch.device, rank: int = 0, world: int = 1):
+    def __init__(self, config: dict[str, Any], device: torch.device, rank: int = 0, world: int = 1,
+                 val_cache: FeatureCache | None = None):
         self.cfg, self.device, self.rank, self.world = config, device, rank, world
         self.out = Path(config["out"])
         self.last, self.best_path, self.state_path = self.out / "last.pth", self.out / "best.pth", self.out / "state.pt"
@@ -120,7 +121,7 @@ class Run:
             self.ddp = torch.nn.parallel.DistributedDataParallel(self.net, find_unused_parameters=True)
         self.train_pairs = make_pairs(config["train"], config["train"]["augment"])
         self.val_pairs = make_pairs(config["val"]) if rank == 0 else None
-        self.train_cache, self.val_cache = FeatureCache(), FeatureCache()
+        self.train_cache, self.val_cache = FeatureCache(), val_cache or FeatureCache()
 
     def loss(self, step: int) -> torch.Tensor:
         """Loss of the pair this rank trains on at ``step`` (a seeded choice: the same on resume)."""
@@ -186,9 +187,11 @@ def log_row(path: Path, row: dict[str, Any], upto_step: int | None = None) -> No
         writer.writerows(rows)
 
 
-def finetune(config: dict[str, Any], stop_after: int | None = None, progress: bool = True) -> dict[str, Any]:
+def finetune(config: dict[str, Any], stop_after: int | None = None, progress: bool = True,
+             val_cache: FeatureCache | None = None) -> dict[str, Any]:
     """Run (or resume) finetuning; ``stop_after`` ends this process after that many steps without saving,
-    as a kill would (a resumed run restarts from the last validation's checkpoint)."""
+    as a kill would (a resumed run restarts from the last validation's checkpoint). ``val_cache``: detector
+    outputs of the validation pairs already computed by the caller (keyed by detector, so always safe)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     device = pick_device()
@@ -197,7 +200,7 @@ def finetune(config: dict[str, Any], stop_after: int | None = None, progress: bo
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     seed_everything(config["seed"] + rank)
-    run = Run(config, device, rank, world)
+    run = Run(config, device, rank, world, val_cache)
     if rank == 0:
         run.out.mkdir(parents=True, exist_ok=True)
         write_run_config(run.out, config)

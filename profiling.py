@@ -150,8 +150,9 @@ def interleaved_latency(fns: dict[str, Callable[[], Any]], repeats: int, warmup:
 
 
 def profile_matcher(matcher: Matcher, name: str, size: tuple[int, int], num_keypoints: int, repeats: int,
-                    device: torch.device, memory: bool = True) -> dict[str, Any]:
-    """Detector, matcher and total cost of one model on one real image pair (``memory``: also peak memory)."""
+                    device: torch.device, memory: bool = True, pair_latency: bool = True) -> dict[str, Any]:
+    """Detector, matcher and total cost of one model on one real image pair (``memory``: also peak memory;
+    ``pair_latency=False``: the caller times the pair itself, e.g. round-robin with other models)."""
     run = prepare(matcher, size, num_keypoints, device)
     extract, match = run["extract"], run["match"]
     det = {**part_stats(matcher.detector), "macs": count_macs(extract),
@@ -165,7 +166,7 @@ def profile_matcher(matcher: Matcher, name: str, size: tuple[int, int], num_keyp
     total = {"params": det["params"] + mat["params"], "nonzero_params": det["nonzero_params"] + mat["nonzero_params"],
              "macs": 2 * det["macs"] + mat["macs"], "macs_modules": 2 * det["macs_modules"] + mat["macs_modules"],
              "size_bytes": checkpoint_bytes, "state_dict_bytes": state_bytes(matcher),
-             **measure_latency(run["pair"], max(3, repeats // 2))}
+             **(measure_latency(run["pair"], max(3, repeats // 2)) if pair_latency else {})}
     return {"name": name, "matcher": mat, "detector": det, "total": total, "keypoints_real": run["keypoints_real"],
             "num_keypoints": num_keypoints, "resize": list(size)}
 
@@ -261,8 +262,8 @@ def main() -> None:
     for i, (name, matcher) in enumerate(models):
         logger.info("profiling %s", name)
         matcher = matcher if i in int8_of else copy.deepcopy(matcher)  # an ONNX Runtime session cannot be copied
-        results.append({**profile_matcher(matcher, name, size, args.num_keypoints, args.repeats, device),
-                        "meta": meta})
+        results.append({**profile_matcher(matcher, name, size, args.num_keypoints, args.repeats, device,
+                                          pair_latency=len(models) == 1), "meta": meta})
     if len(models) > 1:  # the pair latencies behind the ratios: timed round-robin, side by side
         pairs = {i: prepare(m, size, args.num_keypoints, device)["pair"] for i, (_, m) in enumerate(models)}
         for i, t in interleaved_latency(pairs, args.repeats).items():

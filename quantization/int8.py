@@ -80,6 +80,16 @@ def quantize_static_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathL
     return Path(int8_path)
 
 
+def cpu_session(onnx_path: str | os.PathLike, threads: int | None = None):
+    """An ONNX Runtime CPU session of a graph (``threads``: intra-op threads, default ORT's)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
 def _identify(module: nn.Module, onnx_path: str | os.PathLike) -> None:
     """Put the ONNX file's hash in the state_dict, so detector fingerprints (feature caches) tell graphs apart."""
     import hashlib
@@ -93,12 +103,7 @@ class OrtSuperPoint(nn.Module):
 
     def __init__(self, sp: nn.Module, onnx_path: str | os.PathLike, threads: int | None = None):
         super().__init__()
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(onnx_path, threads)
         self.sp = sp  # for config and post-processing
         _identify(self, onnx_path)
 
@@ -124,12 +129,7 @@ class OrtNetwork(nn.Module):
 
     def __init__(self, onnx_path: str | os.PathLike, threads: int | None = None):
         super().__init__()
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(onnx_path, threads)
         _identify(self, onnx_path)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
