@@ -33,12 +33,13 @@ from models.quantized import remove_activation_quant
 from pruning.channel import prune_lightglue_ffn, prune_superglue_channels, prune_superpoint_channels
 from pruning.fine_grained import prunable_weights, prune_fine_grained
 from pruning.sensitivity import choose_verified, expand, groups_by_prefix, scan
+from quantization.int8 import int8_detector, int8_matcher, onnx_modules, recorded_inputs
 from quantization.kmeans import kmeans_values, quantize_kmeans
 from quantization.linear import quantize_linear
 
 logger = logging.getLogger("experiments")
 
-METHODS = ("fine-grained", "channel", "kmeans", "linear-int8")
+METHODS = ("fine-grained", "channel", "kmeans", "linear-int8", "int8-onnxruntime")
 METRICS = ("auc@1px", "auc@3px", "auc@5px", "auc@10px", "precision", "recall", "matching_score", "failures")
 
 DEFAULTS: dict[str, Any] = {
@@ -187,6 +188,10 @@ class Experiment:
         if base is not None and base not in variants:
             raise InputError(f"variant {name}: its base {base!r} is not a variant of this experiment (run it first)")
         base_spec = variants[base]["spec"] if base else None
+        if "int8-onnxruntime" in steps[:-1] or (base_spec and "int8-onnxruntime" in base_spec["method"]) or (
+                "int8-onnxruntime" in steps and spec.get("finetune")):
+            raise InputError(f"variant {name}: int8-onnxruntime is the last step (an ONNX graph is not "
+                             "pruned, quantized or finetuned further)")
         base_row = (variants[base]["rows"] or [{}])[-1] if base else None  # {}: not computed (dry run)
         todo = [s for s in steps if not base_spec or s not in base_spec["method"].split("+")]
         needs = {"fine-grained": "sparsity", "channel": "ratio", "kmeans": "bits"}
@@ -195,7 +200,8 @@ class Experiment:
             raise InputError(f"variant {name}: method {method} needs '{missing[0]}'")
         auto = spec.get("sparsity") == "auto" or spec.get("bits") == "auto"
         kind = "bits" if spec.get("bits") == "auto" else "sparsity"
-        parts = ["finetune"] * bool(spec.get("finetune")) + ["calibration"] * ("linear-int8" in todo)
+        parts = ["finetune"] * bool(spec.get("finetune")) + ["calibration"] * (
+            "linear-int8" in todo or "int8-onnxruntime" in todo)
         key = {**self.key(*parts), "spec": spec, "base": variants[base]["key"] if base else None,
                "sensitivity": self.sensitivity_settings(kind) if auto else None}
         if auto and spec.get("sparsity") == "auto" and spec.get("bits") == "auto":
@@ -224,15 +230,39 @@ class Experiment:
                     quantize_linear(net, lambda: evaluate(m, calib, self.cache, progress=False),
                                     spec.get("bits", 8), spec.get("activation_bits", 8),
                                     spec.get("calibration_method", "minmax"))
+                elif s == "int8-onnxruntime":
+                    m = self.onnxruntime_int8(m, part, spec.get("mode", "auto"))
             path = save_checkpoint(m, self.checkpoint(name), {"experiment": self.cfg["name"], "spec": spec})
             summary = self.evaluate(m, name)["summary"]
-            return variant_row(name, method, summary, path, m, self.dense(), part, bits=bits,
-                               finetuned=bool(base_row and base_row.get("finetuned")))
+            row = variant_row(name, method, summary, path, m, self.dense(), part, bits=bits,
+                              finetuned=bool(base_row and base_row.get("finetuned")))
+            if "int8-onnxruntime" in todo:  # the graph computes what its input model computes
+                row["macs_of"] = base_row["name"] if base else "dense"
+            return row
         rows = [self.stage(f"variant-{name}", key, compute)]
         if spec.get("finetune"):
             tuned = {**spec, "bits": rows[0]["bits"]} if rows[0] else spec  # mixed precision: the mean chosen
             rows.append(self.stage(f"finetune-{name}", key, lambda: self.finetune(tuned, rows[0], digest(key))))
         return rows
+
+    def onnxruntime_int8(self, m: Matcher, part: str, mode: str) -> Matcher:
+        """``m`` with its matcher network or detector run in real int8 by ONNX Runtime, calibrated on the
+        calibration pairs (the graph's bytes go into the checkpoint)."""
+        import tempfile
+
+        from helper import to_tensor
+        from models.matching import to_channels
+
+        calib = make_pairs(self.cfg["calibration"])
+        with tempfile.TemporaryDirectory() as tmp:
+            if part == "matcher":
+                data = recorded_inputs(m.matcher, lambda: evaluate(m, calib, self.cache, progress=False))
+                return int8_matcher(m, data, tmp, mode=mode)
+            images = [to_channels(to_tensor(calib.image(pair, 0)[1]), m.channels) for pair in calib]
+            try:
+                return int8_detector(m, images, tmp)
+            except ValueError as e:
+                raise InputError(str(e)) from None
 
     def finetune(self, spec: dict[str, Any], row: dict[str, Any], key: str) -> dict[str, Any]:
         """Finetune a variant (resuming a killed run of the same inputs) and evaluate its last checkpoint."""
@@ -266,11 +296,17 @@ class Experiment:
                 m = load_checkpoint(r["checkpoint"])
                 execution = "fp32" if r["method"] == "dense" else "fp32 kernels, decoded weights"
                 if remove_activation_quant(m):
-                    execution = "fp32 kernels on int8-grid weights (no int8 backend for this network yet)"
+                    execution = "fp32 kernels on int8-grid weights (simulated int8; see int8-onnxruntime)"
+                if onnx_modules(m):
+                    execution = f"int8 kernels (ONNX Runtime) for the {'+'.join(onnx_modules(m))}"
                 run = prepare(m, tuple(pc["resize"]), pc["num_keypoints"], self.device)
                 fns[r["name"], "pair"], fns[r["name"], "matcher"] = run["pair"], run["match"]
                 models[r["name"]] = {"macs": count_macs(run["pair"]), "matcher_macs": count_macs(run["match"]),
                                      "execution": execution, "checkpoint_sha1": r["checkpoint_sha1"]}
+            for r in rows:  # a graph's arithmetic is its input model's (PyTorch's counter does not see inside)
+                if r.get("macs_of") in models:
+                    source = models[r["macs_of"]]
+                    models[r["name"]].update(macs=source["macs"], matcher_macs=source["matcher_macs"])
             times = interleaved_latency(fns, pc["repeats"])
             for name, entry in models.items():
                 entry.update(times[name, "pair"])
@@ -326,7 +362,7 @@ def prune_channels(net: torch.nn.Module, ratio: Any) -> None:
 
 def variant_bits(spec: dict[str, Any]) -> float:
     """Bits per weight as configured (the mean over weights for mixed precision, known once it is chosen)."""
-    bits = spec.get("bits", 8 if "linear-int8" in spec["method"] else 32)
+    bits = spec.get("bits", 8 if "int8" in spec["method"] else 32)
     return bits if bits == "auto" else float(bits)
 
 

@@ -30,6 +30,7 @@ from helper import (InputError, Timer, count_macs, git_commit, measure_latency, 
                     write_csv, write_json)
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.matching import Matcher, available_matchers, build_matcher
+from quantization.int8 import onnx_modules
 
 logger = logging.getLogger("profiling")
 
@@ -202,15 +203,25 @@ def markdown(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def int8_copy(matcher: Matcher, size: tuple[int, int], folder: Path, threads: int | None) -> Matcher:
-    """A copy whose detector runs in int8 in ONNX Runtime, calibrated on 8 training photos of the sample set."""
+def int8_copy(matcher: Matcher, size: tuple[int, int], folder: Path, threads: int | None,
+              parts: tuple[str, ...]) -> Matcher:
+    """A copy whose detector and/or matcher network runs in int8 in ONNX Runtime: the detector statically
+    quantized, calibrated on 8 training photos of the sample set; the matcher in its faster int8 mode (calibrated,
+    where static, on the test pair: ranges do not change the latency)."""
     from data.images import split_names
     from models.matching import to_channels
-    from quantization.int8 import int8_detector
+    from quantization.int8 import int8_detector, int8_matcher, recorded_inputs
 
-    source = open_source("sample")
-    photos = [crop_resize(source.read(n), size) for n in split_names(source.names, "train", 0.5)[:8]]
-    return int8_detector(matcher, [to_channels(to_tensor(p), matcher.channels) for p in photos], folder, threads)
+    if "matcher" in parts:
+        img0, img1 = (to_tensor(im) for im in test_pair(size))
+        data = recorded_inputs(matcher.matcher, lambda: matcher({"image0": img0, "image1": img1}))
+        matcher = int8_matcher(matcher, data, folder / "matcher", threads)
+    if "detector" in parts:
+        source = open_source("sample")
+        photos = [crop_resize(source.read(n), size) for n in split_names(source.names, "train", 0.5)[:8]]
+        matcher = int8_detector(matcher, [to_channels(to_tensor(p), matcher.channels) for p in photos],
+                                folder / "detector", threads)
+    return matcher
 
 
 def main() -> None:
@@ -228,6 +239,9 @@ def main() -> None:
     p.add_argument("--int8_detector", action="store_true",
                    help="also profile each model with its detector (SuperPoint, DISK) in real int8 (ONNX Runtime, "
                         "static QDQ calibrated on sample photos)")
+    p.add_argument("--int8_matcher", action="store_true",
+                   help="also profile each model with its matcher network (SuperGlue, LightGlue) in real int8 "
+                        "(ONNX Runtime; with --int8_detector: both parts in int8)")
     p.add_argument("--json", default=None)
     p.add_argument("--csv", default=None, help="sweep rows")
     p.add_argument("--markdown", default=None)
@@ -251,30 +265,32 @@ def main() -> None:
         models.append((Path(path).name, load_checkpoint(path)))
     size = tuple(args.resize)
     tmp = tempfile.TemporaryDirectory()
-    int8_of = {}  # index of an int8-detector model -> index of its fp32 original
-    if args.int8_detector:
-        for i, (name, m) in enumerate(list(models)):
-            int8_of[len(models)] = i
-            models.append((f"{name} (int8 detector, onnxruntime)", int8_copy(m, size, Path(tmp.name) / str(i),
-                                                                            args.threads)))
+    int8_of = {}  # index of an int8 model -> index of its fp32 original
+    parts = ("detector",) * args.int8_detector + ("matcher",) * args.int8_matcher
+    for i, (name, m) in enumerate(list(models) if parts else []):
+        int8_of[len(models)] = i
+        models.append((f"{name} (int8 {'+'.join(parts)}, onnxruntime)",
+                       int8_copy(m, size, Path(tmp.name) / str(i), args.threads, parts)))
     meta = {"device": str(device), "threads": torch.get_num_threads(), "git_commit": git_commit(), "args": vars(args)}
     results = []
     for i, (name, matcher) in enumerate(models):
         logger.info("profiling %s", name)
-        matcher = matcher if i in int8_of else copy.deepcopy(matcher)  # an ONNX Runtime session cannot be copied
+        matcher = copy.deepcopy(matcher)
         results.append({**profile_matcher(matcher, name, size, args.num_keypoints, args.repeats, device,
                                           pair_latency=len(models) == 1), "meta": meta})
     if len(models) > 1:  # the pair latencies behind the ratios: timed round-robin, side by side
         pairs = {i: prepare(m, size, args.num_keypoints, device)["pair"] for i, (_, m) in enumerate(models)}
         for i, t in interleaved_latency(pairs, args.repeats).items():
             results[i]["total"].update(t)
-    for i, j in int8_of.items():  # the ONNX graph's size, and the fp32 detector's MACs (the graph computes the same)
-        r, base, m = results[i], results[j], models[i][1]
-        extra = m.onnx_path.stat().st_size - base["detector"]["size_bytes"]
-        r["detector"].update(macs=base["detector"]["macs"], macs_modules=base["detector"]["macs_modules"],
-                             size_bytes=m.onnx_path.stat().st_size)
-        r["total"].update(macs=base["total"]["macs"], macs_modules=base["total"]["macs_modules"],
-                          size_bytes=base["total"]["size_bytes"] + extra)
+    for i, j in int8_of.items():  # the ONNX graphs' sizes, and the fp32 MACs (the graphs compute the same)
+        r, base = results[i], results[j]
+        total = base["total"]["size_bytes"]
+        for name, module in onnx_modules(models[i][1]).items():
+            part = name.split(".")[0]  # 'detector' (SuperPoint, or DISK's 'detector.unet') or 'matcher'
+            r[part].update(macs=base[part]["macs"], macs_modules=base[part]["macs_modules"],
+                           size_bytes=len(module.onnx_bytes))
+            total += len(module.onnx_bytes) - base[part]["size_bytes"]
+        r["total"].update(macs=base["total"]["macs"], macs_modules=base["total"]["macs_modules"], size_bytes=total)
     tmp.cleanup()
     print(markdown(results))
     resizes = [tuple(args.sweep_resize[i:i + 2]) for i in range(0, len(args.sweep_resize), 2)]

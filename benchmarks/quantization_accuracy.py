@@ -1,10 +1,12 @@
 """Accuracy of quantized aliked+lightglue matchers on the sample validation pairs, side by side with dense.
 
-    python benchmarks/quantization_accuracy.py [--num_pairs 30]
+    python benchmarks/quantization_accuracy.py [--num_pairs 100] [--finetune_steps 300]
 
 Variants: 8-bit linear PTQ of the whole LightGlue (per-channel weights, per-tensor activations calibrated on
-training pairs) and 4-bit / 2-bit k-means weight sharing; each also saved in the compressed checkpoint format,
-whose size is reported next to the fp32 state_dict.
+training pairs, min/max or percentile) and 4-bit / 2-bit k-means weight sharing, before and after codebook
+finetuning on training pairs (codes fixed, each centroid moved by the mean update of its weights; the last
+checkpoint is taken, never one picked on the validation pairs), with the dense model finetuned the same way as a
+control. Each is saved in the compressed checkpoint format, whose size is reported next to the fp32 state_dict.
 """
 from __future__ import annotations
 
@@ -19,9 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from evaluate import FeatureCache, evaluate  # noqa: E402
-from finetune import DEFAULTS, make_pairs  # noqa: E402
+from finetune import DEFAULTS, finetune, make_pairs  # noqa: E402
 from helper import merge_config  # noqa: E402
-from models.checkpoint import save_checkpoint  # noqa: E402
+from models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from models.matching import build_matcher  # noqa: E402
 from quantization.kmeans import quantize_kmeans  # noqa: E402
 from quantization.linear import quantize_linear  # noqa: E402
@@ -29,8 +31,11 @@ from quantization.linear import quantize_linear  # noqa: E402
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--num_pairs", type=int, default=30)
+    p.add_argument("--num_pairs", type=int, default=100)
     p.add_argument("--calibration_pairs", type=int, default=8)
+    p.add_argument("--finetune_steps", type=int, default=300, help="codebook finetuning steps (0: none)")
+    p.add_argument("--control", action=argparse.BooleanOptionalAction, default=True,
+                   help="also finetune the dense model the same way (is a recovery the finetuning's own gain?)")
     args = p.parse_args()
     cfg = {"detector": {"max_keypoints": 512}, "matcher": {"depth_confidence": -1, "width_confidence": -1}}
     dense = build_matcher("aliked+lightglue", cfg)
@@ -41,22 +46,35 @@ def main() -> None:
     torch.save(dense.matcher.state_dict(), buf)
 
     variants = {"dense fp32": dense}
-    m = copy.deepcopy(dense)
-    quantize_linear(m.matcher, lambda: evaluate(m, calib, cache, progress=False), 8, 8)
-    variants["linear int8 PTQ (w8a8)"] = m
-    for bits in (4, 2):
+    for method in ("minmax", "percentile"):
         m = copy.deepcopy(dense)
-        quantize_kmeans(m.matcher, bits)
-        variants[f"k-means {bits}-bit"] = m
-
-    print(f"{len(val)} validation pairs; LightGlue fp32 state_dict {buf.tell() / 1e6:.1f} MB")
-    print(f"{'variant':<24}{'AUC@1px':>9}{'AUC@3px':>9}{'AUC@5px':>9}{'prec':>7}{'recall':>8}{'ckpt MB':>9}")
+        quantize_linear(m.matcher, lambda: evaluate(m, calib, cache, progress=False), 8, 8, method=method)
+        variants[f"linear int8 PTQ {method}"] = m
     with tempfile.TemporaryDirectory() as tmp:
+        def finetuned(m, name):
+            """``m`` after the same finetuning run as every other row (its last checkpoint)."""
+            start = save_checkpoint(m, Path(tmp) / f"{name}.pth")
+            finetune(merge_config(DEFAULTS, {"checkpoint": str(start), "out": str(Path(tmp) / f"ft-{name}"),
+                                             "steps": args.finetune_steps, "matcher_config": cfg,
+                                             "val": {"num_pairs": 4, "every": args.finetune_steps}}))
+            return load_checkpoint(Path(tmp) / f"ft-{name}" / "last.pth")
+
+        if args.finetune_steps and args.control:  # what the finetuning alone does to the dense model
+            variants["dense + same finetuning"] = finetuned(dense, "dense")
+        for bits in (4, 2):
+            m = copy.deepcopy(dense)
+            quantize_kmeans(m.matcher, bits)
+            variants[f"k-means {bits}-bit"] = m
+            if args.finetune_steps:
+                variants[f"k-means {bits}-bit + codebook ft"] = finetuned(m, f"kmeans{bits}")
+
+        print(f"{len(val)} validation pairs; LightGlue fp32 state_dict {buf.tell() / 1e6:.1f} MB")
+        print(f"{'variant':<30}{'AUC@1px':>9}{'AUC@3px':>9}{'AUC@5px':>9}{'prec':>7}{'recall':>8}{'ckpt MB':>9}")
         for name, m in variants.items():
             s = evaluate(m, val, cache, progress=False)["summary"]
             size = save_checkpoint(m, Path(tmp) / "m.pth").stat().st_size
-            print(f"{name:<24}{s['auc@1px']:>9.3f}{s['auc@3px']:>9.3f}{s['auc@5px']:>9.3f}{s['precision']:>7.3f}"
-                  f"{s['recall']:>8.3f}{size / 1e6:>9.1f}")
+            print(f"{name:<30}{s['auc@1px']:>9.3f}{s['auc@3px']:>9.3f}{s['auc@5px']:>9.3f}{s['precision']:>7.3f}"
+                  f"{s['recall']:>8.3f}{size / 1e6:>9.1f}", flush=True)
 
 
 if __name__ == "__main__":

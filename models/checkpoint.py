@@ -8,8 +8,9 @@ needs to know the shapes.
 Tensors are stored by kind: k-means-quantized weights as codes packed at their bit width plus the codebook
 (and a bitmask of the non-zeros when pruned), linear-quantized weights as packed int codes plus per-channel
 scales (and their activation quantization), sparse weights as a bitmask plus the non-zero values, the rest
-as they are. Loading gives back exactly the weights that were evaluated (bit-exact). Model size in this
-project means the bytes of this file.
+as they are. Parts that run in ONNX Runtime (quantization/int8.py: a real-int8 detector or matcher network)
+are stored as their ONNX graph's bytes instead of tensors. Loading gives back exactly the weights that were
+evaluated (bit-exact). Model size in this project means the bytes of this file.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from .quantized import install_activation_quant
 from .weights import WeightsError, read_state_dict
 
 FORMAT = "efficient-feature-matching/checkpoint"
-VERSION = 2  # 1: plain state_dict; 2: compressed tensors
+VERSION = 3  # 1: plain state_dict; 2: compressed tensors; 3: with ONNX Runtime parts
 SHAPE_ATTRS = ("num_heads", "dim", "head_dim", "embed_dim")  # ints that shapes alone do not determine
 
 
@@ -146,10 +147,15 @@ def decode(entry: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]
 
 def save_checkpoint(matcher: Matcher, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
     """Write ``matcher`` atomically as a compact, self-describing checkpoint (zoo name, config, git commit)."""
+    from quantization.int8 import onnx_modules
+
     path = Path(path)
     modules = dict(matcher.named_modules())
+    graphs = onnx_modules(matcher)
     state = {}
     for key, value in matcher.state_dict().items():
+        if any(key.startswith(name + ".") for name in graphs):  # the graph holds these weights
+            continue
         if ".parametrizations." in key:  # e.g. QAT: store the weight as the forward pass sees it
             owner, _, rest = key.partition(".parametrizations.")
             attr = rest.split(".")[0]
@@ -159,13 +165,15 @@ def save_checkpoint(matcher: Matcher, path: str | os.PathLike, meta: dict[str, A
         state[key] = value
     payload = {
         "format": FORMAT,
-        "version": VERSION,
+        "version": 3 if graphs else 2,  # readable by older code whenever it can be
         "matcher": matcher.name,
         "config": {**matcher.config},
-        "attrs": shape_attrs(matcher),
+        "attrs": {k: v for k, v in shape_attrs(matcher).items() if not any(k.startswith(g + ".") for g in graphs)},
         "tensors": {k: encode(k, v, modules) for k, v in state.items()},
         "meta": {"git_commit": git_commit(), **(meta or {})},
     }
+    if graphs:
+        payload["onnx"] = {name: {"class": type(m).__name__, "bytes": m.onnx_bytes} for name, m in graphs.items()}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
@@ -191,10 +199,22 @@ def load_checkpoint(path: str | os.PathLike) -> Matcher:
     decoded = {k: decode(e) for k, e in entries.items()}
     state = {k: t for k, (t, _) in decoded.items()}
     fit_shapes(matcher, state, payload.get("attrs", {}))
+    graphs = payload.get("onnx", {})
     try:
-        matcher.load_state_dict(state, strict=True)
+        missing, unexpected = matcher.load_state_dict(state, strict=not graphs)
     except RuntimeError as e:
         raise WeightsError(f"{path} does not fit {payload['matcher']}: {str(e).splitlines()[0]}") from None
+    missing = [k for k in missing if not any(k.startswith(name + ".") for name in graphs)]
+    if missing or unexpected:
+        raise WeightsError(f"{path} does not fit {payload['matcher']}: missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]}")
+    if graphs:
+        from quantization.int8 import ort_module
+
+        for name, graph in graphs.items():  # the PyTorch module there keeps the settings, the graph computes
+            parent, _, attr = name.rpartition(".")
+            owner = matcher.get_submodule(parent)
+            setattr(owner, attr, ort_module(graph["class"], getattr(owner, attr), graph["bytes"]))
     modules = dict(matcher.named_modules())
     for name, (_, buffers) in decoded.items():
         layer = modules.get(name.rsplit(".", 1)[0])

@@ -213,11 +213,15 @@ class SuperGlue(nn.Module):
 
         kpts0 = normalize_keypoints(kpts0, image_size(data, 0, kpts0))
         kpts1 = normalize_keypoints(kpts1, image_size(data, 1, kpts1))
-        desc0 = desc0 + self.kenc(kpts0, data["scores0"])
-        desc1 = desc1 + self.kenc(kpts1, data["scores1"])
+        scores = self.assign(kpts0, kpts1, data["scores0"], data["scores1"], desc0, desc1)
+        return {**matches_from_log_assignment(scores, self.config["match_threshold"]), "log_assignment": scores}
+
+    def assign(self, kpts0: torch.Tensor, kpts1: torch.Tensor, scores0: torch.Tensor, scores1: torch.Tensor,
+               desc0: torch.Tensor, desc1: torch.Tensor) -> torch.Tensor:
+        """The network: normalized keypoints, scores and descriptors -> B×(M+1)×(N+1) log assignment."""
+        desc0 = desc0 + self.kenc(kpts0, scores0)
+        desc1 = desc1 + self.kenc(kpts1, scores1)
         desc0, desc1 = self.gnn(desc0, desc1)
         mdesc0, mdesc1 = self.final_proj(desc0), self.final_proj(desc1)
-
         scores = torch.einsum("bdn,bdm->bnm", mdesc0, mdesc1) / self.config["descriptor_dim"] ** 0.5
-        scores = log_optimal_transport(scores, self.bin_score, iters=self.config["sinkhorn_iterations"])
-        return {**matches_from_log_assignment(scores, self.config["match_threshold"]), "log_assignment": scores}
+        return log_optimal_transport(scores, self.bin_score, iters=self.config["sinkhorn_iterations"])

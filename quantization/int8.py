@@ -1,14 +1,21 @@
-"""Real int8 execution on CPU through ONNX Runtime: export a network's dense part, quantize it statically
-(QDQ, per-channel int8 weights, uint8 activations calibrated on sample images) and run it in place of
-PyTorch. Fake quantization is never faster; this is the backend that is.
+"""Real int8 execution on CPU through ONNX Runtime: export a network's dense part, quantize it (QDQ with
+per-channel int8 weights and uint8 activations calibrated on sample data, or dynamic: activations quantized per
+call) and run it in place of PyTorch. Fake quantization is never faster; this is the backend that is.
+
+Detectors (SuperPoint's dense network, DISK's U-Net) and matchers (SuperGlue with its Sinkhorn iterations
+unrolled, LightGlue without its early exits) are covered. In the matchers only the layers with weights become
+int8 (projections, MLPs, keypoint encoder, final projection); attention products, softmax and Sinkhorn stay
+float, as in the fake-quant simulation of quantization/linear.py.
 
 Why ONNX Runtime: torch.ao.quantization is deprecated, torchao's PT2E flow needs torch.compile lowering and
-does not cover Conv1d; ORT's int8 Conv/MatMul kernels use VNNI on these CPUs (see benchmarks/int8_superpoint.py).
+does not cover Conv1d; ORT's int8 Conv/MatMul kernels use VNNI on these CPUs (see benchmarks/int8_superpoint.py
+and benchmarks/int8_matcher.py).
 """
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -80,32 +87,61 @@ def quantize_static_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathL
     return Path(int8_path)
 
 
-def cpu_session(onnx_path: str | os.PathLike, threads: int | None = None):
-    """An ONNX Runtime CPU session of a graph (``threads``: intra-op threads, default ORT's)."""
+def cpu_session(onnx: str | os.PathLike | bytes, threads: int | None = None):
+    """An ONNX Runtime CPU session of a graph (a file or its bytes; ``threads``: intra-op threads, default ORT's)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    model = onnx if isinstance(onnx, bytes) else str(onnx)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-def _identify(module: nn.Module, onnx_path: str | os.PathLike) -> None:
-    """Put the ONNX file's hash in the state_dict, so detector fingerprints (feature caches) tell graphs apart."""
-    import hashlib
+class _OrtModule(nn.Module):
+    """A module that runs an ONNX graph in an ONNX Runtime session. It keeps the graph's bytes: checkpoints store
+    them (models/checkpoint.py) and copies (deepcopy, pickle) open a new session on them."""
 
-    digest = hashlib.sha1(Path(onnx_path).read_bytes()).digest()
-    module.register_buffer("onnx_sha1", torch.tensor(list(digest), dtype=torch.uint8))
+    def _open(self, onnx: str | os.PathLike | bytes, threads: int | None) -> None:
+        import hashlib
+
+        self.onnx_bytes = onnx if isinstance(onnx, bytes) else Path(onnx).read_bytes()
+        self.threads = threads
+        self.session = cpu_session(self.onnx_bytes, threads)
+        # the graph's hash in the state_dict, so detector fingerprints (feature caches) tell graphs apart
+        digest = hashlib.sha1(self.onnx_bytes).digest()
+        self.register_buffer("onnx_sha1", torch.tensor(list(digest), dtype=torch.uint8))
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "session"}
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.session = cpu_session(self.onnx_bytes, self.threads)
 
 
-class OrtSuperPoint(nn.Module):
+def onnx_modules(model: nn.Module) -> dict[str, _OrtModule]:
+    """The parts of ``model`` that run in ONNX Runtime, by module name (e.g. 'matcher', 'detector.unet')."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, _OrtModule)}
+
+
+def ort_module(kind: str, original: nn.Module, onnx: bytes) -> _OrtModule:
+    """Rebuild an ONNX Runtime part of class name ``kind`` in place of the PyTorch module ``original``."""
+    classes = {"OrtSuperPoint": OrtSuperPoint, "OrtMatcherNet": OrtMatcherNet}
+    if kind == "OrtNetwork":
+        return OrtNetwork(onnx)
+    if kind not in classes:
+        raise ValueError(f"unknown ONNX Runtime module {kind!r}")
+    return classes[kind](original, onnx)
+
+
+class OrtSuperPoint(_OrtModule):
     """SuperPoint whose network runs in an ONNX Runtime session (fp32 or int8); post-processing unchanged."""
 
-    def __init__(self, sp: nn.Module, onnx_path: str | os.PathLike, threads: int | None = None):
+    def __init__(self, sp: nn.Module, onnx: str | os.PathLike | bytes, threads: int | None = None):
         super().__init__()
-        self.session = cpu_session(onnx_path, threads)
-        self.sp = sp  # for config and post-processing
-        _identify(self, onnx_path)
+        self.sp = sp  # for config and post-processing (its weights are not used)
+        self._open(onnx, threads)
 
     @property
     def config(self):
@@ -124,13 +160,12 @@ class OrtSuperPoint(nn.Module):
             self.sp.dense = original
 
 
-class OrtNetwork(nn.Module):
+class OrtNetwork(_OrtModule):
     """A one-input, one-output network run by an ONNX Runtime session (fp32 or int8) in place of PyTorch."""
 
-    def __init__(self, onnx_path: str | os.PathLike, threads: int | None = None):
+    def __init__(self, onnx: str | os.PathLike | bytes, threads: int | None = None):
         super().__init__()
-        self.session = cpu_session(onnx_path, threads)
-        _identify(self, onnx_path)
+        self._open(onnx, threads)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         (out,) = self.session.run(None, {"image": image.detach().cpu().numpy().astype(np.float32)})
@@ -165,5 +200,223 @@ def int8_detector(matcher: nn.Module, calibration: list[torch.Tensor], folder: s
         m.detector = OrtSuperPoint(det, path, threads)
     else:
         det.unet = OrtNetwork(path, threads)
+    m.onnx_path = path
+    return m
+
+
+class _LightGlueNet(nn.Module):
+    """kornia LightGlue as a fixed graph: normalized keypoints and descriptors -> log assignment (all layers run:
+    early stopping and point pruning are data-dependent control flow, which a graph cannot hold)."""
+
+    def __init__(self, lg: nn.Module):
+        super().__init__()
+        self.lg = lg
+
+    def forward(self, kpts0, kpts1, desc0, desc1):
+        lg = self.lg
+        desc0, desc1 = lg.input_proj(desc0), lg.input_proj(desc1)
+        enc0, enc1 = lg.posenc(kpts0), lg.posenc(kpts1)
+        for layer in lg.transformers:
+            desc0, desc1 = layer(desc0, desc1, enc0, enc1)
+        return lg.log_assignment[-1](desc0, desc1)[0]
+
+
+class _SuperGlueNet(nn.Module):
+    def __init__(self, sg: nn.Module):
+        super().__init__()
+        self.sg = sg
+
+    def forward(self, kpts0, kpts1, scores0, scores1, desc0, desc1):
+        return self.sg.assign(kpts0, kpts1, scores0, scores1, desc0, desc1)
+
+
+def _lightglue_inputs(data: dict) -> dict[str, torch.Tensor]:
+    from kornia.feature.lightglue import normalize_keypoints
+
+    out = {}
+    for i in (0, 1):
+        d = data[f"image{i}"]
+        out[f"kpts{i}"] = normalize_keypoints(d["keypoints"], d["image_size"])
+        out[f"desc{i}"] = d["descriptors"]
+    return out
+
+
+def _superglue_inputs(data: dict) -> dict[str, torch.Tensor]:
+    from models.superglue import image_size, normalize_keypoints
+
+    out = {f"kpts{i}": normalize_keypoints(data[f"keypoints{i}"], image_size(data, i, data[f"keypoints{i}"]))
+           for i in (0, 1)}
+    out.update({f"scores{i}": data[f"scores{i}"] for i in (0, 1)})
+    out.update({f"desc{i}": data[f"descriptors{i}"] for i in (0, 1)})
+    return out
+
+
+# per matcher network: graph wrapper, its input names with the axis that counts keypoints, inputs from the data
+_MATCHER_GRAPHS = {
+    "LightGlue": (_LightGlueNet, {"kpts0": 1, "kpts1": 1, "desc0": 1, "desc1": 1}, _lightglue_inputs),
+    "SuperGlue": (_SuperGlueNet, {"kpts0": 1, "kpts1": 1, "scores0": 1, "scores1": 1, "desc0": 2, "desc1": 2},
+                  _superglue_inputs),
+}
+
+
+def export_matcher(net: nn.Module, path: str | os.PathLike, example: dict[str, torch.Tensor]) -> Path:
+    """ONNX graph of a matcher network (LightGlue or SuperGlue), any number of keypoints per image; constants
+    folded so that every weight is an initializer the quantizer can see."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    wrapper, axes, _ = _MATCHER_GRAPHS[type(net).__name__]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    m, n = torch.export.Dim("m", min=2, max=1 << 16), torch.export.Dim("n", min=2, max=1 << 16)
+    shapes = tuple({axis: (m if name.endswith("0") else n)} for name, axis in axes.items())
+    raw = path.with_name(path.stem + "_raw.onnx")
+    with warnings.catch_warnings():  # "axis name m will not be used": the inputs of one image share it, as meant
+        warnings.filterwarnings("ignore", message=".*axis name", category=UserWarning)
+        program = torch.onnx.export(wrapper(net).eval(), tuple(example[k] for k in axes), input_names=list(axes),
+                                    output_names=["log_assignment"], dynamic_shapes=shapes, dynamo=True,
+                                    opset_version=18, verbose=False)
+        program.save(str(raw), external_data=False)
+    quant_pre_process(str(raw), str(path), skip_symbolic_shape=True)
+    raw.unlink()
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def coordinate_layers(graph) -> list[str]:
+    """Names of the weighted nodes that read keypoint coordinates (LightGlue's positional encoding, SuperGlue's
+    first keypoint-encoder layer). They stay float: a uint8 grid over [-1, 1] would move the positions the
+    network sees by up to 1.3 px at 640 px."""
+    derived, found = {i.name for i in graph.input if i.name.startswith("kpts")}, []
+    for node in graph.node:  # topological order
+        if not any(i in derived for i in node.input):
+            continue
+        if node.op_type in ("MatMul", "Conv", "Gemm", "Einsum"):
+            found.append(node.name)
+        else:
+            derived.update(node.output)
+    return found
+
+
+def quantize_matcher_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
+                          calibration: Iterable[dict[str, np.ndarray]] | None = None) -> Path:
+    """int8 weights for every MatMul/Conv with a weight (per channel), except the layers that read keypoint
+    coordinates; products of two activations stay float.
+
+    With ``calibration`` (graph inputs of sample pairs): static QDQ with calibrated uint8 activations; without:
+    dynamic quantization (activation ranges measured on every call).
+    """
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
+
+    graph = onnx.load(str(fp32_path)).graph
+    weights = {i.name for i in graph.initializer}
+    ops = ["MatMul", "Conv"]
+    exclude = [n.name for n in graph.node if n.op_type in ops and not any(i in weights for i in n.input)]
+    exclude += coordinate_layers(graph)
+    if calibration is None:
+        quantize_dynamic(str(fp32_path), str(int8_path), per_channel=True, weight_type=QuantType.QInt8,
+                         op_types_to_quantize=ops, nodes_to_exclude=exclude)
+        return Path(int8_path)
+    items = iter(list(calibration))
+
+    class Reader(CalibrationDataReader):
+        def get_next(self):
+            return next(items, None)
+
+    quantize_static(str(fp32_path), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, op_types_to_quantize=ops,
+                    nodes_to_exclude=exclude)
+    return Path(int8_path)
+
+
+class OrtMatcherNet(_OrtModule):
+    """A LightGlue or SuperGlue whose network runs in an ONNX Runtime session; same inputs and outputs.
+
+    Matches are read from the log assignment as the PyTorch module reads them (LightGlue: its
+    ``filter_threshold``, all layers run; SuperGlue: mutual nearest neighbours above ``match_threshold``).
+    ``net``: the PyTorch module, for its settings only (its weights are not used).
+    """
+
+    def __init__(self, net: nn.Module, onnx: str | os.PathLike | bytes, threads: int | None = None):
+        super().__init__()
+        self.net = net
+        self.kind = type(net).__name__
+        self._open(onnx, threads)
+
+    @property
+    def conf(self):  # LightGlue's settings
+        return self.net.conf
+
+    @property
+    def config(self):  # SuperGlue's settings
+        return self.net.config
+
+    def forward(self, data: dict) -> dict:
+        inputs = _MATCHER_GRAPHS[self.kind][2](data)
+        (b, m), n = inputs["kpts0"].shape[:2], inputs["kpts1"].shape[1]
+        if not (m and n):  # nothing to match: every keypoint goes to the dustbin with certainty
+            k = inputs["kpts0"]
+            return {"log_assignment": k.new_zeros((b, m + 1, n + 1)), "matches0": k.new_full((b, m), -1).long(),
+                    "matches1": k.new_full((b, n), -1).long(), "matching_scores0": k.new_zeros((b, m)),
+                    "matching_scores1": k.new_zeros((b, n))}
+        feed = {k: v.detach().cpu().float().numpy() for k, v in inputs.items()}
+        scores = torch.from_numpy(self.session.run(None, feed)[0]).to(inputs["kpts0"].device)
+        if self.kind == "SuperGlue":
+            from models.superglue import matches_from_log_assignment
+
+            return {**matches_from_log_assignment(scores, self.net.config["match_threshold"]),
+                    "log_assignment": scores}
+        from kornia.feature.lightglue import filter_matches
+
+        m0, m1, s0, s1 = filter_matches(scores, self.net.conf.filter_threshold)
+        return {"log_assignment": scores, "matches0": m0, "matches1": m1, "matching_scores0": s0,
+                "matching_scores1": s1}
+
+
+def recorded_inputs(module: nn.Module, run) -> list:
+    """The first argument of every call of ``module`` while ``run()`` runs (e.g. a matcher network's data dicts
+    during an evaluation of calibration pairs)."""
+    seen = []
+    handle = module.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        handle.remove()
+    return seen
+
+
+def int8_matcher(matcher: nn.Module, calibration: list[dict] | None, folder: str | os.PathLike,
+                 threads: int | None = None, mode: str = "auto") -> nn.Module:
+    """A copy of ``matcher`` whose matcher network (SuperGlue, LightGlue) runs in ONNX Runtime.
+
+    ``mode``: 'dynamic' (int8 weights, activations quantized per call), 'static' (activations calibrated on
+    ``calibration``: the data dicts the network receives for a few sample pairs), 'fp32' (no quantization) or
+    'auto': the faster int8 mode measured on CPU (benchmarks/int8_matcher.py): static for SuperGlue (its 1×1
+    convolutions become QLinearConv; dynamic ConvInteger is slower than fp32), dynamic for LightGlue (MatMulInteger).
+    """
+    import copy
+
+    if mode not in ("auto", "dynamic", "static", "fp32"):
+        raise ValueError(f"int8 matcher mode must be auto, dynamic, static or fp32, got {mode!r}")
+    m = copy.deepcopy(matcher).eval()
+    net = m.matcher
+    kind = type(net).__name__
+    if kind not in _MATCHER_GRAPHS:
+        raise ValueError(f"no ONNX Runtime path for a {kind} matcher (SuperGlue and LightGlue are supported)")
+    if mode == "auto":
+        mode = "static" if kind == "SuperGlue" else "dynamic"
+    if not calibration:
+        raise ValueError("int8_matcher needs at least one sample pair's data to trace the graph")
+    to_inputs = _MATCHER_GRAPHS[kind][2]
+    with torch.no_grad():
+        path = export_matcher(net, Path(folder) / f"{kind.lower()}.onnx", to_inputs(calibration[0]))
+    if mode != "fp32":
+        feeds = [{k: v.detach().cpu().float().numpy() for k, v in to_inputs(d).items()} for d in calibration]
+        path = quantize_matcher_onnx(path, path.with_name(f"{path.stem}_int8_{mode}.onnx"),
+                                     feeds if mode == "static" else None)
+    m.matcher = OrtMatcherNet(net, path, threads)
     m.onnx_path = path
     return m

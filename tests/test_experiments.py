@@ -40,7 +40,8 @@ def test_killed_experiment_resumes_and_reports_every_variant(tmp_path, monkeypat
     rows = run(TINY, tmp_path, ("quantization",), progress=False)
     by_name = {r["name"]: r for r in rows}
     assert set(by_name) == {"dense", "fine-grained", "fine-grained +ft", "channel-ffn25", "channel-ffn25 +ft",
-                            "linear-int8", "kmeans-4bit", "kmeans-mixed", "fine-grained+kmeans-4bit"}
+                            "linear-int8", "int8-onnxruntime", "kmeans-4bit", "kmeans-mixed",
+                            "fine-grained+kmeans-4bit"}
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [r["name"] for r in saved] == [r["name"] for r in rows]
     for r in saved:
@@ -54,8 +55,11 @@ def test_killed_experiment_resumes_and_reports_every_variant(tmp_path, monkeypat
     assert by_name["kmeans-mixed"]["size_bytes"] < by_name["kmeans-4bit"]["size_bytes"]
     assert combined["size_bytes"] < by_name["kmeans-4bit"]["size_bytes"]
     assert by_name["channel-ffn25"]["macs"] < dense["macs"]
+    real_int8 = by_name["int8-onnxruntime"]  # LightGlue's graph in the checkpoint, run by ONNX Runtime
+    assert real_int8["macs"] == dense["macs"] and real_int8["size_bytes"] < dense["size_bytes"] / 2
     report = (tmp_path / "report.md").read_text()
     assert all(f"| {name} |" in report for name in by_name)
+    assert "int8 kernels (ONNX Runtime) for the matcher" in report
     assert all((tmp_path / "figures" / f"{f}.png").is_file()
                for f in ("auc_vs_size", "auc_vs_latency", "sensitivity", "sensitivity-bits", "weights"))
     assert "dense_vs_compressed.gif" in report and (tmp_path / "figures" / "dense_vs_compressed.gif").is_file()
@@ -84,6 +88,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     ({"name": "x", "method": "magic"}, "unknown method"),
     ({"name": "x", "method": "kmeans"}, "needs 'bits'"),
     ({"name": "x", "method": "fine-grained+kmeans", "base": "nope", "bits": 4}, "base 'nope'"),
+    ({"name": "x", "method": "int8-onnxruntime+kmeans", "bits": 4}, "last step"),
 ])
 def test_bad_variants_are_one_line_errors(tmp_path, variant, message):
     config = {**TINY, "pruning": [], "quantization": [variant]}
@@ -99,10 +104,13 @@ def test_coco_preset_runs_end_to_end_with_random_weights(tmp_path):
         ["source=sample", "matcher_config.superpoint.weights=null", "matcher_config.superglue.weights=null",
          'sensitivity.include=["gnn.layers.0.*"]', "sensitivity.depth=3", "val.val_fraction=0.5",
          "finetune.train.val_fraction=0.5", "calibration.val_fraction=0.5", "finetune.val.every=1", "animation=null"])
-    rows = {r["name"]: r for r in run(config, tmp_path, ("pruning",), progress=False)}
-    assert set(rows) == {"dense"} | {f"{n}{ft}" for n in ("superglue-attn80-mlp80", "superglue-auto",
-                                                           "superpoint-channel50", "superglue-channel50")
-                                     for ft in ("", " +ft")}
+    config["quantization"] = [s for s in config["quantization"] if s["method"] == "int8-onnxruntime"]
+    rows = {r["name"]: r for r in run(config, tmp_path, progress=False)}
+    assert set(rows) == {"dense", "superglue-int8-onnxruntime", "superpoint-int8-onnxruntime"} | {
+        f"{n}{ft}" for n in ("superglue-attn80-mlp80", "superglue-auto", "superpoint-channel50", "superglue-channel50")
+        for ft in ("", " +ft")}
+    for name in ("superglue-int8-onnxruntime", "superpoint-int8-onnxruntime"):  # both parts in real int8
+        assert rows[name]["macs"] == rows["dense"]["macs"] and rows[name]["size_bytes"] < rows["dense"]["size_bytes"]
     assert rows["superglue-attn80-mlp80"]["sparsity"] > 0.75
     assert rows["superpoint-channel50 +ft"]["macs"] < rows["dense"]["macs"] / 2  # the detector lost its channels
     assert rows["superglue-channel50"]["matcher_macs"] < rows["dense"]["matcher_macs"]

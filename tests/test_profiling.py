@@ -54,14 +54,16 @@ def test_command_line_contract(tmp_path):
     assert "| superpoint+superglue (random weights) |" in proc.stdout
 
 
-def test_int8_detector_is_profiled_in_its_real_backend(tmp_path):
+def test_int8_detector_and_matcher_are_profiled_in_their_real_backend(tmp_path):
     out = tmp_path / "prof.json"
     proc = subprocess.run([sys.executable, "profiling.py", "--matcher", "superpoint+superglue", "--random-weights",
-                           "--int8_detector", "--num_keypoints", "64", "--resize", "160", "120", "--repeats", "1",
-                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                           "--int8_detector", "--int8_matcher", "--num_keypoints", "64", "--resize", "160", "120",
+                           "--repeats", "1", "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-2000:]
     fp32, int8 = json.loads(out.read_text())
-    assert int8["name"].endswith("(int8 detector, onnxruntime)")
-    assert int8["detector"]["macs"] == fp32["detector"]["macs"]  # same arithmetic, int8 kernels
-    assert int8["detector"]["size_bytes"] < fp32["detector"]["size_bytes"] / 2  # the int8 ONNX graph
-    assert int8["detector"]["latency_ms"] > 0 and int8["keypoints_real"] == [64, 64]
+    assert int8["name"].endswith("(int8 detector+matcher, onnxruntime)")
+    for part in ("detector", "matcher"):
+        assert int8[part]["macs"] == fp32[part]["macs"]  # same arithmetic, int8 kernels
+        assert int8[part]["size_bytes"] < fp32[part]["size_bytes"] / 2  # the int8 ONNX graph
+        assert int8[part]["latency_ms"] > 0
+    assert int8["keypoints_real"] == [64, 64]

@@ -1,0 +1,101 @@
+"""Matcher networks in ONNX Runtime: the fp32 graph computes what PyTorch computes, for any number of keypoints;
+int8 graphs are smaller, keep the layers that read coordinates float and still match."""
+import copy
+
+import onnx
+import pytest
+import torch
+
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.matching import build_matcher
+from quantization.int8 import coordinate_layers, int8_matcher, recorded_inputs
+
+
+def pair(m: int, n: int, seed: int, dim: int = 256) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {"image0": torch.rand(1, 1, 48, 64, generator=g), "image1": torch.rand(1, 1, 48, 64, generator=g),
+            "keypoints0": torch.rand(1, m, 2, generator=g) * torch.tensor([63.0, 47.0]),
+            "keypoints1": torch.rand(1, n, 2, generator=g) * torch.tensor([63.0, 47.0]),
+            "scores0": torch.rand(1, m, generator=g), "scores1": torch.rand(1, n, generator=g),
+            "descriptors0": torch.nn.functional.normalize(torch.randn(1, dim, m, generator=g), dim=1),
+            "descriptors1": torch.nn.functional.normalize(torch.randn(1, dim, n, generator=g), dim=1)}
+
+
+MATCHERS = {
+    "superglue": ("superpoint+superglue", {"superpoint": {"weights": None},
+                                           "superglue": {"weights": None, "GNN_layers": ["self", "cross"] * 2,
+                                                         "sinkhorn_iterations": 20}}, 256),
+    "lightglue": ("aliked+lightglue", {"pretrained": False, "matcher": {"n_layers": 2, "depth_confidence": -1,
+                                                                        "width_confidence": -1}}, 128),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(MATCHERS))
+def graphs(request, tmp_path_factory):
+    name, config, dim = MATCHERS[request.param]
+    torch.manual_seed(0)
+    dense = build_matcher(name, config).eval()
+    data = recorded_inputs(dense.matcher, lambda: [dense(pair(40, 30, s, dim)) for s in range(2)])
+    folder = tmp_path_factory.mktemp(request.param)
+    return dense, dim, {mode: int8_matcher(dense, data, folder / mode, mode=mode)
+                        for mode in ("fp32", "dynamic", "static")}
+
+
+def test_fp32_graph_equals_pytorch_for_other_keypoint_counts(graphs):
+    dense, dim, ort = graphs
+    for m, n in ((40, 30), (57, 12), (5, 80)):
+        data = pair(m, n, 7, dim)
+        with torch.no_grad():
+            ref, out = dense(data), ort["fp32"](data)
+        assert torch.allclose(out["log_assignment"], ref["log_assignment"], atol=2e-4)
+        assert torch.equal(out["matches0"], ref["matches0"]) and torch.equal(out["matches1"], ref["matches1"])
+
+
+def test_int8_graphs_are_smaller_keep_coordinates_float_and_still_match(graphs):
+    dense, dim, ort = graphs
+    fp32_path = ort["fp32"].onnx_path
+    assert len(coordinate_layers(onnx.load(str(fp32_path)).graph)) == 2  # posenc / kenc, once per image
+    data = pair(40, 30, 11, dim)
+    with torch.no_grad():
+        ref = dense(data)["log_assignment"]
+    for mode in ("dynamic", "static"):
+        m = ort[mode]
+        assert m.onnx_path.stat().st_size < 0.45 * fp32_path.stat().st_size  # int8 weights (+ scales)
+        with torch.no_grad():
+            out = m(data)["log_assignment"]
+        assert out.shape == ref.shape and torch.isfinite(out).all()
+        agree = (out[0, :-1, :-1].argmax(1) == ref[0, :-1, :-1].argmax(1)).float().mean()
+        assert agree > 0.8, (mode, agree)
+
+
+def test_onnxruntime_modules_survive_deepcopy(graphs):
+    _, dim, ort = graphs
+    m = ort["dynamic"]
+    clone = copy.deepcopy(m)
+    data = pair(20, 25, 3, dim)
+    with torch.no_grad():
+        assert torch.equal(clone(data)["log_assignment"], m(data)["log_assignment"])
+    assert torch.equal(clone.matcher.onnx_sha1, m.matcher.onnx_sha1)
+
+
+def test_checkpoint_stores_the_int8_graph_and_loads_it_back(graphs, tmp_path):
+    dense, dim, ort = graphs
+    path = save_checkpoint(ort["dynamic"], tmp_path / "int8.pth")
+    loaded = load_checkpoint(path)
+    assert type(loaded.matcher).__name__ == "OrtMatcherNet"
+    assert path.stat().st_size < save_checkpoint(dense, tmp_path / "dense.pth").stat().st_size
+    for m, n in ((30, 20), (1, 9), (0, 4)):  # one keypoint runs in the graph; none matches nothing
+        data = pair(m, n, 5, dim)
+        with torch.no_grad():
+            ref, out = ort["dynamic"](data), loaded(data)
+        assert torch.equal(out["log_assignment"], ref["log_assignment"]) and torch.equal(out["matches0"],
+                                                                                         ref["matches0"])
+    assert (out["matches0"] == -1).all() and out["matches1"].shape == (1, 4)
+
+
+def test_bad_mode_and_unsupported_network_are_clear_errors():
+    dense = build_matcher("sift+nn", {})
+    with pytest.raises(ValueError, match="mode"):
+        int8_matcher(dense, [{}], "unused", mode="int4")
+    with pytest.raises(ValueError, match="no ONNX Runtime path"):
+        int8_matcher(dense, [{}], "unused")
