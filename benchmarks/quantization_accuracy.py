@@ -34,6 +34,7 @@ def main() -> None:
     p.add_argument("--num_pairs", type=int, default=100)
     p.add_argument("--calibration_pairs", type=int, default=8)
     p.add_argument("--finetune_steps", type=int, default=300, help="codebook finetuning steps (0: none)")
+    p.add_argument("--bits", type=int, nargs="*", default=[4, 2], help="k-means bit widths")
     p.add_argument("--control", action=argparse.BooleanOptionalAction, default=True,
                    help="also finetune the dense model the same way (is a recovery the finetuning's own gain?)")
     args = p.parse_args()
@@ -61,7 +62,7 @@ def main() -> None:
 
         if args.finetune_steps and args.control:  # what the finetuning alone does to the dense model
             variants["dense + same finetuning"] = finetuned(dense, "dense")
-        for bits in (4, 2):
+        for bits in args.bits:
             m = copy.deepcopy(dense)
             quantize_kmeans(m.matcher, bits)
             variants[f"k-means {bits}-bit"] = m

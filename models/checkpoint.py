@@ -173,7 +173,10 @@ def save_checkpoint(matcher: Matcher, path: str | os.PathLike, meta: dict[str, A
         "meta": {"git_commit": git_commit(), **(meta or {})},
     }
     if graphs:
-        payload["onnx"] = {name: {"class": type(m).__name__, "bytes": m.onnx_bytes} for name, m in graphs.items()}
+        # as a uint8 tensor: torch.save pickles a bytes object as latin-1 text, half again as large
+        payload["onnx"] = {name: {"class": type(m).__name__, "graph": torch.frombuffer(bytearray(m.onnx_bytes),
+                                                                                      dtype=torch.uint8)}
+                           for name, m in graphs.items()}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
@@ -214,7 +217,7 @@ def load_checkpoint(path: str | os.PathLike) -> Matcher:
         for name, graph in graphs.items():  # the PyTorch module there keeps the settings, the graph computes
             parent, _, attr = name.rpartition(".")
             owner = matcher.get_submodule(parent)
-            setattr(owner, attr, ort_module(graph["class"], getattr(owner, attr), graph["bytes"]))
+            setattr(owner, attr, ort_module(graph["class"], getattr(owner, attr), graph["graph"].numpy().tobytes()))
     modules = dict(matcher.named_modules())
     for name, (_, buffers) in decoded.items():
         layer = modules.get(name.rsplit(".", 1)[0])
