@@ -282,15 +282,13 @@ def main() -> None:
         pairs = {i: prepare(m, size, args.num_keypoints, device)["pair"] for i, (_, m) in enumerate(models)}
         for i, t in interleaved_latency(pairs, args.repeats).items():
             results[i]["total"].update(t)
-    for i, j in int8_of.items():  # the ONNX graphs' sizes, and the fp32 MACs (the graphs compute the same)
-        r, base = results[i], results[j]
-        total = base["total"]["size_bytes"]
+    for i, j in int8_of.items():  # the ONNX graphs' sizes, and the fp32 MACs (the graphs compute the same; the
+        r, base = results[i], results[j]  # total size is already its checkpoint's, which holds the graphs)
         for name, module in onnx_modules(models[i][1]).items():
             part = name.split(".")[0]  # 'detector' (SuperPoint, or DISK's 'detector.unet') or 'matcher'
             r[part].update(macs=base[part]["macs"], macs_modules=base[part]["macs_modules"],
                            size_bytes=len(module.onnx_bytes))
-            total += len(module.onnx_bytes) - base[part]["size_bytes"]
-        r["total"].update(macs=base["total"]["macs"], macs_modules=base["total"]["macs_modules"], size_bytes=total)
+        r["total"].update(macs=base["total"]["macs"], macs_modules=base["total"]["macs_modules"])
     tmp.cleanup()
     print(markdown(results))
     resizes = [tuple(args.sweep_resize[i:i + 2]) for i in range(0, len(args.sweep_resize), 2)]

@@ -259,6 +259,9 @@ _MATCHER_GRAPHS = {
 }
 
 
+MATCHER_INPUTS = {kind: graph[2] for kind, graph in _MATCHER_GRAPHS.items()}  # network kind -> data to graph inputs
+
+
 def export_matcher(net: nn.Module, path: str | os.PathLike, example: dict[str, torch.Tensor]) -> Path:
     """ONNX graph of a matcher network (LightGlue or SuperGlue), any number of keypoints per image; constants
     folded so that every weight is an initializer the quantizer can see."""
@@ -382,7 +385,7 @@ class OrtMatcherNet(_OrtModule):
         return self.net.config
 
     def forward(self, data: dict) -> dict:
-        inputs = _MATCHER_GRAPHS[self.kind][2](data)
+        inputs = MATCHER_INPUTS[self.kind](data)
         (b, m), n = inputs["kpts0"].shape[:2], inputs["kpts1"].shape[1]
         if not (m and n):  # nothing to match: every keypoint goes to the dustbin with certainty
             k = inputs["kpts0"]
@@ -438,7 +441,7 @@ def int8_matcher(matcher: nn.Module, calibration: list[dict] | None, folder: str
         mode = "static" if kind == "SuperGlue" else "dynamic"
     if not calibration:
         raise ValueError("int8_matcher needs at least one sample pair's data to trace the graph")
-    to_inputs = _MATCHER_GRAPHS[kind][2]
+    to_inputs = MATCHER_INPUTS[kind]
     with torch.no_grad():
         path = export_matcher(net, Path(folder) / f"{kind.lower()}.onnx", to_inputs(calibration[0]))
     if mode != "fp32":

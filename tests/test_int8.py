@@ -9,7 +9,8 @@ import torch
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.matching import build_matcher
 from profiling import state_bytes
-from quantization.int8 import coordinate_layers, int8_matcher, recorded_inputs
+from quantization.int8 import (MATCHER_INPUTS, OrtMatcherNet, coordinate_layers, int8_matcher,
+                               quantize_matcher_onnx, recorded_inputs)
 
 
 def pair(m: int, n: int, seed: int, dim: int = 256) -> dict:
@@ -38,8 +39,15 @@ def graphs(request, tmp_path_factory):
     dense = build_matcher(name, config).eval()
     data = recorded_inputs(dense.matcher, lambda: [dense(pair(40, 30, s, dim)) for s in range(2)])
     folder = tmp_path_factory.mktemp(request.param)
-    return dense, dim, {mode: int8_matcher(dense, data, folder / mode, mode=mode)
-                        for mode in ("fp32", "dynamic", "static")}
+    fp32 = int8_matcher(dense, data, folder, mode="fp32")
+    graphs = {"fp32": fp32}
+    for mode in ("dynamic", "static"):  # the same graph quantized (int8_matcher would export it again)
+        feeds = [{k: v.numpy() for k, v in MATCHER_INPUTS[type(dense.matcher).__name__](d).items()} for d in data]
+        path = quantize_matcher_onnx(fp32.onnx_path, folder / f"{mode}.onnx", feeds if mode == "static" else None)
+        graphs[mode] = copy.deepcopy(fp32)
+        graphs[mode].matcher = OrtMatcherNet(dense.matcher, path)
+        graphs[mode].onnx_path = path
+    return dense, dim, graphs
 
 
 def test_fp32_graph_equals_pytorch_for_other_keypoint_counts(graphs):

@@ -1,10 +1,14 @@
 """The Colab-first notebook is stored without outputs and executes end to end outside Colab (tiny settings)."""
+import json
+
 import nbformat
 from nbclient import NotebookClient
 
-from conftest import ROOT
+from conftest import FIXTURES, ROOT
+from experiments import experiment_config
 
 NOTEBOOK = ROOT / "notebooks" / "efficient_feature_matching.ipynb"
+TINY = experiment_config([str(ROOT / "configs" / "demo.yaml"), str(FIXTURES / "tiny_experiment.yaml")])
 
 
 def test_notebook_is_stored_without_outputs_and_has_a_parameter_cell():
@@ -18,11 +22,14 @@ def test_notebook_is_stored_without_outputs_and_has_a_parameter_cell():
 def test_notebook_executes_with_tiny_parameters(tmp_path):
     nb = nbformat.read(NOTEBOOK, as_version=4)
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    params.source += (f'\nEXTRA_CONFIGS = ["tests/fixtures/tiny_experiment.yaml"]\nOUT = {str(tmp_path / "run")!r}\n')
+    # The real-int8 variant (a minute of ONNX export) is covered by tests/test_experiments.py; not again here.
+    variants = [s for s in TINY["quantization"] if s["method"] != "int8-onnxruntime"]
+    params.source += (f'\nEXTRA_CONFIGS = ["tests/fixtures/tiny_experiment.yaml"]\nOUT = {str(tmp_path / "run")!r}\n'
+                      f'OVERRIDES = [{"quantization=" + json.dumps(variants)!r}]\n')
     NotebookClient(nb, timeout=900, kernel_name="python3",
                    resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
     report = (tmp_path / "run" / "report.md").read_text()
-    assert "| fine-grained+kmeans-4bit |" in report and "| dense |" in report
+    assert "| fine-grained+kmeans-4bit |" in report and "| dense |" in report and "| int8-onnxruntime |" not in report
     shown = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "MB on disk" in shown
     assert list((tmp_path / "run" / "match_pairs").glob("*_matches.png"))
