@@ -52,6 +52,10 @@ def main() -> None:
         config.update(pretrained=False, superpoint={"weights": None, "max_keypoints": args.num_keypoints},
                       superglue={"weights": None})
     dense = build_matcher(args.matcher, config).eval()
+    if args.random_weights:  # SuperGlue's q/k/v start as copies of its merge layer: draw them apart, or the
+        for module in dense.matcher.modules():  # graph would store them once and look smaller than trained ones
+            if isinstance(module, (torch.nn.Conv1d, torch.nn.Linear)):
+                module.reset_parameters()
     cache = FeatureCache()
     calib = make_pairs(merge_config(DEFAULTS["train"], {"num_pairs": args.calibration_pairs, "augment": 0.0}))
     data = recorded_inputs(dense.matcher, lambda: evaluate(dense, calib, cache, progress=False))
