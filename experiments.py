@@ -498,7 +498,8 @@ def report_markdown(cfg: dict[str, Any], rows: list[dict[str, Any]], figures: li
             f"{r.get('execution', '—')} |")
     lines += ["", "Size × is how many times smaller than the dense checkpoint. Fine-grained sparsity and k-means "
               "codes shrink the file but run on dense fp32 kernels (no speed-up on CPU); channel pruning removes "
-              "MACs and time. Accuracy differences of about 0.02 AUC are within the noise of this many pairs.", ""]
+              "MACs and time; int8-onnxruntime runs the weighted layers in int8 kernels (attention stays fp32). "
+              "Accuracy differences of about 0.02 AUC are within the noise of this many pairs.", ""]
     lines += [f"![{p.stem}]({p.as_posix()})" for p in figures]
     lines += ["", f"Config: `config.yaml` in this folder (git commit {git_commit()}). Per-variant numbers: "
               "`results.json`; stage records: `stages/`."]
