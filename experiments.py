@@ -14,6 +14,7 @@ import copy
 import hashlib
 import json
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -26,9 +27,9 @@ from evaluate import FeatureCache, evaluate, predict
 from finetune import DEFAULTS as FINETUNE_DEFAULTS
 from finetune import finetune, make_pairs
 from helper import (InputError, atomic_path, count_macs, git_commit, load_config, merge_config, pick_device,
-                    save_npz, seed_everything, write_json, write_run_config)
+                    save_npz, seed_everything, to_tensor, write_json, write_run_config)
 from models.checkpoint import load_checkpoint, save_checkpoint
-from models.matching import Matcher, build_matcher
+from models.matching import Matcher, build_matcher, to_channels
 from models.quantized import remove_activation_quant
 from pruning.channel import prune_lightglue_ffn, prune_superglue_channels, prune_superpoint_channels
 from pruning.fine_grained import prunable_weights, prune_fine_grained
@@ -248,21 +249,16 @@ class Experiment:
     def onnxruntime_int8(self, m: Matcher, part: str, mode: str) -> Matcher:
         """``m`` with its matcher network or detector run in real int8 by ONNX Runtime, calibrated on the
         calibration pairs (the graph's bytes go into the checkpoint)."""
-        import tempfile
-
-        from helper import to_tensor
-        from models.matching import to_channels
-
         calib = make_pairs(self.cfg["calibration"])
         with tempfile.TemporaryDirectory() as tmp:
-            if part == "matcher":
-                data = recorded_inputs(m.matcher, lambda: evaluate(m, calib, self.cache, progress=False))
-                return int8_matcher(m, data, tmp, mode=mode)
-            images = [to_channels(to_tensor(calib.image(pair, 0)[1]), m.channels) for pair in calib]
             try:
+                if part == "matcher":
+                    data = recorded_inputs(m.matcher, lambda: evaluate(m, calib, self.cache, progress=False))
+                    return int8_matcher(m, data, tmp, mode=mode)
+                images = [to_channels(to_tensor(calib.image(pair, 0)[1]), m.channels) for pair in calib]
                 return int8_detector(m, images, tmp)
-            except ValueError as e:
-                raise InputError(str(e)) from None
+            except ValueError as e:  # no ONNX path for this network, or a bad mode
+                raise InputError(f"variant on {part}: {e}") from None
 
     def finetune(self, spec: dict[str, Any], row: dict[str, Any], key: str) -> dict[str, Any]:
         """Finetune a variant (resuming a killed run of the same inputs) and evaluate its last checkpoint."""

@@ -30,7 +30,7 @@ from helper import (InputError, Timer, count_macs, git_commit, measure_latency, 
                     write_csv, write_json)
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.matching import Matcher, available_matchers, build_matcher
-from quantization.int8 import onnx_modules
+from quantization.int8 import int8_detector, int8_matcher, onnx_modules, recorded_inputs
 
 logger = logging.getLogger("profiling")
 
@@ -210,7 +210,6 @@ def int8_copy(matcher: Matcher, size: tuple[int, int], folder: Path, threads: in
     where static, on the test pair: ranges do not change the latency)."""
     from data.images import split_names
     from models.matching import to_channels
-    from quantization.int8 import int8_detector, int8_matcher, recorded_inputs
 
     if "matcher" in parts:
         img0, img1 = (to_tensor(im) for im in test_pair(size))

@@ -259,7 +259,9 @@ _MATCHER_GRAPHS = {
 }
 
 
-MATCHER_INPUTS = {kind: graph[2] for kind, graph in _MATCHER_GRAPHS.items()}  # network kind -> data to graph inputs
+def matcher_feed(kind: str, data: dict) -> dict[str, np.ndarray]:
+    """The graph inputs of a ``kind`` network ('LightGlue', 'SuperGlue') for the data dict it is called with."""
+    return {k: v.detach().cpu().float().numpy() for k, v in _MATCHER_GRAPHS[kind][2](data).items()}
 
 
 def export_matcher(net: nn.Module, path: str | os.PathLike, example: dict[str, torch.Tensor]) -> Path:
@@ -385,15 +387,15 @@ class OrtMatcherNet(_OrtModule):
         return self.net.config
 
     def forward(self, data: dict) -> dict:
-        inputs = MATCHER_INPUTS[self.kind](data)
-        (b, m), n = inputs["kpts0"].shape[:2], inputs["kpts1"].shape[1]
+        feed = matcher_feed(self.kind, data)
+        (b, m), n = feed["kpts0"].shape[:2], feed["kpts1"].shape[1]
+        device = self.onnx_sha1.device  # follows .to()
         if not (m and n):  # nothing to match: every keypoint goes to the dustbin with certainty
-            k = inputs["kpts0"]
-            return {"log_assignment": k.new_zeros((b, m + 1, n + 1)), "matches0": k.new_full((b, m), -1).long(),
-                    "matches1": k.new_full((b, n), -1).long(), "matching_scores0": k.new_zeros((b, m)),
-                    "matching_scores1": k.new_zeros((b, n))}
-        feed = {k: v.detach().cpu().float().numpy() for k, v in inputs.items()}
-        scores = torch.from_numpy(self.session.run(None, feed)[0]).to(inputs["kpts0"].device)
+            none = lambda k: torch.full((b, k), -1, dtype=torch.long, device=device)  # noqa: E731
+            return {"log_assignment": torch.zeros((b, m + 1, n + 1), device=device), "matches0": none(m),
+                    "matches1": none(n), "matching_scores0": torch.zeros((b, m), device=device),
+                    "matching_scores1": torch.zeros((b, n), device=device)}
+        scores = torch.from_numpy(self.session.run(None, feed)[0]).to(device)
         if self.kind == "SuperGlue":
             from models.superglue import matches_from_log_assignment
 
@@ -419,7 +421,7 @@ def recorded_inputs(module: nn.Module, run) -> list:
     return seen
 
 
-def int8_matcher(matcher: nn.Module, calibration: list[dict] | None, folder: str | os.PathLike,
+def int8_matcher(matcher: nn.Module, calibration: list[dict], folder: str | os.PathLike,
                  threads: int | None = None, mode: str = "auto") -> nn.Module:
     """A copy of ``matcher`` whose matcher network (SuperGlue, LightGlue) runs in ONNX Runtime.
 
@@ -441,11 +443,10 @@ def int8_matcher(matcher: nn.Module, calibration: list[dict] | None, folder: str
         mode = "static" if kind == "SuperGlue" else "dynamic"
     if not calibration:
         raise ValueError("int8_matcher needs at least one sample pair's data to trace the graph")
-    to_inputs = MATCHER_INPUTS[kind]
     with torch.no_grad():
-        path = export_matcher(net, Path(folder) / f"{kind.lower()}.onnx", to_inputs(calibration[0]))
+        path = export_matcher(net, Path(folder) / f"{kind.lower()}.onnx", _MATCHER_GRAPHS[kind][2](calibration[0]))
     if mode != "fp32":
-        feeds = [{k: v.detach().cpu().float().numpy() for k, v in to_inputs(d).items()} for d in calibration]
+        feeds = [matcher_feed(kind, d) for d in calibration]
         path = quantize_matcher_onnx(path, path.with_name(f"{path.stem}_int8_{mode}.onnx"),
                                      feeds if mode == "static" else None)
     m.matcher = OrtMatcherNet(net, path, threads)

@@ -9,8 +9,8 @@ import torch
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.matching import build_matcher
 from profiling import state_bytes
-from quantization.int8 import (MATCHER_INPUTS, OrtMatcherNet, coordinate_layers, int8_matcher,
-                               quantize_matcher_onnx, recorded_inputs)
+from quantization.int8 import (OrtMatcherNet, coordinate_layers, int8_matcher, matcher_feed, quantize_matcher_onnx,
+                               recorded_inputs)
 
 
 def pair(m: int, n: int, seed: int, dim: int = 256) -> dict:
@@ -42,7 +42,7 @@ def graphs(request, tmp_path_factory):
     fp32 = int8_matcher(dense, data, folder, mode="fp32")
     graphs = {"fp32": fp32}
     for mode in ("dynamic", "static"):  # the same graph quantized (int8_matcher would export it again)
-        feeds = [{k: v.numpy() for k, v in MATCHER_INPUTS[type(dense.matcher).__name__](d).items()} for d in data]
+        feeds = [matcher_feed(type(dense.matcher).__name__, d) for d in data]
         path = quantize_matcher_onnx(fp32.onnx_path, folder / f"{mode}.onnx", feeds if mode == "static" else None)
         graphs[mode] = copy.deepcopy(fp32)
         graphs[mode].matcher = OrtMatcherNet(dense.matcher, path)
