@@ -5,6 +5,7 @@ of times). A pair whose homography or pose cannot be estimated counts as a failu
 pair is ever dropped from an average.
 
     python evaluate.py --matcher aliked+lightglue --source sample --num_pairs 100 --output runs/eval
+    python evaluate.py --matcher aliked+lightglue --hpatches data/hpatches      # real scenes (downloads 1.3 GB)
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from data.homographies import HomographyConfig, warp_points
+from data.hpatches import HPatchesPairs, fetch_hpatches
 from data.images import open_source, split_names
 from data.pairs import FilePairs, Pair, PairSet, SyntheticPairs, read_pairs
 from helper import InputError, pick_device, run_cli, to_tensor, write_csv, write_json
@@ -346,11 +348,20 @@ def evaluate(matcher: Matcher, pairs: PairSet, cache: FeatureCache | None = None
             metrics["agreement"] = match_agreement(reference[k], pred)
         rows.append({"name0": pair.name0, "name1": pair.name1, **metrics,
                      "time_extract": pred["time_extract"], "time_match": pred["time_match"]})
-        predictions.append({k: pred[k] for k in ("keypoints0", "keypoints1", "matches0")})
+        predictions.append({k: pred[k] for k in ("keypoints0", "keypoints1", "matches0", "matching_scores0",
+                                                 "shape0", "shape1")})
     summary = summarize(rows)
     if reference is not None:
         summary["agreement"] = float(np.mean([r["agreement"] for r in rows]))
     return {"summary": summary, "rows": rows, "predictions": predictions}
+
+
+def reestimate(pairs: PairSet, predictions: list[dict[str, Any]], threshold: float = 3.0, method: str = "ransac",
+               ransac_threshold: float = 3.0) -> list[dict[str, Any]]:
+    """Per-pair metrics of ``evaluate``'s predictions under another estimator or threshold, without matching again
+    (e.g. to give each matcher its best RANSAC threshold, as glue-factory's HPatches evaluation does)."""
+    return [pair_metrics(pairs.ground_truth(pair), pred, pred["shape0"], pred["shape1"], threshold, method,
+                         ransac_threshold) for pair, pred in zip(pairs, predictions)]
 
 
 # ----------------------------------------------------------------------------- command line
@@ -423,7 +434,13 @@ def main() -> None:
     parser.add_argument("--augment", type=float, default=0.0, help="photometric change strength (0: none)")
     parser.add_argument("--input_pairs", default=None, help="evaluate a pairs file instead of synthetic pairs")
     parser.add_argument("--input_dir", default=".", help="folder of the images of --input_pairs")
-    parser.add_argument("--resize", type=int, nargs="+", default=[640, 480])
+    parser.add_argument("--hpatches", default=None, metavar="DIR",
+                        help="evaluate HPatches (image 1 against 2-6 of each scene) in DIR; downloaded there (1.3 GB) "
+                             "if missing")
+    parser.add_argument("--hpatches_subset", default="all", choices=["all", "v", "i"],
+                        help="viewpoint (v) or illumination (i) scenes only")
+    parser.add_argument("--resize", type=int, nargs="+", default=None,
+                        help="as match_pairs.py (default: 640 480 for --input_pairs, 640 for --hpatches)")
     parser.add_argument("--estimator", default="ransac", choices=["ransac", "magsac", "dlt"])
     parser.add_argument("--threshold", type=float, default=3.0, help="correctness threshold, px")
     parser.add_argument("--ransac_threshold", type=float, default=3.0, help="inlier threshold of the estimator, px")
@@ -432,14 +449,18 @@ def main() -> None:
     parser.add_argument("--force_cpu", action="store_true")
     args = parser.parse_args()
 
+    if args.input_pairs and args.hpatches:
+        raise InputError("give --input_pairs or --hpatches, not both")
     if args.input_pairs:
-        pairs = FilePairs(read_pairs(args.input_pairs), args.input_dir, args.resize)
+        pairs = FilePairs(read_pairs(args.input_pairs), args.input_dir, args.resize or [640, 480])
+    elif args.hpatches:
+        pairs = HPatchesPairs(fetch_hpatches(args.hpatches), args.resize or [640], args.hpatches_subset)
     else:
         pairs = synthetic_pairs(args.source, args.split, args.num_pairs, args.size, args.seed, args.difficulty,
                                 augment=args.augment)
     if args.export_pairs:
         if not isinstance(pairs, SyntheticPairs):
-            raise InputError("--export_pairs exports synthetic pairs; drop --input_pairs")
+            raise InputError("--export_pairs exports synthetic pairs; drop --input_pairs / --hpatches")
         print(f"exported {len(pairs)} pairs to {pairs.export(args.export_pairs)}")
     matcher = build_from_args(args).to(pick_device(args.force_cpu))
     result = evaluate(matcher, pairs, FeatureCache(), args.threshold, args.estimator,

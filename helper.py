@@ -10,6 +10,7 @@ import random
 import sys
 import tempfile
 import time
+import urllib.request
 import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -17,6 +18,7 @@ from typing import Any, Callable, Iterable, Iterator
 import cv2
 import numpy as np
 import torch
+from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +95,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def download(url: str, dest: str | os.PathLike, verify: Callable[[Path], None] | None = None) -> Path:
+    """Download ``url`` to ``dest`` with a progress bar; ``dest`` appears only complete (and, with ``verify``,
+    only if ``verify(tmp)`` returns without raising)."""
+    dest = Path(dest)
+    with atomic_path(dest) as tmp:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
+                for chunk in iter(lambda: response.read(1 << 20), b""):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        if verify is not None:
+            verify(tmp)
+    return dest
 
 
 def _jsonable(x: Any) -> Any:

@@ -6,14 +6,12 @@ import importlib.util
 import logging
 import os
 import urllib.error
-import urllib.request
 from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from helper import atomic_path
+from helper import download as download_file
 
 logger = logging.getLogger(__name__)
 
@@ -50,17 +48,12 @@ def git_blob_sha1(path: Path) -> str:
 
 
 def download(url: str, dest: Path, sha1: str | None = None) -> Path:
-    """Download ``url`` to ``dest`` with a progress bar; the file appears only complete and verified."""
-    with atomic_path(dest) as tmp:
-        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
-                for chunk in iter(lambda: response.read(1 << 20), b""):
-                    out.write(chunk)
-                    bar.update(len(chunk))
+    """Download ``url`` to ``dest``; with ``sha1`` (git blob hash) the file appears only if it matches."""
+    def verify(tmp: Path) -> None:
         if sha1 is not None and git_blob_sha1(tmp) != sha1:
             raise WeightsError(f"checksum mismatch for {url}: the download is corrupt or not the official file")
-    return dest
+
+    return download_file(url, dest, verify)
 
 
 def resolve_weights(name_or_path: str | os.PathLike, allow_download: bool = True) -> Path:

@@ -6,6 +6,7 @@ from nbclient import NotebookClient
 
 from conftest import FIXTURES, ROOT
 from experiments import experiment_config
+from fake_hpatches import make_release
 
 NOTEBOOK = ROOT / "notebooks" / "efficient_feature_matching.ipynb"
 TINY = experiment_config([str(ROOT / "configs" / "demo.yaml"), str(FIXTURES / "tiny_experiment.yaml")])
@@ -25,11 +26,13 @@ def test_notebook_executes_with_tiny_parameters(tmp_path):
     # The real-int8 variant (a minute of ONNX export) is covered by tests/test_experiments.py; not again here.
     variants = [s for s in TINY["quantization"] if s["method"] != "int8-onnxruntime"]
     params.source += (f'\nEXTRA_CONFIGS = ["tests/fixtures/tiny_experiment.yaml"]\nOUT = {str(tmp_path / "run")!r}\n'
-                      f'OVERRIDES = [{"quantization=" + json.dumps(variants)!r}]\n')
+                      f'OVERRIDES = [{"quantization=" + json.dumps(variants)!r}]\n'
+                      f'HPATCHES = {str(make_release(tmp_path))!r}\n')
     NotebookClient(nb, timeout=900, kernel_name="python3",
                    resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
     report = (tmp_path / "run" / "report.md").read_text()
     assert "| fine-grained+kmeans-4bit |" in report and "| dense |" in report and "| int8-onnxruntime |" not in report
     shown = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "MB on disk" in shown
+    assert "dense                    AUC@1/3/5/10px" in shown and "sift+nn (classical)      AUC@1/3/5/10px" in shown
     assert list((tmp_path / "run" / "match_pairs").glob("*_matches.png"))

@@ -1,0 +1,83 @@
+"""HPatches (Balntas et al., CVPR 2017): 116 planar scenes, 6 real photographs each, with published homographies.
+
+The benchmark the field reports homography accuracy on (SuperGlue, LightGlue, glue-factory): every scene's
+image 1 against images 2–6; ``v_*`` scenes change viewpoint, ``i_*`` scenes change illumination.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+from pathlib import Path
+from typing import Sequence
+
+from helper import InputError, download
+
+from .pairs import FilePairs, Pair, read_homography_file
+
+logger = logging.getLogger(__name__)
+
+HPATCHES_URL = "http://icvl.ee.ic.ac.uk/vbalnt/hpatches/hpatches-sequences-release.tar.gz"  # 1.3 GB
+HPATCHES_FOLDER = "hpatches-sequences-release"
+# High-resolution scenes left out since D2-Net, as LightGlue and glue-factory do: 108 scenes, 540 pairs remain.
+LARGE_SCENES = ("i_contruction", "i_crownnight", "i_dc", "i_pencils", "i_whitebuilding", "v_artisans",
+                "v_astronautis", "v_talent")
+
+
+def scenes_in(root: Path) -> list[str]:
+    return sorted(d.name for d in root.iterdir() if (d / "1.ppm").is_file()) if root.is_dir() else []
+
+
+def fetch_hpatches(folder: str | os.PathLike, url: str = HPATCHES_URL) -> Path:
+    """The HPatches scenes folder: ``folder`` itself if it holds scenes, else ``folder/hpatches-sequences-release``,
+    downloaded and extracted there first if missing (the folder appears only complete)."""
+    folder = Path(folder).expanduser()
+    if scenes_in(folder):
+        return folder
+    root = folder / HPATCHES_FOLDER
+    if scenes_in(root):
+        return root
+    archive = folder / url.rsplit("/", 1)[-1]
+    if not archive.is_file():
+        logger.info("downloading HPatches (1.3 GB) from %s to %s", url, archive)
+        try:
+            download(url, archive)
+        except (urllib.error.URLError, OSError) as e:
+            raise InputError(f"cannot download HPatches from {url} ({getattr(e, 'reason', e)}); extract "
+                             f"{archive.name} into {folder} yourself") from None
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".hpatches.") as tmp:
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(tmp, filter="data")
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise InputError(f"{archive} is not a readable HPatches archive ({e}); delete it to download again") \
+                from None
+        extracted = Path(tmp) / HPATCHES_FOLDER
+        if not scenes_in(extracted):
+            raise InputError(f"{archive} holds no {HPATCHES_FOLDER}/<scene>/1.ppm; delete it to download again")
+        if root.exists():
+            shutil.rmtree(root)  # an incomplete folder left by hand
+        os.replace(extracted, root)
+    archive.unlink()
+    return root
+
+
+class HPatchesPairs(FilePairs):
+    """Image 1 against images 2–6 of every scene, resized like ``match_pairs.py --resize`` (default: longer side
+    640, which is glue-factory's shorter side 480 for the 4:3 scenes), ground truth scaled to match."""
+
+    def __init__(self, root: str | os.PathLike, resize: Sequence[int] = (640,), subset: str = "all",
+                 include_large: bool = False):
+        root = Path(root)
+        if subset not in ("all", "v", "i"):
+            raise InputError(f"HPatches subset must be 'all', 'v' (viewpoint) or 'i' (illumination), got {subset!r}")
+        scenes = [s for s in scenes_in(root) if (include_large or s not in LARGE_SCENES)
+                  and (subset == "all" or s.startswith(f"{subset}_"))]
+        if not scenes:
+            raise InputError(f"no HPatches scenes (<scene>/1.ppm) of subset {subset!r} in {root}")
+        pairs = [Pair(f"{s}/1.ppm", f"{s}/{k}.ppm", H=read_homography_file(root / s / f"H_1_{k}"), meta={"scene": s})
+                 for s in scenes for k in range(2, 7)]
+        super().__init__(pairs, root, resize)

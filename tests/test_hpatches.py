@@ -1,0 +1,76 @@
+"""HPatches without internet: a small archive laid out like the real one, served from a file:// URL."""
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+import data.hpatches as hp
+from conftest import ROOT
+from evaluate import evaluate
+from fake_hpatches import make_release
+from helper import InputError
+from models.matching import build_matcher
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    src = tmp_path_factory.mktemp("served")
+    release = make_release(src)
+    path = src / "hpatches-sequences-release.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(release, arcname=hp.HPATCHES_FOLDER)
+    return path
+
+
+def test_download_extract_and_pairs(archive, tmp_path, monkeypatch):
+    root = hp.fetch_hpatches(tmp_path / "data", archive.as_uri())
+    assert root == tmp_path / "data" / hp.HPATCHES_FOLDER and hp.scenes_in(root) == ["i_fake", "v_fake", "v_talent"]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [hp.HPATCHES_FOLDER]  # archive, temp dir gone
+
+    def no_download(*args):
+        raise AssertionError("downloaded again")
+
+    monkeypatch.setattr(hp, "download", no_download)
+    assert hp.fetch_hpatches(tmp_path / "data") == root == hp.fetch_hpatches(root)
+
+    pairs = hp.HPatchesPairs(root)
+    assert len(pairs) == 10 and {p.meta["scene"] for p in pairs} == {"v_fake", "i_fake"}
+    assert [p.name1 for p in pairs][:5] == [f"i_fake/{k}.ppm" for k in range(2, 7)]
+    assert len(hp.HPatchesPairs(root, subset="v")) == 5
+    assert len(hp.HPatchesPairs(root, include_large=True)) == 15
+    name, image = pairs.image(pairs[0], 1)
+    assert image.shape == (480, 640, 3)  # longer side 640, ground truth scaled to the resized images
+
+    summary = evaluate(build_matcher("sift+nn"), hp.HPatchesPairs(root, subset="v"), progress=False)["summary"]
+    assert summary["failures"] == 0 and summary["precision"] > 0.9 and summary["auc@3px"] > 0.7
+
+
+def test_bad_archives_and_folders_are_one_line_errors(tmp_path):
+    with pytest.raises(InputError, match="cannot download HPatches"):
+        hp.fetch_hpatches(tmp_path / "a", (tmp_path / "missing.tar.gz").as_uri())
+    assert not (tmp_path / "a" / hp.HPATCHES_FOLDER).exists()
+
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "hpatches-sequences-release.tar.gz").write_bytes(b"truncated download")
+    with pytest.raises(InputError, match="delete it to download again"):
+        hp.fetch_hpatches(tmp_path / "b")
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["hpatches-sequences-release.tar.gz"]
+
+    with pytest.raises(InputError, match="no HPatches scenes"):
+        hp.HPatchesPairs(tmp_path / "b")
+    (tmp_path / "c" / "v_x").mkdir(parents=True)
+    (tmp_path / "c" / "v_x" / "1.ppm").write_bytes(b"")
+    with pytest.raises(InputError, match="H_1_2"):
+        hp.HPatchesPairs(tmp_path / "c")
+    with pytest.raises(InputError, match="subset"):
+        hp.HPatchesPairs(tmp_path / "c", subset="x")
+
+
+def test_evaluate_command_line_on_hpatches(archive, tmp_path):
+    hp.fetch_hpatches(tmp_path, archive.as_uri())
+    out = subprocess.run([sys.executable, "evaluate.py", "--matcher", "sift+nn", "--hpatches", str(tmp_path),
+                          "--hpatches_subset", "i", "--output", str(tmp_path / "out")],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "num_pairs=5" in out.stdout and (tmp_path / "out" / "pairs.csv").is_file()
