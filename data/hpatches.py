@@ -46,8 +46,8 @@ def fetch_hpatches(folder: str | os.PathLike, url: str = HPATCHES_URL) -> Path:
         try:
             download(url, archive)
         except (urllib.error.URLError, OSError) as e:
-            raise InputError(f"cannot download HPatches from {url} ({getattr(e, 'reason', e)}); extract "
-                             f"{archive.name} into {folder} yourself") from None
+            raise InputError(f"cannot download HPatches from {url} ({getattr(e, 'reason', e)}); put {archive.name} "
+                             f"or its extracted {HPATCHES_FOLDER} in {folder}") from None
     with tempfile.TemporaryDirectory(dir=folder, prefix=".hpatches.") as tmp:
         try:
             with tarfile.open(archive) as tar:
