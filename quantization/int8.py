@@ -17,11 +17,12 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 logger = logging.getLogger(__name__)
 
@@ -35,26 +36,36 @@ class _Dense(nn.Module):
         return self.sp.dense(image)
 
 
+def _export(module: nn.Module, example: tuple[torch.Tensor, ...], path: str | os.PathLike, input_names: list[str],
+            output_names: list[str], dynamic_shapes: tuple[dict, ...]) -> Path:
+    """ONNX graph of ``module`` in one file, by the torch.export-based exporter (``dynamo=True``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():  # "axis name m will not be used": inputs that share a dimension, as meant
+        warnings.filterwarnings("ignore", message=".*axis name", category=UserWarning)
+        program = torch.onnx.export(module.eval(), example, input_names=input_names, output_names=output_names,
+                                    dynamic_shapes=dynamic_shapes, dynamo=True, opset_version=18, verbose=False)
+    program.save(str(path), external_data=False)
+    return path
+
+
+def _image_dims(multiple: int) -> dict[int, Any]:
+    """Dynamic batch, height and width (multiples of ``multiple``) of an N×C×H×W image input."""
+    dim = torch.export.Dim
+    return {0: dim("b", min=1, max=1024), 2: multiple * dim("hk", min=1, max=4096),
+            3: multiple * dim("wk", min=1, max=4096)}
+
+
 def export_superpoint(sp: nn.Module, path: str | os.PathLike, size: tuple[int, int] = (640, 480)) -> Path:
-    """ONNX graph of SuperPoint's network (image -> heatmap, descriptors), dynamic image size."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.rand(1, 1, size[1], size[0])
-    torch.onnx.export(_Dense(sp).eval(), (example,), str(path), input_names=["image"],
-                      output_names=["heatmap", "descriptors"], opset_version=17, dynamo=False,
-                      dynamic_axes={"image": {0: "b", 2: "h", 3: "w"}, "heatmap": {0: "b", 1: "H", 2: "W"},
-                                    "descriptors": {0: "b", 2: "h8", 3: "w8"}})
-    return path
+    """ONNX graph of SuperPoint's network (image -> heatmap, descriptors), any image size."""
+    example = torch.rand(1, 1, size[1] // 8 * 8, size[0] // 8 * 8)
+    return _export(_Dense(sp), (example,), path, ["image"], ["heatmap", "descriptors"], (_image_dims(8),))
 
 
-def export_network(net: nn.Module, path: str | os.PathLike, example: torch.Tensor) -> Path:
-    """ONNX graph of a one-input, one-output image network (e.g. DISK's U-Net), dynamic batch and image size."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(net.eval(), (example,), str(path), input_names=["image"], output_names=["output"],
-                      opset_version=17, dynamo=False,
-                      dynamic_axes={"image": {0: "b", 2: "h", 3: "w"}, "output": {0: "b", 2: "h", 3: "w"}})
-    return path
+def export_network(net: nn.Module, path: str | os.PathLike, example: torch.Tensor, multiple: int = 16) -> Path:
+    """ONNX graph of a one-input, one-output image network (e.g. DISK's U-Net), dynamic batch and image size
+    (multiples of ``multiple``, as a U-Net needs; ``example`` must be one)."""
+    return _export(net, (example,), path, ["image"], ["output"], (_image_dims(multiple),))
 
 
 def quantize_static_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
@@ -188,7 +199,8 @@ def int8_detector(matcher: nn.Module, calibration: list[torch.Tensor], folder: s
     if kind == "SuperPoint":
         path = export_superpoint(det, folder / "superpoint.onnx", tuple(calibration[0].shape[-1:-3:-1]))
         keep = {"keep_float": ("convPb", "convDb")}
-    elif kind == "DISK":
+    elif kind == "DISK":  # kornia zero-pads DISK's input to multiples of 16 at the bottom and right: so here
+        calibration = [F.pad(x, (0, -x.shape[-1] % 16, 0, -x.shape[-2] % 16)) for x in calibration]
         path = export_network(det.unet, folder / "disk_unet.onnx", calibration[0])
         keep = {"keep_float": (), "keep_last": True}
     else:
@@ -272,16 +284,10 @@ def export_matcher(net: nn.Module, path: str | os.PathLike, example: dict[str, t
 
     wrapper, axes, _ = _MATCHER_GRAPHS[type(net).__name__]
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     m, n = torch.export.Dim("m", min=2, max=1 << 16), torch.export.Dim("n", min=2, max=1 << 16)
     shapes = tuple({axis: (m if name.endswith("0") else n)} for name, axis in axes.items())
-    raw = path.with_name(path.stem + "_raw.onnx")
-    with warnings.catch_warnings():  # "axis name m will not be used": the inputs of one image share it, as meant
-        warnings.filterwarnings("ignore", message=".*axis name", category=UserWarning)
-        program = torch.onnx.export(wrapper(net).eval(), tuple(example[k] for k in axes), input_names=list(axes),
-                                    output_names=["log_assignment"], dynamic_shapes=shapes, dynamo=True,
-                                    opset_version=18, verbose=False)
-        program.save(str(raw), external_data=False)
+    raw = _export(wrapper(net), tuple(example[k] for k in axes), path.with_name(path.stem + "_raw.onnx"),
+                  list(axes), ["log_assignment"], shapes)
     quant_pre_process(str(raw), str(path), skip_symbolic_shape=True)
     raw.unlink()
     model = onnx.load(str(path))
