@@ -87,10 +87,9 @@ def main() -> None:
             result = evaluate(matcher, pairs, desc=f"{set_name} {name}")
             runs = {(m, t): reestimate(pairs, result["predictions"], method=m, ransac_threshold=t)
                     for m, t in ESTIMATORS}
-            for group, rows in groups(set_name, pairs).items():
-                pick = lambda runs_rows: summarize([runs_rows[i] for i in rows])  # noqa: E731
-                print(line(group, name, "ransac 3px", pick(result["rows"])))
-                scores = {k: pick(r) for k, r in runs.items()}
+            for group, index in groups(set_name, pairs).items():
+                print(line(group, name, "ransac 3px", summarize([result["rows"][i] for i in index])))
+                scores = {k: summarize([rows[i] for i in index]) for k, rows in runs.items()}
                 (m, t), best = max(scores.items(), key=lambda kv: np.mean([kv[1][f"auc@{a}px"] for a in (1, 3, 5)]))
                 print(line(group, name, f"best {m} {t:g}", best))
 
