@@ -26,8 +26,8 @@ from data.pairs import SequencePairs, SyntheticPairs
 from evaluate import FeatureCache, evaluate, predict
 from finetune import DEFAULTS as FINETUNE_DEFAULTS
 from finetune import finetune, make_pairs
-from helper import (InputError, atomic_path, count_macs, git_commit, load_config, merge_config, pick_device,
-                    save_npz, seed_everything, to_tensor, write_json, write_run_config)
+from helper import (InputError, atomic_path, git_commit, load_config, merge_config, pick_device, save_npz,
+                    seed_everything, to_tensor, write_json, write_run_config)
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.matching import Matcher, build_matcher, to_channels
 from models.quantized import remove_activation_quant
@@ -237,8 +237,6 @@ class Experiment:
             summary = self.evaluate(m, name)["summary"]
             row = variant_row(name, method, summary, path, m, self.dense(), part, bits=bits,
                               finetuned=bool(base_row and base_row.get("finetuned")))
-            if "int8-onnxruntime" in todo:  # the graph computes what its input model computes
-                row["macs_of"] = base_row["name"] if base else "dense"
             return row
         rows = [self.stage(f"variant-{name}", key, compute)]
         if spec.get("finetune"):
@@ -280,7 +278,7 @@ class Experiment:
     def profile(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         """MACs of the dense model and every variant, and their latencies timed round-robin in this process (so
         machine drift hits them alike and the ratios to dense are side by side)."""
-        from profiling import interleaved_latency, prepare
+        from profiling import all_macs, interleaved_latency, prepare
 
         pc = self.cfg["profile"]
 
@@ -297,19 +295,16 @@ class Experiment:
                     execution = f"int8 kernels (ONNX Runtime) for the {'+'.join(onnx_modules(m))}"
                 run = prepare(m, tuple(pc["resize"]), pc["num_keypoints"], self.device)
                 fns[r["name"], "pair"], fns[r["name"], "matcher"] = run["pair"], run["match"]
-                models[r["name"]] = {"macs": count_macs(run["pair"]), "matcher_macs": count_macs(run["match"]),
+                models[r["name"]] = {"macs": all_macs(m, run["pair"]), "matcher_macs": all_macs(m, run["match"]),
                                      "execution": execution, "checkpoint_sha1": r["checkpoint_sha1"]}
-            for r in rows:  # a graph's arithmetic is its input model's (PyTorch's counter does not see inside)
-                if r.get("macs_of") in models:
-                    source = models[r["macs_of"]]
-                    models[r["name"]].update(macs=source["macs"], matcher_macs=source["matcher_macs"])
             times = interleaved_latency(fns, pc["repeats"])
             for name, entry in models.items():
                 entry.update(times[name, "pair"])
                 entry["matcher_latency_ms"] = times[name, "matcher"]["latency_ms"]
                 entry["matcher_latency_ms_iqr"] = times[name, "matcher"]["latency_ms_iqr"]
             return {"threads": torch.get_num_threads(), "device": str(self.device), "models": models}
-        key = {"profile": pc, "models": {r["name"]: r["checkpoint_sha1"] for r in rows}}
+        # counter 2: attention on CPU and ONNX Runtime graphs counted (a profile from before is recomputed)
+        key = {"profile": pc, "models": {r["name"]: r["checkpoint_sha1"] for r in rows}, "macs_counter": 2}
         return self.stage("profile", key, compute)
 
     def animation(self, rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -266,11 +266,22 @@ def run_cli(main: Callable[[], Any]) -> None:
         sys.exit(130)
 
 
+def _cpu_attention_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query, key, value)  # shapes: FlopCounterMode passes them to a custom formula
+
+
 def count_macs(fn: Callable[[], Any]) -> int:
-    """Multiply-accumulates of one call, counted by torch's FlopCounterMode (sees einsum/bmm, not only modules)."""
+    """Multiply-accumulates of one call, counted by torch's FlopCounterMode (sees einsum/bmm, not only modules).
+
+    torch's registry has no formula for the CPU kernel of ``scaled_dot_product_attention`` (LightGlue's
+    self-attention): without the one given here, attention on CPU would count as free."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    mapping = {cpu_sdpa: _cpu_attention_flops} if cpu_sdpa is not None else {}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter, torch.no_grad():
         fn()
     return counter.get_total_flops() // 2
 

@@ -30,7 +30,7 @@ from helper import (InputError, Timer, count_macs, git_commit, measure_latency, 
                     write_csv, write_json)
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.matching import Matcher, available_matchers, build_matcher
-from quantization.int8 import int8_detector, int8_matcher, onnx_modules, recorded_inputs
+from quantization.int8 import int8_detector, int8_matcher, onnx_macs, onnx_modules, recorded_inputs
 
 logger = logging.getLogger("profiling")
 
@@ -55,6 +55,21 @@ def module_macs(model: nn.Module, fn: Callable[[], Any]) -> int:
         for h in handles:
             h.remove()
     return total
+
+
+def all_macs(model: nn.Module, fn: Callable[[], Any]) -> int:
+    """MACs of ``fn``, in PyTorch and inside the ONNX Runtime graphs of ``model``'s int8 parts."""
+    with onnx_macs(model) as graph:
+        macs = count_macs(fn)
+    return macs + graph[0]
+
+
+def part_macs(part: nn.Module, fn: Callable[[], Any]) -> dict[str, int]:
+    """MACs of ``fn`` in ``part``: all (``macs``) and those of its conv/linear layers (``macs_modules``), whether
+    they run in PyTorch or in an ONNX Runtime graph."""
+    with onnx_macs(part) as graph_modules:
+        modules = module_macs(part, fn)
+    return {"macs": all_macs(part, fn), "macs_modules": modules + graph_modules[1]}
 
 
 def peak_memory(fn: Callable[[], Any], device: torch.device) -> int:
@@ -156,10 +171,8 @@ def profile_matcher(matcher: Matcher, name: str, size: tuple[int, int], num_keyp
     ``pair_latency=False``: the caller times the pair itself, e.g. round-robin with other models)."""
     run = prepare(matcher, size, num_keypoints, device)
     extract, match = run["extract"], run["match"]
-    det = {**part_stats(matcher.detector), "macs": count_macs(extract),
-           "macs_modules": module_macs(matcher.detector, extract), **measure_latency(extract, repeats)}
-    mat = {**part_stats(matcher.matcher), "macs": count_macs(match), "macs_modules": module_macs(matcher.matcher, match),
-           **measure_latency(match, repeats)}
+    det = {**part_stats(matcher.detector), **part_macs(matcher.detector, extract), **measure_latency(extract, repeats)}
+    mat = {**part_stats(matcher.matcher), **part_macs(matcher.matcher, match), **measure_latency(match, repeats)}
     if memory:
         det["peak_memory_bytes"], mat["peak_memory_bytes"] = peak_memory(extract, device), peak_memory(match, device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -264,10 +277,8 @@ def main() -> None:
         models.append((Path(path).name, load_checkpoint(path)))
     size = tuple(args.resize)
     tmp = tempfile.TemporaryDirectory()
-    int8_of = {}  # index of an int8 model -> index of its fp32 original
     parts = ("detector",) * args.int8_detector + ("matcher",) * args.int8_matcher
     for i, (name, m) in enumerate(list(models) if parts else []):
-        int8_of[len(models)] = i
         models.append((f"{name} (int8 {'+'.join(parts)}, onnxruntime)",
                        int8_copy(m, size, Path(tmp.name) / str(i), args.threads, parts)))
     meta = {"device": str(device), "threads": torch.get_num_threads(), "git_commit": git_commit(), "args": vars(args)}
@@ -281,13 +292,9 @@ def main() -> None:
         pairs = {i: prepare(m, size, args.num_keypoints, device)["pair"] for i, (_, m) in enumerate(models)}
         for i, t in interleaved_latency(pairs, args.repeats).items():
             results[i]["total"].update(t)
-    for i, j in int8_of.items():  # the ONNX graphs' sizes, and the fp32 MACs (the graphs compute the same; the
-        r, base = results[i], results[j]  # total size is already its checkpoint's, which holds the graphs)
-        for name, module in onnx_modules(models[i][1]).items():
-            part = name.split(".")[0]  # 'detector' (SuperPoint, or DISK's 'detector.unet') or 'matcher'
-            r[part].update(macs=base[part]["macs"], macs_modules=base[part]["macs_modules"],
-                           size_bytes=len(module.onnx_bytes))
-        r["total"].update(macs=base["total"]["macs"], macs_modules=base["total"]["macs_modules"])
+    for r, (_, m) in zip(results, models):  # a part in ONNX Runtime weighs its graph (the total: its checkpoint)
+        for name, module in onnx_modules(m).items():
+            r[name.split(".")[0]]["size_bytes"] = len(module.onnx_bytes)  # 'detector(.unet)' or 'matcher'
     tmp.cleanup()
     print(markdown(results))
     resizes = [tuple(args.sweep_resize[i:i + 2]) for i in range(0, len(args.sweep_resize), 2)]

@@ -13,11 +13,12 @@ and benchmarks/int8_matcher.py).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -109,9 +110,72 @@ def cpu_session(onnx: str | os.PathLike | bytes, threads: int | None = None):
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
+_MAC_OPS = {"MatMul": (0, 1), "MatMulInteger": (0, 1), "Gemm": (0, 1), "Conv": (0, 1), "ConvInteger": (0, 1),
+            "Einsum": (0, 1)}
+
+
+class _MacProbe:
+    """The multiply-accumulates of one run of a graph, from the shapes that the inputs and outputs of its
+    MatMul / Gemm / Conv nodes take on a given feed (a second session returns them as extra outputs)."""
+
+    def __init__(self, onnx_bytes: bytes):
+        import onnx
+
+        model = onnx.load_from_string(onnx_bytes)
+        graph = model.graph
+        self.const = {i.name: tuple(i.dims) for i in graph.initializer}
+        producer = {o: n for n in graph.node for o in n.output}
+
+        def constant(name: str) -> bool:  # a weight: an initializer, maybe dequantized / transposed / cast
+            node = producer.get(name)
+            return name in self.const or (node is not None and node.op_type != "DynamicQuantizeLinear"
+                                          and all(constant(i) for i in node.input if i))
+
+        self.nodes = []  # (op, attributes, input a, input b, output, b is a weight)
+        for n in graph.node:
+            if n.op_type in _MAC_OPS:
+                a, b = (n.input[i] for i in _MAC_OPS[n.op_type])
+                attrs = {x.name: onnx.helper.get_attribute_value(x) for x in n.attribute}
+                self.nodes.append((n.op_type, attrs, a, b, n.output[0], constant(b)))
+        wanted = {v for node in self.nodes for v in node[2:5]} - set(self.const)
+        listed = {o.name for o in graph.output}
+        graph.output.extend(onnx.helper.make_empty_tensor_value_info(v) for v in sorted(wanted - listed))
+        self.session = cpu_session(model.SerializeToString())
+
+    def __call__(self, feed: dict[str, np.ndarray]) -> tuple[int, int]:
+        """(all MACs, MACs of the layers with weights) of one run on ``feed``."""
+        names = [o.name for o in self.session.get_outputs()]
+        shapes = {**self.const, **{k: v.shape for k, v in zip(names, self.session.run(None, feed))}}
+        total = weighted = 0
+        for op, attrs, a, b, out, is_weight in self.nodes:
+            if op.startswith("Conv"):  # every output element sums Cin/groups × kernel products
+                macs = int(np.prod(shapes[out])) * int(np.prod(shapes[b][1:]))
+            elif op == "Einsum":  # a two-operand contraction: one product per combination of all its indices
+                terms = attrs["equation"].decode().replace(" ", "").split("->")[0].split(",")
+                sizes = {c: s for term, name in zip(terms, (a, b)) for c, s in zip(term, shapes[name])}
+                macs = int(np.prod(list(sizes.values())))
+            else:
+                k = shapes[a][0] if attrs.get("transA") else shapes[a][-1]
+                macs = int(np.prod(shapes[out])) * int(k)
+            total += macs
+            weighted += macs * is_weight
+        return total, weighted
+
+
 class _OrtModule(nn.Module):
     """A module that runs an ONNX graph in an ONNX Runtime session. It keeps the graph's bytes: checkpoints store
     them (models/checkpoint.py) and copies (deepcopy, pickle) open a new session on them."""
+
+    macs: list[int] | None = None  # set by onnx_macs(): [all, weighted layers'] MACs of the runs while counting
+    _probe: _MacProbe | None = None
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The session's outputs on ``feed`` (counted in ``macs`` while ``onnx_macs`` is active)."""
+        if self.macs is not None:
+            self._probe = self._probe or _MacProbe(self.onnx_bytes)
+            for i, v in enumerate(self._probe(feed)):
+                self.macs[i] += v
+        return self.session.run(None, feed)
 
     def _open(self, onnx: str | os.PathLike | bytes, threads: int | None) -> None:
         import hashlib
@@ -124,7 +188,7 @@ class _OrtModule(nn.Module):
         self.register_buffer("onnx_sha1", torch.tensor(list(digest), dtype=torch.uint8))
 
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k != "session"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("session", "_probe")}
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -134,6 +198,20 @@ class _OrtModule(nn.Module):
 def onnx_modules(model: nn.Module) -> dict[str, _OrtModule]:
     """The parts of ``model`` that run in ONNX Runtime, by module name (e.g. 'matcher', 'detector.unet')."""
     return {name: m for name, m in model.named_modules() if isinstance(m, _OrtModule)}
+
+
+@contextlib.contextmanager
+def onnx_macs(model: nn.Module) -> Iterator[list[int]]:
+    """While active, the ONNX Runtime parts of ``model`` add the multiply-accumulates of their graph runs to the
+    yielded [all, layers with weights only] (PyTorch's counters do not see inside a session)."""
+    parts, counted = onnx_modules(model).values(), [0, 0]
+    for part in parts:
+        part.macs = counted
+    try:
+        yield counted
+    finally:
+        for part in parts:
+            part.macs = None
 
 
 def ort_module(kind: str, original: nn.Module, onnx: bytes) -> _OrtModule:
@@ -159,7 +237,7 @@ class OrtSuperPoint(_OrtModule):
         return self.sp.config
 
     def dense(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        heat, desc = self.session.run(None, {"image": image.detach().cpu().numpy().astype(np.float32)})
+        heat, desc = self.run({"image": image.detach().cpu().numpy().astype(np.float32)})
         return torch.from_numpy(heat).to(image.device), torch.from_numpy(desc).to(image.device)
 
     def forward(self, data: dict[str, torch.Tensor]) -> dict[str, list[torch.Tensor]]:
@@ -179,7 +257,7 @@ class OrtNetwork(_OrtModule):
         self._open(onnx, threads)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        (out,) = self.session.run(None, {"image": image.detach().cpu().numpy().astype(np.float32)})
+        (out,) = self.run({"image": image.detach().cpu().numpy().astype(np.float32)})
         return torch.from_numpy(out).to(image.device)
 
 
@@ -401,7 +479,7 @@ class OrtMatcherNet(_OrtModule):
             return {"log_assignment": torch.zeros((b, m + 1, n + 1), device=device), "matches0": none(m),
                     "matches1": none(n), "matching_scores0": torch.zeros((b, m), device=device),
                     "matching_scores1": torch.zeros((b, n), device=device)}
-        scores = torch.from_numpy(self.session.run(None, feed)[0]).to(device)
+        scores = torch.from_numpy(self.run(feed)[0]).to(device)
         if self.kind == "SuperGlue":
             from models.superglue import matches_from_log_assignment
 

@@ -6,11 +6,12 @@ import onnx
 import pytest
 import torch
 
+from helper import count_macs
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.matching import build_matcher
-from profiling import state_bytes
-from quantization.int8 import (OrtMatcherNet, coordinate_layers, int8_matcher, matcher_feed, quantize_matcher_onnx,
-                               recorded_inputs)
+from profiling import module_macs, state_bytes
+from quantization.int8 import (OrtMatcherNet, coordinate_layers, int8_matcher, matcher_feed, onnx_macs,
+                               quantize_matcher_onnx, recorded_inputs)
 
 
 def pair(m: int, n: int, seed: int, dim: int = 256) -> dict:
@@ -75,6 +76,17 @@ def test_int8_graphs_are_smaller_keep_coordinates_float_and_still_match(graphs):
         assert out.shape == ref.shape and torch.isfinite(out).all()
         agree = (out[0, :-1, :-1].argmax(1) == ref[0, :-1, :-1].argmax(1)).float().mean()
         assert agree > 0.8, (mode, agree)
+
+
+def test_graph_macs_are_what_pytorch_counts(graphs):
+    dense, dim, ort = graphs
+    data = recorded_inputs(dense.matcher, lambda: dense(pair(37, 52, 9, dim)))[0]
+    macs, modules = count_macs(lambda: dense.matcher(data)), module_macs(dense.matcher, lambda: dense.matcher(data))
+    assert macs > modules  # attention: einsum, and scaled_dot_product_attention on CPU
+    for mode, m in ort.items():
+        with onnx_macs(m) as graph:
+            assert count_macs(lambda: m.matcher(data)) == 0  # all of the arithmetic runs in the session
+        assert graph == [macs, modules], mode
 
 
 def test_onnxruntime_modules_survive_deepcopy(graphs):

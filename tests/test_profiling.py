@@ -34,6 +34,14 @@ def test_superglue_macs_include_attention_and_match_the_hand_count():
     assert macs - modules == attention
 
 
+def test_attention_on_cpu_is_counted():
+    import torch
+
+    q, k, v = torch.rand(2, 4, 57, 64), torch.rand(2, 4, 33, 64), torch.rand(2, 4, 33, 48)
+    # scores (57×33 of length-64 dot products) and their weighted sums of 48-long values, per batch and head
+    assert count_macs(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)) == 2 * 4 * 57 * 33 * (64 + 48)
+
+
 def test_command_line_contract(tmp_path):
     out = tmp_path / "prof.json"
     proc = subprocess.run([sys.executable, "profiling.py", "--matcher", "superpoint+superglue", "--random-weights",
