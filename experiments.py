@@ -235,9 +235,8 @@ class Experiment:
                     m = self.onnxruntime_int8(m, part, spec.get("mode", "auto"))
             path = save_checkpoint(m, self.checkpoint(name), {"experiment": self.cfg["name"], "spec": spec})
             summary = self.evaluate(m, name)["summary"]
-            row = variant_row(name, method, summary, path, m, self.dense(), part, bits=bits,
-                              finetuned=bool(base_row and base_row.get("finetuned")))
-            return row
+            return variant_row(name, method, summary, path, m, self.dense(), part, bits=bits,
+                               finetuned=bool(base_row and base_row.get("finetuned")))
         rows = [self.stage(f"variant-{name}", key, compute)]
         if spec.get("finetune"):
             tuned = {**spec, "bits": rows[0]["bits"]} if rows[0] else spec  # mixed precision: the mean chosen

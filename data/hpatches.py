@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tarfile
 import tempfile
 import urllib.error
@@ -40,6 +39,8 @@ def fetch_hpatches(folder: str | os.PathLike, url: str = HPATCHES_URL) -> Path:
     root = folder / HPATCHES_FOLDER
     if scenes_in(root):
         return root
+    if root.exists():  # never overwrite a folder someone made: it may hold their own files
+        raise InputError(f"{root} holds no HPatches scenes (<scene>/1.ppm); move it away to download again")
     archive = folder / url.rsplit("/", 1)[-1]
     if not archive.is_file():
         logger.info("downloading HPatches (1.3 GB) from %s to %s", url, archive)
@@ -58,8 +59,6 @@ def fetch_hpatches(folder: str | os.PathLike, url: str = HPATCHES_URL) -> Path:
         extracted = Path(tmp) / HPATCHES_FOLDER
         if not scenes_in(extracted):
             raise InputError(f"{archive} holds no {HPATCHES_FOLDER}/<scene>/1.ppm; delete it to download again")
-        if root.exists():
-            shutil.rmtree(root)  # an incomplete folder left by hand
         os.replace(extracted, root)
     archive.unlink()
     return root

@@ -59,6 +59,12 @@ def test_bad_archives_and_folders_are_one_line_errors(tmp_path):
 
     with pytest.raises(InputError, match="no HPatches scenes"):
         hp.HPatchesPairs(tmp_path / "b")
+    mine = tmp_path / "d" / hp.HPATCHES_FOLDER / "notes.txt"  # a folder of that name that is not HPatches
+    mine.parent.mkdir(parents=True)
+    mine.write_text("mine")
+    with pytest.raises(InputError, match="move it away"):
+        hp.fetch_hpatches(tmp_path / "d", (tmp_path / "missing.tar.gz").as_uri())
+    assert mine.read_text() == "mine"
     (tmp_path / "c" / "v_x").mkdir(parents=True)
     (tmp_path / "c" / "v_x" / "1.ppm").write_bytes(b"")
     with pytest.raises(InputError, match="H_1_2"):
