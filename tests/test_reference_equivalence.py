@@ -57,11 +57,14 @@ def test_superglue_matches_official(case):
     assert int((REF[f"{case}/matches0"] >= 0).sum()) >= 10  # the fixture exercises real matches
     for key in ("matches0", "matches1"):
         np.testing.assert_array_equal(res[key][0].numpy(), REF[f"{case}/{key}"])
+    # float32 through 9 GNN layers and 100 Sinkhorn iterations: other SIMD kernels (measured with
+    # ATEN_CPU_CAPABILITY=avx2 / default against this AVX-512 reference) move scores by up to 2.2e-6 and the log
+    # assignment by up to 9.1e-5; the tolerances leave 5x that.
     for key in ("matching_scores0", "matching_scores1"):
-        np.testing.assert_allclose(res[key][0].numpy(), REF[f"{case}/{key}"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(res[key][0].numpy(), REF[f"{case}/{key}"], rtol=0, atol=1e-5)
     ref_la = REF[f"{case}/log_assignment"]
     assert res["log_assignment"].shape == (1, *ref_la.shape)
-    np.testing.assert_allclose(res["log_assignment"][0].numpy(), ref_la, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(res["log_assignment"][0].numpy(), ref_la, rtol=0, atol=5e-4)
 
 
 def test_superglue_image_tensors_and_sizes_agree():
@@ -91,3 +94,16 @@ def test_default_state_dict_is_the_official_one(cls, config, name, params):
     assert {k: list(v) for k, v in shapes(model).items()} == OFFICIAL[name]
     assert list(model.state_dict()) == list(OFFICIAL[name])  # same order too
     assert sum(p.numel() for p in model.parameters()) == params
+
+
+def test_equivalence_holds_with_other_cpu_kernels():
+    """The tolerances above are real float variation: the same tests pass with torch's non-vectorised kernels
+    (what a CPU without AVX-512 or AVX2 would run), in a fresh process."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                           "matches_official"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:]
