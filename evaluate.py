@@ -25,7 +25,8 @@ from data.homographies import HomographyConfig, warp_points
 from data.hpatches import HPatchesPairs, fetch_hpatches
 from data.images import open_source, split_names
 from data.pairs import FilePairs, Pair, PairSet, SyntheticPairs, read_pairs
-from helper import InputError, pick_device, run_cli, to_tensor, write_csv, write_json
+from helper import (ArgumentParser, InputError, check_resize, float_in, image_side, keypoint_limit, pick_device,
+                    positive_int, run_cli, to_tensor, write_csv, write_json, writable_location)
 from models.losses import homography_gt
 from models.matching import Matcher, build_matcher
 from models.weights import WeightsError, resolve_weights
@@ -288,8 +289,11 @@ def extract_pair(matcher: Matcher, pairs: PairSet, pair: Pair, cache: FeatureCac
         cached = cache.get((detector_id, key)) if cache is not None else None
         if cached is None:
             start = time.perf_counter()
-            with torch.no_grad():
-                f = matcher.extract(to_tensor(image, device))
+            try:
+                with torch.no_grad():
+                    f = matcher.extract(to_tensor(image, device))
+            except InputError as e:  # e.g. an image too small for the detector: say which
+                raise InputError(f"{pair.name0 if i == 0 else pair.name1}: {e}") from None
             data["time_extract"] += time.perf_counter() - start
             cached = {k: v[0].detach().cpu() for k, v in f.items()}
             if cache is not None:
@@ -392,6 +396,9 @@ def build_from_args(args: argparse.Namespace) -> Matcher:
         from models.checkpoint import load_checkpoint
 
         matcher = load_checkpoint(args.checkpoint)
+        if args.matcher is not None and args.matcher != matcher.name:
+            raise InputError(f"--matcher {args.matcher} contradicts --checkpoint {args.checkpoint}, which holds "
+                             f"{matcher.name}: drop --matcher")
         logger.info("using %s from checkpoint %s", matcher.name, args.checkpoint)
         return matcher
     superglue = getattr(args, "superglue", "indoor")
@@ -419,19 +426,19 @@ def add_matcher_args(parser: argparse.ArgumentParser) -> None:
                         help="matcher of the zoo (default: superpoint+superglue if its weights are local, "
                              "else aliked+lightglue)")
     parser.add_argument("--checkpoint", default=None, help="a pruned/quantized checkpoint written by this project")
-    parser.add_argument("--max_keypoints", type=int, default=1024)
+    parser.add_argument("--max_keypoints", type=keypoint_limit, default=1024, help="per image (-1: all)")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     add_matcher_args(parser)
     parser.add_argument("--source", default="sample", help="'sample', 'opencv' (OpenCV's sample photos), an image folder or a .zip archive")
     parser.add_argument("--split", default="all", choices=["all", "train", "val"])
-    parser.add_argument("--num_pairs", type=int, default=100)
-    parser.add_argument("--size", type=int, nargs=2, default=[640, 480], metavar=("W", "H"))
+    parser.add_argument("--num_pairs", type=positive_int, default=100)
+    parser.add_argument("--size", type=image_side, nargs=2, default=[640, 480], metavar=("W", "H"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--difficulty", type=float, default=0.7)
-    parser.add_argument("--augment", type=float, default=0.0, help="photometric change strength (0: none)")
+    parser.add_argument("--difficulty", type=float_in(0, 1), default=0.7)
+    parser.add_argument("--augment", type=float_in(0, 10), default=0.0, help="photometric change strength (0: none)")
     parser.add_argument("--input_pairs", default=None, help="evaluate a pairs file instead of synthetic pairs")
     parser.add_argument("--input_dir", default=".", help="folder of the images of --input_pairs")
     parser.add_argument("--hpatches", default=None, metavar="DIR",
@@ -442,15 +449,21 @@ def main() -> None:
     parser.add_argument("--resize", type=int, nargs="+", default=None,
                         help="as match_pairs.py (default: 640 480 for --input_pairs, 640 for --hpatches)")
     parser.add_argument("--estimator", default="ransac", choices=["ransac", "magsac", "dlt"])
-    parser.add_argument("--threshold", type=float, default=3.0, help="correctness threshold, px")
-    parser.add_argument("--ransac_threshold", type=float, default=3.0, help="inlier threshold of the estimator, px")
+    parser.add_argument("--threshold", type=float_in(1e-6), default=3.0, help="correctness threshold, px")
+    parser.add_argument("--ransac_threshold", type=float_in(1e-6), default=3.0,
+                        help="inlier threshold of the estimator, px")
     parser.add_argument("--output", default=None, help="folder for summary.json and pairs.csv")
     parser.add_argument("--export_pairs", default=None, help="write the synthetic pairs (images + pairs.txt) here")
     parser.add_argument("--force_cpu", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     if args.input_pairs and args.hpatches:
         raise InputError("give --input_pairs or --hpatches, not both")
+    if args.resize is not None:
+        args.resize = check_resize(args.resize)
+    for flag in ("output", "export_pairs"):  # where the results go, checked before the work
+        if getattr(args, flag):
+            writable_location(getattr(args, flag), folder=True, what=f"--{flag}")
     if args.input_pairs:
         pairs = FilePairs(read_pairs(args.input_pairs), args.input_dir, args.resize or [640, 480])
     elif args.hpatches:

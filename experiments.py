@@ -9,7 +9,6 @@ inside their stage).
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import json
@@ -24,12 +23,14 @@ import torch
 from data.images import open_source, split_names
 from data.pairs import SequencePairs, SyntheticPairs
 from evaluate import FeatureCache, evaluate, predict
+from finetune import CHECKS as FINETUNE_CHECKS
 from finetune import DEFAULTS as FINETUNE_DEFAULTS
-from finetune import finetune, make_pairs
-from helper import (InputError, atomic_path, git_commit, load_config, merge_config, pick_device, save_npz,
-                    seed_everything, to_tensor, write_json, write_run_config)
+from finetune import PAIRS_CHECKS, SIZE, finetune, make_pairs
+from helper import (ArgumentParser, Check, InputError, atomic_path, check_config, first_line, git_commit,
+                    load_config, merge_config, pick_device, save_npz, seed_everything, to_tensor, writable_location,
+                    write_json, write_run_config)
 from models.checkpoint import load_checkpoint, save_checkpoint
-from models.matching import Matcher, build_matcher, to_channels
+from models.matching import Matcher, available_matchers, build_matcher, check_matcher_config, to_channels
 from models.quantized import remove_activation_quant
 from pruning.channel import prune_lightglue_ffn, prune_superglue_channels, prune_superpoint_channels
 from pruning.fine_grained import prunable_weights, prune_fine_grained
@@ -61,6 +62,81 @@ DEFAULTS: dict[str, Any] = {
     "pruning": [],
     "quantization": [],
 }
+# One variant of "pruning:" / "quantization:": the settings it may have and what they accept.
+VARIANT: dict[str, Any] = {"name": "", "method": "", "part": "matcher", "base": None, "finetune": False,
+                           "sparsity": 0.5, "ratio": 0.5, "bits": 8, "activation_bits": 8,
+                           "calibration_method": "minmax", "mode": "auto"}
+FRACTION = Check(kind=float, lo=0, hi=1, open=True)
+VARIANT_CHECKS: dict[str, Check] = {
+    "part": Check(choices=("matcher", "detector")), "base": Check(kind=str, nullable=True),
+    "finetune": Check(kind=(bool, dict), schema=FINETUNE_DEFAULTS, checks=FINETUNE_CHECKS),
+    "sparsity": Check(kind=(float, dict), words=("auto",), lo=0, hi=0.99, values=Check(kind=float, lo=0, hi=0.99)),
+    "ratio": Check(kind=(float, dict), lo=0, hi=1, open=True, values=FRACTION),
+    "bits": Check(kind=(int, dict), words=("auto",), lo=1, hi=8, values=Check(kind=int, lo=1, hi=8)),
+    "activation_bits": Check(lo=2, hi=16), "calibration_method": Check(choices=("minmax", "percentile")),
+    "mode": Check(choices=("auto", "dynamic", "static", "fp32")),
+}
+CHECKS: dict[str, Check] = {
+    "matcher": Check(choices=tuple(available_matchers())), "matcher_config": Check(kind=dict, free=True),
+    "checkpoint": Check(kind=str, nullable=True), "source": Check(kind=str, nullable=True),
+    **{f"{part}.{k}": c for part in ("val", "calibration") for k, c in PAIRS_CHECKS.items()},
+    "sensitivity.part": Check(choices=("matcher", "detector")), "sensitivity.depth": Check(lo=1),
+    "sensitivity.sparsities": Check(each=FRACTION), "sensitivity.bits": Check(each=Check(kind=int, lo=1, hi=8)),
+    "sensitivity.base_bits": Check(lo=1, hi=8), "sensitivity.budget": Check(lo=0),
+    "sensitivity.choose_metric": Check(kind=str, nullable=True, choices=(*METRICS, "agreement")),
+    "sensitivity.choose_budget": Check(lo=0),
+    "finetune": Check(kind=dict, schema=FINETUNE_DEFAULTS, checks=FINETUNE_CHECKS),
+    "profile.num_keypoints": Check(lo=1), "profile.resize": SIZE, "profile.repeats": Check(lo=1),
+    "profile.threads": Check(kind=int, nullable=True, lo=1),
+    "animation": Check(kind=dict, nullable=True, schema=DEFAULTS["animation"],
+                       checks={"frames": Check(lo=2), "photo": Check(kind=str, nullable=True)}),
+    **{kind: Check(each=Check(kind=dict, schema=VARIANT, checks=VARIANT_CHECKS))
+       for kind in ("pruning", "quantization")},
+}
+
+
+def checked_experiment(config: dict[str, Any]) -> dict[str, Any]:
+    """An experiment config checked whole before any stage runs: every setting against DEFAULTS (keys, types,
+    ranges), the matcher's own settings, and the plan of variants (methods, bases, what each method needs)."""
+    config = check_config(config, DEFAULTS, CHECKS)
+    config["matcher_config"] = check_matcher_config(config["matcher"], config["matcher_config"],
+                                                    inherited=DEFAULTS["matcher_config"])
+    specs = [s for kind in ("pruning", "quantization") for s in config.get(kind) or []]
+    seen: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        check_variant(spec, seen)
+        seen[spec["name"]] = spec
+    return config
+
+
+def check_variant(spec: dict[str, Any], earlier: dict[str, dict[str, Any]]) -> None:
+    """One variant of the plan, given the variants defined before it; a bad one is an InputError naming it."""
+    name, method = spec.get("name"), spec.get("method")
+    if not name:
+        raise InputError(f"every variant needs a 'name' (found {spec})")
+    if name in earlier:
+        raise InputError(f"two variants are named {name!r}: names must be unique")
+    if not method:
+        raise InputError(f"variant {name}: give its 'method' ({', '.join(METHODS)}, or several joined by '+')")
+    steps = method.split("+")
+    unknown = [s for s in steps if s not in METHODS]
+    if unknown:
+        raise InputError(f"variant {name}: unknown method {unknown[0]!r} (choose from {', '.join(METHODS)})")
+    base = spec.get("base")
+    if base is not None and base not in earlier:
+        raise InputError(f"variant {name}: its base {base!r} is not a variant defined before it")
+    base_spec = earlier[base] if base else None
+    if "int8-onnxruntime" in steps[:-1] or (base_spec and "int8-onnxruntime" in base_spec["method"]) or (
+            "int8-onnxruntime" in steps and spec.get("finetune")):
+        raise InputError(f"variant {name}: int8-onnxruntime is the last step (an ONNX graph is not "
+                         "pruned, quantized or finetuned further)")
+    todo = [s for s in steps if not base_spec or s not in base_spec["method"].split("+")]
+    needs = {"fine-grained": "sparsity", "channel": "ratio", "kmeans": "bits"}
+    missing = [needs[s] for s in todo if s in needs and needs[s] not in spec]
+    if missing:
+        raise InputError(f"variant {name}: method {method} needs '{missing[0]}'")
+    if spec.get("sparsity") == "auto" and spec.get("bits") == "auto":
+        raise InputError(f"variant {name}: choose either the sparsity or the bits automatically, not both")
 
 
 # ----------------------------------------------------------------------------- stages
@@ -85,11 +161,20 @@ class Experiment:
         path = self.out / "stages" / f"{name}.json"
         k = digest(key)
         if path.exists():
-            saved = json.loads(path.read_text())
-            if saved.get("key") == k:
+            try:
+                saved = json.loads(path.read_text())
+                done = saved.get("key") == k and "result" in saved
+            except (ValueError, AttributeError, OSError) as e:  # truncated, foreign, not UTF-8: a cache, redone
+                logger.warning("stage %s: its record %s is unreadable (%s): recomputing", name, path, first_line(e))
+                saved, done = None, False
+            if done and not _files_intact(saved["result"]):
+                logger.warning("stage %s: the checkpoint it wrote is missing or changed: recomputing", name)
+                done = False
+            if done:
                 logger.info("stage %s: done, skipped", name)
                 return saved["result"]
-            logger.info("stage %s: its inputs changed, recomputing", name)
+            if saved is not None:
+                logger.info("stage %s: its inputs changed, recomputing", name)
         if self.read_only:
             return {}
         if self.dry_run:
@@ -180,33 +265,17 @@ class Experiment:
     def variant(self, spec: dict[str, Any], variants: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         """Compress (from the dense model or from another variant), evaluate; finetune and evaluate again."""
         name, method, part = spec["name"], spec["method"], spec.get("part", "matcher")
-        steps = method.split("+")
-        unknown = [s for s in steps if s not in METHODS]
-        if unknown:
-            raise InputError(f"variant {name}: unknown method {unknown[0]!r} (choose from {', '.join(METHODS)})")
-
+        steps = method.split("+")  # checked with the whole plan (check_variant) before the baseline ran
         base = spec.get("base")
-        if base is not None and base not in variants:
-            raise InputError(f"variant {name}: its base {base!r} is not a variant of this experiment (run it first)")
         base_spec = variants[base]["spec"] if base else None
-        if "int8-onnxruntime" in steps[:-1] or (base_spec and "int8-onnxruntime" in base_spec["method"]) or (
-                "int8-onnxruntime" in steps and spec.get("finetune")):
-            raise InputError(f"variant {name}: int8-onnxruntime is the last step (an ONNX graph is not "
-                             "pruned, quantized or finetuned further)")
         base_row = (variants[base]["rows"] or [{}])[-1] if base else None  # {}: not computed (dry run)
         todo = [s for s in steps if not base_spec or s not in base_spec["method"].split("+")]
-        needs = {"fine-grained": "sparsity", "channel": "ratio", "kmeans": "bits"}
-        missing = [needs[s] for s in todo if s in needs and needs[s] not in spec]
-        if missing:
-            raise InputError(f"variant {name}: method {method} needs '{missing[0]}'")
         auto = spec.get("sparsity") == "auto" or spec.get("bits") == "auto"
         kind = "bits" if spec.get("bits") == "auto" else "sparsity"
         parts = ["finetune"] * bool(spec.get("finetune")) + ["calibration"] * (
             "linear-int8" in todo or "int8-onnxruntime" in todo)
         key = {**self.key(*parts), "spec": spec, "base": variants[base]["key"] if base else None,
                "sensitivity": self.sensitivity_settings(kind) if auto else None}
-        if auto and spec.get("sparsity") == "auto" and spec.get("bits") == "auto":
-            raise InputError(f"variant {name}: choose either the sparsity or the bits automatically, not both")
         chosen = self.sensitivity(kind) if auto else None
 
         def compute():
@@ -240,7 +309,9 @@ class Experiment:
         rows = [self.stage(f"variant-{name}", key, compute)]
         if spec.get("finetune"):
             tuned = {**spec, "bits": rows[0]["bits"]} if rows[0] else spec  # mixed precision: the mean chosen
-            rows.append(self.stage(f"finetune-{name}", key, lambda: self.finetune(tuned, rows[0], digest(key))))
+            # bound to the very checkpoint it starts from (a variant recomputed is finetuned again)
+            fkey = {**key, "input": rows[0].get("checkpoint_sha1") if rows[0] else None}
+            rows.append(self.stage(f"finetune-{name}", fkey, lambda: self.finetune(tuned, rows[0], digest(fkey))))
         return rows
 
     def onnxruntime_int8(self, m: Matcher, part: str, mode: str) -> Matcher:
@@ -337,6 +408,14 @@ class Experiment:
         return self.stage("animation", key, compute)
 
 
+def _files_intact(result: Any) -> bool:
+    """Whether the checkpoint a stage result names (if any) is still the file it wrote."""
+    if not isinstance(result, dict) or "checkpoint_sha1" not in result:
+        return True
+    path = Path(result.get("checkpoint", ""))
+    return path.is_file() and hashlib.sha1(path.read_bytes()).hexdigest() == result["checkpoint_sha1"]
+
+
 def prune_channels(net: torch.nn.Module, ratio: Any) -> None:
     """Structured channel pruning of whichever network this is (SuperPoint, SuperGlue, LightGlue)."""
     kind = type(net).__name__
@@ -375,6 +454,8 @@ def variant_row(name: str, method: str, summary: dict[str, Any], path: Path, mod
 def run(config: dict[str, Any], out: str | Path, kinds: tuple[str, ...] = ("pruning", "quantization"),
         dry_run: bool = False, progress: bool = True) -> list[dict[str, Any]]:
     """Run (or resume) the experiment's variants of ``kinds``, then write results.json, figures and report.md."""
+    config = checked_experiment(config)  # the whole plan, before the baseline runs
+    writable_location(out, folder=True, what="run folder")
     seed_everything(config["seed"])
     exp = Experiment(config, out, dry_run, progress)
     if not dry_run:
@@ -384,9 +465,6 @@ def run(config: dict[str, Any], out: str | Path, kinds: tuple[str, ...] = ("prun
     dense = exp.baseline()
     variants: dict[str, dict[str, Any]] = {}
     specs = [s for kind in ("pruning", "quantization") for s in config.get(kind) or []]
-    names = [s.get("name") for s in specs]
-    if len(set(names)) != len(names) or None in names:
-        raise InputError("every variant needs a unique 'name'")
     wanted = {s["name"] for kind in kinds for s in config.get(kind) or []}
     for spec in specs:  # the other kind's variants run only when a wanted one builds on them; else they are read
         exp.read_only = spec["name"] not in wanted and not any(s.get("base") == spec["name"]
@@ -521,30 +599,31 @@ def update_readme(out: Path, readme: Path = Path(__file__).with_name("README.md"
         tmp.write_text(head + body + README_END + rest.split(README_END, 1)[1])
 
 
-def experiment_config(files: list[str], overrides: list[str] = ()) -> dict[str, Any]:
-    """Experiment YAML files merged in order over the defaults, then ``key.sub=value`` overrides."""
-    config = DEFAULTS
-    for i, path in enumerate(files):
-        config = load_config(path, overrides if i == len(files) - 1 else (), config)
+def experiment_config(files: list[str], overrides: list[str] = (), base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Experiment YAML files merged in order over ``base`` (the defaults), then ``key.sub=value`` overrides; the
+    result is checked whole (``checked_experiment``)."""
+    config = load_config(files, overrides, base or DEFAULTS, validate=False)
     if config.get("source"):
         config = merge_config(config, {"val": {"source": config["source"]},
                                        "calibration": {"source": config["source"]},
                                        "finetune": {"train": {"source": config["source"]}}})
-    return config
+    return checked_experiment(config)
 
 
-def main(kinds: tuple[str, ...], description: str) -> None:
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--config", nargs="+", default=["configs/demo.yaml"],
+def main(kinds: tuple[str, ...], description: str, argv: list[str] | None = None) -> None:
+    p = ArgumentParser(description=description)
+    p.add_argument("--config", nargs="+", default=[str(Path(__file__).with_name("configs") / "demo.yaml")],
                    help="YAML experiment (default: the demo); several files are merged in order")
     p.add_argument("--out", default=None, help="run folder (default: runs/<name of the config>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. val.num_pairs=10")
     p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true", help="print the plan and stop")
     p.add_argument("--update-readme", "--update_readme", dest="update_readme", action="store_true",
                    help="copy the report's table and figures into README.md (for the demo run)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     config = experiment_config(args.config, args.set)
     out = Path(args.out or Path("runs") / config["name"])
+    if args.update_readme:
+        writable_location(Path(__file__).with_name("README.md"), what="--update-readme")
     rows = run(config, out, kinds, args.dry_run)
     if rows:
         print((out / "report.md").read_text())

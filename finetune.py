@@ -11,8 +11,8 @@ re-applied after every step), checkpoints use the project's format, and a killed
 """
 from __future__ import annotations
 
-import argparse
 import csv
+import hashlib
 import logging
 import math
 import os
@@ -29,11 +29,13 @@ from data.homographies import HomographyConfig
 from data.images import open_source, split_names
 from data.pairs import SyntheticPairs
 from evaluate import FeatureCache, evaluate, extract_pair
-from helper import (InputError, atomic_path, load_config, pick_device, run_cli, seed_everything, to_tensor,
-                    write_run_config)
+from helper import (MAX_SIDE, ArgumentParser, Check, InputError, atomic_path, check_config, config_digest,
+                    first_line, load_config, pick_device, read_yaml, run_cli, seed_everything, to_tensor,
+                    writable_location, write_run_config)
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.losses import homography_gt, matching_nll
-from models.matching import build_matcher
+from models.matching import available_matchers, build_matcher, check_matcher_config
+from models.weights import unreadable
 from pruning.fine_grained import apply_masks, prunable_weights, sparsity_report
 from quantization.kmeans import track as track_kmeans
 from quantization.linear import enable_qat
@@ -52,6 +54,27 @@ DEFAULTS: dict[str, Any] = {
     "val": {"source": "sample", "split": "val", "val_fraction": 0.5, "num_pairs": 30, "size": [640, 480],
             "difficulty": 0.7, "seed": 1, "every": 50},
 }
+SIZE = Check(kind=list, length=2, each=Check(kind=int, lo=16, hi=MAX_SIDE))  # W H of the pairs' images
+PAIRS_CHECKS: dict[str, Check] = {  # a section of pairs: "train", "val" (and the experiments' "calibration")
+    "split": Check(choices=("all", "train", "val")), "val_fraction": Check(lo=0, hi=1, open=True),
+    "num_pairs": Check(lo=1), "size": SIZE, "difficulty": Check(lo=0, hi=1), "augment": Check(lo=0),
+    "every": Check(lo=1)}
+CHECKS: dict[str, Check] = {
+    "matcher": Check(choices=tuple(available_matchers())), "matcher_config": Check(kind=dict, free=True),
+    "checkpoint": Check(kind=str, nullable=True), "steps": Check(lo=1), "lr": Check(lo=0, open=True),
+    "weight_decay": Check(lo=0), "warmup": Check(lo=0, hi=1), "min_lr_ratio": Check(lo=0, hi=1),
+    "clip": Check(lo=0, open=True), "loss.balance": Check(lo=0, hi=1), "loss.pos_th": Check(lo=0, open=True),
+    "loss.neg_th": Check(lo=0, open=True),
+    **{f"{part}.{k}": c for part in ("train", "val") for k, c in PAIRS_CHECKS.items()},
+}
+
+
+def checked_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A finetuning config checked against DEFAULTS (keys, types, ranges, the matcher's own settings)."""
+    config = check_config(config, DEFAULTS, CHECKS)
+    config["matcher_config"] = check_matcher_config(config["matcher"], config.get("matcher_config"),
+                                                    inherited=DEFAULTS["matcher_config"])
+    return config
 
 
 def make_pairs(cfg: dict[str, Any], augment: float = 0.0) -> SyntheticPairs:
@@ -87,6 +110,7 @@ class Run:
         self.out = Path(config["out"])
         self.last, self.best_path, self.state_path = self.out / "last.pth", self.out / "best.pth", self.out / "state.pt"
         resume = self.state_path.exists() and self.last.exists()
+        state = read_state(self.state_path) if resume else None
         if resume:
             self.matcher = load_checkpoint(self.last)
         elif config["checkpoint"]:
@@ -97,7 +121,6 @@ class Run:
         self.net = self.matcher.matcher
         params = self.params = list(self.net.parameters()) + (list(self.matcher.detector.parameters())
                                                               if config["train_detector"] else [])
-        state = torch.load(self.state_path, map_location="cpu", weights_only=True) if resume else None
         if config["keep_zeros"] and state is not None:
             apply_masks(self.net, state["masks"])  # the masks of the run, not the zeros of its last checkpoint
         elif config["keep_zeros"]:
@@ -111,10 +134,14 @@ class Run:
             self.optimizer, lambda s: schedule(s, config["steps"], config["warmup"], config["min_lr_ratio"]))
         self.step, self.best, self.skipped = 0, -1.0, 0
         if state is not None:
-            self.net.load_state_dict(state["net"])  # float shadows of QAT layers, not only their grid values
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.step, self.best, self.skipped = state["step"], state["best"], state["skipped"]
+            try:
+                self.net.load_state_dict(state["net"])  # float shadows of QAT layers, not only their grid values
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.scheduler.load_state_dict(state["scheduler"])
+                self.step, self.best, self.skipped = state["step"], state["best"], state["skipped"]
+            except (KeyError, ValueError, RuntimeError) as e:
+                raise InputError(f"cannot resume {self.out}: {self.state_path} does not fit its last.pth "
+                                 f"({first_line(e)[:120]}); delete state.pt to start the run over") from None
             logger.info("resuming %s at step %d", self.out, self.step)
         self.ddp = None
         if world > 1:
@@ -171,6 +198,73 @@ class Run:
                         "scheduler": self.scheduler.state_dict(), "best": self.best, "skipped": self.skipped}, tmp)
 
 
+def read_state(path: Path) -> dict[str, Any]:
+    """The resume state of a run; an unreadable one stops the run (it is the record of training done so far)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for truncated or foreign files
+        raise InputError(f"cannot resume: {unreadable(path, e)}; delete it (and last.pth) to start the run "
+                         "over") from None
+    missing = [k for k in ("step", "net", "masks", "optimizer", "scheduler", "best", "skipped")
+               if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise InputError(f"cannot resume: {path} is not a finetuning state (no {missing[0]!r}); delete it (and "
+                         "last.pth) to start the run over")
+    return state
+
+
+def run_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """What a run folder is bound to: its config (but where it lives) and the bytes of its input checkpoint."""
+    ident = {"config_digest": config_digest({k: v for k, v in config.items() if k != "out"})}
+    if config.get("checkpoint"):
+        ident["checkpoint_sha1"] = hashlib.sha1(Path(config["checkpoint"]).read_bytes()).hexdigest()
+    return ident
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    return {k: v for key, value in d.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+
+
+def started_by(out: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(config, identity) recorded by the run that started ``out``, or None if it holds no run yet."""
+    if not ((out / "state.pt").exists() or (out / "last.pth").exists()):
+        return None
+    record = out / "config.yaml"
+    stored = read_yaml(record) if record.is_file() else None
+    if not isinstance(stored, dict):
+        raise InputError(f"{out} holds a finetuning run without a readable config.yaml: what it ran is unknown, so "
+                         "it is not resumed; pass another out (or --new)")
+    config = {k: v for k, v in stored.items() if k not in ("git_commit", "run")}
+    # records of older versions name no identity: their config is compared (it was rewritten on each resume)
+    ident = stored.get("run") or {"config_digest": config_digest({k: v for k, v in config.items() if k != "out"})}
+    return config, ident
+
+
+def claim_folder(config: dict[str, Any], new: bool = False) -> dict[str, Any]:
+    """``config`` with the folder its run belongs in: ``out`` when it is free or was started by this very config
+    (then the run resumes); with ``new``, the first of ``out-2``, ``out-3``, … that is; otherwise a folder started
+    by another config or checkpoint is an InputError (resuming it would put a false record on its results)."""
+    ident, base = run_identity(config), Path(config["out"])
+    for i in range(1, 1000):
+        out = base if i == 1 else base.with_name(f"{base.name}-{i}")
+        found = started_by(out)
+        if found is None or found[1] == {k: ident[k] for k in found[1] if k in ident}:
+            if out != base:
+                logger.info("%s holds another run: this one goes to %s", base, out)
+            return {**config, "out": str(out)}
+        if not new:
+            old, now = _flat(found[0]), _flat({k: v for k, v in config.items()})
+            differ = [k for k in sorted(set(old) | set(now)) if old.get(k) != now.get(k) and k != "out"]
+            if not differ and found[1].get("checkpoint_sha1") != ident.get("checkpoint_sha1"):
+                differ = ["the checkpoint file's content"]
+            raise InputError(f"{out} holds a finetuning run of another config (differs in "
+                             f"{', '.join(differ[:4]) or 'its record'}): it is not resumed; pass another out, or "
+                             "--new to start one beside it")
+    raise InputError(f"no free folder next to {base}")
+
+
 def log_row(path: Path, row: dict[str, Any], upto_step: int | None = None) -> None:
     """Append a row to the CSV log (dropping rows past ``upto_step`` left by a killed run first)."""
     rows = []
@@ -188,10 +282,11 @@ def log_row(path: Path, row: dict[str, Any], upto_step: int | None = None) -> No
 
 
 def finetune(config: dict[str, Any], stop_after: int | None = None, progress: bool = True,
-             val_cache: FeatureCache | None = None) -> dict[str, Any]:
+             val_cache: FeatureCache | None = None, new: bool = False) -> dict[str, Any]:
     """Run (or resume) finetuning; ``stop_after`` ends this process after that many steps without saving,
     as a kill would (a resumed run restarts from the last validation's checkpoint). ``val_cache``: detector
-    outputs of the validation pairs already computed by the caller (keyed by detector, so always safe)."""
+    outputs of the validation pairs already computed by the caller (keyed by detector, so always safe). A folder
+    started by another config is refused (``new``: the run goes beside it, see ``claim_folder``)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     device = pick_device()
@@ -200,10 +295,13 @@ def finetune(config: dict[str, Any], stop_after: int | None = None, progress: bo
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     seed_everything(config["seed"] + rank)
+    writable_location(config["out"], folder=True, what="out")
+    config = claim_folder(config, new)
+    fresh = started_by(Path(config["out"])) is None
     run = Run(config, device, rank, world, val_cache)
-    if rank == 0:
+    if rank == 0 and fresh:
         run.out.mkdir(parents=True, exist_ok=True)
-        write_run_config(run.out, config)
+        write_run_config(run.out, config, run=run_identity(config))
     log_path = run.out / "log.csv"
     if rank == 0 and run.step == 0:
         summary = run.validate()
@@ -255,15 +353,23 @@ def finetune(config: dict[str, Any], stop_after: int | None = None, progress: bo
     return result
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", default=None, help="YAML experiment config (configs/finetune_demo.yaml)")
+def command_line(argv: list[str] | None = None) -> tuple[dict[str, Any], Any]:
+    """(checked config, parsed arguments) of the command line."""
+    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", nargs="+", action="extend", default=[],
+                   help="YAML config(s), merged in order (configs/finetune_demo.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. steps=50")
-    args = p.parse_args()
-    config = load_config(args.config, args.set, DEFAULTS)
+    p.add_argument("--new", action="store_true",
+                   help="if out holds a run of another config, start this one beside it (out-2, …), not stop")
+    args = p.parse_args(argv)
+    return checked_config(load_config(args.config, args.set, DEFAULTS, validate=False)), args
+
+
+def main(argv: list[str] | None = None) -> None:
+    config, args = command_line(argv)
     if config["checkpoint"] and not Path(config["checkpoint"]).is_file():
         raise InputError(f"checkpoint not found: {config['checkpoint']}")
-    result = finetune(config)
+    result = finetune(config, new=args.new)
     if int(os.environ.get("RANK", "0")) == 0:
         print(result)
 

@@ -1,19 +1,24 @@
 """Small shared utilities: seeding, device, image I/O, atomic writes, timing, one-line CLI errors."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
+import difflib
+import errno
 import json
 import logging
 import os
 import random
+import socket
 import sys
 import tempfile
 import time
 import urllib.request
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -24,7 +29,16 @@ logger = logging.getLogger(__name__)
 
 
 class InputError(ValueError):
-    """Bad user input (missing file, corrupt image, malformed line); its message is one line for the user."""
+    """Bad user input (missing file, corrupt image, malformed line, bad setting, unusable output location);
+    its message is one line for the user that names the culprit."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type name when it has none."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+
+
+MAX_SIDE = 8192  # px: larger images do not fit a detector's activations in a CPU machine's memory
 
 
 def seed_everything(seed: int) -> None:
@@ -39,7 +53,12 @@ def pick_device(force_cpu: bool = False) -> torch.device:
 
 def decode_image(data: bytes, what: str) -> np.ndarray:
     """Decode encoded image bytes to an RGB uint8 array; ``what`` names the source in the error."""
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if not data:
+        raise InputError(f"image {what} is empty (0 bytes)")
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as e:
+        raise InputError(f"cannot decode image {what}: {first_line(e)}") from None
     if image is None:
         raise InputError(f"cannot decode image {what}")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
@@ -50,7 +69,34 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"image not found: {path}")
-    return decode_image(path.read_bytes(), str(path))
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise InputError(f"cannot read image {path}: {e.strerror}") from None
+    return decode_image(data, str(path))
+
+
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    """A UTF-8 text file (a leading byte-order mark dropped); missing or undecodable files raise InputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} not found: {path}")
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); save it "
+                         "as UTF-8") from None
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}") from None
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """A JSON file; a missing or malformed one raises InputError with the line and column."""
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
 
 
 def resize_to(image: np.ndarray, resize: list[int] | tuple[int, ...], resize_float: bool = False) -> np.ndarray:
@@ -79,12 +125,51 @@ def to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Te
     return t[None].to(device)
 
 
+def _owner_tag() -> str:
+    return f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temps(folder: Path, name: str) -> None:
+    """Remove the temp files (or folders) ``.{name}.{host}-{pid}.*`` that a killed process of this host left."""
+    host = socket.gethostname().replace(".", "_")
+    import glob
+
+    for stale in folder.glob(f".{glob.escape(name)}.{host}-*"):
+        pid = stale.name[len(f".{name}.{host}-"):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            logger.info("removing %s, left by an interrupted run", stale)
+            with contextlib.suppress(OSError):
+                if stale.is_dir():
+                    import shutil
+
+                    shutil.rmtree(stale)
+                else:
+                    stale.unlink()
+
+
+def temp_prefix(path: Path) -> str:
+    """Prefix of the temp files written for ``path``: hidden, and naming the host and process that writes."""
+    return f".{path.name}.{_owner_tag()}."
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; it replaces ``path`` only if the block finishes."""
+    """Yield a temporary path next to ``path``; it replaces ``path`` only if the block finishes. Temp files that
+    killed processes left for ``path`` are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temps(path.parent, path.name)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
     os.close(fd)
     try:
         yield Path(tmp)
@@ -214,56 +299,330 @@ def merge_config(base: dict[str, Any], override: dict[str, Any]) -> dict[str, An
     return out
 
 
-def load_config(path: str | os.PathLike | None, overrides: Iterable[str] = (),
-                defaults: dict[str, Any] | None = None) -> dict[str, Any]:
-    """YAML config merged over ``defaults``, then ``key.sub=value`` overrides (values parsed as YAML)."""
+# ----------------------------------------------------------------------------- configuration
+
+@dataclass(frozen=True)
+class Check:
+    """What one setting accepts beyond the type of its default (which is the rule when there is no Check).
+
+    ``kind``: the type(s) the value is coerced to, tried in order; ``words``: strings accepted as they are
+    ('auto'); ``lo``/``hi``: bounds (``open`` excludes them); ``choices``; ``nullable``; lists: ``length`` and
+    ``each`` (the check of every element); dicts: ``schema`` (known keys and their defaults) with ``checks`` for
+    them, ``values`` (the check of every value of a dict with free keys), or ``free`` (taken as is).
+    """
+
+    kind: Any = None
+    lo: float | None = None
+    hi: float | None = None
+    open: bool = False
+    choices: tuple = ()
+    nullable: bool = False
+    words: tuple = ()
+    length: int | None = None
+    each: "Check | None" = None
+    schema: dict | None = None
+    checks: dict | None = None
+    values: "Check | None" = None
+    free: bool = False
+
+
+def _describe(kind: Any) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list",
+             dict: "a mapping"}
+    return " or ".join(names.get(k, getattr(k, "__name__", str(k))) for k in kinds)
+
+
+def _coerce(value: Any, kind: type) -> Any:
+    """``value`` as ``kind``, or ValueError. YAML 1.1 reads '1e-4' as a string: such strings become numbers."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            return int(value.strip())
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            return float(value.strip())
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif kind is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+    elif kind is dict:
+        if isinstance(value, dict):
+            return value
+    raise ValueError
+
+
+def _checked(value: Any, default: Any, check: Check | None, name: str) -> Any:
+    check = check or Check()
+    if value is None:
+        if check.nullable or (default is None and check.kind is None):
+            return None
+        raise InputError(f"setting '{name}' needs a value ({_describe(check.kind or type(default))})")
+    if isinstance(value, str) and value in check.words:
+        return value
+    kind = check.kind or (type(default) if default is not None else None)
+    if kind is None:
+        return value
+    for k in kind if isinstance(kind, tuple) else (kind,):
+        try:
+            value = _coerce(value, k)
+            break
+        except ValueError:
+            continue
+    else:
+        words = "".join(f" or '{w}'" for w in check.words)
+        raise InputError(f"setting '{name}' must be {_describe(kind)}{words}, got {value!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        low = check.lo is not None and (value <= check.lo if check.open else value < check.lo)
+        high = check.hi is not None and (value >= check.hi if check.open else value > check.hi)
+        if low or high or value != value:
+            brackets = "()" if check.open else "[]"
+            lo = "-inf" if check.lo is None else check.lo
+            hi = "inf" if check.hi is None else check.hi
+            raise InputError(f"setting '{name}' must be in {brackets[0]}{lo}, {hi}{brackets[1]}, got {value!r}")
+    if check.choices and value not in check.choices:
+        raise InputError(f"setting '{name}' must be one of {', '.join(map(str, check.choices))}; got {value!r}")
+    if isinstance(value, list):
+        if check.length is not None and len(value) != check.length:
+            raise InputError(f"setting '{name}' takes {check.length} values, got {len(value)}")
+        each = check.each
+        if each is None and isinstance(default, list) and default:
+            each = Check(kind=type(default[0]) if not isinstance(default[0], dict) else dict)
+        if each is not None:
+            value = [_checked(v, default[0] if isinstance(default, list) and default else None, each,
+                              f"{name}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict) and not check.free:
+        if check.values is not None:
+            value = {str(k): _checked(v, None, check.values, f"{name}.{k}") for k, v in value.items()}
+        elif check.schema is not None or isinstance(default, dict):
+            schema = check.schema if check.schema is not None else default
+            value = check_config(value, schema, check.checks or {}, f"{name}.")
+    return value
+
+
+def check_config(config: dict[str, Any], defaults: dict[str, Any], checks: dict[str, Check] | None = None,
+                 prefix: str = "") -> dict[str, Any]:
+    """``config`` with every value checked against ``defaults`` and ``checks`` (keys: setting names relative to
+    ``defaults``, nested ones dotted): an unknown key is an error naming the nearest known one; values are
+    coerced to the type of their default or rejected with the key and the expected type."""
+    if not isinstance(config, dict):
+        raise InputError(f"setting '{prefix.rstrip('.') or 'config'}' must be a mapping, got {config!r}")
+    checks = checks or {}
+    out = {}
+    for key, value in config.items():
+        key = str(key)
+        if key not in defaults:
+            near = difflib.get_close_matches(key, [str(k) for k in defaults], n=1, cutoff=0.6)
+            hint = f"did you mean '{prefix}{near[0]}'?" if near else f"known: {', '.join(map(str, defaults))}"
+            raise InputError(f"unknown setting '{prefix}{key}' ({hint})")
+        nested = {k[len(key) + 1:]: c for k, c in checks.items() if k.startswith(key + ".")}
+        check = checks.get(key)
+        if nested and (check is None or check.checks is None):
+            check = Check(**{**(check.__dict__ if check else {}), "checks": nested})
+        out[key] = _checked(value, defaults[key], check, prefix + key)
+    return out
+
+
+def _yaml_error(where: str, e: Exception) -> InputError:
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    problem = getattr(e, "problem", None) or first_line(e)
+    at = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+    return InputError(f"{where}{at}: invalid YAML ({problem})")
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """A YAML file; a syntax error keeps its line and column."""
     import yaml
 
+    text = read_text(path, "config file")
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise _yaml_error(str(path), e) from None
+
+
+def parse_override(item: str) -> dict[str, Any]:
+    """``key.sub=value`` (value parsed as YAML) as a nested dict."""
+    import yaml
+
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise InputError(f"override must look like key.sub=value, got '{item}'")
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise _yaml_error(f"--set {item}", e) from None
+    node: dict[str, Any] = {}
+    cursor = node
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        cursor = cursor.setdefault(part, {})
+    cursor[parts[-1]] = parsed
+    return node
+
+
+def load_config(paths: str | os.PathLike | Sequence[str | os.PathLike] | None, overrides: Iterable[str] = (),
+                defaults: dict[str, Any] | None = None, checks: dict[str, Check] | None = None,
+                validate: bool = True) -> dict[str, Any]:
+    """YAML files merged in order over ``defaults``, then ``key.sub=value`` overrides, then checked against the
+    defaults' schema (``check_config``) before anything runs."""
+    if paths is None:
+        paths = []
+    elif isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
     config = dict(defaults or {})
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise InputError(f"cannot parse {path}: {str(e).splitlines()[0]}") from None
+    for path in paths:
+        loaded = read_yaml(path)
+        if loaded is None:
+            continue
+        if not isinstance(loaded, dict):
+            raise InputError(f"{path}: a config file holds a mapping of settings, got {type(loaded).__name__}")
         config = merge_config(config, loaded)
     for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise InputError(f"override must look like key.sub=value, got '{item}'")
-        node: dict[str, Any] = {}
-        cursor = node
-        parts = key.split(".")
-        for part in parts[:-1]:
-            cursor = cursor.setdefault(part, {})
-        cursor[parts[-1]] = yaml.safe_load(value)
-        config = merge_config(config, node)
-    return config
+        config = merge_config(config, parse_override(item))
+    return check_config(config, defaults or {}, checks) if validate and defaults is not None else config
 
 
-def write_run_config(folder: str | os.PathLike, config: dict[str, Any]) -> None:
-    """Record what produced a run folder: its config and the git commit."""
+def config_digest(config: Any) -> str:
+    """A short digest of a JSON-able config (keys sorted), naming what produced a result."""
+    import hashlib
+
+    return hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def write_run_config(folder: str | os.PathLike, config: dict[str, Any], **extra: Any) -> None:
+    """Record what produced a run folder: its config and the git commit (and ``extra`` fields)."""
     import yaml
 
     with atomic_path(Path(folder) / "config.yaml") as tmp:
-        tmp.write_text(yaml.safe_dump({**config, "git_commit": git_commit()}, sort_keys=False))
+        tmp.write_text(yaml.safe_dump({**config, "git_commit": git_commit(), **extra}, sort_keys=False))
 
 
-def run_cli(main: Callable[[], Any]) -> None:
-    """Run a command-line ``main``: known errors become one line on stderr and exit status 2."""
-    from models.weights import WeightsError
+# ----------------------------------------------------------------------------- command lines
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr (exit status 2), like every other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def int_in(lo: int | None = None, hi: int | None = None, also: tuple[int, ...] = ()) -> Callable[[str], int]:
+    """An argparse type: an integer in [lo, hi] (or one of ``also``)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value in also or ((lo is None or value >= lo) and (hi is None or value <= hi)):
+            return value
+        extra = "".join(f" or {a}" for a in also)
+        raise argparse.ArgumentTypeError(f"expected an integer in [{lo if lo is not None else '-inf'}, "
+                                         f"{hi if hi is not None else 'inf'}]{extra}, got {value}")
+    parse.__name__ = "integer"
+    return parse
+
+
+def float_in(lo: float | None = None, hi: float | None = None) -> Callable[[str], float]:
+    """An argparse type: a finite number in [lo, hi]."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value != value or (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"expected a number in [{lo}, {hi}], got {text}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+positive_int = int_in(1)
+image_side = int_in(1, MAX_SIDE)  # --size / --resize W H
+keypoint_limit = int_in(1, also=(-1,))  # --max_keypoints: a budget, or -1 for all (as the official script)
+
+
+def check_resize(resize: Sequence[int], flag: str = "--resize") -> list[int]:
+    """The official --resize: W H, a max dimension, or -1 (no resize); anything else is an InputError."""
+    resize = list(resize)
+    if resize == [-1]:
+        return resize
+    if len(resize) == 2 and resize[1] == -1:  # the official script reads "W -1" as "max dimension W"
+        resize = resize[:1]
+    if len(resize) not in (1, 2) or not all(1 <= v <= MAX_SIDE for v in resize):
+        raise InputError(f"{flag} takes W H or a max dimension in [1, {MAX_SIDE}] px, or -1 (no resize); got "
+                         f"{' '.join(map(str, resize))}")
+    return resize
+
+
+def writable_location(path: str | os.PathLike, folder: bool = False, what: str | None = None) -> Path:
+    """Check, before any work starts, that ``path`` (a file, or with ``folder`` a folder) can be written;
+    nothing is created. A bad location is an InputError naming it (and ``what`` asked for it)."""
+    path = Path(path).expanduser()
+    label = f"{what}: " if what else ""
+    if path.exists() and folder and not path.is_dir():
+        raise InputError(f"{label}{path} is a file, not a folder")
+    if path.is_dir() and not folder:
+        raise InputError(f"{label}{path} is a folder, not a file")
+    probe = path if folder else path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"{label}cannot create {path}: {probe} is a file")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".write-check.")
+        os.close(fd)
+        os.remove(tmp)
+    except OSError as e:
+        raise InputError(f"{label}cannot write in {probe} ({e.strerror})") from None
+    return path
+
+
+_FILE_ERRORS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ENOSPC, errno.EROFS,
+                errno.EDQUOT, errno.EEXIST, errno.ENAMETOOLONG}
+_NO_MEMORY = ("can't allocate memory", "not enough memory", "out of memory", "bad_alloc")
+
+
+def run_cli(main: Callable[..., Any], argv: Sequence[str] | None = None) -> None:
+    """Run a command line's ``main(argv)``: the known failure classes (bad input, bad output location, files
+    that cannot be read or written, memory exhausted by the sizes asked for) become one line on stderr and exit
+    status 2; anything else is a bug and shows its traceback."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        main()
-    except (InputError, WeightsError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        main(argv)
+    except InputError as e:  # WeightsError is one too
+        _fail(first_line(e))
+    except OSError as e:
+        if e.errno not in _FILE_ERRORS:
+            raise
+        where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+        _fail(f"{where + ': ' if where else ''}{e.strerror or first_line(e)}")
+    except MemoryError as e:
+        _fail(f"out of memory ({first_line(e)}): use smaller images (--size/--resize) or fewer keypoints")
+    except RuntimeError as e:
+        if not any(m in str(e).lower() for m in _NO_MEMORY):
+            raise
+        _fail(f"out of memory ({first_line(e)[:120]}): use smaller images (--size/--resize) or fewer keypoints")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def _cpu_attention_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:

@@ -23,7 +23,8 @@ from data.images import open_source
 from data.pairs import FilePairs, SequencePairs, read_pairs
 from evaluate import (HOMOGRAPHY_THRESHOLDS, POSE_THRESHOLDS, build_from_args, pair_metrics, predict, summarize,
                       symmetric_reprojection_error, synthetic_pairs)
-from helper import InputError, pick_device, run_cli, save_npz
+from helper import (ArgumentParser, InputError, check_resize, first_line, float_in, int_in, keypoint_limit,
+                    pick_device, run_cli, save_npz, writable_location)
 from models.matching import available_matchers
 from visualizations import make_matching_plot, match_colors
 
@@ -32,14 +33,15 @@ torch.set_grad_enabled(False)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Image pair matching and evaluation",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description="Image pair matching and evaluation",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--input_pairs", default="sample",
                    help="pairs file, or 'sample': fixed homography pairs of the sample photos, or 'sequence': a "
                         "sample photo against 12 frames of a smooth camera motion (both exported first)")
     p.add_argument("--input_dir", default=None, help="folder of the images (default: the pairs file's folder)")
     p.add_argument("--output_dir", default="dump_match_pairs/")
-    p.add_argument("--max_length", type=int, default=-1, help="maximum number of pairs to evaluate")
+    p.add_argument("--max_length", type=int_in(1, also=(-1,)), default=-1,
+                   help="maximum number of pairs to evaluate (-1: all)")
     p.add_argument("--resize", type=int, nargs="+", default=[640, 480],
                    help="two numbers: exact W H; one: max dimension; -1: no resize")
     p.add_argument("--resize_float", action="store_true", help="resize after casting uint8 to float")
@@ -47,11 +49,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="default: superpoint+superglue when its weights are local, else aliked+lightglue")
     p.add_argument("--checkpoint", default=None, help="a pruned or quantized model written by this project")
     p.add_argument("--superglue", choices=["indoor", "outdoor"], default="indoor", help="SuperGlue weights")
-    p.add_argument("--max_keypoints", type=int, default=1024, help="maximum keypoints per image (-1: all)")
-    p.add_argument("--keypoint_threshold", type=float, default=0.005, help="SuperPoint detector threshold")
-    p.add_argument("--nms_radius", type=int, default=4, help="SuperPoint NMS radius")
-    p.add_argument("--sinkhorn_iterations", type=int, default=20, help="SuperGlue Sinkhorn iterations")
-    p.add_argument("--match_threshold", type=float, default=0.2, help="SuperGlue match threshold")
+    p.add_argument("--max_keypoints", type=keypoint_limit, default=1024, help="maximum keypoints per image (-1: all)")
+    p.add_argument("--keypoint_threshold", type=float_in(0, 1), default=0.005, help="SuperPoint detector threshold")
+    p.add_argument("--nms_radius", type=int_in(0, 64), default=4, help="SuperPoint NMS radius")
+    p.add_argument("--sinkhorn_iterations", type=int_in(0, 10000), default=20, help="SuperGlue Sinkhorn iterations")
+    p.add_argument("--match_threshold", type=float_in(0, 1), default=0.2, help="SuperGlue match threshold")
     p.add_argument("--viz", action="store_true", help="visualise the matches and write the plots")
     p.add_argument("--eval", action="store_true", help="evaluate (needs homography or pose ground truth)")
     p.add_argument("--fast_viz", action="store_true", help="faster visualisation with OpenCV")
@@ -65,25 +67,43 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise InputError("--fast_viz needs --viz")
     if args.fast_viz and args.viz_extension == "pdf":
         raise InputError("--fast_viz cannot write pdf")
-    if len(args.resize) == 2 and args.resize[1] == -1:
-        args.resize = args.resize[:1]
-    if len(args.resize) > 2:
-        raise InputError("--resize takes at most two numbers")
+    args.resize = check_resize(args.resize)
     return args
+
+
+def cached_matches(path: Path) -> dict[str, np.ndarray] | None:
+    """The predictions a previous run saved at ``path``; None (recompute) if there is none or it is unreadable."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as saved:
+            pred = {"keypoints0": saved["keypoints0"], "keypoints1": saved["keypoints1"],
+                    "matches0": saved["matches"], "matching_scores0": saved["match_confidence"]}
+        if len(pred["matches0"]) != len(pred["keypoints0"]) or pred["matches0"].max(initial=-1) >= len(
+                pred["keypoints1"]):
+            raise ValueError("matches do not index its keypoints")
+        return pred
+    except Exception as e:  # a cache: whatever is wrong with it (truncated zip, foreign file), it is redone
+        logger.warning("cached matches %s are unreadable (%s): matching this pair again", path, first_line(e))
+        return None
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    output_dir = Path(args.output_dir)
-    if args.input_pairs in ("sample", "sequence"):
+    output_dir = writable_location(args.output_dir, folder=True, what="--output_dir")
+    made = args.input_pairs in ("sample", "sequence")
+    if not made:  # inputs first (cheap), then the model; nothing is written before both are good
+        pairs_file, input_dir = Path(args.input_pairs), Path(args.input_dir or Path(args.input_pairs).parent)
+        pairs = read_pairs(pairs_file)
+    device = pick_device(args.force_cpu)
+    matcher = build_from_args(args).to(device)
+    if made:
         made = (synthetic_pairs("sample", num_pairs=30, size=(640, 480)) if args.input_pairs == "sample" else
                 SequencePairs(open_source("sample"), "astronaut.png", 12, (640, 480)))
         pairs_file = made.export(output_dir / f"{args.input_pairs}_pairs")
         input_dir = Path(args.input_dir or pairs_file.parent)
         logger.info("exported the %s pairs to %s", args.input_pairs, pairs_file)
-    else:
-        pairs_file, input_dir = Path(args.input_pairs), Path(args.input_dir or Path(args.input_pairs).parent)
-    pairs = read_pairs(pairs_file)
+        pairs = read_pairs(pairs_file)
     if args.max_length > -1:
         pairs = pairs[: args.max_length]
     if args.shuffle:
@@ -94,24 +114,15 @@ def main(argv=None) -> dict:
             raise InputError(f"--eval needs ground truth, but {pairs_file} has pairs without it "
                              f"(e.g. '{missing[0].name0} {missing[0].name1}')")
     pairset = FilePairs(pairs, input_dir, args.resize, args.resize_float)
-    device = pick_device(args.force_cpu)
-    matcher = build_from_args(args).to(device)
     print(f"Matching {len(pairs)} pairs from {pairs_file} with {matcher.name} on {device}; "
           f"writing to {output_dir}")
-    output_dir.mkdir(parents=True, exist_ok=True)
 
     rows = {"homography": [], "pose": []}
     for pair in tqdm(pairs, desc="pairs"):
         stem0, stem1 = pair.stems
         matches_path = output_dir / f"{stem0}_{stem1}_matches.npz"
-        if args.cache and matches_path.exists():
-            try:
-                saved = np.load(matches_path)
-                pred = {"keypoints0": saved["keypoints0"], "keypoints1": saved["keypoints1"],
-                        "matches0": saved["matches"], "matching_scores0": saved["match_confidence"]}
-            except (OSError, KeyError, ValueError) as e:
-                raise InputError(f"cannot load cached matches {matches_path}: {e}") from None
-        else:
+        pred = cached_matches(matches_path) if args.cache else None
+        if pred is None:
             pred = predict(matcher, pairset, pair, device=device)
             save_npz(matches_path, keypoints0=pred["keypoints0"], keypoints1=pred["keypoints1"],
                      matches=pred["matches0"], match_confidence=pred["matching_scores0"])

@@ -12,7 +12,6 @@ a sample photo and a warp of it; topped up with random ones only if the detector
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import io
 import logging
@@ -26,8 +25,9 @@ from torch import nn
 
 from data.homographies import HomographyConfig, crop_resize, sample_homography, warp_image
 from data.images import open_source
-from helper import (InputError, Timer, count_macs, git_commit, measure_latency, pick_device, run_cli, to_tensor,
-                    write_csv, write_json)
+from helper import (ArgumentParser, InputError, Timer, atomic_path, count_macs, git_commit, image_side, int_in,
+                    measure_latency, pick_device, positive_int, run_cli, to_tensor, writable_location, write_csv,
+                    write_json)
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.matching import Matcher, available_matchers, build_matcher
 from quantization.int8 import int8_detector, int8_matcher, onnx_macs, onnx_modules, recorded_inputs
@@ -236,18 +236,19 @@ def int8_copy(matcher: Matcher, size: tuple[int, int], folder: Path, threads: in
     return matcher
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--matcher", nargs="*", default=[], choices=available_matchers())
     p.add_argument("--checkpoint", nargs="*", default=[], help="checkpoints written by this project")
     p.add_argument("--random-weights", "--random_weights", dest="random_weights", action="store_true",
                    help="profile the architecture without its weights (cost does not depend on them)")
-    p.add_argument("--num_keypoints", type=int, default=512, help="keypoints per image fed to the matcher")
-    p.add_argument("--resize", type=int, nargs=2, default=[640, 480], metavar=("W", "H"))
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--sweep_keypoints", type=int, nargs="*", default=[])
-    p.add_argument("--sweep_resize", type=int, nargs="*", default=[], help="W H pairs, e.g. 320 240 640 480")
+    p.add_argument("--num_keypoints", type=int_in(1, 100_000), default=512,
+                   help="keypoints per image fed to the matcher")
+    p.add_argument("--resize", type=image_side, nargs=2, default=[640, 480], metavar=("W", "H"))
+    p.add_argument("--threads", type=int_in(1, 1024), default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--repeats", type=positive_int, default=10)
+    p.add_argument("--sweep_keypoints", type=int_in(1, 100_000), nargs="*", default=[])
+    p.add_argument("--sweep_resize", type=image_side, nargs="*", default=[], help="W H pairs, e.g. 320 240 640 480")
     p.add_argument("--int8_detector", action="store_true",
                    help="also profile each model with its detector (SuperPoint, DISK) in real int8 (ONNX Runtime, "
                         "static QDQ calibrated on sample photos)")
@@ -258,9 +259,12 @@ def main() -> None:
     p.add_argument("--csv", default=None, help="sweep rows")
     p.add_argument("--markdown", default=None)
     p.add_argument("--force_cpu", action="store_true")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if not args.matcher and not args.checkpoint:
         raise InputError("give --matcher and/or --checkpoint")
+    for flag in ("json", "csv", "markdown"):  # where the results go, checked before the work
+        if getattr(args, flag):
+            writable_location(getattr(args, flag), what=f"--{flag}")
     if len(args.sweep_resize) % 2:
         raise InputError("--sweep_resize takes W H pairs")
     if args.threads:
@@ -305,7 +309,8 @@ def main() -> None:
     if args.csv and rows:
         write_csv(args.csv, rows)
     if args.markdown:
-        Path(args.markdown).write_text(markdown(results) + "\n")
+        with atomic_path(args.markdown) as tmp:
+            tmp.write_text(markdown(results) + "\n")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,13 @@ evaluation -> profiling -> figures and report.md (resumable; see experiments.py)
     python pruning_experiments.py --config configs/coco.yaml --out runs/coco
     python pruning_experiments.py --dry-run                          # print the plan
 """
-from experiments import main
+from experiments import main as run_experiment
 from helper import run_cli
 
+
+def main(argv: list[str] | None = None) -> None:
+    run_experiment(("pruning",), __doc__.split("\n")[0], argv)
+
+
 if __name__ == "__main__":
-    run_cli(lambda: main(("pruning",), __doc__.split("\n")[0]))
+    run_cli(main)

@@ -5,8 +5,13 @@ variant) -> finetuning -> evaluation -> profiling -> figures and report.md (resu
     python quantization_experiments.py --config configs/coco.yaml --out runs/coco
     python quantization_experiments.py --dry-run                     # print the plan
 """
-from experiments import main
+from experiments import main as run_experiment
 from helper import run_cli
 
+
+def main(argv: list[str] | None = None) -> None:
+    run_experiment(("quantization",), __doc__.split("\n")[0], argv)
+
+
 if __name__ == "__main__":
-    run_cli(lambda: main(("quantization",), __doc__.split("\n")[0]))
+    run_cli(main)

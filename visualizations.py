@@ -8,9 +8,9 @@ Every figure is written as PNG (README) and PDF (papers), with markers so it rea
 """
 from __future__ import annotations
 
-import argparse
 import csv
-import json
+import difflib
+import io
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,7 +22,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from helper import atomic_path, run_cli  # noqa: E402
+from helper import (ArgumentParser, InputError, atomic_path, first_line, read_json, read_text, run_cli,  # noqa: E402
+                    writable_location)
 
 CORRECT, WRONG = (0.1, 0.8, 0.1, 1.0), (0.9, 0.1, 0.1, 1.0)
 MARKERS = "osD^v<>pPX*h"
@@ -40,9 +41,12 @@ def save_figure(fig: "plt.Figure", out: str | os.PathLike, formats: Sequence[str
     return paths
 
 
-def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+def read_csv(path: str | os.PathLike, columns: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Rows of a results CSV, numbers as floats; a missing file or ``columns`` is an InputError naming it."""
+    rows = list(csv.DictReader(io.StringIO(read_text(path, "CSV file"), newline="")))
+    missing = [c for c in columns if not rows or c not in rows[0]]
+    if missing:
+        raise InputError(f"{path} has no rows with a '{missing[0]}' column: not the CSV this figure is drawn from")
     for r in rows:
         for k, v in r.items():
             try:
@@ -56,7 +60,7 @@ def plot_sensitivity(scan_csv: str | os.PathLike, out: str | os.PathLike, metric
                      xlabel: str = "sparsity of the group", dense_at: float | None = 0.0) -> list[Path]:
     """Per-group sensitivity curves (metric vs sparsity, or bits) from a scan CSV, with the dense baseline (as a
     line, and as the curves' first point at ``dense_at``)."""
-    rows = read_csv(scan_csv)
+    rows = read_csv(scan_csv, ("group", "sparsity", metric))
     dense = [r for r in rows if r["group"] == "__dense__"]
     groups = sorted({r["group"] for r in rows} - {"__dense__"})
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -78,7 +82,9 @@ def plot_sensitivity(scan_csv: str | os.PathLike, out: str | os.PathLike, metric
 def plot_tradeoff(results: str | os.PathLike | list[dict[str, Any]], out: str | os.PathLike,
                   x: str = "size_bytes", y: str = "auc@3px") -> list[Path]:
     """Accuracy against a cost (size, MACs or latency) for all variants; the Pareto front is drawn."""
-    variants = json.loads(Path(results).read_text()) if not isinstance(results, list) else results
+    variants = read_json(results, "results file") if not isinstance(results, list) else results
+    if not isinstance(variants, list) or not all(isinstance(v, dict) and "name" in v for v in variants):
+        raise InputError(f"{results} is not a results.json (a list of variants with a 'name')")
     variants = [v for v in variants if v.get(x) is not None and v.get(y) is not None]
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for i, v in enumerate(variants):
@@ -101,7 +107,7 @@ def plot_tradeoff(results: str | os.PathLike | list[dict[str, Any]], out: str | 
 
 def plot_latency_vs_keypoints(sweep_csv: str | os.PathLike, out: str | os.PathLike) -> list[Path]:
     """Detector and matcher latency stacked against the number of keypoints, one panel per model."""
-    rows = [r for r in read_csv(sweep_csv)]
+    rows = read_csv(sweep_csv, ("model", "num_keypoints", "detector_ms", "matcher_ms"))
     models = list(dict.fromkeys(r["model"] for r in rows))
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
     for ax, model in zip(axes[0], models):
@@ -125,7 +131,11 @@ def plot_weight_histograms(checkpoints: Sequence[str | os.PathLike], tensor: str
     fig, axes = plt.subplots(len(checkpoints), 1, figsize=(6.5, 2.2 * len(checkpoints)), sharex=True, squeeze=False)
     for ax, path in zip(axes[:, 0], checkpoints):
         model = load_checkpoint(path)
-        w = model.state_dict()[tensor].flatten().float().numpy()
+        state = model.state_dict()
+        if tensor not in state:
+            near = difflib.get_close_matches(tensor, list(state), n=1, cutoff=0.5)
+            raise InputError(f"{path} has no tensor {tensor!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+        w = state[tensor].flatten().float().numpy()
         nonzero = w[w != 0]
         ax.hist(nonzero, bins=bins, color="0.4")
         module = model.get_submodule(tensor.rsplit(".", 1)[0])
@@ -240,8 +250,12 @@ def make_gif(match_dirs: Sequence[str | os.PathLike], pairs_file: str | os.PathL
         for folder, label in zip(match_dirs, labels):
             path = Path(folder) / f"{pair.stems[0]}_{pair.stems[1]}_matches.npz"
             if not path.is_file():
-                raise FileNotFoundError(f"{path} is missing: run match_pairs.py on {pairs_file} into {folder}")
-            m = np.load(path)
+                raise InputError(f"{path} is missing: run match_pairs.py on {pairs_file} into {folder}")
+            try:
+                with np.load(path) as saved:
+                    m = {k: saved[k] for k in ("keypoints0", "keypoints1", "matches", "match_confidence")}
+            except Exception as e:  # truncated or foreign npz
+                raise InputError(f"{path} is not a match file of match_pairs.py ({first_line(e)})") from None
             valid = m["matches"] > -1
             k0, k1 = m["keypoints0"][valid], m["keypoints1"][m["matches"][valid]]
             correct = symmetric_reprojection_error(k0, k1, gt.H) < 3.0 if gt.kind == "homography" else None
@@ -257,8 +271,8 @@ def make_gif(match_dirs: Sequence[str | os.PathLike], pairs_file: str | os.PathL
     return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description="Regenerate the report's figures from result files")
+def main(argv: list[str] | None = None) -> None:
+    p = ArgumentParser(description="Regenerate the report's figures from result files")
     p.add_argument("--out", default="figures")
     p.add_argument("--scan", help="sensitivity scan CSV (pruning/sensitivity.py)")
     p.add_argument("--results", help="results.json: list of variants with name, method, auc@3px, size_bytes, …")
@@ -269,8 +283,8 @@ def main() -> None:
                    help="match_pairs.py output folders (dense first) to animate side by side")
     p.add_argument("--gif_pairs", default=None, help="the pairs file they matched (default: "
                                                       "FIRST_DIR/sequence_pairs/pairs.txt)")
-    args = p.parse_args()
-    out = Path(args.out)
+    args = p.parse_args(argv)
+    out = writable_location(args.out, folder=True, what="--out")
     written = []
     if args.scan:
         written += plot_sensitivity(args.scan, out / "sensitivity")

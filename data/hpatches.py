@@ -13,7 +13,7 @@ import urllib.error
 from pathlib import Path
 from typing import Sequence
 
-from helper import InputError, download
+from helper import InputError, download, remove_stale_temps, temp_prefix
 
 from .pairs import FilePairs, Pair, read_homography_file
 
@@ -42,14 +42,16 @@ def fetch_hpatches(folder: str | os.PathLike, url: str = HPATCHES_URL) -> Path:
     if root.exists():  # never overwrite a folder someone made: it may hold their own files
         raise InputError(f"{root} holds no HPatches scenes (<scene>/1.ppm); move it away to download again")
     archive = folder / url.rsplit("/", 1)[-1]
-    if not archive.is_file():
+    downloaded = not archive.is_file()  # an archive the user put there is theirs: never deleted
+    if downloaded:
         logger.info("downloading HPatches (1.3 GB) from %s to %s", url, archive)
         try:
             download(url, archive)
         except (urllib.error.URLError, OSError) as e:
             raise InputError(f"cannot download HPatches from {url} ({getattr(e, 'reason', e)}); put {archive.name} "
                              f"or its extracted {HPATCHES_FOLDER} in {folder}") from None
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".hpatches.") as tmp:
+    remove_stale_temps(folder, HPATCHES_FOLDER)  # a half-extracted copy a killed run left
+    with tempfile.TemporaryDirectory(dir=folder, prefix=temp_prefix(root)) as tmp:
         try:
             with tarfile.open(archive) as tar:
                 tar.extractall(tmp, filter="data")
@@ -60,7 +62,11 @@ def fetch_hpatches(folder: str | os.PathLike, url: str = HPATCHES_URL) -> Path:
         if not scenes_in(extracted):
             raise InputError(f"{archive} holds no {HPATCHES_FOLDER}/<scene>/1.ppm; delete it to download again")
         os.replace(extracted, root)
-    archive.unlink()
+    if downloaded:
+        logger.info("extracted %s; deleting the archive this run downloaded", root)
+        archive.unlink()
+    else:
+        logger.info("extracted %s; your archive %s is kept", root, archive)
     return root
 
 

@@ -5,12 +5,13 @@ import hashlib
 import logging
 import os
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from helper import InputError, decode_image
+from helper import InputError, decode_image, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +81,9 @@ class ZipSource(ImageSource):
     def read_bytes(self, name: str) -> bytes:
         try:
             return self.zip.read(name)
-        except zipfile.BadZipFile as e:
-            raise OSError(str(e)) from None
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:
+            # a damaged member (CRC, truncated deflate stream), an unsupported method or an encrypted one
+            raise OSError(f"damaged or unreadable member ({first_line(e)})") from None
 
 
 class SampleSource(FolderSource):

@@ -15,7 +15,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from helper import InputError, atomic_path, read_image, resize_to
+from helper import InputError, atomic_path, read_image, read_text, resize_to
 
 from .homographies import (HomographyConfig, crop_resize, interpolate_homography, photometric_augment,
                            sample_homography, warp_image)
@@ -77,10 +77,8 @@ def parse_pair_line(line: str, where: str) -> Pair:
 
 def read_pairs(path: str | os.PathLike) -> list[Pair]:
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"pairs file not found: {path}")
     pairs = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    for i, line in enumerate(read_text(path, "pairs file").splitlines(), 1):
         if line.strip() and not line.lstrip().startswith("#"):
             pairs.append(parse_pair_line(line, f"{path}:{i}"))
     if not pairs:

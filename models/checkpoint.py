@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from helper import atomic_path, git_commit
+from helper import atomic_path, first_line, git_commit
 
-from .matching import Matcher, build_matcher
+from .matching import Matcher, available_matchers, build_matcher
 from .quantized import install_activation_quant
 from .weights import WeightsError, read_state_dict
 
@@ -187,12 +187,27 @@ def is_checkpoint(obj: Any) -> bool:
 
 
 def load_checkpoint(path: str | os.PathLike) -> Matcher:
-    """Rebuild the Matcher saved by ``save_checkpoint``, whatever its pruned shapes."""
+    """Rebuild the Matcher saved by ``save_checkpoint``, whatever its pruned shapes. A file that is not such a
+    checkpoint, or whose header or entries are damaged, is a WeightsError naming the file and the culprit."""
     payload = read_state_dict(path)
     if not is_checkpoint(payload):
         raise WeightsError(f"{path} is not a checkpoint written by this project (no '{FORMAT}' header)")
-    if payload.get("version", 0) > VERSION:
-        raise WeightsError(f"{path} has checkpoint version {payload['version']}; this code reads up to {VERSION}")
+    version = payload.get("version", 0)
+    if not isinstance(version, int) or version > VERSION:
+        raise WeightsError(f"{path} has checkpoint version {version!r}; this code reads up to {VERSION}")
+    try:
+        return _rebuild(payload, path)
+    except WeightsError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+        detail = f"missing field {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {first_line(e)[:160]}"
+        raise WeightsError(f"{path} is a damaged checkpoint ({detail})") from None
+
+
+def _rebuild(payload: dict[str, Any], path: str | os.PathLike) -> Matcher:
+    if payload.get("matcher") not in available_matchers():
+        raise WeightsError(f"{path} names the matcher {payload.get('matcher')!r}, which this code does not have "
+                           f"({', '.join(available_matchers())})")
     config = _without_weights(payload["config"])
     matcher = build_matcher(payload["matcher"], config)
     if "tensors" in payload:
@@ -206,7 +221,7 @@ def load_checkpoint(path: str | os.PathLike) -> Matcher:
     try:
         missing, unexpected = matcher.load_state_dict(state, strict=not graphs)
     except RuntimeError as e:
-        raise WeightsError(f"{path} does not fit {payload['matcher']}: {str(e).splitlines()[0]}") from None
+        raise WeightsError(f"{path} does not fit {payload['matcher']}: {first_line(e)}") from None
     missing = [k for k in missing if not any(k.startswith(name + ".") for name in graphs)]
     if missing or unexpected:
         raise WeightsError(f"{path} does not fit {payload['matcher']}: missing {missing[:3]}, "
@@ -217,7 +232,12 @@ def load_checkpoint(path: str | os.PathLike) -> Matcher:
         for name, graph in graphs.items():  # the PyTorch module there keeps the settings, the graph computes
             parent, _, attr = name.rpartition(".")
             owner = matcher.get_submodule(parent)
-            setattr(owner, attr, ort_module(graph["class"], getattr(owner, attr), graph["graph"].numpy().tobytes()))
+            try:
+                module = ort_module(graph["class"], getattr(owner, attr), graph["graph"].numpy().tobytes())
+            except Exception as e:  # onnxruntime's errors (InvalidProtobuf, …) derive from Exception only
+                raise WeightsError(f"{path}: its ONNX graph for {name} cannot be opened ({first_line(e)[:160]})") \
+                    from None
+            setattr(owner, attr, module)
     modules = dict(matcher.named_modules())
     for name, (_, buffers) in decoded.items():
         layer = modules.get(name.rsplit(".", 1)[0])

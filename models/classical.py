@@ -92,6 +92,11 @@ class SiftNN(Matcher):
         config = config or {}
         super().__init__(SIFT(config.get("detector")), MutualNearestNeighbour(config.get("matcher")), config)
 
+    @classmethod
+    def config_schema(cls) -> dict[str, Any]:
+        return {"detector": SIFT.default_config, "matcher": MutualNearestNeighbour.default_config,
+                "pretrained": True}
+
     def detect(self, image: torch.Tensor) -> Features:
         return self.detector(image)
 

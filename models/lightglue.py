@@ -47,6 +47,11 @@ class LightGlueMatcher(Matcher):
     def detector_settings(self) -> dict[str, Any]:
         return self.config_of(self.config, "detector", DEFAULT_DETECTOR)
 
+    @classmethod
+    def config_schema(cls) -> dict[str, Any]:
+        return {"detector": cls.detector_schema, "matcher": {**LightGlue.default_conf, **DEFAULT_MATCHER},
+                "pretrained": True}
+
     def match(self, data: dict[str, Any]) -> dict[str, torch.Tensor]:
         def side(i: int) -> dict[str, torch.Tensor]:
             kpts = data[f"keypoints{i}"]
@@ -62,6 +67,7 @@ class LightGlueMatcher(Matcher):
 class AlikedLightGlue(LightGlueMatcher):
     name = "aliked+lightglue"
     features = "aliked"
+    detector_schema = {"model_name": "aliked-n16", **DEFAULT_DETECTOR, "detection_threshold": 0.2, "nms_radius": 2}
 
     def __init__(self, config: dict[str, Any] | None = None):
         config = config or {}
@@ -84,6 +90,7 @@ class AlikedLightGlue(LightGlueMatcher):
 class DiskLightGlue(LightGlueMatcher):
     name = "disk+lightglue"
     features = "disk"
+    detector_schema = dict(DEFAULT_DETECTOR)
 
     def __init__(self, config: dict[str, Any] | None = None):
         config = config or {}

@@ -13,6 +13,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from helper import InputError, first_line
+
 from .superglue import SuperGlue
 from .superpoint import SuperPoint
 
@@ -45,6 +47,7 @@ class Matcher(nn.Module):
 
     name = "matcher"
     channels = 1  # what the detector reads: 1 (gray) or 3 (RGB); other inputs are converted
+    min_side = 16  # px: smaller images have no cell to detect in (SuperPoint: 8 px cells; DISK pads to 16)
 
     def __init__(self, detector: nn.Module, matcher: nn.Module, config: dict[str, Any]):
         super().__init__()
@@ -64,8 +67,17 @@ class Matcher(nn.Module):
         """Run the detector on a B×channels×H×W image; subclasses adapt its outputs to the official layout."""
         raise NotImplementedError
 
+    @classmethod
+    def config_schema(cls) -> dict[str, Any]:
+        """The settings this matcher's config takes, with their defaults (unknown keys are errors)."""
+        return {}
+
     def extract(self, image: torch.Tensor) -> Features:
         """Keypoints, scores and descriptors of each image of a B×C×H×W batch in [0, 1]."""
+        h, w = image.shape[-2:]
+        if min(h, w) < self.min_side:
+            raise InputError(f"an image of {w}×{h} px is too small for {self.name} (at least {self.min_side} px a "
+                             "side)")
         return self.detect(to_channels(image, self.channels))
 
     def match(self, data: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -106,6 +118,10 @@ class Matching(Matcher):
     def superglue(self) -> SuperGlue:
         return self.matcher
 
+    @classmethod
+    def config_schema(cls) -> dict[str, Any]:
+        return {"superpoint": SuperPoint.default_config, "superglue": SuperGlue.default_config, "pretrained": True}
+
     def detect(self, image: torch.Tensor) -> Features:
         return self.detector({"image": image})
 
@@ -127,9 +143,32 @@ def available_matchers() -> list[str]:
     return ["superpoint+superglue", *OFFLINE_MATCHERS]
 
 
-def build_matcher(name: str, config: dict[str, Any] | None = None) -> Matcher:
-    """A Matcher of the zoo by name, e.g. 'superpoint+superglue', 'aliked+lightglue', 'sift+nn'."""
+def matcher_class(name: str) -> type[Matcher]:
     if name not in available_matchers():
-        raise ValueError(f"unknown matcher '{name}'; choose from {', '.join(available_matchers())}")
-    cls = MATCHERS.get(name) or _build(name)
-    return cls(config or {}).eval()
+        raise InputError(f"unknown matcher '{name}'; choose from {', '.join(available_matchers())}")
+    return MATCHERS.get(name) or _build(name)
+
+
+def check_matcher_config(name: str, config: dict[str, Any] | None, where: str = "matcher_config",
+                         inherited: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``config`` of matcher ``name`` with every key known to it (else an InputError naming the nearest). Parts
+    of ``inherited`` (a script's defaults, e.g. LightGlue's every-layer settings) that this matcher does not have
+    are dropped when left as they are: they are the script's, not the user's."""
+    from helper import Check, check_config
+
+    schema = matcher_class(name).config_schema()
+    config = {k: v for k, v in (config or {}).items()
+              if k in schema or inherited is None or k not in inherited or v != inherited[k]}
+    checks = {f"{part}.{key}": Check(nullable=True)  # model settings take None for "off" / "random weights"
+              for part, sub in schema.items() if isinstance(sub, dict) for key in sub}
+    return check_config(config or {}, schema, checks, f"{where}.") if schema else dict(config or {})
+
+
+def build_matcher(name: str, config: dict[str, Any] | None = None) -> Matcher:
+    """A Matcher of the zoo by name, e.g. 'superpoint+superglue', 'aliked+lightglue', 'sift+nn'. An unknown
+    name or a setting the network rejects is an InputError."""
+    cls = matcher_class(name)
+    try:
+        return cls(config or {}).eval()
+    except ValueError as e:  # a constructor's check of its settings
+        raise InputError(f"matcher {name}: {first_line(e)}") from None

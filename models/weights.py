@@ -5,12 +5,15 @@ import hashlib
 import importlib.util
 import logging
 import os
+import pickle
 import urllib.error
+import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from helper import InputError, first_line
 from helper import download as download_file
 
 logger = logging.getLogger(__name__)
@@ -25,8 +28,9 @@ OFFICIAL_WEIGHTS: dict[str, str] = {
 OFFICIAL_LICENSE = "Magic Leap SuperGlue licence: non-commercial research use only"
 
 
-class WeightsError(RuntimeError):
-    """Weights that cannot be found, fetched or loaded; the message is one line that says what to do."""
+class WeightsError(InputError, RuntimeError):
+    """Weights or a checkpoint that cannot be found, fetched or loaded; the message is one line that says what
+    to do."""
 
 
 def official_url(name: str) -> str:
@@ -81,13 +85,36 @@ def resolve_weights(name_or_path: str | os.PathLike, allow_download: bool = True
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state_dict safely (``weights_only=True``: a stranger's pickle cannot run code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"{path} is empty (0 bytes): an interrupted copy or download? copy it again")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise about a file refused anyway
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt or unsafe files
-        raise WeightsError(f"cannot read weights file {path}: {str(e).splitlines()[0]}") from None
+        raise WeightsError(unreadable(path, e)) from None
     if not isinstance(state, dict):
         raise WeightsError(f"{path} does not hold a state_dict")
     return state
+
+
+def unreadable(path: Path, error: Exception) -> str:
+    """Why torch.load(weights_only=True) refused ``path``, in one line (never the advice to turn safety off)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    unsafe = next((line for line in lines if "GLOBAL" in line), None)
+    if unsafe is not None:
+        return (f"{path} holds Python objects besides tensors ({unsafe.rstrip('.')}); refused, as loading them "
+                "could run code: ask for a plain state_dict or a checkpoint of this project")
+    if isinstance(error, pickle.UnpicklingError):
+        cause = next((lines[i + 1] for i, line in enumerate(lines[:-1]) if "WeightsUnpickler error" in line),
+                     None)
+        return f"{path} is not a PyTorch weights file, or is damaged ({cause or 'cannot unpickle'})"
+    if "zip archive" in str(error) or "central directory" in str(error):
+        return f"{path} is damaged (an incomplete zip archive: truncated copy or download?)"
+    return f"{path} is not a PyTorch weights file, or is damaged ({type(error).__name__}: {first_line(error)[:160]})"
 
 
 def load_weights(module: nn.Module, name_or_path: str | os.PathLike, allow_download: bool = True) -> None:
@@ -97,8 +124,7 @@ def load_weights(module: nn.Module, name_or_path: str | os.PathLike, allow_downl
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        first = str(e).splitlines()
-        detail = " ".join(line.strip() for line in first[:3])
+        detail = " ".join(line.strip() for line in str(e).splitlines()[:3]) or type(e).__name__
         raise WeightsError(f"{path} does not fit {type(module).__name__}: {detail[:300]}") from None
     logger.info("loaded %s weights from %s", type(module).__name__, path)
 

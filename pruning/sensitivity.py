@@ -43,14 +43,31 @@ def group_sizes(model: nn.Module, groups: Mapping[str, list[str]]) -> dict[str, 
 def _read_rows(path: Path, model_id: str) -> list[dict]:
     if not path.exists():
         return []
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("model") == model_id]
-    return [{k: (v if k in ("group", "model") else float(v)) for k, v in r.items()} for r in rows]
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("model") == model_id]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:  # rows are a cache of evaluations: redo them all
+        logger.warning("scan file %s is unreadable (%s): scanning again", path, e)
+        path.unlink(missing_ok=True)
+        return []
+    parsed = []
+    for r in rows:
+        try:
+            parsed.append({k: (v if k in ("group", "model") else float(v)) for k, v in r.items()})
+        except (TypeError, ValueError):  # a row cut short by a killed run: that evaluation is redone
+            logger.warning("scan file %s: dropping a damaged row (%s)", path, r.get("group"))
+    return parsed
 
 
 def _append_row(path: Path, row: dict) -> None:
     new = not path.exists() or path.stat().st_size == 0
+    if not new:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            cut = f.read(1) != b"\n"  # a row a killed run left unfinished: the new one starts on its own line
     with open(path, "a", newline="") as f:
+        if not new and cut:
+            f.write("\n")
         writer = csv.DictWriter(f, fieldnames=list(row))
         if new:
             writer.writeheader()

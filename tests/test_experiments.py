@@ -7,8 +7,8 @@ import pytest
 
 import experiments
 from conftest import FIXTURES, ROOT
-from experiments import experiment_config, run
-from helper import InputError
+from experiments import DEFAULTS, experiment_config, run
+from helper import InputError, load_config
 
 TINY = experiment_config([str(ROOT / "configs" / "demo.yaml"), str(FIXTURES / "tiny_experiment.yaml")])
 KEYS = ("name", "method", "sparsity", "bits", "finetuned", "auc@1px", "auc@3px", "auc@5px", "precision", "recall",
@@ -99,11 +99,15 @@ def test_bad_variants_are_one_line_errors(tmp_path, variant, message):
 def test_coco_preset_runs_end_to_end_with_random_weights(tmp_path):
     # The official weights and COCO are not here: the same preset on random weights and the sample photos checks
     # its wiring (SuperGlue fine-grained and channel pruning, SuperPoint channel pruning with detector finetuning).
-    config = experiment_config(
+    config = load_config(
         [str(ROOT / "configs" / "coco.yaml"), str(FIXTURES / "tiny_experiment.yaml")],
         ["source=sample", "matcher_config.superpoint.weights=null", "matcher_config.superglue.weights=null",
          'sensitivity.include=["gnn.layers.0.*"]', "sensitivity.depth=3", "val.val_fraction=0.5",
-         "finetune.train.val_fraction=0.5", "calibration.val_fraction=0.5", "finetune.val.every=1", "animation=null"])
+         "finetune.train.val_fraction=0.5", "calibration.val_fraction=0.5", "finetune.val.every=1", "animation=null"],
+        DEFAULTS, validate=False)
+    # the tiny fixture's keypoint budget is ALIKED's ('detector'); SuperPoint's lives under 'superpoint'
+    config["matcher_config"]["superpoint"]["max_keypoints"] = config["matcher_config"].pop("detector")["max_keypoints"]
+    config = experiment_config([], [], base=config)
     config["quantization"] = [s for s in config["quantization"] if s["method"] == "int8-onnxruntime"]
     rows = {r["name"]: r for r in run(config, tmp_path, progress=False)}
     assert set(rows) == {"dense", "superglue-int8-onnxruntime", "superpoint-int8-onnxruntime"} | {

@@ -40,6 +40,50 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     assert [line.split(",")[0] for line in log[1:]] == ["0", "2", "4"]  # no duplicated rows after the resume
 
 
+def test_a_run_folder_is_bound_to_the_config_and_checkpoint_that_started_it(tmp_path):
+    import yaml
+
+    from helper import InputError
+
+    m = build_matcher("aliked+lightglue", TINY["matcher_config"])
+    a = save_checkpoint(m, tmp_path / "a.pth")
+    prune_fine_grained(m.matcher, 0.5)
+    b = save_checkpoint(m, tmp_path / "b.pth")
+    out = tmp_path / "ft"
+    assert finetune.finetune(config(out, checkpoint=str(a)), stop_after=1, progress=False)["step"] == 1  # killed
+    record = (out / "config.yaml").read_text()
+    with pytest.raises(InputError, match="another config .*checkpoint"):
+        finetune.finetune(config(out, checkpoint=str(b)), progress=False)
+    with pytest.raises(InputError, match="another config .*lr"):
+        finetune.finetune(config(out, checkpoint=str(a), lr=1e-3), progress=False)
+    original = a.read_bytes()
+    a.write_bytes(b.read_bytes())  # the same path with other bytes: refused too
+    with pytest.raises(InputError, match="checkpoint file's content"):
+        finetune.finetune(config(out, checkpoint=str(a)), progress=False)
+    a.write_bytes(original)
+    assert (out / "config.yaml").read_text() == record  # the record still says what the folder holds
+    beside = finetune.finetune(config(out, checkpoint=str(b), lr=1e-3), progress=False, new=True)
+    assert beside["out"] == str(tmp_path / "ft-2") and beside["step"] == 4
+    assert yaml.safe_load((tmp_path / "ft-2" / "config.yaml").read_text())["lr"] == 1e-3
+    resumed = finetune.finetune(config(out, checkpoint=str(a)), progress=False)  # the same inputs resume
+    assert resumed["out"] == str(out) and resumed["step"] == 4
+    again = finetune.finetune(config(out, checkpoint=str(b), lr=1e-3), progress=False, new=True)
+    assert again["out"] == str(tmp_path / "ft-2")  # --new finds the folder of its own config
+
+
+def test_unreadable_resume_state_is_reported(tmp_path):
+    from helper import InputError
+
+    out = tmp_path / "ft"
+    finetune.finetune(config(out), stop_after=1, progress=False)
+    state = (out / "state.pt").read_bytes()
+    (out / "state.pt").write_bytes(state[: len(state) // 3])
+    with pytest.raises(InputError, match="state.pt"):
+        finetune.finetune(config(out), progress=False)
+    (out / "state.pt").write_bytes(state)  # nothing else was changed: the run still resumes
+    assert finetune.finetune(config(out), progress=False)["step"] == 4
+
+
 def test_fine_grained_sparsity_stays_exact(tmp_path):
     m = build_matcher("aliked+lightglue", TINY["matcher_config"])
     prune_fine_grained(m.matcher, {"*transformers*": 0.8})

@@ -46,6 +46,21 @@ def test_download_extract_and_pairs(archive, tmp_path, monkeypatch):
     assert summary["failures"] == 0 and summary["precision"] > 0.9 and summary["auc@3px"] > 0.7
 
 
+def test_an_archive_the_user_put_there_is_kept_and_a_killed_extraction_cleaned(archive, tmp_path):
+    import shutil
+    import socket
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    shutil.copy(archive, folder / archive.name)  # as the download error message tells users to
+    host = socket.gethostname().replace(".", "_")
+    stale = folder / f".{hp.HPATCHES_FOLDER}.{host}-{2**22 + 17}.abc"  # a dead process's half extraction
+    (stale / "v_half").mkdir(parents=True)
+    root = hp.fetch_hpatches(folder, "file:///nowhere/" + archive.name)
+    assert hp.scenes_in(root) and (folder / archive.name).read_bytes() == archive.read_bytes()
+    assert sorted(p.name for p in folder.iterdir()) == sorted([archive.name, hp.HPATCHES_FOLDER])
+
+
 def test_bad_archives_and_folders_are_one_line_errors(tmp_path):
     with pytest.raises(InputError, match="cannot download HPatches"):
         hp.fetch_hpatches(tmp_path / "a", (tmp_path / "missing.tar.gz").as_uri())

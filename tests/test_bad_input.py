@@ -1,0 +1,371 @@
+"""Every command line against hostile-but-fair input: exit status 2, one line on stderr that names the culprit,
+no traceback, nothing half-written and no other file changed; output locations are checked before any work."""
+import importlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT
+
+from helper import run_cli
+
+TINY_MATCHER = {"pretrained": False, "matcher": {"n_layers": 1}, "detector": {"max_keypoints": 64}}
+
+
+def _png(image: np.ndarray) -> bytes:
+    return cv2.imencode(".png", image)[1].tobytes()
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    """A folder of bad inputs (and the few good ones they are mixed with)."""
+    from models.checkpoint import save_checkpoint
+    from models.matching import build_matcher
+
+    h = tmp_path_factory.mktemp("hostile")
+    rng = np.random.default_rng(0)
+    good = _png(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8))
+    (h / "images").mkdir()
+    (h / "images" / "good.png").write_bytes(good)
+    (h / "images" / "empty.png").write_bytes(b"")
+    (h / "images" / "noise.png").write_bytes(rng.bytes(3000))
+    (h / "images" / "dot.png").write_bytes(_png(np.zeros((1, 1, 3), np.uint8)))
+    (h / "pairs_empty_image.txt").write_text("good.png empty.png\n")
+    (h / "pairs_noise_image.txt").write_text("good.png noise.png\n")
+    (h / "pairs_dot.txt").write_text("good.png dot.png\n")
+    (h / "pairs_latin1.txt").write_bytes("café.png good.png\n".encode("latin-1"))
+    (h / "a_file").write_text("not a folder\n")
+    (h / "a_dir").mkdir()
+    (h / "zero.pth").write_bytes(b"")
+    (h / "random.pth").write_bytes(rng.bytes(5000))
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {h / 'PWNED'}",))
+
+    torch.save(Payload(), h / "pickle.pth")
+    ckpt = save_checkpoint(build_matcher("aliked+lightglue", TINY_MATCHER), h / "tiny.pth")
+    (h / "truncated.pth").write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    payload = torch.load(ckpt, weights_only=True)
+
+    def crafted(name, change):
+        p = {**payload, "tensors": dict(payload["tensors"])}
+        change(p)
+        torch.save(p, h / name)
+
+    crafted("unknown_matcher.pth", lambda p: p.update(matcher="nope+nope"))
+    crafted("no_config.pth", lambda p: p.pop("config"))
+    first = next(iter(payload["tensors"]))
+    crafted("entry_without_kind.pth", lambda p: p["tensors"].update({first: {"tensor": torch.zeros(1)}}))
+    crafted("wrong_shape.pth", lambda p: p["tensors"].update({first: {"kind": "dense", "tensor": torch.zeros(3, 3)}}))
+    crafted("future.pth", lambda p: p.update(version=99))
+    save_checkpoint(build_matcher("sift+nn"), h / "sift.pth")
+    (h / "broken.yaml").write_text("steps: 3\nlr: [1e-4\nseed: 1\n")
+    (h / "list.yaml").write_text("- steps\n")
+    (h / "broken.json").write_text('[{"name": "dense", "auc@3px": 0.5,\n')
+    (h / "scan.csv").write_text("model,group,sparsity\nm,a,0.5\n")
+    (h / "bad_method.yaml").write_text("quantization:\n  - {name: q, method: kmeanz, bits: 4}\n")
+    (h / "bad_variant_key.yaml").write_text("quantization:\n  - {name: q, method: kmeans, bitz: 4}\n")
+    (h / "bad_base.yaml").write_text("quantization:\n  - {name: q, method: fine-grained+kmeans, base: p, bits: 4}\n")
+    return h
+
+
+PROGRESS = re.compile(r"\|\s*\d+/\d+ \[")  # a tqdm bar: how far the work got when the input turned out bad
+
+
+def shown(stderr: str) -> list[str]:
+    """The lines of ``stderr`` a terminal shows, progress bars left out."""
+    lines = (line.split("\r")[-1].strip() for line in stderr.split("\n"))
+    return [line for line in lines if line and not PROGRESS.search(line)]
+
+
+def snapshot(*folders: Path) -> dict:
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for f in folders for p in sorted(f.rglob("*"))}
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    return tmp_path
+
+
+def boom(*args, **kwargs):
+    raise AssertionError("the work started before the bad input was found")
+
+
+E, M, P, F, X = "evaluate", "match_pairs", "profiling", "finetune", "pruning_experiments"
+SIFT = ["--matcher", "sift+nn"]
+# (id, command, arguments ({H}: the hostile folder, {W}: an empty work folder), what the error line must name,
+#  functions that must not run: the input is refused before that work)
+CASES = [
+    # images
+    ("0-byte image in a pairs file", M, ["--input_pairs", "{H}/pairs_empty_image.txt", "--input_dir", "{H}/images",
+                                         *SIFT, "--output_dir", "{W}/o"], ["empty.png", "empty"], []),
+    ("undecodable image", M, ["--input_pairs", "{H}/pairs_noise_image.txt", "--input_dir", "{H}/images", *SIFT,
+                              "--output_dir", "{W}/o"], ["noise.png"], []),
+    ("1x1 image with DISK", M, ["--input_pairs", "{H}/pairs_dot.txt", "--input_dir", "{H}/images", "--matcher",
+                                "disk+lightglue", "--resize", "-1", "--output_dir", "{W}/o"], ["dot.png", "1×1"], []),
+    ("non-UTF-8 pairs file", M, ["--input_pairs", "{H}/pairs_latin1.txt", *SIFT, "--output_dir", "{W}/o"],
+     ["pairs_latin1.txt", "UTF-8"], ["match_pairs.build_from_args"]),
+    ("non-UTF-8 pairs file (evaluate)", E, ["--input_pairs", "{H}/pairs_latin1.txt", *SIFT],
+     ["pairs_latin1.txt", "UTF-8"], ["evaluate.build_from_args"]),
+    # values
+    ("--resize 0 0", M, ["--resize", "0", "0", *SIFT], ["--resize"], ["match_pairs.read_pairs"]),
+    ("--resize 0 0 (evaluate)", E, ["--input_pairs", "{H}/pairs_empty_image.txt", "--resize", "0", "0"],
+     ["--resize"], ["evaluate.build_from_args"]),
+    ("--size 0 0", E, ["--size", "0", "0", *SIFT], ["--size"], ["evaluate.synthetic_pairs"]),
+    ("--size too large for memory", E, ["--size", "100000", "100000", *SIFT], ["--size", "8192"],
+     ["evaluate.synthetic_pairs"]),
+    ("--num_pairs 0", E, ["--num_pairs", "0", *SIFT], ["--num_pairs"], ["evaluate.synthetic_pairs"]),
+    ("--max_keypoints 0", M, ["--max_keypoints", "0", *SIFT], ["--max_keypoints"], ["match_pairs.read_pairs"]),
+    ("--max_keypoints -5", E, ["--max_keypoints", "-5", *SIFT], ["--max_keypoints"], ["evaluate.synthetic_pairs"]),
+    ("--num_keypoints 0", P, ["--num_keypoints", "0", *SIFT], ["--num_keypoints"], ["profiling.profile_matcher"]),
+    ("--repeats 0", P, ["--repeats", "0", *SIFT], ["--repeats"], ["profiling.profile_matcher"]),
+    ("--resize 0 0 (profiling)", P, ["--resize", "0", "0", *SIFT], ["--resize"], ["profiling.profile_matcher"]),
+    ("--threads 0", P, ["--threads", "0", *SIFT], ["--threads"], ["profiling.profile_matcher"]),
+    # output locations, before any work
+    ("--output is a file", E, ["--output", "{H}/a_file", *SIFT, "--num_pairs", "1"], ["a_file", "not a folder"],
+     ["evaluate.synthetic_pairs", "evaluate.evaluate"]),
+    ("--output inside a file", E, ["--output", "{H}/a_file/out", *SIFT], ["a_file"], ["evaluate.evaluate"]),
+    ("--json is a folder", P, ["--json", "{H}/a_dir", *SIFT], ["a_dir", "not a file"], ["profiling.profile_matcher"]),
+    ("--csv inside a file", P, ["--csv", "{H}/a_file/sweep.csv", *SIFT], ["a_file"], ["profiling.profile_matcher"]),
+    ("--output_dir is a file", M, ["--output_dir", "{H}/a_file", *SIFT], ["a_file"], ["match_pairs.read_pairs"]),
+    ("finetune out is a file", F, ["--set", "out={H}/a_file"], ["a_file"], ["finetune.Run"]),
+    ("experiment --out is a file", X, ["--out", "{H}/a_file"], ["a_file"], ["experiments.Experiment.baseline"]),
+    ("visualizations --out is a file", "visualizations", ["--out", "{H}/a_file", "--results", "{H}/broken.json"],
+     ["a_file"], ["visualizations.plot_tradeoff"]),
+    # checkpoints
+    ("0-byte checkpoint", M, ["--checkpoint", "{H}/zero.pth", "--output_dir", "{W}/o"], ["zero.pth", "empty"], []),
+    ("random-bytes checkpoint", E, ["--checkpoint", "{H}/random.pth"], ["random.pth", "not a PyTorch"], []),
+    ("truncated checkpoint", P, ["--checkpoint", "{H}/truncated.pth"], ["truncated.pth", "damaged"], []),
+    ("pickle that runs code", E, ["--checkpoint", "{H}/pickle.pth"], ["pickle.pth", "refused"], []),
+    ("checkpoint naming an unknown matcher", M, ["--checkpoint", "{H}/unknown_matcher.pth", "--output_dir", "{W}/o"],
+     ["unknown_matcher.pth", "nope+nope"], []),
+    ("checkpoint without its config", P, ["--checkpoint", "{H}/no_config.pth"], ["no_config.pth", "config"], []),
+    ("checkpoint entry without its kind", E, ["--checkpoint", "{H}/entry_without_kind.pth"],
+     ["entry_without_kind.pth", "kind"], []),
+    ("checkpoint entry of another shape", E, ["--checkpoint", "{H}/wrong_shape.pth"], ["wrong_shape.pth"], []),
+    ("checkpoint of a newer version", F, ["--set", "checkpoint={H}/future.pth", "--set", "out={W}/ft"],
+     ["future.pth", "version"], ["finetune.Run.loss"]),
+    ("0-byte checkpoint (finetune)", F, ["--set", "checkpoint={H}/zero.pth", "--set", "out={W}/ft"], ["zero.pth"],
+     ["finetune.Run.loss"]),
+    ("--matcher contradicts --checkpoint", E, ["--matcher", "disk+lightglue", "--checkpoint", "{H}/sift.pth"],
+     ["--matcher", "sift+nn"], ["evaluate.evaluate"]),
+    # configs
+    ("unknown key", F, ["--set", "stpes=1", "--set", "out={W}/ft"], ["stpes", "'steps'"], ["finetune.Run"]),
+    ("unknown nested key", F, ["--set", "val.num_pairz=1", "--set", "out={W}/ft"], ["val.num_pairz", "val.num_pairs"],
+     ["finetune.Run"]),
+    ("wrong type", F, ["--set", "steps=ten", "--set", "out={W}/ft"], ["steps", "integer", "ten"], ["finetune.Run"]),
+    ("out of range", F, ["--set", "val.num_pairs=0", "--set", "out={W}/ft"], ["val.num_pairs"], ["finetune.Run"]),
+    ("unknown matcher setting", F, ["--set", "matcher_config.matcher.depth_confidance=-1", "--set", "out={W}/ft"],
+     ["depth_confidance", "depth_confidence"], ["finetune.Run"]),
+    ("YAML syntax error", F, ["--config", "{H}/broken.yaml", "--set", "out={W}/ft"], ["broken.yaml:3:"],
+     ["finetune.Run"]),
+    ("YAML that is not a mapping", F, ["--config", "{H}/list.yaml"], ["list.yaml", "mapping"], ["finetune.Run"]),
+    ("malformed --set", F, ["--set", "steps"], ["key.sub=value"], ["finetune.Run"]),
+    ("unknown experiment key", X, ["--set", "val.num_pairz=1", "--out", "{W}/run"], ["val.num_pairz"],
+     ["experiments.Experiment.baseline"]),
+    ("unknown experiment method", X, ["--config", "{R}/configs/demo.yaml", "{H}/bad_method.yaml", "--out", "{W}/run"],
+     ["kmeanz"], ["experiments.Experiment.baseline"]),
+    ("unknown variant key", X, ["--config", "{R}/configs/demo.yaml", "{H}/bad_variant_key.yaml", "--out", "{W}/run"],
+     ["bitz", "bits"], ["experiments.Experiment.baseline"]),
+    ("variant with a missing base", X, ["--config", "{R}/configs/demo.yaml", "{H}/bad_base.yaml", "--out", "{W}/run"],
+     ["base", "'p'"], ["experiments.Experiment.baseline"]),
+    # result files given to visualizations.py
+    ("broken JSON", "visualizations", ["--results", "{H}/broken.json", "--out", "{W}/fig"], ["broken.json:2:"], []),
+    ("CSV without the columns", "visualizations", ["--scan", "{H}/scan.csv", "--out", "{W}/fig"],
+     ["scan.csv", "auc@3px"], []),
+    ("unknown tensor", "visualizations", ["--checkpoints", "{H}/tiny.pth", "--tensor", "matcher.transformers.0.fnn",
+                                          "--out", "{W}/fig"], ["matcher.transformers.0.fnn", "did you mean"], []),
+    ("missing results file", "visualizations", ["--sweep", "{H}/nothing.csv", "--out", "{W}/fig"], ["nothing.csv"],
+     []),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_status_2_and_changes_nothing(case, hostile, work, capsys, monkeypatch):
+    _, module, argv, culprits, forbidden = case
+    argv = [a.replace("{H}", str(hostile)).replace("{W}", str(work)).replace("{R}", str(ROOT)) for a in argv]
+    for target in forbidden:  # "module.function" or "module.Class.method"
+        parts = target.split(".")
+        owner = importlib.import_module(parts[0])
+        for part in parts[1:-1]:
+            owner = getattr(owner, part)
+        monkeypatch.setattr(owner, parts[-1], boom)
+    main = importlib.import_module(module).main
+    before = snapshot(hostile, work)
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main, argv)
+    err = shown(capsys.readouterr().err)
+    assert exit_.value.code == 2, err
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    for culprit in culprits:
+        assert culprit in err[0], (culprit, err[0])
+    assert "weights_only=False" not in err[0] and "Traceback" not in err[0]
+    assert snapshot(hostile, work) == before  # nothing written, nothing half-written, nothing else touched
+    assert not (hostile / "PWNED").exists()
+
+
+def test_command_lines_report_in_one_line_from_a_shell(hostile, tmp_path):
+    """The same boundary at the real entry points (a fresh interpreter per command)."""
+    for script, args, culprit in (("match_pairs.py", ["--input_pairs", str(hostile / "pairs_latin1.txt")],
+                                   "UTF-8"),
+                                  ("quantization_experiments.py", ["--set", "seed=x", "--out", str(tmp_path / "r")],
+                                   "seed")):
+        proc = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        lines = shown(proc.stderr)
+        assert proc.returncode == 2 and len(lines) == 1 and culprit in lines[0], proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_read_only_run_folder_is_refused_before_training(hostile, tmp_path, capsys, monkeypatch):
+    import finetune
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() == 0:  # root writes through permissions: make the folder immutable instead
+        if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)]).returncode != 0:
+            pytest.skip("running as root on a file system without chattr +i")
+    else:
+        folder.chmod(0o555)
+    try:
+        monkeypatch.setattr(finetune, "Run", boom)
+        with pytest.raises(SystemExit) as exit_:
+            run_cli(finetune.main, ["--set", f"out={folder}"])
+        err = shown(capsys.readouterr().err)
+        assert exit_.value.code == 2 and len(err) == 1 and str(folder) in err[0], err
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(folder)])
+        folder.chmod(0o755)
+
+
+def test_folder_and_zip_sources_skip_and_count_unreadable_images(tmp_path, caplog):
+    from data.images import open_source, readable_images
+
+    rng = np.random.default_rng(1)
+    good = _png(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, data in (("a.png", good), ("b.png", good), ("empty.png", b""), ("noise.jpg", rng.bytes(999))):
+        (folder / name).write_bytes(data)
+    archive = tmp_path / "photos.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        for name in ("a.png", "b.png", "empty.png"):
+            z.write(folder / name, name)
+        z.writestr("damaged.png", good * 3)
+    data = bytearray(archive.read_bytes())
+    with zipfile.ZipFile(archive) as z:
+        info = z.getinfo("damaged.png")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    data[start + 10: start + 40] = b"\x00" * 30  # the member's compressed bytes, not its header
+    archive.write_bytes(bytes(data))
+    for spec, skipped in ((folder, 2), (archive, 2)):
+        source = open_source(spec)
+        with caplog.at_level("WARNING"):
+            read = [name for name, _ in readable_images(source, source.names)]
+        assert read == ["a.png", "b.png"]
+        assert f"skipped {skipped} unreadable image(s)" in caplog.text
+        caplog.clear()
+
+
+def test_pairs_file_with_a_byte_order_mark_reads_its_names(tmp_path):
+    from data.pairs import read_pairs
+
+    path = tmp_path / "pairs.txt"
+    path.write_bytes("\ufeffa.png b.png\n".encode("utf-8"))
+    assert read_pairs(path)[0].name0 == "a.png"
+
+
+def test_set_values_take_the_type_of_their_default_and_configs_merge_in_order(hostile, tmp_path):
+    import finetune
+
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("steps: 7\nval: {num_pairs: 3}\n")
+    b.write_text("lr: 1e-4\nval: {every: 2}\n")  # YAML 1.1 reads 1e-4 as a string
+    config, _ = finetune.command_line(["--config", str(a), "--config", str(b), "--set", "weight_decay=1e-2",
+                                       "--set", "clip=2"])
+    assert config["steps"] == 7 and config["val"]["num_pairs"] == 3 and config["val"]["every"] == 2
+    assert config["lr"] == 1e-4 and isinstance(config["lr"], float) and config["weight_decay"] == 0.01
+    assert config["clip"] == 2.0 and isinstance(config["clip"], float)
+
+
+def test_unreadable_stage_record_is_recomputed_and_said(tmp_path, caplog):
+    from experiments import DEFAULTS, Experiment
+
+    exp = Experiment(DEFAULTS, tmp_path)
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "x.json").write_bytes(b'{"key": "abc", "resu')
+    with caplog.at_level("WARNING"):
+        assert exp.stage("x", {"a": 1}, lambda: {"value": 3}) == {"value": 3}
+    assert "unreadable" in caplog.text
+    assert exp.stage("x", {"a": 1}, boom) == {"value": 3}  # now stored
+    ckpt = tmp_path / "v.pth"
+    ckpt.write_bytes(b"weights")
+    row = {"checkpoint": str(ckpt), "checkpoint_sha1": __import__("hashlib").sha1(b"weights").hexdigest()}
+    assert exp.stage("y", {}, lambda: row) == row
+    ckpt.unlink()  # the stage's checkpoint deleted: the stage is done again, not read back
+    assert exp.stage("y", {}, lambda: {**row, "again": True})["again"]
+
+
+def test_killed_write_leaves_a_temp_file_that_the_next_write_removes(tmp_path):
+    """kill -9 in the middle of an atomic write; a write by a live process is never touched."""
+    from helper import write_json
+
+    target = tmp_path / "model.pth"
+    code = ("import sys, time\nsys.path.insert(0, sys.argv[2])\nfrom helper import atomic_path\n"
+            "with atomic_path(sys.argv[1]) as tmp:\n    tmp.write_bytes(b'x' * 10**6)\n"
+            "    print('writing', flush=True)\n    time.sleep(120)\n")
+    writers = [subprocess.Popen([sys.executable, "-c", code, str(target), str(ROOT)], stdout=subprocess.PIPE,
+                                text=True) for _ in range(2)]
+    for w in writers:
+        assert w.stdout.readline().strip() == "writing"
+    writers[0].kill()
+    writers[0].wait()
+    temps = lambda: sorted(tmp_path.glob(".model.pth.*.tmp"))  # noqa: E731
+    assert len(temps()) == 2
+    try:
+        write_json(target, {"ok": True})
+        left = temps()
+        assert len(left) == 1 and f"-{writers[1].pid}." in left[0].name  # the dead one's is gone, the live one's kept
+    finally:
+        writers[1].kill()
+        writers[1].wait()
+    write_json(target, {"ok": True})
+    assert temps() == [] and target.read_text().strip().startswith("{")
+
+
+def test_bad_cached_matches_are_recomputed(tmp_path, caplog):
+    import match_pairs
+
+    out = tmp_path / "o"
+    match_pairs.main(["--input_pairs", "sample", "--matcher", "sift+nn", "--max_length", "1", "--output_dir",
+                      str(out), "--resize", "160", "120"])
+    cached = next(out.glob("*_matches.npz"))
+    good = dict(np.load(cached))
+    cached.write_bytes(b"PK\x03\x04 not really a zip")
+    with caplog.at_level("WARNING"):
+        match_pairs.main(["--input_pairs", "sample", "--matcher", "sift+nn", "--max_length", "1", "--output_dir",
+                          str(out), "--resize", "160", "120", "--cache"])
+    assert "unreadable" in caplog.text
+    again = dict(np.load(cached))
+    assert all(np.array_equal(good[k], again[k]) for k in good)
+
+
+def test_random_bytes_pickle_and_zip_checkpoints_never_run_code(hostile):
+    from models.checkpoint import load_checkpoint
+    from models.weights import WeightsError
+
+    for name in ("pickle.pth", "random.pth", "truncated.pth"):
+        with pytest.raises(WeightsError, match=name):
+            load_checkpoint(hostile / name)
+    assert not (hostile / "PWNED").exists()
