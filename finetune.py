@@ -4,6 +4,9 @@
     python finetune.py --config configs/finetune_demo.yaml --set checkpoint=runs/pruned.pth
     torchrun --nproc_per_node 2 finetune.py --config ...          # data-parallel (gloo on CPU, NCCL on GPUs)
 
+A run folder (``out``) belongs to the config and checkpoint that started it: the same command resumes it, another
+config stops with a message (``--new`` starts the run beside it, in ``out-2``, …).
+
 The loss is the negative log-likelihood of the ground-truth assignment (from the true homography) under the
 matcher's log assignment, dustbins included. Weights that are exactly zero stay zero (pruning masks are
 re-applied after every step), checkpoints use the project's format, and a killed run resumes from

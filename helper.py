@@ -550,7 +550,7 @@ def float_in(lo: float | None = None, hi: float | None = None) -> Callable[[str]
 
 
 positive_int = int_in(1)
-image_side = int_in(1, MAX_SIDE)  # --size / --resize W H
+image_side = int_in(16, MAX_SIDE)  # --size W H: detectors need a few 8-16 px cells
 keypoint_limit = int_in(1, also=(-1,))  # --max_keypoints: a budget, or -1 for all (as the official script)
 
 
@@ -614,7 +614,7 @@ def run_cli(main: Callable[..., Any], argv: Sequence[str] | None = None) -> None
     except RuntimeError as e:
         if not any(m in str(e).lower() for m in _NO_MEMORY):
             raise
-        _fail(f"out of memory ({first_line(e)[:120]}): use smaller images (--size/--resize) or fewer keypoints")
+        _fail(f"out of memory ({first_line(e)[:200]}): use smaller images (--size/--resize) or fewer keypoints")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -34,6 +34,9 @@ def fetch_hpatches(folder: str | os.PathLike, url: str = HPATCHES_URL) -> Path:
     """The HPatches scenes folder: ``folder`` itself if it holds scenes, else ``folder/hpatches-sequences-release``,
     downloaded and extracted there first if missing (the folder appears only complete)."""
     folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"HPatches folder {folder} is a file: give the folder that holds (or will hold) "
+                         f"{HPATCHES_FOLDER}")
     if scenes_in(folder):
         return folder
     root = folder / HPATCHES_FOLDER

@@ -78,11 +78,12 @@ def hostile(tmp_path_factory):
     return h
 
 
-PROGRESS = re.compile(r"\|\s*\d+/\d+ \[")  # a tqdm bar: how far the work got when the input turned out bad
+# What work already begun shows before its input turns out bad: tqdm bars, and log records (from a shell)
+PROGRESS = re.compile(r"\|\s*\d+/\d+ \[|^(INFO|WARNING) [\w.]+: ")
 
 
 def shown(stderr: str) -> list[str]:
-    """The lines of ``stderr`` a terminal shows, progress bars left out."""
+    """The lines of ``stderr`` a terminal shows, progress bars and log records left out."""
     lines = (line.split("\r")[-1].strip() for line in stderr.split("\n"))
     return [line for line in lines if line and not PROGRESS.search(line)]
 
@@ -125,6 +126,8 @@ CASES = [
     ("--size 0 0", E, ["--size", "0", "0", *SIFT], ["--size"], ["evaluate.synthetic_pairs"]),
     ("--size too large for memory", E, ["--size", "100000", "100000", *SIFT], ["--size", "8192"],
      ["evaluate.synthetic_pairs"]),
+    ("--hpatches is a file", E, ["--hpatches", "{H}/a_file", *SIFT], ["a_file", "is a file"],
+     ["evaluate.evaluate", "data.hpatches.download"]),
     ("--num_pairs 0", E, ["--num_pairs", "0", *SIFT], ["--num_pairs"], ["evaluate.synthetic_pairs"]),
     ("--max_keypoints 0", M, ["--max_keypoints", "0", *SIFT], ["--max_keypoints"], ["match_pairs.read_pairs"]),
     ("--max_keypoints -5", E, ["--max_keypoints", "-5", *SIFT], ["--max_keypoints"], ["evaluate.synthetic_pairs"]),
@@ -225,6 +228,20 @@ def test_command_lines_report_in_one_line_from_a_shell(hostile, tmp_path):
         lines = shown(proc.stderr)
         assert proc.returncode == 2 and len(lines) == 1 and culprit in lines[0], proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_sizes_too_large_for_memory_are_one_line(tmp_path):
+    import resource
+
+    def limit():  # 6 GB of address space: what a smaller machine has
+        resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+
+    proc = subprocess.run([sys.executable, "evaluate.py", "--matcher", "aliked+lightglue", "--size", "4096", "4096",
+                           "--num_pairs", "1", "--output", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, preexec_fn=limit)
+    lines = shown(proc.stderr)
+    assert proc.returncode == 2 and len(lines) == 1 and "out of memory" in lines[0] and "--size" in lines[0], lines
+    assert not (tmp_path / "out").exists()
 
 
 def test_read_only_run_folder_is_refused_before_training(hostile, tmp_path, capsys, monkeypatch):
