@@ -111,6 +111,8 @@ CASES = [
     # images
     ("0-byte image in a pairs file", M, ["--input_pairs", "{H}/pairs_empty_image.txt", "--input_dir", "{H}/images",
                                          *SIFT, "--output_dir", "{W}/o"], ["empty.png", "empty"], []),
+    ("0-byte image in a pairs file (evaluate)", E, ["--input_pairs", "{H}/pairs_empty_image.txt", "--input_dir",
+                                                    "{H}/images", *SIFT, "--output", "{W}/o"], ["empty.png"], []),
     ("undecodable image", M, ["--input_pairs", "{H}/pairs_noise_image.txt", "--input_dir", "{H}/images", *SIFT,
                               "--output_dir", "{W}/o"], ["noise.png"], []),
     ("1x1 image with DISK", M, ["--input_pairs", "{H}/pairs_dot.txt", "--input_dir", "{H}/images", "--matcher",
