@@ -25,8 +25,21 @@ from data.homographies import HomographyConfig, warp_points
 from data.hpatches import HPatchesPairs, fetch_hpatches
 from data.images import open_source, split_names
 from data.pairs import FilePairs, Pair, PairSet, SyntheticPairs, read_pairs
-from helper import (ArgumentParser, InputError, check_resize, float_in, image_side, keypoint_limit, pick_device,
-                    positive_int, run_cli, to_tensor, write_csv, write_json, writable_location)
+from helper import (
+    ArgumentParser,
+    InputError,
+    check_resize,
+    float_in,
+    image_side,
+    keypoint_limit,
+    pick_device,
+    positive_int,
+    run_cli,
+    to_tensor,
+    writable_location,
+    write_csv,
+    write_json,
+)
 from models.losses import homography_gt
 from models.matching import Matcher, build_matcher
 from models.weights import WeightsError, resolve_weights
@@ -432,7 +445,8 @@ def add_matcher_args(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(description=__doc__.split("\n")[0])
     add_matcher_args(parser)
-    parser.add_argument("--source", default="sample", help="'sample', 'opencv' (OpenCV's sample photos), an image folder or a .zip archive")
+    parser.add_argument("--source", default="sample",
+                        help="'sample', 'opencv' (OpenCV's sample photos), an image folder or a .zip archive")
     parser.add_argument("--split", default="all", choices=["all", "train", "val"])
     parser.add_argument("--num_pairs", type=positive_int, default=100)
     parser.add_argument("--size", type=image_side, nargs=2, default=[640, 480], metavar=("W", "H"))
@@ -486,5 +500,10 @@ def main(argv: list[str] | None = None) -> None:
         write_json(out / "summary.json", {"summary": summary, "args": vars(args)})
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (see pyproject.toml): ``main`` behind the one-line error boundary."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

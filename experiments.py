@@ -26,9 +26,24 @@ from evaluate import FeatureCache, evaluate, predict
 from finetune import CHECKS as FINETUNE_CHECKS
 from finetune import DEFAULTS as FINETUNE_DEFAULTS
 from finetune import PAIRS_CHECKS, SIZE, finetune, make_pairs
-from helper import (ArgumentParser, Check, InputError, atomic_path, check_config, first_line, git_commit,
-                    load_config, merge_config, pick_device, save_npz, seed_everything, to_tensor, writable_location,
-                    write_json, write_run_config)
+from helper import (
+    ArgumentParser,
+    Check,
+    InputError,
+    atomic_path,
+    check_config,
+    first_line,
+    git_commit,
+    load_config,
+    merge_config,
+    pick_device,
+    save_npz,
+    seed_everything,
+    to_tensor,
+    writable_location,
+    write_json,
+    write_run_config,
+)
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.matching import Matcher, available_matchers, build_matcher, check_matcher_config, to_channels
 from models.quantized import remove_activation_quant
@@ -521,8 +536,8 @@ def write_report(exp: Experiment, rows: list[dict[str, Any]]) -> list[dict[str, 
     if gif.exists():
         made.append(gif)
     if len(shown) > 1:
-        made += plot_weight_histograms([r["checkpoint"] for r in shown.values()], histogram_tensor(list(shown.values())),
-                                       figures / "weights")[:1]
+        made += plot_weight_histograms([r["checkpoint"] for r in shown.values()],
+                                       histogram_tensor(list(shown.values())), figures / "weights")[:1]
     text = report_markdown(exp.cfg, rows, [p.relative_to(exp.out) for p in made])
     with atomic_path(exp.out / "report.md") as tmp:
         tmp.write_text(text)
@@ -556,7 +571,8 @@ def report_markdown(cfg: dict[str, Any], rows: list[dict[str, Any]], figures: li
     for r in rows:
         g = lambda k: r[k] / 1e9 if k in r else None  # noqa: E731
         lines.append(
-            f"| {r['name']} | {r['method']} | {'yes' if r['finetuned'] else 'no'} | {r['sparsity']:.2f} | {r['bits']:.3g} | "
+            f"| {r['name']} | {r['method']} | {'yes' if r['finetuned'] else 'no'} | {r['sparsity']:.2f} | "
+            f"{r['bits']:.3g} | "
             f"{r['auc@1px']:.3f} | {r['auc@3px']:.3f} | {r['auc@5px']:.3f} | {r['precision']:.3f} | "
             f"{r['recall']:.3f} | {r['size_bytes'] / 1e6:.2f} | {dense['size_bytes'] / r['size_bytes']:.1f} | "
             f"{fmt(g('macs'), '.2f')} ({fmt(g('matcher_macs'), '.2f')}) | "
@@ -599,7 +615,8 @@ def update_readme(out: Path, readme: Path = Path(__file__).with_name("README.md"
         tmp.write_text(head + body + README_END + rest.split(README_END, 1)[1])
 
 
-def experiment_config(files: list[str], overrides: list[str] = (), base: dict[str, Any] | None = None) -> dict[str, Any]:
+def experiment_config(files: list[str], overrides: list[str] = (),
+                      base: dict[str, Any] | None = None) -> dict[str, Any]:
     """Experiment YAML files merged in order over ``base`` (the defaults), then ``key.sub=value`` overrides; the
     result is checked whole (``checked_experiment``)."""
     config = load_config(files, overrides, base or DEFAULTS, validate=False)

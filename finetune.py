@@ -32,9 +32,24 @@ from data.homographies import HomographyConfig
 from data.images import open_source, split_names
 from data.pairs import SyntheticPairs
 from evaluate import FeatureCache, evaluate, extract_pair
-from helper import (MAX_SIDE, ArgumentParser, Check, InputError, atomic_path, check_config, config_digest,
-                    first_line, load_config, pick_device, read_yaml, run_cli, seed_everything, to_tensor,
-                    writable_location, write_run_config)
+from helper import (
+    MAX_SIDE,
+    ArgumentParser,
+    Check,
+    InputError,
+    atomic_path,
+    check_config,
+    config_digest,
+    first_line,
+    load_config,
+    pick_device,
+    read_yaml,
+    run_cli,
+    seed_everything,
+    to_tensor,
+    writable_location,
+    write_run_config,
+)
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.losses import homography_gt, matching_nll
 from models.matching import available_matchers, build_matcher, check_matcher_config
@@ -195,7 +210,8 @@ class Run:
             self.best = summary["auc@3px"]
             save_checkpoint(self.matcher, self.best_path, meta)
         with atomic_path(self.state_path) as tmp:
-            masks = {f"{name}.weight": m.weight_mask for name, m in self.net.named_modules() if "weight_mask" in m._buffers}
+            masks = {f"{name}.weight": m.weight_mask for name, m in self.net.named_modules()
+                     if "weight_mask" in m._buffers}
             torch.save({"step": self.step, "net": self.net.state_dict(), "masks": masks,
                         "optimizer": self.optimizer.state_dict(),
                         "scheduler": self.scheduler.state_dict(), "best": self.best, "skipped": self.skipped}, tmp)
@@ -377,5 +393,10 @@ def main(argv: list[str] | None = None) -> None:
         print(result)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (see pyproject.toml): ``main`` behind the one-line error boundary."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

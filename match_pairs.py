@@ -21,10 +21,29 @@ from tqdm import tqdm
 
 from data.images import open_source
 from data.pairs import FilePairs, SequencePairs, read_pairs
-from evaluate import (HOMOGRAPHY_THRESHOLDS, POSE_THRESHOLDS, build_from_args, pair_metrics, predict, summarize,
-                      symmetric_reprojection_error, synthetic_pairs)
-from helper import (ArgumentParser, InputError, check_resize, first_line, float_in, int_in, keypoint_limit,
-                    pick_device, run_cli, save_npz, writable_location)
+from evaluate import (
+    HOMOGRAPHY_THRESHOLDS,
+    POSE_THRESHOLDS,
+    build_from_args,
+    pair_metrics,
+    predict,
+    summarize,
+    symmetric_reprojection_error,
+    synthetic_pairs,
+)
+from helper import (
+    ArgumentParser,
+    InputError,
+    check_resize,
+    first_line,
+    float_in,
+    int_in,
+    keypoint_limit,
+    pick_device,
+    run_cli,
+    save_npz,
+    writable_location,
+)
 from models.matching import available_matchers
 from visualizations import make_matching_plot, match_colors
 
@@ -170,5 +189,10 @@ def main(argv=None) -> dict:
     return summaries
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (see pyproject.toml): ``main`` behind the one-line error boundary."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -25,9 +25,24 @@ from torch import nn
 
 from data.homographies import HomographyConfig, crop_resize, sample_homography, warp_image
 from data.images import open_source
-from helper import (ArgumentParser, InputError, Timer, atomic_path, count_macs, git_commit, image_side, int_in,
-                    measure_latency, pick_device, positive_int, run_cli, to_tensor, writable_location, write_csv,
-                    write_json)
+from helper import (
+    ArgumentParser,
+    InputError,
+    Timer,
+    atomic_path,
+    count_macs,
+    git_commit,
+    image_side,
+    int_in,
+    measure_latency,
+    pick_device,
+    positive_int,
+    run_cli,
+    to_tensor,
+    writable_location,
+    write_csv,
+    write_json,
+)
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.matching import Matcher, available_matchers, build_matcher
 from quantization.int8 import int8_detector, int8_matcher, onnx_macs, onnx_modules, recorded_inputs
@@ -47,7 +62,8 @@ def module_macs(model: nn.Module, fn: Callable[[], Any]) -> int:
             k = int(np.prod(module.kernel_size))
             total += output.numel() * (module.in_channels // module.groups) * k
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
     try:
         with torch.no_grad():
             fn()
@@ -313,5 +329,10 @@ def main(argv: list[str] | None = None) -> None:
             tmp.write_text(markdown(results) + "\n")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (see pyproject.toml): ``main`` behind the one-line error boundary."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -13,5 +13,10 @@ def main(argv: list[str] | None = None) -> None:
     run_experiment(("quantization",), __doc__.split("\n")[0], argv)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (see pyproject.toml): ``main`` behind the one-line error boundary."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

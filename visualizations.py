@@ -22,8 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from helper import (ArgumentParser, InputError, atomic_path, first_line, read_json, read_text, run_cli,  # noqa: E402
-                    writable_location)
+from helper import ArgumentParser, InputError, atomic_path, first_line, read_json, read_text, run_cli, writable_location  # noqa: E402
 
 CORRECT, WRONG = (0.1, 0.8, 0.1, 1.0), (0.9, 0.1, 0.1, 1.0)
 MARKERS = "osD^v<>pPX*h"
@@ -142,8 +141,8 @@ def plot_weight_histograms(checkpoints: Sequence[str | os.PathLike], tensor: str
         if hasattr(module, "weight_codebook"):
             for c in module.weight_codebook.numpy():
                 ax.axvline(c, color="r", linewidth=0.8)
-        ax.set_title(f"{Path(path).parent.name}/{Path(path).name}: {tensor} ({(w == 0).mean():.0%} zeros, {len(np.unique(nonzero))} values)",
-                     fontsize=8)
+        ax.set_title(f"{Path(path).parent.name}/{Path(path).name}: {tensor} ({(w == 0).mean():.0%} zeros, "
+                     f"{len(np.unique(nonzero))} values)", fontsize=8)
         ax.set_yscale("log")
     axes[-1, 0].set_xlabel("weight value")
     return save_figure(fig, out)
@@ -301,5 +300,10 @@ def main(argv: list[str] | None = None) -> None:
     print("\n".join(str(p) for p in written))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (see pyproject.toml): ``main`` behind the one-line error boundary."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helper import count_macs, measure_latency  # noqa: E402
-from models.superglue import SuperGlue  # noqa: E402
-from models.superpoint import SuperPoint  # noqa: E402
-from pruning.channel import prune_superglue_channels, prune_superpoint_channels  # noqa: E402
+from helper import count_macs, measure_latency
+from models.superglue import SuperGlue
+from models.superpoint import SuperPoint
+from pruning.channel import prune_superglue_channels, prune_superpoint_channels
 
 
 def params(m: torch.nn.Module) -> int:
@@ -65,7 +62,8 @@ def main() -> None:
     print(f"channel pruning ratio {args.ratio}, {torch.get_num_threads()} CPU threads, median of {args.repeats}")
     print(f"{'model':<26}{'variant':<9}{'params':>12}{'GMACs':>9}{'ms':>9}{'finite':>8}")
     for i, (name, prm, macs, ms, finite) in enumerate(rows):
-        print(f"{name:<26}{'dense' if i % 2 == 0 else 'pruned':<9}{prm:>12,}{macs / 1e9:>9.2f}{ms:>9.1f}{str(finite):>8}")
+        variant = "dense" if i % 2 == 0 else "pruned"
+        print(f"{name:<26}{variant:<9}{prm:>12,}{macs / 1e9:>9.2f}{ms:>9.1f}{str(finite):>8}")
         if i % 2:
             d = rows[i - 1]
             print(f"{'':<26}{'ratio':<9}{prm / d[1]:>12.2f}{macs / d[2]:>9.2f}{ms / d[3]:>9.2f}")

@@ -10,15 +10,12 @@ Prints both wall times, their ratio and the cache hits.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from evaluate import FeatureCache, evaluate, synthetic_pairs  # noqa: E402
-from models.matching import build_matcher  # noqa: E402
+from evaluate import FeatureCache, evaluate, synthetic_pairs
+from models.matching import build_matcher
 
 
 def main() -> None:

@@ -10,20 +10,18 @@ uses training photos of the sample set; evaluation the fixed validation pairs; t
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from evaluate import FeatureCache, evaluate  # noqa: E402
-from finetune import DEFAULTS, make_pairs  # noqa: E402
-from helper import merge_config, to_tensor  # noqa: E402
-from models.matching import build_matcher  # noqa: E402
-from profiling import interleaved_latency, test_pair  # noqa: E402
-from quantization.int8 import int8_detector  # noqa: E402
+from evaluate import FeatureCache, evaluate
+from finetune import DEFAULTS, make_pairs
+from helper import merge_config, to_tensor
+from models.matching import build_matcher
+from profiling import interleaved_latency, test_pair
+from quantization.int8 import int8_detector
 
 
 def closeness(ref: dict, out: dict) -> tuple[float, float]:

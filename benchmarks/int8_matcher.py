@@ -12,19 +12,17 @@ computed once and shared, so only the matcher differs between rows.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from evaluate import FeatureCache, evaluate  # noqa: E402
-from finetune import DEFAULTS, make_pairs  # noqa: E402
-from helper import merge_config  # noqa: E402
-from models.matching import build_matcher  # noqa: E402
-from profiling import interleaved_latency, prepare, state_bytes  # noqa: E402
-from quantization.int8 import int8_matcher, recorded_inputs  # noqa: E402
+from evaluate import FeatureCache, evaluate
+from finetune import DEFAULTS, make_pairs
+from helper import merge_config
+from models.matching import build_matcher
+from profiling import interleaved_latency, prepare, state_bytes
+from quantization.int8 import int8_matcher, recorded_inputs
 
 
 def same_matches(ref: torch.Tensor, out: torch.Tensor) -> float:

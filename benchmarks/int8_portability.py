@@ -19,12 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import quantization.int8 as int8  # noqa: E402
-from evaluate import FeatureCache, evaluate, extract_pair  # noqa: E402
-from finetune import DEFAULTS, make_pairs  # noqa: E402
-from helper import merge_config  # noqa: E402
-from models.matching import build_matcher  # noqa: E402
+import quantization.int8 as int8
+from evaluate import FeatureCache, evaluate, extract_pair
+from finetune import DEFAULTS, make_pairs
+from helper import merge_config
+from models.matching import build_matcher
 
 # Runs under the emulator too: ONNX Runtime and NumPy only.
 CHILD = """

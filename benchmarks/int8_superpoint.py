@@ -9,20 +9,18 @@ photos of the sample set, measurement a held-out photo and its homography warp a
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from data.homographies import HomographyConfig, crop_resize, sample_homography, warp_image, warp_points  # noqa: E402
-from data.images import open_source, split_names  # noqa: E402
-from helper import measure_latency, to_tensor  # noqa: E402
-from models.superpoint import SuperPoint  # noqa: E402
-from models.weights import WeightsError, resolve_weights  # noqa: E402
-from quantization.int8 import OrtSuperPoint, export_superpoint, quantize_static_onnx  # noqa: E402
+from data.homographies import HomographyConfig, crop_resize, sample_homography, warp_image, warp_points
+from data.images import open_source, split_names
+from helper import measure_latency, to_tensor
+from models.superpoint import SuperPoint
+from models.weights import WeightsError, resolve_weights
+from quantization.int8 import OrtSuperPoint, export_superpoint, quantize_static_onnx
 
 
 def gray(image: np.ndarray) -> torch.Tensor:
@@ -79,7 +77,8 @@ def main() -> None:
                 proj = warp_points(k0, H)
                 inside = (proj[:, 0] >= 0) & (proj[:, 0] < size[0]) & (proj[:, 1] >= 0) & (proj[:, 1] < size[1])
                 rep = (np.linalg.norm(proj[inside][:, None] - k1[None], axis=2).min(1) < 3).mean()
-                print(f"{name:<18}{lat['latency_ms']:>8.1f}{lat['latency_ms_iqr']:>7.1f}{lat['latency_ms'] / base:>7.2f}"
+                print(f"{name:<18}{lat['latency_ms']:>8.1f}{lat['latency_ms_iqr']:>7.1f}"
+                      f"{lat['latency_ms'] / base:>7.2f}"
                       f"{sizes.get(name, 4 * sum(p.numel() for p in sp.parameters())) / 1e6:>7.1f}{len(k0):>6}"
                       f"{same:>10.3f}{cos:>9.4f}{rep:>9.3f}")
 

@@ -18,19 +18,16 @@ suits it (glue-factory's ``ransac_th=-1`` protocol), next to the project's defau
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from data.hpatches import HPatchesPairs, fetch_hpatches  # noqa: E402
-from data.images import opencv_samples_dir  # noqa: E402
-from data.pairs import FilePairs, Pair, PairSet, read_homography_file  # noqa: E402
-from evaluate import evaluate, reestimate, summarize, synthetic_pairs  # noqa: E402
-from helper import InputError, run_cli  # noqa: E402
-from models.matching import build_matcher  # noqa: E402
+from data.hpatches import HPatchesPairs, fetch_hpatches
+from data.images import opencv_samples_dir
+from data.pairs import FilePairs, Pair, PairSet, read_homography_file
+from evaluate import evaluate, reestimate, summarize, synthetic_pairs
+from helper import InputError, run_cli
+from models.matching import build_matcher
 
 ESTIMATORS = [("ransac", t) for t in (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)] + [("magsac", t) for t in (1.0, 2.0, 3.0)]
 
@@ -68,7 +65,7 @@ def line(group: str, matcher: str, estimator: str, s: dict) -> str:
             f"{s['failures']:8d} {s['median_corner_error']:10.2f} {s['num_correct']:8.0f}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--matchers", nargs="+", default=["aliked+lightglue", "sift+nn"])
     p.add_argument("--num_pairs", type=int, default=100, help="sample pairs")
@@ -76,7 +73,7 @@ def main() -> None:
     p.add_argument("--hpatches", default=None, metavar="DIR", help="HPatches folder (downloaded there if missing)")
     p.add_argument("--max_keypoints", type=int, default=1024)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     sets = pair_sets(args)
     print(f"{'set':12} {'matcher':18} {'estimator':16} precision recall  AUC@1/3/5/10px          failures "

@@ -13,20 +13,18 @@ from __future__ import annotations
 import argparse
 import copy
 import io
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from evaluate import FeatureCache, evaluate  # noqa: E402
-from finetune import DEFAULTS, finetune, make_pairs  # noqa: E402
-from helper import merge_config  # noqa: E402
-from models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from models.matching import build_matcher  # noqa: E402
-from quantization.kmeans import quantize_kmeans  # noqa: E402
-from quantization.linear import quantize_linear  # noqa: E402
+from evaluate import FeatureCache, evaluate
+from finetune import DEFAULTS, finetune, make_pairs
+from helper import merge_config
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.matching import build_matcher
+from quantization.kmeans import quantize_kmeans
+from quantization.linear import quantize_linear
 
 
 def main() -> None:

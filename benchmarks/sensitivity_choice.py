@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import time
 from pathlib import Path
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from evaluate import FeatureCache, evaluate, synthetic_pairs  # noqa: E402
-from helper import write_json  # noqa: E402
-from models.matching import build_matcher  # noqa: E402
-from pruning.fine_grained import prune_fine_grained, sparsity_report  # noqa: E402
-from pruning.sensitivity import choose_verified, expand, group_sizes, groups_by_prefix, scan  # noqa: E402
+from evaluate import FeatureCache, evaluate, synthetic_pairs
+from helper import write_json
+from models.matching import build_matcher
+from pruning.fine_grained import prune_fine_grained, sparsity_report
+from pruning.sensitivity import choose_verified, expand, group_sizes, groups_by_prefix, scan
 
 
 def main() -> None:
@@ -67,7 +64,8 @@ def main() -> None:
     print(f"scan: {len(rows)} evaluations of {len(pairs)} pairs, {t_scan:.0f} s "
           f"(detector runs: {cache.misses}, cache hits: {cache.hits})")
     for h in history:
-        print(f"  predicted {h['choose_metric']} drop <= {h['predicted_budget']:.4f} -> real AUC@3px {h['auc@3px']:.3f}")
+        print(f"  predicted {h['choose_metric']} drop <= {h['predicted_budget']:.4f} -> real AUC@3px "
+              f"{h['auc@3px']:.3f}")
     print(f"chosen per-group sparsities (budget {args.budget} AUC@3px): "
           + ", ".join(f"{g.split('.', 1)[1]}={s}" for g, s in sorted(choice.items())))
     print(f"uniform control: {uniform:.3f} on all {len(groups)} groups")

@@ -10,17 +10,14 @@
 from __future__ import annotations
 
 import copy
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helper import count_macs  # noqa: E402
-from models.superglue import SuperGlue  # noqa: E402
-from models.superpoint import SuperPoint  # noqa: E402
-from pruning.channel import prune_attention, prune_superpoint_channels  # noqa: E402
+from helper import count_macs
+from models.superglue import SuperGlue
+from models.superpoint import SuperPoint
+from pruning.channel import prune_attention, prune_superpoint_channels
 
 
 class DenseSuperPoint(torch.nn.Module):
@@ -79,7 +76,8 @@ def superglue_attention_comparison(tp) -> None:
             layer.bias[unused] = 0
         attn.merge.weight[:, unused] = 0
     g = torch.Generator().manual_seed(1)
-    data = {"keypoints0": torch.rand(1, 64, 2, generator=g) * 100, "keypoints1": torch.rand(1, 48, 2, generator=g) * 100,
+    data = {"keypoints0": torch.rand(1, 64, 2, generator=g) * 100,
+            "keypoints1": torch.rand(1, 48, 2, generator=g) * 100,
             "scores0": torch.rand(1, 64, generator=g), "scores1": torch.rand(1, 48, generator=g),
             "descriptors0": torch.randn(1, 256, 64, generator=g), "descriptors1": torch.randn(1, 256, 48, generator=g),
             "image_size0": (100, 100), "image_size1": (100, 100)}

@@ -17,8 +17,14 @@ import numpy as np
 
 from helper import InputError, atomic_path, read_image, read_text, resize_to
 
-from .homographies import (HomographyConfig, crop_resize, interpolate_homography, photometric_augment,
-                           sample_homography, warp_image)
+from .homographies import (
+    HomographyConfig,
+    crop_resize,
+    interpolate_homography,
+    photometric_augment,
+    sample_homography,
+    warp_image,
+)
 from .images import ImageSource, readable_images
 
 

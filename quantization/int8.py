@@ -432,8 +432,13 @@ def quantize_matcher_onnx(fp32_path: str | os.PathLike, int8_path: str | os.Path
     dynamic quantization (activation ranges measured on every call).
     """
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
 
     graph = onnx.load(str(fp32_path)).graph
     weights = {i.name for i in graph.initializer}

@@ -16,7 +16,6 @@ from typing import Callable, Mapping, Union
 
 import torch
 from torch import nn
-
 from torch.nn.utils import parametrize
 
 from helper import after_every_step

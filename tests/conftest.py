@@ -1,12 +1,11 @@
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+# The project is importable as installed (pip install -e .) or from the repository root (python -m pytest);
+# pytest puts this folder on the path for the tests' own helpers (generated_weights, fake_hpatches).
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 FIXTURES = ROOT / "tests" / "fixtures"
 
 

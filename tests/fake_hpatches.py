@@ -5,8 +5,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from data.hpatches import HPATCHES_FOLDER
 from data.homographies import HomographyConfig, crop_resize, sample_homography, warp_image
+from data.hpatches import HPATCHES_FOLDER
 from data.images import SampleSource
 
 SCENES = {"v_fake": "astronaut.png", "i_fake": "coffee.png", "v_talent": "chelsea.png"}  # v_talent: a large one

@@ -341,10 +341,10 @@ def test_killed_write_leaves_a_temp_file_that_the_next_write_removes(tmp_path):
     from helper import write_json
 
     target = tmp_path / "model.pth"
-    code = ("import sys, time\nsys.path.insert(0, sys.argv[2])\nfrom helper import atomic_path\n"
+    code = ("import sys, time\nfrom helper import atomic_path\n"
             "with atomic_path(sys.argv[1]) as tmp:\n    tmp.write_bytes(b'x' * 10**6)\n"
             "    print('writing', flush=True)\n    time.sleep(120)\n")
-    writers = [subprocess.Popen([sys.executable, "-c", code, str(target), str(ROOT)], stdout=subprocess.PIPE,
+    writers = [subprocess.Popen([sys.executable, "-c", code, str(target)], cwd=ROOT, stdout=subprocess.PIPE,
                                 text=True) for _ in range(2)]
     for w in writers:
         assert w.stdout.readline().strip() == "writing"

@@ -6,8 +6,16 @@ import torch
 from data.homographies import HomographyConfig, sample_homography, warp_points
 from data.images import open_source
 from data.pairs import FilePairs, Pair, SyntheticPairs, read_pairs
-from evaluate import (FeatureCache, auc, estimate_homography, evaluate, homography_metrics, pair_metrics,
-                      summarize, weighted_dlt)
+from evaluate import (
+    FeatureCache,
+    auc,
+    estimate_homography,
+    evaluate,
+    homography_metrics,
+    pair_metrics,
+    summarize,
+    weighted_dlt,
+)
 from models.matching import build_matcher
 
 H = sample_homography(np.random.default_rng(0), (640, 480), HomographyConfig())

@@ -4,9 +4,9 @@ import json
 import math
 
 import pytest
+from conftest import FIXTURES, ROOT
 
 import experiments
-from conftest import FIXTURES, ROOT
 from experiments import DEFAULTS, experiment_config, run
 from helper import InputError, load_config
 
@@ -19,6 +19,7 @@ def stage_times(out):
     return {p.name: p.stat().st_mtime_ns for p in (out / "stages").glob("*.json")}
 
 
+@pytest.mark.slow
 def test_killed_experiment_resumes_and_reports_every_variant(tmp_path, monkeypatch):
     real_finetune = experiments.finetune
 
@@ -96,6 +97,7 @@ def test_bad_variants_are_one_line_errors(tmp_path, variant, message):
         run(config, tmp_path, ("quantization",), dry_run=True)
 
 
+@pytest.mark.slow
 def test_coco_preset_runs_end_to_end_with_random_weights(tmp_path):
     # The official weights and COCO are not here: the same preset on random weights and the sample photos checks
     # its wiring (SuperGlue fine-grained and channel pruning, SuperPoint channel pruning with detector finetuning).

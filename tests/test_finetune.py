@@ -4,9 +4,9 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT
 
 import finetune
-from conftest import ROOT
 from helper import merge_config
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.matching import build_matcher
@@ -40,6 +40,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     assert [line.split(",")[0] for line in log[1:]] == ["0", "2", "4"]  # no duplicated rows after the resume
 
 
+@pytest.mark.slow
 def test_a_run_folder_is_bound_to_the_config_and_checkpoint_that_started_it(tmp_path):
     import yaml
 
@@ -109,10 +110,12 @@ def test_nan_loss_is_skipped_and_counted(tmp_path, monkeypatch):
     assert all(torch.isfinite(v).all() for v in weights(tmp_path / "n" / "last.pth").values())
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run_writes_one_checkpoint(tmp_path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(f"out: {tmp_path / 'ddp'}\nsteps: 2\n"
-                   "matcher_config: {detector: {max_keypoints: 64}, matcher: {depth_confidence: -1, width_confidence: -1}}\n"
+                   "matcher_config: {detector: {max_keypoints: 64},"
+                   " matcher: {depth_confidence: -1, width_confidence: -1}}\n"
                    "train: {num_pairs: 2, size: [160, 120]}\nval: {num_pairs: 1, size: [160, 120], every: 2}\n")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                            "29517", "finetune.py", "--config", str(cfg)], cwd=ROOT, capture_output=True, text=True,
@@ -137,6 +140,7 @@ def test_detector_can_be_trained_too(tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
 
 
+@pytest.mark.slow
 def test_qat_run_resumes_with_its_float_shadows(tmp_path):
     from evaluate import evaluate
     from quantization.linear import quantize_linear

@@ -4,11 +4,11 @@ import sys
 import tarfile
 
 import pytest
+from conftest import ROOT
+from fake_hpatches import make_release
 
 import data.hpatches as hp
-from conftest import ROOT
 from evaluate import evaluate
-from fake_hpatches import make_release
 from helper import InputError
 from models.matching import build_matcher
 

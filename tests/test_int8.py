@@ -11,8 +11,17 @@ from helper import count_macs
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.matching import build_matcher
 from profiling import module_macs, state_bytes
-from quantization.int8 import (OrtMatcherNet, coordinate_layers, int8_matcher, matcher_feed, onnx_macs,
-                               quantize_matcher_onnx, recorded_inputs)
+from quantization.int8 import (
+    OrtMatcherNet,
+    coordinate_layers,
+    int8_matcher,
+    matcher_feed,
+    onnx_macs,
+    quantize_matcher_onnx,
+    recorded_inputs,
+)
+
+pytestmark = pytest.mark.slow  # one ONNX export per network (about 25 s)
 
 
 def pair(m: int, n: int, seed: int, dim: int = 256) -> dict:

@@ -5,9 +5,9 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from conftest import ROOT
 
 import match_pairs
-from conftest import ROOT
 from data.images import open_source
 from data.pairs import SyntheticPairs, read_pairs
 from helper import InputError
@@ -35,7 +35,8 @@ def test_outputs_and_independent_recomputation(exported, tmp_path):
         S = np.diag([480 / 320, 360 / 240, 1.0])
         H = np.linalg.inv(S) @ pair.H @ S
         valid = res["matches"] > -1
-        k0, k1 = res["keypoints0"][valid].astype(np.float64), res["keypoints1"][res["matches"][valid]].astype(np.float64)
+        k0 = res["keypoints0"][valid].astype(np.float64)
+        k1 = res["keypoints1"][res["matches"][valid]].astype(np.float64)
         fwd = cv2.perspectiveTransform(k0[None], H)[0]
         bwd = cv2.perspectiveTransform(k1[None], np.linalg.inv(H))[0]
         err = 0.5 * (np.linalg.norm(fwd - k1, axis=1) + np.linalg.norm(bwd - k0, axis=1))

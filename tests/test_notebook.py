@@ -2,11 +2,12 @@
 import json
 
 import nbformat
+import pytest
+from conftest import FIXTURES, ROOT
+from fake_hpatches import make_release
 from nbclient import NotebookClient
 
-from conftest import FIXTURES, ROOT
 from experiments import experiment_config
-from fake_hpatches import make_release
 
 NOTEBOOK = ROOT / "notebooks" / "efficient_feature_matching.ipynb"
 TINY = experiment_config([str(ROOT / "configs" / "demo.yaml"), str(FIXTURES / "tiny_experiment.yaml")])
@@ -20,6 +21,7 @@ def test_notebook_is_stored_without_outputs_and_has_a_parameter_cell():
     assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1
 
 
+@pytest.mark.slow
 def test_notebook_executes_with_tiny_parameters(tmp_path):
     nb = nbformat.read(NOTEBOOK, as_version=4)
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))

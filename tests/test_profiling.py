@@ -3,7 +3,9 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
+
 from helper import count_macs
 from models.superglue import SuperGlue
 from profiling import module_macs
@@ -62,6 +64,7 @@ def test_command_line_contract(tmp_path):
     assert "| superpoint+superglue (random weights) |" in proc.stdout
 
 
+@pytest.mark.slow
 def test_int8_detector_and_matcher_are_profiled_in_their_real_backend(tmp_path):
     out = tmp_path / "prof.json"
     proc = subprocess.run([sys.executable, "profiling.py", "--matcher", "superpoint+superglue", "--random-weights",

@@ -8,10 +8,15 @@ from models.checkpoint import load_checkpoint, save_checkpoint
 from models.matching import build_matcher
 from models.superglue import SuperGlue
 from models.superpoint import SuperPoint
-from pruning.channel import (prune_attention, prune_lightglue_ffn, prune_superglue_channels,
-                             prune_superpoint_channels)
-from pruning.fine_grained import (global_sparsities, magnitude_mask, prune_fine_grained, remove_masks,
-                                  resolve_sparsities, sparsity_report)
+from pruning.channel import prune_attention, prune_lightglue_ffn, prune_superglue_channels, prune_superpoint_channels
+from pruning.fine_grained import (
+    global_sparsities,
+    magnitude_mask,
+    prune_fine_grained,
+    remove_masks,
+    resolve_sparsities,
+    sparsity_report,
+)
 from pruning.sensitivity import DENSE, choose_sparsities, expand, groups_by_prefix, scan
 
 

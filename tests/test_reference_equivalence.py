@@ -1,4 +1,4 @@
-"""Our SuperPoint and SuperGlue against outputs of the official code (tests/fixtures/make_reference.py)."""
+"""Our SuperPoint and SuperGlue against outputs of the official code (tests/make_reference.py)."""
 import json
 
 import numpy as np

@@ -5,9 +5,9 @@ import subprocess
 import sys
 
 import numpy as np
+from conftest import ROOT
 from PIL import Image
 
-from conftest import ROOT
 from data.homographies import warp_points
 from data.images import open_source
 from data.pairs import SequencePairs

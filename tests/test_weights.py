@@ -26,7 +26,8 @@ def test_offline_request_is_one_line_naming_url_and_path(torch_home, monkeypatch
         SuperGlue({"weights": "outdoor"})
     msg = str(e.value)
     assert "\n" not in msg
-    assert "https://github.com/magicleap/SuperGluePretrainedNetwork/raw/master/models/weights/superglue_outdoor.pth" in msg
+    url = "https://github.com/magicleap/SuperGluePretrainedNetwork/raw/master/models/weights/superglue_outdoor.pth"
+    assert url in msg
     assert str(torch_home / "hub" / "checkpoints" / "superglue_outdoor.pth") in msg
     assert not (torch_home / "hub" / "checkpoints").exists() or not os.listdir(torch_home / "hub" / "checkpoints")
 
