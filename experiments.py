@@ -10,7 +10,6 @@ inside their stage).
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import tempfile
@@ -32,6 +31,7 @@ from helper import (
     InputError,
     atomic_path,
     check_config,
+    file_sha1,
     first_line,
     git_commit,
     load_config,
@@ -43,6 +43,9 @@ from helper import (
     writable_location,
     write_json,
     write_run_config,
+)
+from helper import (
+    config_digest as digest,
 )
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.matching import Matcher, available_matchers, build_matcher, check_matcher_config, to_channels
@@ -155,10 +158,6 @@ def check_variant(spec: dict[str, Any], earlier: dict[str, dict[str, Any]]) -> N
 
 
 # ----------------------------------------------------------------------------- stages
-
-def digest(obj: Any) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
 
 class Experiment:
     """A run folder and the stages that fill it; stages whose key is unchanged are read back, not rerun."""
@@ -428,7 +427,7 @@ def _files_intact(result: Any) -> bool:
     if not isinstance(result, dict) or "checkpoint_sha1" not in result:
         return True
     path = Path(result.get("checkpoint", ""))
-    return path.is_file() and hashlib.sha1(path.read_bytes()).hexdigest() == result["checkpoint_sha1"]
+    return path.is_file() and file_sha1(path) == result["checkpoint_sha1"]
 
 
 def prune_channels(net: torch.nn.Module, ratio: Any) -> None:
@@ -461,7 +460,7 @@ def variant_row(name: str, method: str, summary: dict[str, Any], path: Path, mod
             "finetuned": finetuned, **{k: summary[k] for k in METRICS if k in summary},
             "size_bytes": path.stat().st_size, "params": params(model),
             "nonzero_params": sum(int((p != 0).sum()) for p in model.parameters()),
-            "checkpoint": str(path), "checkpoint_sha1": hashlib.sha1(path.read_bytes()).hexdigest()}
+            "checkpoint": str(path), "checkpoint_sha1": file_sha1(path)}
 
 
 # ----------------------------------------------------------------------------- the whole run
@@ -619,7 +618,7 @@ def experiment_config(files: list[str], overrides: list[str] = (),
                       base: dict[str, Any] | None = None) -> dict[str, Any]:
     """Experiment YAML files merged in order over ``base`` (the defaults), then ``key.sub=value`` overrides; the
     result is checked whole (``checked_experiment``)."""
-    config = load_config(files, overrides, base or DEFAULTS, validate=False)
+    config = load_config(files, overrides, base or DEFAULTS)
     if config.get("source"):
         config = merge_config(config, {"val": {"source": config["source"]},
                                        "calibration": {"source": config["source"]},

@@ -15,7 +15,6 @@ re-applied after every step), checkpoints use the project's format, and a killed
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import math
 import os
@@ -40,6 +39,7 @@ from helper import (
     atomic_path,
     check_config,
     config_digest,
+    file_sha1,
     first_line,
     load_config,
     pick_device,
@@ -232,11 +232,15 @@ def read_state(path: Path) -> dict[str, Any]:
     return state
 
 
+def _config_id(config: dict[str, Any]) -> dict[str, str]:
+    return {"config_digest": config_digest({k: v for k, v in config.items() if k != "out"})}
+
+
 def run_identity(config: dict[str, Any]) -> dict[str, Any]:
     """What a run folder is bound to: its config (but where it lives) and the bytes of its input checkpoint."""
-    ident = {"config_digest": config_digest({k: v for k, v in config.items() if k != "out"})}
+    ident = _config_id(config)
     if config.get("checkpoint"):
-        ident["checkpoint_sha1"] = hashlib.sha1(Path(config["checkpoint"]).read_bytes()).hexdigest()
+        ident["checkpoint_sha1"] = file_sha1(config["checkpoint"])
     return ident
 
 
@@ -257,14 +261,14 @@ def started_by(out: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
                          "it is not resumed; pass another out (or --new)")
     config = {k: v for k, v in stored.items() if k not in ("git_commit", "run")}
     # records of older versions name no identity: their config is compared (it was rewritten on each resume)
-    ident = stored.get("run") or {"config_digest": config_digest({k: v for k, v in config.items() if k != "out"})}
-    return config, ident
+    return config, stored.get("run") or _config_id(config)
 
 
-def claim_folder(config: dict[str, Any], new: bool = False) -> dict[str, Any]:
-    """``config`` with the folder its run belongs in: ``out`` when it is free or was started by this very config
-    (then the run resumes); with ``new``, the first of ``out-2``, ``out-3``, … that is; otherwise a folder started
-    by another config or checkpoint is an InputError (resuming it would put a false record on its results)."""
+def claim_folder(config: dict[str, Any], new: bool = False) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(``config`` with the folder its run belongs in, the identity to record there or None when it resumes):
+    ``out`` when it is free or was started by this very config; with ``new``, the first of ``out-2``, ``out-3``, …
+    that is; otherwise a folder started by another config or checkpoint is an InputError (resuming it would put a
+    false record on its results)."""
     ident, base = run_identity(config), Path(config["out"])
     for i in range(1, 1000):
         out = base if i == 1 else base.with_name(f"{base.name}-{i}")
@@ -272,9 +276,9 @@ def claim_folder(config: dict[str, Any], new: bool = False) -> dict[str, Any]:
         if found is None or found[1] == {k: ident[k] for k in found[1] if k in ident}:
             if out != base:
                 logger.info("%s holds another run: this one goes to %s", base, out)
-            return {**config, "out": str(out)}
+            return {**config, "out": str(out)}, ident if found is None else None
         if not new:
-            old, now = _flat(found[0]), _flat({k: v for k, v in config.items()})
+            old, now = _flat(found[0]), _flat(config)
             differ = [k for k in sorted(set(old) | set(now)) if old.get(k) != now.get(k) and k != "out"]
             if not differ and found[1].get("checkpoint_sha1") != ident.get("checkpoint_sha1"):
                 differ = ["the checkpoint file's content"]
@@ -315,12 +319,11 @@ def finetune(config: dict[str, Any], stop_after: int | None = None, progress: bo
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     seed_everything(config["seed"] + rank)
     writable_location(config["out"], folder=True, what="out")
-    config = claim_folder(config, new)
-    fresh = started_by(Path(config["out"])) is None
+    config, fresh = claim_folder(config, new)
     run = Run(config, device, rank, world, val_cache)
-    if rank == 0 and fresh:
+    if rank == 0 and fresh is not None:
         run.out.mkdir(parents=True, exist_ok=True)
-        write_run_config(run.out, config, run=run_identity(config))
+        write_run_config(run.out, config, run=fresh)
     log_path = run.out / "log.csv"
     if rank == 0 and run.step == 0:
         summary = run.validate()
@@ -381,7 +384,7 @@ def command_line(argv: list[str] | None = None) -> tuple[dict[str, Any], Any]:
     p.add_argument("--new", action="store_true",
                    help="if out holds a run of another config, start this one beside it (out-2, …), not stop")
     args = p.parse_args(argv)
-    return checked_config(load_config(args.config, args.set, DEFAULTS, validate=False)), args
+    return checked_config(load_config(args.config, args.set, DEFAULTS)), args
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,10 +6,13 @@ import contextlib
 import csv
 import difflib
 import errno
+import glob
+import hashlib
 import json
 import logging
 import os
 import random
+import shutil
 import socket
 import sys
 import tempfile
@@ -125,8 +128,8 @@ def to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Te
     return t[None].to(device)
 
 
-def _owner_tag() -> str:
-    return f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"
+def _host() -> str:
+    return socket.gethostname().replace(".", "_")
 
 
 def _alive(pid: int) -> bool:
@@ -135,31 +138,29 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's live process
-        return True
+        pass
     return True
 
 
 def remove_stale_temps(folder: Path, name: str) -> None:
     """Remove the temp files (or folders) ``.{name}.{host}-{pid}.*`` that a killed process of this host left."""
-    host = socket.gethostname().replace(".", "_")
-    import glob
-
-    for stale in folder.glob(f".{glob.escape(name)}.{host}-*"):
-        pid = stale.name[len(f".{name}.{host}-"):].split(".", 1)[0]
+    start = f".{name}.{_host()}-"
+    for stale in folder.glob(f"{glob.escape(start)}*"):
+        pid = stale.name[len(start):].split(".", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             logger.info("removing %s, left by an interrupted run", stale)
             with contextlib.suppress(OSError):
-                if stale.is_dir():
-                    import shutil
-
-                    shutil.rmtree(stale)
-                else:
-                    stale.unlink()
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
 
 
 def temp_prefix(path: Path) -> str:
     """Prefix of the temp files written for ``path``: hidden, and naming the host and process that writes."""
-    return f".{path.name}.{_owner_tag()}."
+    return f".{path.name}.{_host()}-{os.getpid()}."
+
+
+def file_sha1(path: str | os.PathLike) -> str:
+    """SHA-1 of a file's bytes (what identifies a checkpoint in stage records and run folders)."""
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
 
 
 @contextlib.contextmanager
@@ -474,10 +475,9 @@ def parse_override(item: str) -> dict[str, Any]:
 
 
 def load_config(paths: str | os.PathLike | Sequence[str | os.PathLike] | None, overrides: Iterable[str] = (),
-                defaults: dict[str, Any] | None = None, checks: dict[str, Check] | None = None,
-                validate: bool = True) -> dict[str, Any]:
-    """YAML files merged in order over ``defaults``, then ``key.sub=value`` overrides, then checked against the
-    defaults' schema (``check_config``) before anything runs."""
+                defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """YAML files merged in order over ``defaults``, then ``key.sub=value`` overrides; the caller checks the result
+    against its schema (``check_config``) before anything runs."""
     if paths is None:
         paths = []
     elif isinstance(paths, (str, os.PathLike)):
@@ -492,13 +492,11 @@ def load_config(paths: str | os.PathLike | Sequence[str | os.PathLike] | None, o
         config = merge_config(config, loaded)
     for item in overrides:
         config = merge_config(config, parse_override(item))
-    return check_config(config, defaults or {}, checks) if validate and defaults is not None else config
+    return config
 
 
 def config_digest(config: Any) -> str:
     """A short digest of a JSON-able config (keys sorted), naming what produced a result."""
-    import hashlib
-
     return hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from helper import InputError, first_line
+from helper import Check, InputError, check_config, first_line
 
 from .superglue import SuperGlue
 from .superpoint import SuperPoint
@@ -154,14 +154,12 @@ def check_matcher_config(name: str, config: dict[str, Any] | None, where: str = 
     """``config`` of matcher ``name`` with every key known to it (else an InputError naming the nearest). Parts
     of ``inherited`` (a script's defaults, e.g. LightGlue's every-layer settings) that this matcher does not have
     are dropped when left as they are: they are the script's, not the user's."""
-    from helper import Check, check_config
-
     schema = matcher_class(name).config_schema()
     config = {k: v for k, v in (config or {}).items()
               if k in schema or inherited is None or k not in inherited or v != inherited[k]}
     checks = {f"{part}.{key}": Check(nullable=True)  # model settings take None for "off" / "random weights"
               for part, sub in schema.items() if isinstance(sub, dict) for key in sub}
-    return check_config(config or {}, schema, checks, f"{where}.") if schema else dict(config or {})
+    return check_config(config, schema, checks, f"{where}.") if schema else config
 
 
 def build_matcher(name: str, config: dict[str, Any] | None = None) -> Matcher:

@@ -106,7 +106,7 @@ def test_coco_preset_runs_end_to_end_with_random_weights(tmp_path):
         ["source=sample", "matcher_config.superpoint.weights=null", "matcher_config.superglue.weights=null",
          'sensitivity.include=["gnn.layers.0.*"]', "sensitivity.depth=3", "val.val_fraction=0.5",
          "finetune.train.val_fraction=0.5", "calibration.val_fraction=0.5", "finetune.val.every=1", "animation=null"],
-        DEFAULTS, validate=False)
+        DEFAULTS)
     # the tiny fixture's keypoint budget is ALIKED's ('detector'); SuperPoint's lives under 'superpoint'
     config["matcher_config"]["superpoint"]["max_keypoints"] = config["matcher_config"].pop("detector")["max_keypoints"]
     config = experiment_config([], [], base=config)
