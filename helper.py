@@ -18,7 +18,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -247,34 +246,6 @@ class Timer:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         self.seconds = time.perf_counter() - self.start
-
-
-_AFTER_STEP: dict[str, tuple[weakref.WeakSet, Callable[[Any], None]]] = {}
-_STEP_HOOK = None
-
-
-def after_every_step(kind: str, fn: Callable[[Any], None], module: Any) -> None:
-    """Call ``fn(module)`` after each step of any optimizer while ``module`` lives (kinds run in order of first
-    use). Compression toolkits keep their constraints this way without the caller having to remember a call."""
-    global _STEP_HOOK
-    from torch.optim.optimizer import register_optimizer_step_post_hook
-
-    if kind not in _AFTER_STEP:
-        _AFTER_STEP[kind] = (weakref.WeakSet(), fn)
-    _AFTER_STEP[kind][0].add(module)
-    if _STEP_HOOK is None:
-        def run(*_: Any) -> None:
-            with torch.no_grad():
-                for modules, function in _AFTER_STEP.values():
-                    for m in list(modules):
-                        function(m)
-
-        _STEP_HOOK = register_optimizer_step_post_hook(run)
-
-
-def stop_after_every_step(kind: str, module: Any) -> None:
-    if kind in _AFTER_STEP:
-        _AFTER_STEP[kind][0].discard(module)
 
 
 def git_commit() -> str | None:

@@ -21,16 +21,6 @@ from tqdm import tqdm
 
 from data.images import open_source
 from data.pairs import FilePairs, SequencePairs, read_pairs
-from evaluate import (
-    HOMOGRAPHY_THRESHOLDS,
-    POSE_THRESHOLDS,
-    build_from_args,
-    pair_metrics,
-    predict,
-    summarize,
-    symmetric_reprojection_error,
-    synthetic_pairs,
-)
 from helper import (
     ArgumentParser,
     InputError,
@@ -45,7 +35,17 @@ from helper import (
     writable_location,
 )
 from models.matching import available_matchers
-from visualizations import make_matching_plot, match_colors
+from pipeline.evaluation import (
+    HOMOGRAPHY_THRESHOLDS,
+    POSE_THRESHOLDS,
+    build_from_args,
+    pair_metrics,
+    predict,
+    summarize,
+    symmetric_reprojection_error,
+    synthetic_pairs,
+)
+from pipeline.figures import make_matching_plot, match_colors
 
 logger = logging.getLogger("match_pairs")
 torch.set_grad_enabled(False)

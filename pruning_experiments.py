@@ -5,8 +5,8 @@ evaluation -> profiling -> figures and report.md (resumable; see experiments.py)
     python pruning_experiments.py --config configs/coco.yaml --out runs/coco
     python pruning_experiments.py --dry-run                          # print the plan
 """
-from experiments import main as run_experiment
 from helper import run_cli
+from pipeline.experiment import main as run_experiment
 
 
 def main(argv: list[str] | None = None) -> None:

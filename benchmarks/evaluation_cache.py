@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from evaluate import FeatureCache, evaluate, synthetic_pairs
 from models.matching import build_matcher
+from pipeline.evaluation import FeatureCache, evaluate, synthetic_pairs
 
 
 def main() -> None:

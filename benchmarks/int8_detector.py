@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evaluate import FeatureCache, evaluate
-from finetune import DEFAULTS, make_pairs
 from helper import merge_config, to_tensor
 from models.matching import build_matcher
-from profiling import interleaved_latency, test_pair
+from pipeline.costs import interleaved_latency, test_pair
+from pipeline.evaluation import FeatureCache, evaluate
+from pipeline.training import DEFAULTS, make_pairs
 from quantization.int8 import int8_detector
 
 

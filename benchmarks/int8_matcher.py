@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from evaluate import FeatureCache, evaluate
-from finetune import DEFAULTS, make_pairs
 from helper import merge_config
 from models.matching import build_matcher
-from profiling import interleaved_latency, prepare, state_bytes
+from pipeline.costs import interleaved_latency, prepare, state_bytes
+from pipeline.evaluation import FeatureCache, evaluate
+from pipeline.training import DEFAULTS, make_pairs
 from quantization.int8 import int8_matcher, recorded_inputs
 
 

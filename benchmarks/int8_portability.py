@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 
 import quantization.int8 as int8
-from evaluate import FeatureCache, evaluate, extract_pair
-from finetune import DEFAULTS, make_pairs
+from backends.modules import graph_feed
 from helper import merge_config
 from models.matching import build_matcher
+from pipeline.evaluation import FeatureCache, evaluate, extract_pair
+from pipeline.training import DEFAULTS, make_pairs
 
 # Runs under the emulator too: ONNX Runtime and NumPy only.
 CHILD = """
@@ -62,7 +63,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         fp32 = int8.int8_matcher(dense, recorded, folder / "export", mode="fp32").onnx_path
-        calibration = [int8.matcher_feed("LightGlue", d) for d in recorded]
+        calibration = [graph_feed(dense.matcher, d) for d in recorded]
         graphs = []
         for bits, reduce in ((8, False), (7, True)):
             int8.REDUCE_RANGE = reduce
@@ -75,7 +76,7 @@ def main() -> None:
             data, out = extract_pair(dense, val, pair, cache), []
             network_input = int8.recorded_inputs(dense.matcher, lambda: out.append(dense.match(data)))[0]
             feeds[f"{i}/matches0"] = out[0]["matches0"][0].numpy()
-            feeds.update({f"{i}/{k}": v for k, v in int8.matcher_feed("LightGlue", network_input).items()})
+            feeds.update({f"{i}/{k}": v for k, v in graph_feed(dense.matcher, network_input).items()})
         np.savez(folder / "feeds.npz", **feeds)
         (folder / "child.py").write_text(CHILD)
         runs = {"this CPU": [sys.executable]}

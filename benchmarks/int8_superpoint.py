@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from backends.export import export_detector
+from backends.modules import GraphDetector
 from data.homographies import HomographyConfig, crop_resize, sample_homography, warp_image, warp_points
 from data.images import open_source, split_names
 from helper import measure_latency, to_tensor
 from models.superpoint import SuperPoint
 from models.weights import WeightsError, resolve_weights
-from quantization.int8 import OrtSuperPoint, export_superpoint, quantize_static_onnx
+from quantization.int8 import quantize_static_onnx
 
 
 def gray(image: np.ndarray) -> torch.Tensor:
@@ -50,10 +52,10 @@ def main() -> None:
     img0, img1 = gray(photo), gray(warp_image(photo, H, size))
 
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = export_superpoint(sp, Path(tmp) / "sp.onnx", size)
-        int8 = quantize_static_onnx(fp32, Path(tmp) / "sp_int8.onnx", calib)
-        variants = {"torch fp32": sp, "onnxruntime fp32": OrtSuperPoint(sp, fp32, args.threads),
-                    "onnxruntime int8": OrtSuperPoint(sp, int8, args.threads)}
+        fp32 = export_detector(sp, Path(tmp) / "sp.onnx", torch.rand(1, 1, size[1], size[0]))
+        int8 = quantize_static_onnx(fp32, Path(tmp) / "sp_int8.onnx", calib, keep_float=("convPb", "convDb"))
+        variants = {"torch fp32": sp, "onnxruntime fp32": GraphDetector(sp, fp32, args.threads),
+                    "onnxruntime int8": GraphDetector(sp, int8, args.threads)}
         sizes = {"onnxruntime fp32": fp32.stat().st_size, "onnxruntime int8": int8.stat().st_size}
         with torch.no_grad():
             ref = sp({"image": torch.cat([img0, img1])})

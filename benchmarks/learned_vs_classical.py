@@ -25,9 +25,9 @@ import torch
 from data.hpatches import HPatchesPairs, fetch_hpatches
 from data.images import opencv_samples_dir
 from data.pairs import FilePairs, Pair, PairSet, read_homography_file
-from evaluate import evaluate, reestimate, summarize, synthetic_pairs
 from helper import InputError, run_cli
 from models.matching import build_matcher
+from pipeline.evaluation import evaluate, reestimate, summarize, synthetic_pairs
 
 ESTIMATORS = [("ransac", t) for t in (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)] + [("magsac", t) for t in (1.0, 2.0, 3.0)]
 

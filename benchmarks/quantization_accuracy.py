@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from evaluate import FeatureCache, evaluate
-from finetune import DEFAULTS, finetune, make_pairs
 from helper import merge_config
-from models.checkpoint import load_checkpoint, save_checkpoint
 from models.matching import build_matcher
+from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.evaluation import FeatureCache, evaluate
+from pipeline.training import DEFAULTS, finetune, make_pairs
 from quantization.kmeans import quantize_kmeans
 from quantization.linear import quantize_linear
 

@@ -17,9 +17,9 @@ import copy
 import time
 from pathlib import Path
 
-from evaluate import FeatureCache, evaluate, synthetic_pairs
 from helper import write_json
 from models.matching import build_matcher
+from pipeline.evaluation import FeatureCache, evaluate, synthetic_pairs
 from pruning.fine_grained import prune_fine_grained, sparsity_report
 from pruning.sensitivity import choose_verified, expand, group_sizes, groups_by_prefix, scan
 

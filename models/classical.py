@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .matching import MATCHERS, Features, Matcher
+from .matching import Features, Matcher, register_matcher
 
 
 class SIFT(nn.Module):
@@ -82,10 +82,12 @@ class MutualNearestNeighbour(nn.Module):
         return torch.where(ok, best.indices[..., 0], -1)
 
 
+@register_matcher
 class SiftNN(Matcher):
     """SIFT + mutual nearest neighbour. Config: {'detector': {...SIFT}, 'matcher': {...ratio test}}."""
 
     name = "sift+nn"
+    offline = True  # no weights at all
     channels = 1
 
     def __init__(self, config: dict[str, Any] | None = None):
@@ -103,5 +105,3 @@ class SiftNN(Matcher):
     def match(self, data: dict[str, Any]) -> dict[str, torch.Tensor]:
         return self.matcher(data)
 
-
-MATCHERS[SiftNN.name] = SiftNN

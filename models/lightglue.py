@@ -6,8 +6,10 @@ from typing import Any
 
 import torch
 from kornia.feature import ALIKED, DISK, LightGlue
+from kornia.feature.lightglue import filter_matches, normalize_keypoints
 
-from .matching import MATCHERS, Features, Matcher
+from .graphs import DetectorGraph, MatcherGraph, register_graph
+from .matching import Features, Matcher, register_matcher
 from .weights import offline_weights_dir, read_state_dict
 
 DEFAULT_DETECTOR = {"max_keypoints": 1024}  # the official name; kornia calls it max_num_keypoints
@@ -34,6 +36,7 @@ class LightGlueMatcher(Matcher):
     """A kornia detector + LightGlue. Config: {'detector': {...}, 'matcher': {...}, 'pretrained': bool}."""
 
     channels = 3
+    offline = True
     features = ""
 
     def __init__(self, detector: torch.nn.Module, config: dict[str, Any]):
@@ -64,6 +67,7 @@ class LightGlueMatcher(Matcher):
         return {k: out[k] for k in keys if k in out}
 
 
+@register_matcher
 class AlikedLightGlue(LightGlueMatcher):
     name = "aliked+lightglue"
     features = "aliked"
@@ -87,6 +91,7 @@ class AlikedLightGlue(LightGlueMatcher):
                 "descriptors": [f.descriptors.t() for f in feats]}
 
 
+@register_matcher
 class DiskLightGlue(LightGlueMatcher):
     name = "disk+lightglue"
     features = "disk"
@@ -107,4 +112,42 @@ class DiskLightGlue(LightGlueMatcher):
                 "descriptors": [f.descriptors.t() for f in feats]}
 
 
-MATCHERS.update({AlikedLightGlue.name: AlikedLightGlue, DiskLightGlue.name: DiskLightGlue})
+
+
+class _AssignmentNetwork(torch.nn.Module):
+    """kornia LightGlue as a fixed graph: normalized keypoints and descriptors -> log assignment (all layers run:
+    early stopping and point pruning are data-dependent control flow, which a graph cannot hold)."""
+
+    def __init__(self, lg: LightGlue):
+        super().__init__()
+        self.lg = lg
+
+    def forward(self, kpts0, kpts1, desc0, desc1):
+        lg = self.lg
+        desc0, desc1 = lg.input_proj(desc0), lg.input_proj(desc1)
+        enc0, enc1 = lg.posenc(kpts0), lg.posenc(kpts1)
+        for layer in lg.transformers:
+            desc0, desc1 = layer(desc0, desc1, enc0, enc1)
+        return lg.log_assignment[-1](desc0, desc1)[0]
+
+
+def _graph_feed(data: dict[str, Any]) -> dict[str, torch.Tensor]:
+    out = {}
+    for i in (0, 1):
+        d = data[f"image{i}"]
+        out[f"kpts{i}"] = normalize_keypoints(d["keypoints"], d["image_size"])
+        out[f"desc{i}"] = d["descriptors"]
+    return out
+
+
+def _graph_matches(lg: LightGlue, scores: torch.Tensor) -> dict[str, torch.Tensor]:
+    m0, m1, s0, s1 = filter_matches(scores, lg.conf.filter_threshold)
+    return {"log_assignment": scores, "matches0": m0, "matches1": m1, "matching_scores0": s0,
+            "matching_scores1": s1}
+
+
+register_graph(LightGlue, MatcherGraph(_AssignmentNetwork, {"kpts0": 1, "kpts1": 1, "desc0": 1, "desc1": 1},
+                                       _graph_feed, _graph_matches))
+# DISK's U-Net (kornia zero-pads its input to multiples of 16 at the bottom and right); its last layer stays float.
+register_graph(DISK, DetectorGraph(lambda disk: disk.unet, ("output",), multiple=16, submodule="unet", pad=True,
+                                   keep_last=True))

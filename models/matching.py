@@ -8,7 +8,7 @@ lists over the batch of keypoints N×2 (x, y; pixel centres at integers), scores
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,6 +46,7 @@ class Matcher(nn.Module):
     """Detector + matcher behind one interface; ``detector`` and ``matcher`` are the two networks."""
 
     name = "matcher"
+    offline = False  # True: its pretrained weights install with the package registries (no download)
     channels = 1  # what the detector reads: 1 (gray) or 3 (RGB); other inputs are converted
     min_side = 16  # px: smaller images have no cell to detect in (SuperPoint: 8 px cells; DISK pads to 16)
 
@@ -100,6 +101,18 @@ class Matcher(nn.Module):
         return {**pred, **self.match(batched)}
 
 
+MATCHERS: dict[str, type[Matcher]] = {}
+
+
+def register_matcher(cls: type[Matcher]) -> type[Matcher]:
+    """Class decorator: put a Matcher in the zoo under its ``name`` (build_matcher, checkpoints, command lines)."""
+    if MATCHERS.get(cls.name, cls) is not cls:
+        raise ValueError(f"two matchers are named {cls.name!r}")
+    MATCHERS[cls.name] = cls
+    return cls
+
+
+@register_matcher
 class Matching(Matcher):
     """SuperPoint + SuperGlue, configured as the official ``Matching``: {'superpoint': {...}, 'superglue': {...}}."""
 
@@ -129,24 +142,20 @@ class Matching(Matcher):
         return self.matcher(data)
 
 
-def _build(name: str) -> Callable[[dict[str, Any]], Matcher]:
-    from . import classical, lightglue  # noqa: F401  (import on demand: kornia/OpenCV only when used)
-
-    return MATCHERS[name]
-
-
-MATCHERS: dict[str, Any] = {"superpoint+superglue": Matching}
-OFFLINE_MATCHERS = ("aliked+lightglue", "disk+lightglue", "sift+nn")  # need no download
-
-
 def available_matchers() -> list[str]:
-    return ["superpoint+superglue", *OFFLINE_MATCHERS]
+    """The zoo's names, in the order they registered."""
+    return list(MATCHERS)
+
+
+def offline_matchers() -> list[str]:
+    """The matchers whose weights install with the package registries (no download)."""
+    return [name for name, cls in MATCHERS.items() if cls.offline]
 
 
 def matcher_class(name: str) -> type[Matcher]:
-    if name not in available_matchers():
+    if name not in MATCHERS:
         raise InputError(f"unknown matcher '{name}'; choose from {', '.join(available_matchers())}")
-    return MATCHERS.get(name) or _build(name)
+    return MATCHERS[name]
 
 
 def check_matcher_config(name: str, config: dict[str, Any] | None, where: str = "matcher_config",

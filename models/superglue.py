@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .graphs import MatcherGraph, register_graph
 from .weights import load_weights
 
 
@@ -225,3 +226,28 @@ class SuperGlue(nn.Module):
         mdesc0, mdesc1 = self.final_proj(desc0), self.final_proj(desc1)
         scores = torch.einsum("bdn,bdm->bnm", mdesc0, mdesc1) / self.config["descriptor_dim"] ** 0.5
         return log_optimal_transport(scores, self.bin_score, iters=self.config["sinkhorn_iterations"])
+
+
+class _AssignmentNetwork(nn.Module):
+    """SuperGlue's network as a module: normalized keypoints, scores and descriptors -> log assignment."""
+
+    def __init__(self, sg: SuperGlue):
+        super().__init__()
+        self.sg = sg
+
+    def forward(self, kpts0, kpts1, scores0, scores1, desc0, desc1):
+        return self.sg.assign(kpts0, kpts1, scores0, scores1, desc0, desc1)
+
+
+def _graph_feed(data: dict[str, Any]) -> dict[str, torch.Tensor]:
+    out = {f"kpts{i}": normalize_keypoints(data[f"keypoints{i}"], image_size(data, i, data[f"keypoints{i}"]))
+           for i in (0, 1)}
+    out.update({f"scores{i}": data[f"scores{i}"] for i in (0, 1)})
+    out.update({f"desc{i}": data[f"descriptors{i}"] for i in (0, 1)})
+    return out
+
+
+register_graph(SuperGlue, MatcherGraph(
+    _AssignmentNetwork, {"kpts0": 1, "kpts1": 1, "scores0": 1, "scores1": 1, "desc0": 2, "desc1": 2}, _graph_feed,
+    lambda sg, scores: {**matches_from_log_assignment(scores, sg.config["match_threshold"]),
+                        "log_assignment": scores}))

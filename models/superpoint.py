@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .graphs import DetectorGraph, register_graph
 from .weights import load_weights
 
 
@@ -135,3 +136,19 @@ class SuperPoint(nn.Module):
             scores.append(kscores)
             descriptors.append(sample_descriptors(kpts[None], desc[None], 8)[0])
         return {"keypoints": keypoints, "scores": scores, "descriptors": descriptors}
+
+
+class _DenseNetwork(nn.Module):
+    """SuperPoint's network without post-processing, as a module (image -> heatmap, descriptors)."""
+
+    def __init__(self, sp: SuperPoint):
+        super().__init__()
+        self.sp = sp
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.sp.dense(image)
+
+
+# Its logits and descriptors feed a softmax / normalisation whose small differences decide keypoints: float.
+register_graph(SuperPoint, DetectorGraph(_DenseNetwork, ("heatmap", "descriptors"), multiple=8,
+                                         keep_float=("convPb", "convDb")))

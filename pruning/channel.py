@@ -13,7 +13,13 @@ import math
 from typing import Callable, Mapping, Sequence, Union
 
 import torch
+from kornia.feature import LightGlue
 from torch import nn
+
+from compression.methods import Job, register_method
+from helper import Check, InputError
+from models.superglue import SuperGlue
+from models.superpoint import SuperPoint
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +124,27 @@ def _superpoint_consumers(name: str) -> tuple[str, ...]:
     return (chain[chain.index(name) + 1],)
 
 
+PRUNERS: dict[type, Callable[..., object]] = {}
+
+
+def channel_pruner(network: type) -> Callable[[Callable[..., object]], Callable[..., object]]:
+    """Decorator: ``fn(net, ratio, scores=None)`` channel-prunes networks of class ``network`` (and subclasses)."""
+    def decorate(fn: Callable[..., object]) -> Callable[..., object]:
+        PRUNERS[network] = fn
+        return fn
+    return decorate
+
+
+def prune_channels(net: nn.Module, ratio: Ratio, scores: Scores | None = None) -> object:
+    """Structured channel pruning of ``net`` by the pruner registered for its class."""
+    pruner = next((PRUNERS[c] for c in type(net).__mro__ if c in PRUNERS), None)
+    if pruner is None:
+        raise InputError(f"channel pruning supports {', '.join(c.__name__ for c in PRUNERS)}, "
+                         f"not {type(net).__name__}")
+    return pruner(net, ratio, scores)
+
+
+@channel_pruner(SuperPoint)
 def prune_superpoint_channels(sp: nn.Module, ratio: Ratio, scores: Scores | None = None) -> dict[str, int]:
     """Remove ``ratio`` of the output channels of SuperPoint's encoder convs and head hidden layers, in place.
 
@@ -183,6 +210,7 @@ def prune_attention(attn: nn.Module, dim_ratio: float = 0.0, head_ratio: float =
     return new_heads, new_dim
 
 
+@channel_pruner(SuperGlue)
 def prune_superglue_channels(sg: nn.Module, ratio: Ratio, scores: Scores | None = None) -> dict[str, object]:
     """Channel-prune SuperGlue in place: keypoint-encoder hidden layers, GNN MLP hidden widths, attention.
 
@@ -208,8 +236,10 @@ def prune_superglue_channels(sg: nn.Module, ratio: Ratio, scores: Scores | None 
 
 # ----------------------------------------------------------------------------- LightGlue (kornia)
 
+@channel_pruner(LightGlue)
 def prune_lightglue_ffn(lightglue: nn.Module, ratio: float, scores: Scores | None = None) -> list[int]:
     """Prune the hidden width (2d) of every feed-forward block of a kornia LightGlue, in place."""
+    ratio = float(ratio)
     widths = []
     for layer in lightglue.transformers:
         for block in (layer.self_attn, layer.cross_attn):
@@ -218,3 +248,12 @@ def prune_lightglue_ffn(lightglue: nn.Module, ratio: float, scores: Scores | Non
             ffn[0], ffn[1], ffn[3] = _slice(ffn[0], out_idx=idx), _slice_norm(ffn[1], idx), _slice(ffn[3], in_idx=idx)
             widths.append(len(idx))
     return widths
+
+
+FRACTIONS = Check(kind=(float, dict), lo=0, hi=1, open=True, values=Check(kind=float, lo=0, hi=1, open=True))
+
+
+@register_method("channel", settings={"ratio": 0.5}, checks={"ratio": FRACTIONS}, needs=("ratio",))
+def channel_method(job: Job) -> None:
+    """Structured pruning of the part's channels (a smaller dense network: fewer MACs, less time)."""
+    prune_channels(job.net, job.spec["ratio"])

@@ -1,30 +1,25 @@
 """Fine-grained (unstructured) magnitude pruning with exact sparsity and masks that survive training.
 
-Masks live on the pruned modules as non-persistent buffers (``weight_mask``): they move with ``.to()``,
-stay out of the state_dict (so checkpoints keep their official keys) and are re-applied after every
-optimizer step of any optimizer by a global post-step hook, so pruned weights cannot grow back.
+A mask is the pruned layer's ``Mask`` state (compression/state.py): it moves with ``.to()``, stays out of the
+state_dict (checkpoints keep their official keys), masks the weight's gradient, and the training loop re-applies
+it after every optimizer step (``enforce``), so pruned weights cannot grow back.
 """
 from __future__ import annotations
 
-import fnmatch
+import functools
 import logging
-from typing import Mapping, Union
+from typing import Mapping
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
-from helper import after_every_step, stop_after_every_step
+from compression.methods import Job, register_method
+from compression.state import LayerState, attach, compressed_layers, detach, get, register_state, trained_weight
+from compression.tensors import Levels, owner, prunable_weights, resolve_levels
+from helper import Check
 
 logger = logging.getLogger(__name__)
 
-SparsitySpec = Union[float, Mapping[str, float]]
-
-
-def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Weights of every convolution and linear layer (the tensors pruning acts on), by parameter name."""
-    return {f"{name}.weight" if name else "weight": m.weight for name, m in model.named_modules()
-            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)) and isinstance(m.weight, nn.Parameter)}
 
 
 def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -37,24 +32,6 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
         order = torch.argsort(weight.detach().abs().flatten(), stable=True)  # ties broken by position
         mask[order[:n_zero]] = False
     return mask.view_as(weight)
-
-
-def resolve_sparsities(model: nn.Module, spec: SparsitySpec) -> dict[str, float]:
-    """Per-parameter sparsity from a uniform value or a dict of names / glob patterns ('*attn*', 'gnn.layers.0.*').
-
-    Later patterns win over earlier ones; parameters matching no pattern are left dense.
-    """
-    names = list(prunable_weights(model))
-    if isinstance(spec, (int, float)):
-        return {n: float(spec) for n in names}
-    out: dict[str, float] = {}
-    for pattern, value in spec.items():
-        matched = [n for n in names if fnmatch.fnmatchcase(n, pattern) or n == pattern
-                   or fnmatch.fnmatchcase(n, f"*{pattern}*")]
-        if not matched:
-            raise ValueError(f"sparsity pattern '{pattern}' matches no prunable weight of {type(model).__name__}")
-        out.update({n: float(value) for n in matched})
-    return out
 
 
 def global_sparsities(model: nn.Module, sparsity: float, names: list[str] | None = None) -> dict[str, float]:
@@ -76,32 +53,48 @@ def global_sparsities(model: nn.Module, sparsity: float, names: list[str] | None
     return out
 
 
-def _reapply_mask(module: nn.Module) -> None:
-    mask = getattr(module, "weight_mask", None)
-    if mask is not None:
-        weight = (module.parametrizations.weight.original if parametrize.is_parametrized(module, "weight")
-                  else module.weight)  # QAT: the float shadow
-        weight.mul_(mask)
+@register_state
+class Mask(LayerState):
+    """Fine-grained pruning's mask of a layer's weight: masked gradients, and zeros re-applied after each step."""
+
+    kind = "mask"
+
+    def __init__(self, mask: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mask", mask, persistent=False)
+
+    def after_step(self, layer: nn.Module) -> None:
+        trained_weight(layer).mul_(self.mask)
+
+
+def _masked_gradient(layer: nn.Module, grad: torch.Tensor) -> torch.Tensor:
+    state = get(layer, "mask")
+    return grad if state is None else grad * state.mask
 
 
 def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
-    """Zero the masked weights and keep them zero: gradients are masked, and every optimizer step re-applies."""
-    modules = dict(model.named_modules())
+    """Zero the masked weights and keep them zero: their gradients are masked (so optimizer moments stay zero)
+    and ``compression.state.enforce`` after each optimizer step zeroes them again."""
     for pname, mask in masks.items():
-        module = modules[pname.rsplit(".", 1)[0] if "." in pname else ""]
+        module = owner(model, pname)
         mask = mask.to(module.weight.device)
-        if "weight_mask" in module._buffers:
-            module.weight_mask = module.weight_mask & mask
+        state = get(module, "mask")
+        if state is not None:
+            state.mask = state.mask & mask
         else:
-            module.register_buffer("weight_mask", mask, persistent=False)
-            # Masked gradients keep optimizer moments at zero for pruned weights.
-            module.weight.register_hook(lambda g, m=module: g * m.weight_mask if hasattr(m, "weight_mask") else g)
+            attach(module, Mask(mask))
+            module.weight.register_hook(functools.partial(_masked_gradient, module))
         with torch.no_grad():
-            module.weight.mul_(module.weight_mask)
-        after_every_step("prune", _reapply_mask, module)
+            module.weight.mul_(get(module, "mask").mask)
 
 
-def prune_fine_grained(model: nn.Module, spec: SparsitySpec, global_ranking: bool = False) -> dict[str, float]:
+def masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The masks of ``model``'s pruned weights, by parameter name."""
+    return {f"{name}.weight" if name else "weight": found["mask"].mask
+            for name, _, found in compressed_layers(model) if "mask" in found}
+
+
+def prune_fine_grained(model: nn.Module, spec: Levels, global_ranking: bool = False) -> dict[str, float]:
     """Prune ``model`` in place by weight magnitude; returns the sparsity applied to each parameter.
 
     ``spec`` is a uniform sparsity or a dict of names/patterns -> sparsity; with ``global_ranking`` a single
@@ -112,7 +105,7 @@ def prune_fine_grained(model: nn.Module, spec: SparsitySpec, global_ranking: boo
             raise ValueError("global ranking takes one overall sparsity")
         sparsities = global_sparsities(model, float(spec))
     else:
-        sparsities = resolve_sparsities(model, spec)
+        sparsities = resolve_levels(model, spec)
     weights = prunable_weights(model)
     apply_masks(model, {n: magnitude_mask(weights[n], s) for n, s in sparsities.items() if s > 0})
     logger.info("pruned %d tensors of %s", sum(s > 0 for s in sparsities.values()), type(model).__name__)
@@ -121,10 +114,8 @@ def prune_fine_grained(model: nn.Module, spec: SparsitySpec, global_ranking: boo
 
 def remove_masks(model: nn.Module) -> None:
     """Forget the masks (the zeros stay); training may then regrow the weights."""
-    for module in model.modules():
-        if "weight_mask" in module._buffers:
-            del module._buffers["weight_mask"]
-            stop_after_every_step("prune", module)
+    for _, layer, _ in list(compressed_layers(model)):
+        detach(layer, "mask")
 
 
 def sparsity_report(model: nn.Module) -> dict[str, float]:
@@ -134,3 +125,12 @@ def sparsity_report(model: nn.Module) -> dict[str, float]:
     total = sum(w.numel() for w in weights.values())
     report["total"] = sum((w == 0).sum().item() for w in weights.values()) / max(total, 1)
     return report
+
+
+SPARSITY = Check(kind=(float, dict), words=("auto",), lo=0, hi=0.99, values=Check(kind=float, lo=0, hi=0.99))
+
+
+@register_method("fine-grained", settings={"sparsity": 0.5}, checks={"sparsity": SPARSITY}, needs=("sparsity",))
+def fine_grained_method(job: Job) -> None:
+    """Magnitude pruning of the part at the variant's sparsity (one value, per-pattern values, or the scan's)."""
+    prune_fine_grained(job.net, job.levels if job.spec["sparsity"] == "auto" else job.spec["sparsity"])

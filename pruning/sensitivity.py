@@ -16,9 +16,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from compression.tensors import prunable_weights
 from models.matching import fingerprint
 
-from .fine_grained import magnitude_mask, prunable_weights
+from .fine_grained import magnitude_mask
 
 logger = logging.getLogger(__name__)
 

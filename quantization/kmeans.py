@@ -1,20 +1,24 @@
 """K-means weight sharing (Deep Compression): each tensor keeps 2^bits shared values and a code per weight.
 
-Pruned zeros stay exact zeros outside the codebook. Codes and codebooks live on the modules as
-non-persistent buffers (``weight_codes``, ``weight_codebook``); after every optimizer step a global hook moves
-each centroid to the mean of its weights (for SGD this is the lab's gradient summed per centroid) and writes
-the shared values back, so a finetuned model still has exactly 2^bits values per tensor.
+Pruned zeros stay exact zeros outside the codebook. The codebook, the codes and the mask of the non-zeros are
+the layer's ``Codebook`` state (compression/state.py); after every optimizer step (``enforce``, called by the
+training loop) each centroid moves to the mean of its weights (for SGD this is the lab's gradient summed per
+centroid) and the shared values are written back, so a finetuned model still has exactly 2^bits values per
+tensor. The checkpoint stores the codes packed at their bit width.
 """
 from __future__ import annotations
 
 import logging
-from typing import Mapping, Union
+from typing import Any, Mapping, Union
 
+import numpy as np
 import torch
 from torch import nn
 
-from helper import after_every_step
-from pruning.fine_grained import prunable_weights, resolve_sparsities
+from compression.methods import Job, register_method
+from compression.state import LayerState, attach, compressed_layers, register_state
+from compression.tensors import owner, pack_bits, prunable_weights, resolve_levels, unpack_bits
+from helper import Check
 
 logger = logging.getLogger(__name__)
 BitsSpec = Union[int, Mapping[str, int]]
@@ -51,32 +55,59 @@ def kmeans_1d(values: torch.Tensor, k: int, iters: int = 30) -> tuple[torch.Tens
     return centroids, codes
 
 
-def _write_back(module: nn.Module) -> None:
-    w = module.weight
-    values = module.weight_codebook[module.weight_codes.long()]
-    nonzero = getattr(module, "weight_nonzero", None)
-    with torch.no_grad():
-        if nonzero is None:
-            w.copy_(values.view_as(w))
-        else:
-            flat = torch.zeros(w.numel(), device=w.device, dtype=w.dtype)
-            flat[nonzero.flatten()] = values
-            w.copy_(flat.view_as(w))
+@register_state
+class Codebook(LayerState):
+    """A layer's k-means weight sharing: 2^bits shared values, a code per (non-zero) weight, and the mask of the
+    non-zeros when the weight is pruned (zeros stay outside the codebook)."""
 
+    kind = "kmeans"
+    order = 2  # stores the weight, mask included
 
-def _update_codebook(module: nn.Module) -> None:
-    """Move each centroid to the mean of its (just updated) weights, then share the values again."""
-    if not hasattr(module, "weight_codes"):
-        return
-    w = module.weight.detach().flatten()
-    nonzero = getattr(module, "weight_nonzero", None)
-    values = w if nonzero is None else w[nonzero.flatten()]
-    k = module.weight_codebook.numel()
-    codes = module.weight_codes.long()
-    sums = torch.zeros(k, device=w.device).index_add_(0, codes, values.float())
-    counts = torch.bincount(codes, minlength=k).float()
-    module.weight_codebook.copy_(torch.where(counts > 0, sums / counts.clamp(min=1), module.weight_codebook))
-    _write_back(module)
+    def __init__(self, codebook: torch.Tensor, codes: torch.Tensor, nonzero: torch.Tensor | None = None):
+        super().__init__()
+        self.register_buffer("codebook", codebook, persistent=False)
+        self.register_buffer("codes", codes.to(torch.uint8), persistent=False)
+        self.register_buffer("nonzero", nonzero, persistent=False)
+
+    @property
+    def bits(self) -> int:
+        return max(1, int(self.codebook.numel() - 1).bit_length())
+
+    def values(self, like: torch.Tensor) -> torch.Tensor:
+        """The weight these codes describe (shaped and typed as ``like``)."""
+        values = self.codebook[self.codes.long()].to(like.dtype)
+        if self.nonzero is None:
+            return values.view_as(like)
+        flat = torch.zeros(like.numel(), device=like.device, dtype=like.dtype)
+        flat[self.nonzero.flatten()] = values
+        return flat.view_as(like)
+
+    def after_step(self, layer: nn.Module) -> None:
+        """Move each centroid to the mean of its (just updated) weights, then share the values again."""
+        w = layer.weight.detach().flatten()
+        values = w if self.nonzero is None else w[self.nonzero.flatten()]
+        k = self.codebook.numel()
+        codes = self.codes.long()
+        sums = torch.zeros(k, device=w.device).index_add_(0, codes, values.float())
+        counts = torch.bincount(codes, minlength=k).float()
+        self.codebook.copy_(torch.where(counts > 0, sums / counts.clamp(min=1), self.codebook))
+        layer.weight.copy_(self.values(layer.weight))
+
+    def encode(self, layer: nn.Module, weight: torch.Tensor) -> dict[str, Any]:
+        entry = {"kind": self.kind, "shape": list(weight.shape), "dtype": str(weight.dtype).split(".")[-1],
+                 "bits": self.bits, "codebook": self.codebook.detach().cpu().to(weight.dtype),
+                 "codes": pack_bits(self.codes, self.bits), "count": int(self.codes.numel())}
+        if self.nonzero is not None:
+            entry["mask"] = pack_bits(self.nonzero, 1)
+        return entry
+
+    @classmethod
+    def decode(cls, entry: dict[str, Any]) -> tuple[torch.Tensor, list[LayerState]]:
+        shape, numel = entry["shape"], int(np.prod(entry["shape"]))
+        codes = unpack_bits(entry["codes"], entry["bits"], entry["count"])
+        nonzero = unpack_bits(entry["mask"], 1, numel).bool().view(shape) if "mask" in entry else None
+        state = cls(entry["codebook"], codes, nonzero)
+        return state.values(torch.empty(shape, dtype=entry["codebook"].dtype)), [state]
 
 
 def kmeans_values(weight: torch.Tensor, bits: float) -> torch.Tensor:
@@ -91,34 +122,41 @@ def kmeans_values(weight: torch.Tensor, bits: float) -> torch.Tensor:
 
 def quantize_kmeans(model: nn.Module, bits: BitsSpec, iters: int = 30) -> dict[str, int]:
     """Replace weights by k-means shared values in place (zeros kept exact); returns the bits per tensor."""
-    spec = resolve_sparsities(model, bits)  # same name/pattern resolution, values are bit widths
+    spec = resolve_levels(model, bits, "bits")
     weights = prunable_weights(model)
-    modules = dict(model.named_modules())
     applied = {}
     for name, b in spec.items():
         b = int(b)
         if not 1 <= b <= 8:
             raise ValueError(f"k-means bits must be 1..8, got {b} for {name}")
-        module = modules[name.rsplit(".", 1)[0] if "." in name else ""]
+        layer = owner(model, name)
         w = weights[name].detach().flatten()
         nonzero = w != 0
         sparse = not bool(nonzero.all())
         codebook, codes = kmeans_1d(w[nonzero] if sparse else w, 2 ** b, iters)
-        for buf, value in (("weight_codebook", codebook.to(w)), ("weight_codes", codes.to(torch.uint8)),
-                           ("weight_nonzero", nonzero.view_as(weights[name]) if sparse else None)):
-            module._buffers.pop(buf, None)
-            if value is not None:
-                module.register_buffer(buf, value, persistent=False)
-        _write_back(module)
-        after_every_step("kmeans", _update_codebook, module)
+        state = attach(layer, Codebook(codebook.to(w), codes, nonzero.view_as(weights[name]) if sparse else None))
+        with torch.no_grad():
+            layer.weight.copy_(state.values(layer.weight))
         applied[name] = b
     logger.info("k-means quantized %d tensors of %s", len(applied), type(model).__name__)
     return applied
 
 
-def track(model: nn.Module) -> int:
-    """Keep the codebooks of a loaded k-means model (buffers restored by load_checkpoint) updated in training."""
-    found = [m for m in model.modules() if hasattr(m, "weight_codes")]
-    for m in found:
-        after_every_step("kmeans", _update_codebook, m)
-    return len(found)
+def quantized_layers(model: nn.Module) -> int:
+    """How many layers of ``model`` have k-means codes (e.g. restored by loading a checkpoint)."""
+    return sum("kmeans" in found for _, _, found in compressed_layers(model))
+
+
+BITS = Check(kind=(int, dict), words=("auto",), lo=1, hi=8, values=Check(kind=int, lo=1, hi=8))
+
+
+@register_method("kmeans", settings={"bits": 8}, checks={"bits": BITS}, needs=("bits",),
+                 bits=lambda spec: spec["bits"])
+def kmeans_method(job: Job) -> None:
+    """k-means weight sharing of the part: one bit width, per-pattern widths, or mixed widths a scan chose."""
+    if job.spec["bits"] != "auto":
+        quantize_kmeans(job.net, job.spec["bits"])
+        return
+    applied = quantize_kmeans(job.net, {"*": job.base_bits, **job.levels})
+    weights = prunable_weights(job.net)
+    job.bits = sum(b * weights[n].numel() for n, b in applied.items()) / sum(weights[n].numel() for n in applied)

@@ -1,29 +1,41 @@
 """Linear (uniform) quantization: symmetric per-output-channel weights, calibrated per-tensor activations.
 
 Weights are rounded in place to their per-channel grid (so the stored codes and scales reproduce them
-bit-exactly); activations entering each layer are fake-quantized by a forward pre-hook with a scale and zero
-point calibrated on sample data (min/max or percentile). Attention products and Sinkhorn stay in float.
+bit-exactly); activations entering each layer are fake-quantized with a scale and zero point calibrated on
+sample data (min/max or percentile). Attention products and Sinkhorn stay in float. The grid is the layer's
+``Grid`` state and the activation quantizer its ``ActivationQuant`` state (compression/state.py), so a loaded
+checkpoint runs exactly as it was evaluated.
 
-Training: ``enable_qat`` turns the layers into quantization-aware training — the float weight becomes a shadow
-that the optimizer updates, and the forward pass sees it fake-quantized (straight-through estimator, via a
-parametrization). Without it, weights are put back on their grid after every optimizer step. Either way what
-is evaluated is what the checkpoint stores.
+Training: with the finetuning setting ``qat`` (the default) the layers train quantization-aware — the float
+weight becomes a shadow that the optimizer updates, and the forward pass sees it fake-quantized
+(straight-through estimator, via a parametrization). Without it, weights are put back on their grid after every
+optimizer step. Either way what is evaluated is what the checkpoint stores.
 """
 from __future__ import annotations
 
 import logging
-from typing import Callable, Mapping, Union
+from typing import Any, Callable, Mapping, Union
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from helper import after_every_step
-from models.quantized import install_activation_quant, round_ste
-from pruning.fine_grained import prunable_weights, resolve_sparsities
+from compression.methods import Job, register_method
+from compression.state import LayerState, attach, compressed_layers, detach, get, register_state
+from compression.tensors import int_grid, owner, pack_bits, prunable_weights, resolve_levels, unpack_bits
+from helper import Check
 
 logger = logging.getLogger(__name__)
 BitsSpec = Union[int, Mapping[str, int]]
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """round() whose gradient is the identity (straight-through estimator)."""
+    return x + (torch.round(x) - x).detach()
+
+
+def _channels(scale: torch.Tensor, ndim: int) -> torch.Tensor:
+    return scale.view((-1,) + (1,) * (ndim - 1))
 
 
 class WeightFakeQuant(nn.Module):
@@ -35,45 +47,101 @@ class WeightFakeQuant(nn.Module):
         self.bits = bits
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        qmax = 2 ** (self.bits - 1) - 1
-        s = self.scale.view((-1,) + (1,) * (weight.ndim - 1))
-        return round_ste(weight / s).clamp(-qmax, qmax) * s
+        q = int_grid(self.bits)
+        return round_ste(weight / _channels(self.scale, weight.ndim)).clamp(-q, q) * _channels(self.scale, weight.ndim)
+
+
+@register_state
+class Grid(LayerState):
+    """A layer's weight on a symmetric per-output-channel grid of ``bits`` bits (codes -q..q times the scale)."""
+
+    kind = "linear"
+    order = 1
+
+    def __init__(self, scale: torch.Tensor, bits: int):
+        super().__init__()
+        self.register_buffer("scale", scale, persistent=False)
+        self.bits = int(bits)
+
+    def snap(self, layer: nn.Module) -> None:
+        """Round the layer's weight to the grid (QAT layers need not: their forward pass does)."""
+        if parametrize.is_parametrized(layer, "weight"):
+            return
+        w, q = layer.weight, int_grid(self.bits)
+        with torch.no_grad():
+            w.copy_(torch.round(w / _channels(self.scale, w.ndim)).clamp(-q, q) * _channels(self.scale, w.ndim))
+
+    def after_step(self, layer: nn.Module) -> None:
+        self.snap(layer)
+
+    def start_training(self, layer: nn.Module, settings: dict[str, Any]) -> None:
+        if settings.get("qat", True) and not parametrize.is_parametrized(layer, "weight"):
+            parametrize.register_parametrization(layer, "weight", WeightFakeQuant(self.scale, self.bits))
+
+    def encode(self, layer: nn.Module, weight: torch.Tensor) -> dict[str, Any]:
+        q, scale = int_grid(self.bits), self.scale.detach().cpu()
+        codes = torch.round(weight / _channels(scale, weight.ndim)).to(torch.int64) + q
+        entry = {"kind": self.kind, "shape": list(weight.shape), "bits": self.bits, "scale": scale,
+                 "codes": pack_bits(codes, self.bits), "count": weight.numel()}
+        act = get(layer, "activation")
+        if act is not None:
+            entry.update(act_scale=act.scale.cpu(), act_zero_point=act.zero_point.cpu(), act_bits=act.bits)
+        return entry
+
+    @classmethod
+    def decode(cls, entry: dict[str, Any]) -> tuple[torch.Tensor, list[LayerState]]:
+        shape, scale = entry["shape"], entry["scale"]
+        codes = unpack_bits(entry["codes"], entry["bits"], entry["count"])
+        weight = (codes - int_grid(entry["bits"])).view(shape).to(scale.dtype) * _channels(scale, len(shape))
+        found: list[LayerState] = [cls(scale, entry["bits"])]
+        if "act_scale" in entry:  # run exactly as evaluated: inputs fake-quantized
+            found.append(ActivationQuant(entry["act_scale"], entry["act_zero_point"], entry["act_bits"]))
+        return weight, found
+
+
+def _quantize_input(layer: nn.Module, inputs: tuple) -> tuple | None:
+    state = get(layer, "activation")
+    return None if state is None else (state.quantize(inputs[0]), *inputs[1:])
+
+
+@register_state
+class ActivationQuant(LayerState):
+    """Asymmetric per-tensor fake quantization of a layer's input (its scale and zero point were calibrated)."""
+
+    kind = "activation"
+
+    def __init__(self, scale: torch.Tensor, zero_point: torch.Tensor, bits: int):
+        super().__init__()
+        self.register_buffer("scale", scale, persistent=False)
+        self.register_buffer("zero_point", zero_point, persistent=False)
+        self.bits = int(bits)
+
+    def attached(self, layer: nn.Module) -> None:
+        if _quantize_input not in layer._forward_pre_hooks.values():
+            layer.register_forward_pre_hook(_quantize_input)
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """Quantize-dequantize ``x`` (straight-through gradient)."""
+        q = (round_ste(x / self.scale) + self.zero_point).clamp(0, 2**self.bits - 1)
+        return (q - self.zero_point) * self.scale
+
+
+def remove_activation_quant(model: nn.Module) -> int:
+    """Stop fake-quantizing inputs in every layer of ``model`` (weights stay on their grid); returns the count."""
+    return sum(detach(layer, "activation") is not None for _, layer, _ in list(compressed_layers(model)))
 
 
 def enable_qat(model: nn.Module) -> int:
     """Quantization-aware training for every linear-quantized layer of ``model``; returns how many."""
-    count = 0
-    for layer in model.modules():
-        if hasattr(layer, "weight_scale") and not parametrize.is_parametrized(layer, "weight"):
-            parametrize.register_parametrization(layer, "weight", WeightFakeQuant(layer.weight_scale,
-                                                                                  layer.weight_bits))
-            count += 1
-    return count
-
-
-def snap(layer: nn.Module) -> None:
-    """Round a layer's weight to its per-channel grid (what the checkpoint stores); QAT layers need not."""
-    if parametrize.is_parametrized(layer, "weight"):
-        return
-    w, s = layer.weight, layer.weight_scale
-    qmax = 2 ** (layer.weight_bits - 1) - 1
-    shape = (-1,) + (1,) * (w.ndim - 1)
-    with torch.no_grad():
-        w.copy_(torch.round(w / s.view(shape)).clamp(-qmax, qmax) * s.view(shape))
-
-
-def track(model: nn.Module) -> int:
-    """Keep every linear-quantized layer of ``model`` on its grid after each optimizer step."""
-    found = [m for m in model.modules() if hasattr(m, "weight_scale")]
-    for m in found:
-        after_every_step("linear", snap, m)
+    found = [(layer, s["linear"]) for _, layer, s in compressed_layers(model) if "linear" in s]
+    for layer, grid in found:
+        grid.start_training(layer, {"qat": True})
     return len(found)
 
 
 def weight_scales(weight: torch.Tensor, bits: int) -> torch.Tensor:
     """Symmetric per-output-channel scales: max |w| of each channel maps to 2^(bits-1) - 1."""
-    qmax = 2 ** (bits - 1) - 1
-    return (weight.detach().reshape(weight.shape[0], -1).abs().amax(1) / qmax).clamp(min=1e-12)
+    return (weight.detach().reshape(weight.shape[0], -1).abs().amax(1) / int_grid(bits)).clamp(min=1e-12)
 
 
 class ActivationObserver:
@@ -100,9 +168,8 @@ def quantize_linear(model: nn.Module, calibrate: Callable[[], None], weight_bits
     ``calibrate`` runs the model on sample data once (e.g. an evaluation of a few pairs) to set the
     activation ranges (asymmetric, per tensor). Returns the weight bits per tensor.
     """
-    spec = resolve_sparsities(model, weight_bits)
-    modules = dict(model.named_modules())
-    layers = {name: modules[name.rsplit(".", 1)[0] if "." in name else ""] for name in spec}
+    spec = resolve_levels(model, weight_bits, "bits")
+    layers = {name: owner(model, name) for name in spec}
     observers = {name: ActivationObserver(method) for name in layers}
     handles = [layer.register_forward_pre_hook(observers[name]) for name, layer in layers.items()]
     try:
@@ -116,17 +183,29 @@ def quantize_linear(model: nn.Module, calibrate: Callable[[], None], weight_bits
         bits = int(spec[name])
         obs = observers[name]
         w = weights[name]
-        s = weight_scales(w, bits)
-        layer._buffers.pop("weight_scale", None)
-        layer.register_buffer("weight_scale", s.to(w.device), persistent=False)
-        layer.weight_bits = bits
-        snap(layer)
+        attach(layer, Grid(weight_scales(w, bits).to(w.device), bits)).snap(layer)
         if obs.hi < obs.lo:  # never ran during calibration (e.g. an early-exit head): weights only
             logger.debug("%s did not run during calibration; its inputs stay float", name)
             continue
         lo, hi = min(obs.lo, 0.0), max(obs.hi, 0.0)
         scale = torch.tensor(max(hi - lo, 1e-8) / (2 ** activation_bits - 1))
-        install_activation_quant(layer, scale, torch.round(-lo / scale), activation_bits)
-    track(model)
+        attach(layer, ActivationQuant(scale, torch.round(-lo / scale), activation_bits))
     logger.info("linear-quantized %d layers of %s", len(layers), type(model).__name__)
     return {n: int(b) for n, b in spec.items()}
+
+
+def _simulated(model: nn.Module) -> str | None:
+    if remove_activation_quant(model):  # timed as what it is on CPU: fp32 kernels (the int8 path is ORT's)
+        return "fp32 kernels on int8-grid weights (simulated int8; see int8-onnxruntime)"
+    return None
+
+
+@register_method("linear-int8", settings={"bits": 8, "activation_bits": 8, "calibration_method": "minmax"},
+                 checks={"activation_bits": Check(lo=2, hi=16),
+                         "calibration_method": Check(choices=("minmax", "percentile"))},
+                 calibrated=True, bits=lambda spec: spec.get("bits", 8), execution=_simulated)
+def linear_method(job: Job) -> None:
+    """Linear quantization of the part's weights and inputs, calibrated on the calibration pairs."""
+    matcher = job.matcher
+    quantize_linear(job.net, lambda: job.calibrate(matcher), job.spec.get("bits", 8),
+                    job.spec.get("activation_bits", 8), job.spec.get("calibration_method", "minmax"))

@@ -27,8 +27,8 @@ def _png(image: np.ndarray) -> bytes:
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory):
     """A folder of bad inputs (and the few good ones they are mixed with)."""
-    from models.checkpoint import save_checkpoint
     from models.matching import build_matcher
+    from pipeline.checkpoint import save_checkpoint
 
     h = tmp_path_factory.mktemp("hostile")
     rng = np.random.default_rng(0)
@@ -104,6 +104,7 @@ def boom(*args, **kwargs):
 
 
 E, M, P, F, X = "evaluate", "match_pairs", "profiling", "finetune", "pruning_experiments"
+RUN = "pipeline.training.Run"  # a finetuning run: bad input must stop before one starts
 SIFT = ["--matcher", "sift+nn"]
 # (id, command, arguments ({H}: the hostile folder, {W}: an empty work folder), what the error line must name,
 #  functions that must not run: the input is refused before that work)
@@ -144,8 +145,8 @@ CASES = [
     ("--json is a folder", P, ["--json", "{H}/a_dir", *SIFT], ["a_dir", "not a file"], ["profiling.profile_matcher"]),
     ("--csv inside a file", P, ["--csv", "{H}/a_file/sweep.csv", *SIFT], ["a_file"], ["profiling.profile_matcher"]),
     ("--output_dir is a file", M, ["--output_dir", "{H}/a_file", *SIFT], ["a_file"], ["match_pairs.read_pairs"]),
-    ("finetune out is a file", F, ["--set", "out={H}/a_file"], ["a_file"], ["finetune.Run"]),
-    ("experiment --out is a file", X, ["--out", "{H}/a_file"], ["a_file"], ["experiments.Experiment.baseline"]),
+    ("finetune out is a file", F, ["--set", "out={H}/a_file"], ["a_file"], [RUN]),
+    ("experiment --out is a file", X, ["--out", "{H}/a_file"], ["a_file"], ["pipeline.experiment.Experiment.baseline"]),
     ("visualizations --out is a file", "visualizations", ["--out", "{H}/a_file", "--results", "{H}/broken.json"],
      ["a_file"], ["visualizations.plot_tradeoff"]),
     # checkpoints
@@ -160,31 +161,31 @@ CASES = [
      ["entry_without_kind.pth", "kind"], []),
     ("checkpoint entry of another shape", E, ["--checkpoint", "{H}/wrong_shape.pth"], ["wrong_shape.pth"], []),
     ("checkpoint of a newer version", F, ["--set", "checkpoint={H}/future.pth", "--set", "out={W}/ft"],
-     ["future.pth", "version"], ["finetune.Run.loss"]),
+     ["future.pth", "version"], ["pipeline.training.Run.loss"]),
     ("0-byte checkpoint (finetune)", F, ["--set", "checkpoint={H}/zero.pth", "--set", "out={W}/ft"], ["zero.pth"],
-     ["finetune.Run.loss"]),
+     ["pipeline.training.Run.loss"]),
     ("--matcher contradicts --checkpoint", E, ["--matcher", "disk+lightglue", "--checkpoint", "{H}/sift.pth"],
      ["--matcher", "sift+nn"], ["evaluate.evaluate"]),
     # configs
-    ("unknown key", F, ["--set", "stpes=1", "--set", "out={W}/ft"], ["stpes", "'steps'"], ["finetune.Run"]),
+    ("unknown key", F, ["--set", "stpes=1", "--set", "out={W}/ft"], ["stpes", "'steps'"], [RUN]),
     ("unknown nested key", F, ["--set", "val.num_pairz=1", "--set", "out={W}/ft"], ["val.num_pairz", "val.num_pairs"],
-     ["finetune.Run"]),
-    ("wrong type", F, ["--set", "steps=ten", "--set", "out={W}/ft"], ["steps", "integer", "ten"], ["finetune.Run"]),
-    ("out of range", F, ["--set", "val.num_pairs=0", "--set", "out={W}/ft"], ["val.num_pairs"], ["finetune.Run"]),
+     [RUN]),
+    ("wrong type", F, ["--set", "steps=ten", "--set", "out={W}/ft"], ["steps", "integer", "ten"], [RUN]),
+    ("out of range", F, ["--set", "val.num_pairs=0", "--set", "out={W}/ft"], ["val.num_pairs"], [RUN]),
     ("unknown matcher setting", F, ["--set", "matcher_config.matcher.depth_confidance=-1", "--set", "out={W}/ft"],
-     ["depth_confidance", "depth_confidence"], ["finetune.Run"]),
+     ["depth_confidance", "depth_confidence"], [RUN]),
     ("YAML syntax error", F, ["--config", "{H}/broken.yaml", "--set", "out={W}/ft"], ["broken.yaml:3:"],
-     ["finetune.Run"]),
-    ("YAML that is not a mapping", F, ["--config", "{H}/list.yaml"], ["list.yaml", "mapping"], ["finetune.Run"]),
-    ("malformed --set", F, ["--set", "steps"], ["key.sub=value"], ["finetune.Run"]),
+     [RUN]),
+    ("YAML that is not a mapping", F, ["--config", "{H}/list.yaml"], ["list.yaml", "mapping"], [RUN]),
+    ("malformed --set", F, ["--set", "steps"], ["key.sub=value"], [RUN]),
     ("unknown experiment key", X, ["--set", "val.num_pairz=1", "--out", "{W}/run"], ["val.num_pairz"],
-     ["experiments.Experiment.baseline"]),
+     ["pipeline.experiment.Experiment.baseline"]),
     ("unknown experiment method", X, ["--config", "{R}/configs/demo.yaml", "{H}/bad_method.yaml", "--out", "{W}/run"],
-     ["kmeanz"], ["experiments.Experiment.baseline"]),
+     ["kmeanz"], ["pipeline.experiment.Experiment.baseline"]),
     ("unknown variant key", X, ["--config", "{R}/configs/demo.yaml", "{H}/bad_variant_key.yaml", "--out", "{W}/run"],
-     ["bitz", "bits"], ["experiments.Experiment.baseline"]),
+     ["bitz", "bits"], ["pipeline.experiment.Experiment.baseline"]),
     ("variant with a missing base", X, ["--config", "{R}/configs/demo.yaml", "{H}/bad_base.yaml", "--out", "{W}/run"],
-     ["base", "'p'"], ["experiments.Experiment.baseline"]),
+     ["base", "'p'"], ["pipeline.experiment.Experiment.baseline"]),
     # result files given to visualizations.py
     ("broken JSON", "visualizations", ["--results", "{H}/broken.json", "--out", "{W}/fig"], ["broken.json:2:"], []),
     ("CSV without the columns", "visualizations", ["--scan", "{H}/scan.csv", "--out", "{W}/fig"],
@@ -247,7 +248,8 @@ def test_sizes_too_large_for_memory_are_one_line(tmp_path):
 
 
 def test_read_only_run_folder_is_refused_before_training(tmp_path, capsys, monkeypatch):
-    import finetune
+    import finetune as finetune_cli
+    from pipeline import training
 
     folder = tmp_path / "ro"
     folder.mkdir()
@@ -257,9 +259,9 @@ def test_read_only_run_folder_is_refused_before_training(tmp_path, capsys, monke
     else:
         folder.chmod(0o555)
     try:
-        monkeypatch.setattr(finetune, "Run", boom)
+        monkeypatch.setattr(training, "Run", boom)
         with pytest.raises(SystemExit) as exit_:
-            run_cli(finetune.main, ["--set", f"out={folder}"])
+            run_cli(finetune_cli.main, ["--set", f"out={folder}"])
         err = shown(capsys.readouterr().err)
         assert exit_.value.code == 2 and len(err) == 1 and str(folder) in err[0], err
     finally:
@@ -319,7 +321,7 @@ def test_set_values_take_the_type_of_their_default_and_configs_merge_in_order(tm
 
 
 def test_unreadable_stage_record_is_recomputed_and_said(tmp_path, caplog):
-    from experiments import DEFAULTS, Experiment
+    from pipeline.experiment import DEFAULTS, Experiment
 
     exp = Experiment(DEFAULTS, tmp_path)
     (tmp_path / "stages").mkdir()

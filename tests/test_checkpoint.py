@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from models.checkpoint import load_checkpoint, save_checkpoint
 from models.matching import build_matcher
 from models.weights import WeightsError
+from pipeline.checkpoint import load_checkpoint, save_checkpoint
 
 
 def shrink_superglue_head(matcher, keep):
@@ -47,7 +47,7 @@ def test_plain_state_dict_is_not_a_checkpoint(tmp_path):
 
 
 def test_version_1_checkpoints_still_load(tmp_path):
-    from models.checkpoint import FORMAT
+    from pipeline.checkpoint import FORMAT
 
     m = build_matcher("superpoint+superglue", {"superpoint": {"weights": None}, "superglue": {"weights": None}})
     torch.save({"format": FORMAT, "version": 1, "matcher": m.name, "config": m.config, "attrs": {},

@@ -6,7 +6,8 @@ import torch
 from data.homographies import HomographyConfig, sample_homography, warp_points
 from data.images import open_source
 from data.pairs import FilePairs, Pair, SyntheticPairs, read_pairs
-from evaluate import (
+from models.matching import build_matcher
+from pipeline.evaluation import (
     FeatureCache,
     auc,
     estimate_homography,
@@ -16,7 +17,6 @@ from evaluate import (
     summarize,
     weighted_dlt,
 )
-from models.matching import build_matcher
 
 H = sample_homography(np.random.default_rng(0), (640, 480), HomographyConfig())
 

@@ -6,9 +6,9 @@ import math
 import pytest
 from conftest import FIXTURES, ROOT
 
-import experiments
-from experiments import DEFAULTS, experiment_config, run
 from helper import InputError, load_config
+from pipeline import experiment as experiments
+from pipeline.experiment import DEFAULTS, experiment_config, run
 
 TINY = experiment_config([str(ROOT / "configs" / "demo.yaml"), str(FIXTURES / "tiny_experiment.yaml")])
 KEYS = ("name", "method", "sparsity", "bits", "finetuned", "auc@1px", "auc@3px", "auc@5px", "precision", "recall",

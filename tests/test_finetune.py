@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import ROOT
 
-import finetune
 from helper import merge_config
-from models.checkpoint import load_checkpoint, save_checkpoint
 from models.matching import build_matcher
+from pipeline import training as finetune
+from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pruning.fine_grained import prune_fine_grained, sparsity_report
 
 TINY = {"steps": 4, "lr": 3e-4, "matcher_config": {"detector": {"max_keypoints": 64},
@@ -142,7 +142,7 @@ def test_detector_can_be_trained_too(tmp_path):
 
 @pytest.mark.slow
 def test_qat_run_resumes_with_its_float_shadows(tmp_path):
-    from evaluate import evaluate
+    from pipeline.evaluation import evaluate
     from quantization.linear import quantize_linear
 
     m = build_matcher("aliked+lightglue", TINY["matcher_config"])

@@ -8,9 +8,9 @@ from conftest import ROOT
 from fake_hpatches import make_release
 
 import data.hpatches as hp
-from evaluate import evaluate
 from helper import InputError
 from models.matching import build_matcher
+from pipeline.evaluation import evaluate
 
 
 @pytest.fixture(scope="module")

@@ -7,19 +7,13 @@ import onnx.numpy_helper
 import pytest
 import torch
 
+from backends import graph_macs
+from backends.modules import GraphMatcher, graph_feed
 from helper import count_macs
-from models.checkpoint import load_checkpoint, save_checkpoint
 from models.matching import build_matcher
-from profiling import module_macs, state_bytes
-from quantization.int8 import (
-    OrtMatcherNet,
-    coordinate_layers,
-    int8_matcher,
-    matcher_feed,
-    onnx_macs,
-    quantize_matcher_onnx,
-    recorded_inputs,
-)
+from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.costs import module_macs, state_bytes
+from quantization.int8 import coordinate_layers, int8_matcher, quantize_matcher_onnx, recorded_inputs
 
 pytestmark = pytest.mark.slow  # one ONNX export per network (about 25 s)
 
@@ -53,10 +47,10 @@ def graphs(request, tmp_path_factory):
     fp32 = int8_matcher(dense, data, folder, mode="fp32")
     graphs = {"fp32": fp32}
     for mode in ("dynamic", "static"):  # the same graph quantized (int8_matcher would export it again)
-        feeds = [matcher_feed(type(dense.matcher).__name__, d) for d in data]
+        feeds = [graph_feed(dense.matcher, d) for d in data]
         path = quantize_matcher_onnx(fp32.onnx_path, folder / f"{mode}.onnx", feeds if mode == "static" else None)
         graphs[mode] = copy.deepcopy(fp32)
-        graphs[mode].matcher = OrtMatcherNet(dense.matcher, path)
+        graphs[mode].matcher = GraphMatcher(dense.matcher, path)
         graphs[mode].onnx_path = path
     return dense, dim, graphs
 
@@ -111,7 +105,7 @@ def test_graph_macs_are_what_pytorch_counts(graphs):
     macs, modules = count_macs(lambda: dense.matcher(data)), module_macs(dense.matcher, lambda: dense.matcher(data))
     assert macs > modules  # attention: einsum, and scaled_dot_product_attention on CPU
     for mode, m in ort.items():
-        with onnx_macs(m) as graph:
+        with graph_macs(m) as graph:
             assert count_macs(lambda: m.matcher(data)) == 0  # all of the arithmetic runs in the session
         assert graph == [macs, modules], mode
 
@@ -130,9 +124,9 @@ def test_checkpoint_stores_the_int8_graph_and_loads_it_back(graphs, tmp_path):
     dense, dim, ort = graphs
     path = save_checkpoint(ort["dynamic"], tmp_path / "int8.pth")
     loaded = load_checkpoint(path)
-    assert type(loaded.matcher).__name__ == "OrtMatcherNet"
+    assert type(loaded.matcher).__name__ == "GraphMatcher"
     others = save_checkpoint(dense, tmp_path / "dense.pth").stat().st_size - state_bytes(dense.matcher)
-    assert path.stat().st_size < others + 1.02 * len(ort["dynamic"].matcher.onnx_bytes)  # the graph's bytes as is
+    assert path.stat().st_size < others + 1.02 * len(ort["dynamic"].matcher.graph_bytes)  # the graph's bytes as is
     for m, n in ((30, 20), (1, 9), (0, 4)):  # one keypoint runs in the graph; none matches nothing
         data = pair(m, n, 5, dim)
         with torch.no_grad():
@@ -146,5 +140,5 @@ def test_bad_mode_and_unsupported_network_are_clear_errors():
     dense = build_matcher("sift+nn", {})
     with pytest.raises(ValueError, match="mode"):
         int8_matcher(dense, [{}], "unused", mode="int4")
-    with pytest.raises(ValueError, match="no ONNX Runtime path"):
+    with pytest.raises(ValueError, match="no graph adapter for a MutualNearestNeighbour"):
         int8_matcher(dense, [{}], "unused")

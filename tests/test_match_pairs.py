@@ -81,8 +81,8 @@ def test_command_line_error_is_one_line_with_status_2(tmp_path):
 
 
 def test_checkpoint_flag_runs_a_saved_model(exported, tmp_path):
-    from models.checkpoint import save_checkpoint
     from models.matching import build_matcher
+    from pipeline.checkpoint import save_checkpoint
 
     ckpt = save_checkpoint(build_matcher("sift+nn", {"matcher": {"ratio_threshold": 0.7}}), tmp_path / "sift.pth")
     summaries = match_pairs.main(["--input_pairs", str(exported), "--output_dir", str(tmp_path / "o"),

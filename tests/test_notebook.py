@@ -7,7 +7,7 @@ from conftest import FIXTURES, ROOT
 from fake_hpatches import make_release
 from nbclient import NotebookClient
 
-from experiments import experiment_config
+from pipeline.experiment import experiment_config
 
 NOTEBOOK = ROOT / "notebooks" / "efficient_feature_matching.ipynb"
 TINY = experiment_config([str(ROOT / "configs" / "demo.yaml"), str(FIXTURES / "tiny_experiment.yaml")])

@@ -8,7 +8,7 @@ from conftest import ROOT
 
 from helper import count_macs
 from models.superglue import SuperGlue
-from profiling import module_macs
+from pipeline.costs import module_macs
 
 KEYS = {"params", "nonzero_params", "macs", "size_bytes", "latency_ms", "latency_ms_iqr"}
 

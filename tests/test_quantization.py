@@ -4,11 +4,13 @@ import io
 import pytest
 import torch
 
-from models.checkpoint import load_checkpoint, pack_bits, save_checkpoint, unpack_bits
+from compression.state import enforce, get
+from compression.tensors import pack_bits, unpack_bits
 from models.matching import build_matcher
 from models.superglue import SuperGlue
+from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pruning.fine_grained import prune_fine_grained, sparsity_report
-from quantization.kmeans import kmeans_1d, quantize_kmeans, track
+from quantization.kmeans import kmeans_1d, quantize_kmeans, quantized_layers
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 8])
@@ -34,7 +36,7 @@ def test_quantized_weights_share_values_keep_zeros_and_survive_training():
     assert torch.unique(w[w != 0]).numel() <= 16 and (w == 0).float().mean().item() == pytest.approx(0.8, abs=1e-5)
     assert torch.unique(sg.gnn.layers[1].attn.merge.weight).numel() <= 4
     before = sparsity_report(sg)
-    codebook = sg.gnn.layers[0].mlp[0].weight_codebook.clone()
+    codebook = get(sg.gnn.layers[0].mlp[0], "kmeans").codebook.clone()
     opt = torch.optim.Adam(sg.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(0)
     data = {"keypoints0": torch.rand(1, 30, 2, generator=g) * 90, "keypoints1": torch.rand(1, 20, 2, generator=g) * 90,
@@ -47,7 +49,8 @@ def test_quantized_weights_share_values_keep_zeros_and_survive_training():
             opt.zero_grad()
             loss.backward()
             opt.step()
-    assert not torch.equal(codebook, sg.gnn.layers[0].mlp[0].weight_codebook)  # the codebook was finetuned
+            enforce(sg)  # what the training loop does after each step
+    assert not torch.equal(codebook, get(sg.gnn.layers[0].mlp[0], "kmeans").codebook)  # the codebook was finetuned
     assert torch.unique(w[w != 0]).numel() <= 16 and sparsity_report(sg) == before
     assert torch.unique(sg.gnn.layers[1].attn.merge.weight).numel() <= 4
 
@@ -62,7 +65,7 @@ def test_compressed_checkpoint_is_15x_smaller_and_bit_exact(tmp_path):
     assert buf.tell() / path.stat().st_size >= 15
     loaded = load_checkpoint(path)
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in m.state_dict().items())
-    assert track(loaded) > 0  # codes came back with the layers: codebooks can be finetuned further
+    assert quantized_layers(loaded) > 0  # codes came back with the layers: codebooks can be finetuned further
 
 
 def test_sparse_weights_without_codes_are_stored_sparsely(tmp_path):
@@ -94,6 +97,7 @@ def test_linear_ptq_round_trips_through_the_checkpoint(tmp_path):
     for p in m.superglue.parameters():
         p.grad = torch.randn_like(p)
     opt.step()
+    enforce(m)
     out = m({"image0": x, "image1": x.flip(-1)})
     path = save_checkpoint(m, tmp_path / "int8.pth")
     assert buf.tell() / path.stat().st_size > 3.5  # 8-bit codes + per-channel scales
@@ -108,22 +112,24 @@ def test_linear_ptq_round_trips_through_the_checkpoint(tmp_path):
 def test_int8_superpoint_runs_in_onnxruntime(tmp_path):
     import numpy as np
 
+    from backends.export import export_detector
+    from backends.modules import GraphDetector
     from models.superpoint import SuperPoint
-    from quantization.int8 import OrtSuperPoint, export_superpoint, quantize_static_onnx
+    from quantization.int8 import quantize_static_onnx
 
     sp = SuperPoint({"weights": None, "max_keypoints": 100}).eval()
-    fp32 = export_superpoint(sp, tmp_path / "sp.onnx", (128, 96))
+    fp32 = export_detector(sp, tmp_path / "sp.onnx", torch.rand(1, 1, 96, 128))
     calib = [np.random.default_rng(i).random((1, 1, 96, 128), dtype=np.float32) for i in range(2)]
-    int8 = quantize_static_onnx(fp32, tmp_path / "sp8.onnx", calib)
+    int8 = quantize_static_onnx(fp32, tmp_path / "sp8.onnx", calib, keep_float=("convPb", "convDb"))
     assert int8.stat().st_size < 0.5 * fp32.stat().st_size
     image = torch.rand(2, 1, 96, 128)
     ref = sp({"image": image})
     for path in (fp32, int8):
-        out = OrtSuperPoint(sp, path)({"image": image})
+        out = GraphDetector(sp, path)({"image": image})
         assert [len(k) for k in out["keypoints"]] == [len(k) for k in ref["keypoints"]]
         assert out["descriptors"][0].shape == ref["descriptors"][0].shape
     heat_ref, desc_ref = sp.dense(image)
-    heat, desc = OrtSuperPoint(sp, fp32).dense(image)
+    heat, desc = GraphDetector(sp, fp32).dense(image)
     assert torch.allclose(heat, heat_ref, atol=1e-5) and torch.allclose(desc, desc_ref, atol=1e-4)
 
 

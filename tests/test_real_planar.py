@@ -6,9 +6,9 @@ import pytest
 
 from data.images import opencv_samples_dir
 from data.pairs import FilePairs, Pair, read_homography_file
-from evaluate import evaluate, synthetic_pairs
 from helper import InputError
 from models.matching import build_matcher
+from pipeline.evaluation import evaluate, synthetic_pairs
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from PIL import Image
 from data.homographies import warp_points
 from data.images import open_source
 from data.pairs import SequencePairs
-from models.checkpoint import save_checkpoint
 from models.matching import build_matcher
+from pipeline.checkpoint import save_checkpoint
 from pruning.fine_grained import prune_fine_grained
 from quantization.kmeans import quantize_kmeans
 

@@ -7,7 +7,7 @@ import pytest
 import skimage.data
 import torch
 
-from models.matching import OFFLINE_MATCHERS, build_matcher
+from models.matching import build_matcher, offline_matchers
 
 H = np.array([[0.92, 0.08, 25.0], [-0.06, 1.02, 12.0], [8e-5, -6e-5, 1.0]])
 
@@ -42,7 +42,7 @@ def test_matches_photo_against_its_warp(name, min_correct, no_network):
 
 
 def test_every_offline_matcher_is_a_walkable_module():
-    for name in OFFLINE_MATCHERS:
+    for name in offline_matchers():
         m = build_matcher(name)
         assert isinstance(m, torch.nn.Module) and not m.training
         if name != "sift+nn":
@@ -52,7 +52,7 @@ def test_every_offline_matcher_is_a_walkable_module():
 
 def test_matchers_handle_an_image_without_features():
     blank, photo = torch.zeros(1, 3, 96, 128), torch.rand(1, 3, 96, 128)
-    for name in OFFLINE_MATCHERS:
+    for name in offline_matchers():
         out = build_matcher(name)({"image0": blank, "image1": photo})
         assert out["matches0"].shape == (1, len(out["keypoints0"][0]))
         assert out["matches1"].shape == (1, len(out["keypoints1"][0]))

@@ -12,24 +12,20 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from compression.methods import METHODS, Job, execution, steps, variant_bits, variant_settings
+from compression.tensors import prunable_weights
 from data.images import open_source, split_names
 from data.pairs import SequencePairs, SyntheticPairs
-from evaluate import FeatureCache, evaluate, predict
-from finetune import CHECKS as FINETUNE_CHECKS
-from finetune import DEFAULTS as FINETUNE_DEFAULTS
-from finetune import PAIRS_CHECKS, SIZE, finetune, make_pairs
 from helper import (
     ArgumentParser,
     Check,
     InputError,
-    atomic_path,
     check_config,
     file_sha1,
     first_line,
@@ -47,19 +43,22 @@ from helper import (
 from helper import (
     config_digest as digest,
 )
-from models.checkpoint import load_checkpoint, save_checkpoint
 from models.matching import Matcher, available_matchers, build_matcher, check_matcher_config, to_channels
-from models.quantized import remove_activation_quant
-from pruning.channel import prune_lightglue_ffn, prune_superglue_channels, prune_superpoint_channels
-from pruning.fine_grained import prunable_weights, prune_fine_grained
+from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.costs import all_macs, interleaved_latency, prepare
+from pipeline.evaluation import FeatureCache, evaluate, predict
+from pipeline.figures import make_gif
+from pipeline.report import update_readme, write_report
+from pipeline.training import CHECKS as FINETUNE_CHECKS
+from pipeline.training import DEFAULTS as FINETUNE_DEFAULTS
+from pipeline.training import PAIRS_CHECKS, SIZE, finetune, make_pairs
+from pruning.fine_grained import prune_fine_grained
 from pruning.sensitivity import choose_verified, expand, groups_by_prefix, scan
-from quantization.int8 import int8_detector, int8_matcher, onnx_modules, recorded_inputs
 from quantization.kmeans import kmeans_values, quantize_kmeans
-from quantization.linear import quantize_linear
 
 logger = logging.getLogger("experiments")
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: configs/, README.md
 
-METHODS = ("fine-grained", "channel", "kmeans", "linear-int8", "int8-onnxruntime")
 METRICS = ("auc@1px", "auc@3px", "auc@5px", "auc@10px", "precision", "recall", "matching_score", "failures")
 
 DEFAULTS: dict[str, Any] = {
@@ -80,19 +79,12 @@ DEFAULTS: dict[str, Any] = {
     "pruning": [],
     "quantization": [],
 }
-# One variant of "pruning:" / "quantization:": the settings it may have and what they accept.
-VARIANT: dict[str, Any] = {"name": "", "method": "", "part": "matcher", "base": None, "finetune": False,
-                           "sparsity": 0.5, "ratio": 0.5, "bits": 8, "activation_bits": 8,
-                           "calibration_method": "minmax", "mode": "auto"}
+# One variant of "pruning:" / "quantization:": the settings every variant has (each method adds its own).
+VARIANT: dict[str, Any] = {"name": "", "method": "", "part": "matcher", "base": None, "finetune": False}
 FRACTION = Check(kind=float, lo=0, hi=1, open=True)
 VARIANT_CHECKS: dict[str, Check] = {
     "part": Check(choices=("matcher", "detector")), "base": Check(kind=str, nullable=True),
     "finetune": Check(kind=(bool, dict), schema=FINETUNE_DEFAULTS, checks=FINETUNE_CHECKS),
-    "sparsity": Check(kind=(float, dict), words=("auto",), lo=0, hi=0.99, values=Check(kind=float, lo=0, hi=0.99)),
-    "ratio": Check(kind=(float, dict), lo=0, hi=1, open=True, values=FRACTION),
-    "bits": Check(kind=(int, dict), words=("auto",), lo=1, hi=8, values=Check(kind=int, lo=1, hi=8)),
-    "activation_bits": Check(lo=2, hi=16), "calibration_method": Check(choices=("minmax", "percentile")),
-    "mode": Check(choices=("auto", "dynamic", "static", "fp32")),
 }
 CHECKS: dict[str, Check] = {
     "matcher": Check(choices=tuple(available_matchers())), "matcher_config": Check(kind=dict, free=True),
@@ -108,15 +100,20 @@ CHECKS: dict[str, Check] = {
     "profile.threads": Check(kind=int, nullable=True, lo=1),
     "animation": Check(kind=dict, nullable=True, schema=DEFAULTS["animation"],
                        checks={"frames": Check(lo=2), "photo": Check(kind=str, nullable=True)}),
-    **{kind: Check(each=Check(kind=dict, schema=VARIANT, checks=VARIANT_CHECKS))
-       for kind in ("pruning", "quantization")},
 }
+
+
+def experiment_checks() -> dict[str, Check]:
+    """CHECKS with the variants' settings: the common ones and those of every registered method."""
+    settings, checks = variant_settings()
+    variant = Check(kind=dict, schema={**VARIANT, **settings}, checks={**VARIANT_CHECKS, **checks})
+    return {**CHECKS, **{kind: Check(each=variant) for kind in ("pruning", "quantization")}}
 
 
 def checked_experiment(config: dict[str, Any]) -> dict[str, Any]:
     """An experiment config checked whole before any stage runs: every setting against DEFAULTS (keys, types,
     ranges), the matcher's own settings, and the plan of variants (methods, bases, what each method needs)."""
-    config = check_config(config, DEFAULTS, CHECKS)
+    config = check_config(config, DEFAULTS, experiment_checks())
     config["matcher_config"] = check_matcher_config(config["matcher"], config["matcher_config"],
                                                     inherited=DEFAULTS["matcher_config"])
     specs = [s for kind in ("pruning", "quantization") for s in config.get(kind) or []]
@@ -136,21 +133,20 @@ def check_variant(spec: dict[str, Any], earlier: dict[str, dict[str, Any]]) -> N
         raise InputError(f"two variants are named {name!r}: names must be unique")
     if not method:
         raise InputError(f"variant {name}: give its 'method' ({', '.join(METHODS)}, or several joined by '+')")
-    steps = method.split("+")
-    unknown = [s for s in steps if s not in METHODS]
-    if unknown:
-        raise InputError(f"variant {name}: unknown method {unknown[0]!r} (choose from {', '.join(METHODS)})")
+    try:
+        methods = steps(spec)
+    except InputError as e:
+        raise InputError(f"variant {name}: {e}") from None
     base = spec.get("base")
     if base is not None and base not in earlier:
         raise InputError(f"variant {name}: its base {base!r} is not a variant defined before it")
     base_spec = earlier[base] if base else None
-    if "int8-onnxruntime" in steps[:-1] or (base_spec and "int8-onnxruntime" in base_spec["method"]) or (
-            "int8-onnxruntime" in steps and spec.get("finetune")):
-        raise InputError(f"variant {name}: int8-onnxruntime is the last step (an ONNX graph is not "
-                         "pruned, quantized or finetuned further)")
-    todo = [s for s in steps if not base_spec or s not in base_spec["method"].split("+")]
-    needs = {"fine-grained": "sparsity", "channel": "ratio", "kmeans": "bits"}
-    missing = [needs[s] for s in todo if s in needs and needs[s] not in spec]
+    done = steps(base_spec) if base_spec else []
+    for m in [*done, *methods[:-1]] + ([methods[-1]] if spec.get("finetune") else []):
+        if m.final:
+            raise InputError(f"variant {name}: {m.name} is the last step (a graph run by another runtime is not "
+                             "pruned, quantized or finetuned further)")
+    missing = [need for m in methods if m not in done for need in m.needs if need not in spec]
     if missing:
         raise InputError(f"variant {name}: method {method} needs '{missing[0]}'")
     if spec.get("sparsity") == "auto" and spec.get("bits") == "auto":
@@ -279,43 +275,32 @@ class Experiment:
     def variant(self, spec: dict[str, Any], variants: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         """Compress (from the dense model or from another variant), evaluate; finetune and evaluate again."""
         name, method, part = spec["name"], spec["method"], spec.get("part", "matcher")
-        steps = method.split("+")  # checked with the whole plan (check_variant) before the baseline ran
-        base = spec.get("base")
+        base = spec.get("base")  # the plan was checked whole (check_variant) before the baseline ran
         base_spec = variants[base]["spec"] if base else None
         base_row = (variants[base]["rows"] or [{}])[-1] if base else None  # {}: not computed (dry run)
-        todo = [s for s in steps if not base_spec or s not in base_spec["method"].split("+")]
+        done = steps(base_spec) if base_spec else []
+        todo = [m for m in steps(spec) if m not in done]
         auto = spec.get("sparsity") == "auto" or spec.get("bits") == "auto"
         kind = "bits" if spec.get("bits") == "auto" else "sparsity"
-        parts = ["finetune"] * bool(spec.get("finetune")) + ["calibration"] * (
-            "linear-int8" in todo or "int8-onnxruntime" in todo)
+        parts = ["finetune"] * bool(spec.get("finetune")) + ["calibration"] * any(m.calibrated for m in todo)
         key = {**self.key(*parts), "spec": spec, "base": variants[base]["key"] if base else None,
                "sensitivity": self.sensitivity_settings(kind) if auto else None}
         chosen = self.sensitivity(kind) if auto else None
 
         def compute():
             m = load_checkpoint(base_row["checkpoint"]) if base else copy.deepcopy(self.dense())
-            m.to(self.device)
-            bits = variant_bits(spec)
-            net = getattr(m, part)
-            for s in todo:
-                if s == "fine-grained":
-                    prune_fine_grained(net, chosen["levels"] if spec["sparsity"] == "auto" else spec["sparsity"])
-                elif s == "channel":
-                    prune_channels(net, spec["ratio"])
-                elif s == "kmeans" and spec["bits"] == "auto":  # mixed precision
-                    applied = quantize_kmeans(net, {"*": self.cfg["sensitivity"]["base_bits"], **chosen["levels"]})
-                    weights = prunable_weights(net)
-                    bits = sum(b * weights[n].numel() for n, b in applied.items()) / sum(
-                        weights[n].numel() for n in applied)
-                elif s == "kmeans":
-                    quantize_kmeans(net, spec["bits"])
-                elif s == "linear-int8":
-                    calib = make_pairs(self.cfg["calibration"])
-                    quantize_linear(net, lambda: evaluate(m, calib, self.cache, progress=False),
-                                    spec.get("bits", 8), spec.get("activation_bits", 8),
-                                    spec.get("calibration_method", "minmax"))
-                elif s == "int8-onnxruntime":
-                    m = self.onnxruntime_int8(m, part, spec.get("mode", "auto"))
+            calib = make_pairs(self.cfg["calibration"])
+
+            def images() -> list[torch.Tensor]:  # the first image of each calibration pair, as the detector reads
+                return [to_channels(to_tensor(calib.image(p, 0)[1]), job.matcher.channels) for p in calib]
+
+            job = Job(m.to(self.device), part, spec, levels=chosen["levels"] if chosen else None,
+                      base_bits=self.cfg["sensitivity"]["base_bits"], calibration_images=images,
+                      calibrate=lambda pipeline: evaluate(pipeline, calib, self.cache, progress=False))
+            for step in todo:
+                step.apply(job)
+            m = job.matcher
+            bits = job.bits if job.bits is not None else variant_bits(spec)
             path = save_checkpoint(m, self.checkpoint(name), {"experiment": self.cfg["name"], "spec": spec})
             summary = self.evaluate(m, name)["summary"]
             return variant_row(name, method, summary, path, m, self.dense(), part, bits=bits,
@@ -327,20 +312,6 @@ class Experiment:
             fkey = {**key, "input": rows[0].get("checkpoint_sha1") if rows[0] else None}
             rows.append(self.stage(f"finetune-{name}", fkey, lambda: self.finetune(tuned, rows[0], digest(fkey))))
         return rows
-
-    def onnxruntime_int8(self, m: Matcher, part: str, mode: str) -> Matcher:
-        """``m`` with its matcher network or detector run in real int8 by ONNX Runtime, calibrated on the
-        calibration pairs (the graph's bytes go into the checkpoint)."""
-        calib = make_pairs(self.cfg["calibration"])
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                if part == "matcher":
-                    data = recorded_inputs(m.matcher, lambda: evaluate(m, calib, self.cache, progress=False))
-                    return int8_matcher(m, data, tmp, mode=mode)
-                images = [to_channels(to_tensor(calib.image(pair, 0)[1]), m.channels) for pair in calib]
-                return int8_detector(m, images, tmp)
-            except ValueError as e:  # no ONNX path for this network, or a bad mode
-                raise InputError(f"variant on {part}: {e}") from None
 
     def finetune(self, spec: dict[str, Any], row: dict[str, Any], key: str) -> dict[str, Any]:
         """Finetune a variant (resuming a killed run of the same inputs) and evaluate its last checkpoint."""
@@ -362,8 +333,6 @@ class Experiment:
     def profile(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         """MACs of the dense model and every variant, and their latencies timed round-robin in this process (so
         machine drift hits them alike and the ratios to dense are side by side)."""
-        from profiling import all_macs, interleaved_latency, prepare
-
         pc = self.cfg["profile"]
 
         def compute():
@@ -372,15 +341,11 @@ class Experiment:
             models, fns = {}, {}
             for r in rows:
                 m = load_checkpoint(r["checkpoint"])
-                execution = "fp32" if r["method"] == "dense" else "fp32 kernels, decoded weights"
-                if remove_activation_quant(m):
-                    execution = "fp32 kernels on int8-grid weights (simulated int8; see int8-onnxruntime)"
-                if onnx_modules(m):
-                    execution = f"int8 kernels (ONNX Runtime) for the {'+'.join(onnx_modules(m))}"
+                label = execution(m, None if r["method"] == "dense" else {"method": r["method"]})
                 run = prepare(m, tuple(pc["resize"]), pc["num_keypoints"], self.device)
                 fns[r["name"], "pair"], fns[r["name"], "matcher"] = run["pair"], run["match"]
                 models[r["name"]] = {"macs": all_macs(m, run["pair"]), "matcher_macs": all_macs(m, run["match"]),
-                                     "execution": execution, "checkpoint_sha1": r["checkpoint_sha1"]}
+                                     "execution": label, "checkpoint_sha1": r["checkpoint_sha1"]}
             times = interleaved_latency(fns, pc["repeats"])
             for name, entry in models.items():
                 entry.update(times[name, "pair"])
@@ -393,8 +358,6 @@ class Experiment:
 
     def animation(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         """Match files of the dense model and of the smallest variant on a camera sweep, and the GIF drawn from them."""
-        from visualizations import make_gif
-
         ac, vc = self.cfg.get("animation"), self.cfg["val"]
         if not ac or len(rows) < 2:
             return {}
@@ -428,25 +391,6 @@ def _files_intact(result: Any) -> bool:
         return True
     path = Path(result.get("checkpoint", ""))
     return path.is_file() and file_sha1(path) == result["checkpoint_sha1"]
-
-
-def prune_channels(net: torch.nn.Module, ratio: Any) -> None:
-    """Structured channel pruning of whichever network this is (SuperPoint, SuperGlue, LightGlue)."""
-    kind = type(net).__name__
-    if kind == "SuperPoint":
-        prune_superpoint_channels(net, ratio)
-    elif kind == "SuperGlue":
-        prune_superglue_channels(net, ratio)
-    elif kind == "LightGlue":
-        prune_lightglue_ffn(net, float(ratio))
-    else:
-        raise InputError(f"channel pruning supports SuperPoint, SuperGlue and LightGlue, not {kind}")
-
-
-def variant_bits(spec: dict[str, Any]) -> float:
-    """Bits per weight as configured (the mean over weights for mixed precision, known once it is chosen)."""
-    bits = spec.get("bits", 8 if "int8" in spec["method"] else 32)
-    return bits if bits == "auto" else float(bits)
 
 
 def variant_row(name: str, method: str, summary: dict[str, Any], path: Path, model: Matcher, dense: Matcher,
@@ -496,124 +440,6 @@ def run(config: dict[str, Any], out: str | Path, kinds: tuple[str, ...] = ("prun
     return write_report(exp, rows)
 
 
-def with_costs(exp: Experiment, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The variants with the costs the profile stage measured for their very checkpoints."""
-    prof = json.loads((exp.out / "stages" / "profile.json").read_text())["result"]
-    dense = prof["models"]["dense"]
-    measured = {m["checkpoint_sha1"]: m for m in prof["models"].values()}
-    rows = [dict(r) for r in rows]
-    for r in rows:  # ratios: to the dense model measured in the same run
-        if r["checkpoint_sha1"] in measured:
-            r.update(measured[r["checkpoint_sha1"]], threads=prof["threads"])
-            r["latency_ratio"] = r["latency_ms"] / dense["latency_ms"]
-            r["matcher_latency_ratio"] = r["matcher_latency_ms"] / dense["matcher_latency_ms"]
-    return rows
-
-
-def write_report(exp: Experiment, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """results.json, the figures and report.md of the run folder, from the current variants' stage results."""
-    from visualizations import plot_sensitivity, plot_tradeoff, plot_weight_histograms
-
-    rows = with_costs(exp, rows)
-    write_json(exp.out / "results.json", rows)
-    figures = exp.out / "figures"
-    made = []
-    for x in ("size_bytes", "macs", "latency_ms"):
-        if any(x in r for r in rows[1:]):
-            made += plot_tradeoff(rows, figures / f"auc_vs_{x.split('_')[0]}", x=x)[:1]
-    for name, xlabel, dense_at in (("sensitivity", "sparsity of the group", 0.0),
-                                   ("sensitivity-bits", "k-means bits of the group", None)):
-        stage = exp.out / "stages" / f"{name}.json"
-        if stage.exists():
-            made += plot_sensitivity(json.loads(stage.read_text())["result"]["scan_csv"], figures / name,
-                                     xlabel=xlabel, dense_at=dense_at)[:1]
-    shown = {}  # one checkpoint per method whose weights stay in shape: the finetuned one when there is one
-    for r in rows:
-        if r["method"] in ("dense", "fine-grained", "kmeans", "fine-grained+kmeans"):
-            shown[r["method"]] = r
-    gif = exp.out / "figures" / "dense_vs_compressed.gif"
-    if gif.exists():
-        made.append(gif)
-    if len(shown) > 1:
-        made += plot_weight_histograms([r["checkpoint"] for r in shown.values()],
-                                       histogram_tensor(list(shown.values())), figures / "weights")[:1]
-    text = report_markdown(exp.cfg, rows, [p.relative_to(exp.out) for p in made])
-    with atomic_path(exp.out / "report.md") as tmp:
-        tmp.write_text(text)
-    return rows
-
-
-def histogram_tensor(rows: list[dict[str, Any]]) -> str:
-    """The weight of the compressed part with the most zeros in the sparsest of these checkpoints."""
-    part = next((r["part"] for r in rows if r["method"] != "dense"), "matcher")
-    sparsest = max(rows, key=lambda r: r["sparsity"])
-    weights = prunable_weights(getattr(load_checkpoint(sparsest["checkpoint"]), part))
-    name = max(weights, key=lambda n: (int((weights[n] == 0).sum()), -list(weights).index(n)))
-    return f"{part}.{name}"
-
-
-def report_markdown(cfg: dict[str, Any], rows: list[dict[str, Any]], figures: list[Path]) -> str:
-    dense = rows[0]
-    fmt = lambda v, f: "—" if v is None else format(float(v), f)  # noqa: E731
-    lines = [f"# Experiment `{cfg['name']}`: what compression costs and buys", "",
-             f"Matcher `{cfg['matcher']}`{' from ' + cfg['checkpoint'] if cfg['checkpoint'] else ''}; "
-             f"{cfg['val']['num_pairs']} fixed homography pairs of `{cfg['val']['source']}` "
-             f"({cfg['val']['split']} split, {cfg['val']['size'][0]}×{cfg['val']['size'][1]}); AUC of the corner "
-             "error, failures count as infinite error. Size = bytes of the checkpoint file on disk "
-             "(sparse + packed codes). MACs and latency: one image pair, "
-             f"{cfg['profile']['num_keypoints']} keypoints per image, {rows[0].get('threads', '?')} threads, "
-             "median of repeats (IQR); ratios to the dense model profiled in the same run.", "",
-             "| variant | method | finetuned | sparsity | bits | AUC@1px | AUC@3px | AUC@5px | precision | recall | "
-             "size MB | size × | GMACs pair (matcher) | latency ms pair (IQR) | matcher ms (IQR) | latency × pair "
-             "(matcher) | execution |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
-        g = lambda k: r[k] / 1e9 if k in r else None  # noqa: E731
-        lines.append(
-            f"| {r['name']} | {r['method']} | {'yes' if r['finetuned'] else 'no'} | {r['sparsity']:.2f} | "
-            f"{r['bits']:.3g} | "
-            f"{r['auc@1px']:.3f} | {r['auc@3px']:.3f} | {r['auc@5px']:.3f} | {r['precision']:.3f} | "
-            f"{r['recall']:.3f} | {r['size_bytes'] / 1e6:.2f} | {dense['size_bytes'] / r['size_bytes']:.1f} | "
-            f"{fmt(g('macs'), '.2f')} ({fmt(g('matcher_macs'), '.2f')}) | "
-            f"{fmt(r.get('latency_ms'), '.0f')} ({fmt(r.get('latency_ms_iqr'), '.0f')}) | "
-            f"{fmt(r.get('matcher_latency_ms'), '.0f')} ({fmt(r.get('matcher_latency_ms_iqr'), '.0f')}) | "
-            f"{fmt(r.get('latency_ratio'), '.2f')} ({fmt(r.get('matcher_latency_ratio'), '.2f')}) | "
-            f"{r.get('execution', '—')} |")
-    lines += ["", "Size × is how many times smaller than the dense checkpoint. Fine-grained sparsity and k-means "
-              "codes shrink the file but run on dense fp32 kernels (no speed-up on CPU); channel pruning removes "
-              "MACs and time; int8-onnxruntime runs the weighted layers in int8 kernels (attention stays fp32). "
-              "Accuracy differences of about 0.02 AUC are within the noise of this many pairs.", ""]
-    lines += [f"![{p.stem}]({p.as_posix()})" for p in figures]
-    lines += ["", f"Config: `config.yaml` in this folder (git commit {git_commit()}). Per-variant numbers: "
-              "`results.json`; stage records: `stages/`."]
-    return "\n".join(lines) + "\n"
-
-
-# ----------------------------------------------------------------------------- command line
-
-README_START, README_END = "<!-- demo results: generated by --update-readme -->", "<!-- end of demo results -->"
-
-
-def update_readme(out: Path, readme: Path = Path(__file__).with_name("README.md"),
-                  figures: Path = Path(__file__).with_name("docs") / "demo") -> None:
-    """Put a run's report table and figures into the README between its markers (generated, never typed)."""
-    import shutil
-
-    text = readme.read_text()
-    if README_START not in text or README_END not in text:
-        raise InputError(f"{readme} has no '{README_START}' … '{README_END}' section")
-    report = (out / "report.md").read_text().split("\n![")[0].split("\n", 2)[2].strip()
-    figures.mkdir(parents=True, exist_ok=True)
-    links = []
-    for png in sorted([*(out / "figures").glob("*.png"), *(out / "figures").glob("*.gif")]):
-        shutil.copyfile(png, figures / png.name)
-        links.append(f"![{png.stem}]({(figures / png.name).relative_to(readme.parent).as_posix()})")
-    head, rest = text.split(README_START, 1)
-    body = f"{README_START}\n{report}\n\n{' '.join(links)}\n"
-    with atomic_path(readme) as tmp:
-        tmp.write_text(head + body + README_END + rest.split(README_END, 1)[1])
-
-
 def experiment_config(files: list[str], overrides: list[str] = (),
                       base: dict[str, Any] | None = None) -> dict[str, Any]:
     """Experiment YAML files merged in order over ``base`` (the defaults), then ``key.sub=value`` overrides; the
@@ -628,7 +454,7 @@ def experiment_config(files: list[str], overrides: list[str] = (),
 
 def main(kinds: tuple[str, ...], description: str, argv: list[str] | None = None) -> None:
     p = ArgumentParser(description=description)
-    p.add_argument("--config", nargs="+", default=[str(Path(__file__).with_name("configs") / "demo.yaml")],
+    p.add_argument("--config", nargs="+", default=[str((ROOT / "configs") / "demo.yaml")],
                    help="YAML experiment (default: the demo); several files are merged in order")
     p.add_argument("--out", default=None, help="run folder (default: runs/<name of the config>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. val.num_pairs=10")
@@ -639,7 +465,7 @@ def main(kinds: tuple[str, ...], description: str, argv: list[str] | None = None
     config = experiment_config(args.config, args.set)
     out = Path(args.out or Path("runs") / config["name"])
     if args.update_readme:
-        writable_location(Path(__file__).with_name("README.md"), what="--update-readme")
+        writable_location(ROOT / "README.md", what="--update-readme")
     rows = run(config, out, kinds, args.dry_run)
     if rows:
         print((out / "report.md").read_text())

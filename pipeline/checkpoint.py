@@ -5,12 +5,14 @@ its config and the few int attributes that shapes cannot tell (attention head co
 rebuilds the default network, resizes each layer to the stored weights and loads strictly, so the caller never
 needs to know the shapes.
 
-Tensors are stored by kind: k-means-quantized weights as codes packed at their bit width plus the codebook
-(and a bitmask of the non-zeros when pruned), linear-quantized weights as packed int codes plus per-channel
-scales (and their activation quantization), sparse weights as a bitmask plus the non-zero values, the rest
-as they are. Parts that run in ONNX Runtime (quantization/int8.py: a real-int8 detector or matcher network)
-are stored as their ONNX graph's bytes instead of tensors. Loading gives back exactly the weights that were
-evaluated (bit-exact). Model size in this project means the bytes of this file.
+Tensors are stored by kind: a weight with compression state (compression/state.py) in the form its state
+encodes — k-means codes packed at their bit width plus the codebook (and a bitmask of the non-zeros when
+pruned), integer-grid codes plus per-channel scales (and the activation quantizer) — and decoded by the state
+class registered for that kind; other weights with many zeros as a bitmask plus the non-zero values; the rest
+as they are. Parts that run in a runtime backend (backends/: a real-int8 detector or matching network) are
+stored as their graph's bytes instead of tensors. Loading gives back exactly the weights that were evaluated
+(bit-exact). Model size in this project means the bytes of this file. This module sits above the models and
+the compression toolkits: it imports both, neither imports it.
 """
 from __future__ import annotations
 
@@ -22,11 +24,15 @@ import numpy as np
 import torch
 from torch import nn
 
+import backends.modules
+import pruning  # noqa: F401  (registers the compression methods and the states checkpoints decode)
+import quantization  # noqa: F401
+from backends import graph_modules
+from compression.state import STATES, attach, encoder
+from compression.tensors import pack_bits, unpack_bits
 from helper import atomic_path, first_line, git_commit
-
-from .matching import Matcher, available_matchers, build_matcher
-from .quantized import install_activation_quant
-from .weights import WeightsError, read_state_dict
+from models.matching import Matcher, available_matchers, build_matcher
+from models.weights import WeightsError, read_state_dict
 
 FORMAT = "efficient-feature-matching/checkpoint"
 VERSION = 3  # 1: plain state_dict; 2: compressed tensors; 3: with ONNX Runtime parts
@@ -75,41 +81,14 @@ def fit_shapes(model: nn.Module, state: dict[str, torch.Tensor], attrs: dict[str
             setattr(model.get_submodule(name), attr, value)
 
 
-def pack_bits(values: torch.Tensor, bits: int) -> torch.Tensor:
-    """Pack integers < 2**bits (any shape) into a flat uint8 tensor, ``bits`` bits each."""
-    v = values.flatten().to(torch.int64).numpy()
-    planes = ((v[:, None] >> np.arange(bits)) & 1).astype(np.uint8)
-    return torch.from_numpy(np.packbits(planes.ravel()))
-
-
-def unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
-    planes = np.unpackbits(packed.numpy())[: count * bits].reshape(count, bits).astype(np.int64)
-    return torch.from_numpy((planes << np.arange(bits)).sum(1))
-
-
 def encode(name: str, tensor: torch.Tensor, modules: dict[str, nn.Module]) -> dict[str, Any]:
-    """One state_dict entry in its compact form (k-means codes, sparse bitmask + values, or plain)."""
+    """One state_dict entry in its compact form: as its layer's compression state encodes it, else sparse
+    (bitmask + values) when at least a tenth is zero, else plain."""
     t = tensor.detach().cpu()
-    module = modules.get(name.rsplit(".", 1)[0] if "." in name else "")
-    if name.endswith("weight") and module is not None and hasattr(module, "weight_codes"):
-        codebook = module.weight_codebook.detach().cpu()
-        bits = max(1, int(codebook.numel() - 1).bit_length())
-        nonzero = getattr(module, "weight_nonzero", None)
-        entry = {"kind": "kmeans", "shape": list(t.shape), "dtype": str(t.dtype).split(".")[-1], "bits": bits,
-                 "codebook": codebook.to(t.dtype), "codes": pack_bits(module.weight_codes.cpu(), bits),
-                 "count": int(module.weight_codes.numel())}
-        if nonzero is not None:
-            entry["mask"] = pack_bits(nonzero.cpu(), 1)
-        return entry
-    if name.endswith("weight") and module is not None and hasattr(module, "weight_scale"):
-        bits, scale = module.weight_bits, module.weight_scale.detach().cpu()
-        qmax = 2 ** (bits - 1) - 1
-        codes = torch.round(t / scale.view((-1,) + (1,) * (t.ndim - 1))).to(torch.int64) + qmax
-        entry = {"kind": "linear", "shape": list(t.shape), "bits": bits, "scale": scale,
-                 "codes": pack_bits(codes, bits), "count": t.numel()}
-        if hasattr(module, "act_scale"):
-            entry.update(act_scale=module.act_scale.cpu(), act_zero_point=module.act_zero_point.cpu(),
-                         act_bits=module.act_bits)
+    layer = modules.get(name.rsplit(".", 1)[0] if "." in name else "")
+    state = encoder(layer) if layer is not None and name.endswith("weight") else None
+    entry = state.encode(layer, t) if state is not None else None
+    if entry is not None:
         return entry
     if t.is_floating_point() and t.ndim >= 2 and (t == 0).float().mean() >= 0.1:
         mask = t != 0
@@ -117,41 +96,27 @@ def encode(name: str, tensor: torch.Tensor, modules: dict[str, nn.Module]) -> di
     return {"kind": "dense", "tensor": t}
 
 
-def decode(entry: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """(tensor, k-means buffers to restore) of an encoded entry."""
+def decode(entry: dict[str, Any]) -> tuple[torch.Tensor, list[Any]]:
+    """(tensor, compression states to attach to its layer) of an encoded entry."""
     if entry["kind"] == "dense":
-        return entry["tensor"], {}
-    shape = entry["shape"]
-    numel = int(np.prod(shape))
+        return entry["tensor"], []
     if entry["kind"] == "sparse":
+        shape = entry["shape"]
+        numel = int(np.prod(shape))
         mask = unpack_bits(entry["mask"], 1, numel).bool()
         flat = torch.zeros(numel, dtype=entry["values"].dtype)
         flat[mask] = entry["values"]
-        return flat.view(shape), {}
-    codes = unpack_bits(entry["codes"], entry["bits"], entry["count"])
-    if entry["kind"] == "linear":
-        qmax = 2 ** (entry["bits"] - 1) - 1
-        scale = entry["scale"]
-        weight = (codes - qmax).view(shape).to(scale.dtype) * scale.view((-1,) + (1,) * (len(shape) - 1))
-        return weight, {"weight_scale": scale}
-    values = entry["codebook"][codes]
-    buffers = {"weight_codebook": entry["codebook"], "weight_codes": codes.to(torch.uint8)}
-    if "mask" in entry:
-        mask = unpack_bits(entry["mask"], 1, numel).bool()
-        flat = torch.zeros(numel, dtype=values.dtype)
-        flat[mask] = values
-        buffers["weight_nonzero"] = mask.view(shape)
-        return flat.view(shape), buffers
-    return values.view(shape), buffers
+        return flat.view(shape), []
+    if entry["kind"] not in STATES:
+        raise WeightsError(f"unknown tensor kind {entry['kind']!r} (known: dense, sparse, {', '.join(STATES)})")
+    return STATES[entry["kind"]].decode(entry)
 
 
 def save_checkpoint(matcher: Matcher, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
     """Write ``matcher`` atomically as a compact, self-describing checkpoint (zoo name, config, git commit)."""
-    from quantization.int8 import onnx_modules
-
     path = Path(path)
     modules = dict(matcher.named_modules())
-    graphs = onnx_modules(matcher)
+    graphs = graph_modules(matcher)
     state = {}
     for key, value in matcher.state_dict().items():
         if any(key.startswith(name + ".") for name in graphs):  # the graph holds these weights
@@ -174,8 +139,8 @@ def save_checkpoint(matcher: Matcher, path: str | os.PathLike, meta: dict[str, A
     }
     if graphs:
         # as a uint8 tensor: torch.save pickles a bytes object as latin-1 text, half again as large
-        payload["onnx"] = {name: {"class": type(m).__name__, "graph": torch.frombuffer(bytearray(m.onnx_bytes),
-                                                                                      dtype=torch.uint8)}
+        payload["onnx"] = {name: {"class": m.kind, "backend": m.backend,
+                                  "graph": torch.frombuffer(bytearray(m.graph_bytes), dtype=torch.uint8)}
                            for name, m in graphs.items()}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -226,28 +191,21 @@ def _rebuild(payload: dict[str, Any], path: str | os.PathLike) -> Matcher:
     if missing or unexpected:
         raise WeightsError(f"{path} does not fit {payload['matcher']}: missing {missing[:3]}, "
                            f"unexpected {unexpected[:3]}")
-    if graphs:
-        from quantization.int8 import ort_module
-
-        for name, graph in graphs.items():  # the PyTorch module there keeps the settings, the graph computes
-            parent, _, attr = name.rpartition(".")
-            owner = matcher.get_submodule(parent)
-            try:
-                module = ort_module(graph["class"], getattr(owner, attr), graph["graph"].numpy().tobytes())
-            except Exception as e:  # onnxruntime's errors (InvalidProtobuf, …) derive from Exception only
-                raise WeightsError(f"{path}: its ONNX graph for {name} cannot be opened ({first_line(e)[:160]})") \
-                    from None
-            setattr(owner, attr, module)
+    for name, graph in graphs.items():  # the PyTorch module there keeps the settings, the graph computes
+        parent, _, attr = name.rpartition(".")
+        owner = matcher.get_submodule(parent)
+        try:
+            module = backends.modules.restore(graph["class"], getattr(owner, attr), graph["graph"].numpy().tobytes(),
+                                              graph.get("backend", "onnxruntime"))
+        except Exception as e:  # onnxruntime's errors (InvalidProtobuf, …) derive from Exception only
+            raise WeightsError(f"{path}: its ONNX graph for {name} cannot be opened ({first_line(e)[:160]})") \
+                from None
+        setattr(owner, attr, module)
     modules = dict(matcher.named_modules())
-    for name, (_, buffers) in decoded.items():
+    for name, (_, found) in decoded.items():
         layer = modules.get(name.rsplit(".", 1)[0])
-        for buf, value in buffers.items():  # codes and scales stay with the layer (finetuning, re-saving)
-            layer.register_buffer(buf, value, persistent=False)
-        entry = entries[name]
-        if entry.get("kind") == "linear":
-            layer.weight_bits = entry["bits"]
-            if "act_scale" in entry:  # run exactly as evaluated: inputs fake-quantized
-                install_activation_quant(layer, entry["act_scale"], entry["act_zero_point"], entry["act_bits"])
+        for state in found:  # codes and scales stay with the layer (finetuning, re-saving, running as evaluated)
+            attach(layer, state)
     return matcher.eval()
 
 

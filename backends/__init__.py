@@ -1,0 +1,53 @@
+"""Runtime backends: parts of a pipeline that run as an exported graph in another runtime instead of PyTorch.
+
+A backend registers with ``@register_backend(name)`` a class that opens a graph (``session``) and counts its
+multiply-accumulates (``probe``); ONNX Runtime is ``backends/onnxruntime.py``. The modules that stand in for a
+PyTorch part (``backends/modules.py``) keep their graph's bytes and the backend's name, so checkpoints store them
+and copies reopen them. Models never import this package; the pipeline finds these parts with ``graph_modules``.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator
+
+from torch import nn
+
+BACKENDS: dict[str, Any] = {}
+
+
+def register_backend(name: str) -> Callable[[type], type]:
+    """Class decorator: a runtime with ``session(graph_bytes, threads)`` (an object with ``run(None, feed)``)
+    and ``probe(graph_bytes)`` (a callable feed -> (all MACs, MACs of weighted layers))."""
+    def decorate(cls: type) -> type:
+        BACKENDS[name] = cls()
+        return cls
+    return decorate
+
+
+def backend(name: str) -> Any:
+    if name not in BACKENDS:
+        from . import onnxruntime  # noqa: F401  (the backend shipped with the project)
+    if name not in BACKENDS:
+        raise ValueError(f"unknown runtime backend {name!r} (known: {', '.join(BACKENDS)})")
+    return BACKENDS[name]
+
+
+def graph_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The parts of ``model`` that run as graphs in a runtime backend, by module name (e.g. 'matcher')."""
+    from .modules import GraphModule
+
+    return {name: m for name, m in model.named_modules() if isinstance(m, GraphModule)}
+
+
+@contextlib.contextmanager
+def graph_macs(model: nn.Module) -> Iterator[list[int]]:
+    """While active, the graph parts of ``model`` add the multiply-accumulates of their runs to the yielded
+    [all, layers with weights only] (PyTorch's counters do not see inside a runtime session)."""
+    parts, counted = graph_modules(model).values(), [0, 0]
+    for part in parts:
+        part.macs = counted
+    try:
+        yield counted
+    finally:
+        for part in parts:
+            part.macs = None
