@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from data.hpatches import HPatchesPairs, fetch_hpatches
-from data.pairs import FilePairs, SyntheticPairs, read_pairs
+from data.pairs import FilePairs, SyntheticPairs, make_pairs, read_pairs
 from helper import (
     ArgumentParser,
     InputError,
@@ -26,7 +26,7 @@ from helper import (
     write_csv,
     write_json,
 )
-from pipeline.evaluation import FeatureCache, add_matcher_args, build_from_args, evaluate, synthetic_pairs
+from pipeline.evaluation import FeatureCache, add_matcher_args, build_from_args, evaluate
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.hpatches:
         pairs = HPatchesPairs(fetch_hpatches(args.hpatches), args.resize or [640], args.hpatches_subset)
     else:
-        pairs = synthetic_pairs(args.source, args.split, args.num_pairs, args.size, args.seed, args.difficulty,
-                                augment=args.augment)
+        pairs = make_pairs(source=args.source, split=args.split, num_pairs=args.num_pairs, size=args.size,
+                           seed=args.seed, difficulty=args.difficulty, augment=args.augment)
     if args.export_pairs:
         if not isinstance(pairs, SyntheticPairs):
             raise InputError("--export_pairs exports synthetic pairs; drop --input_pairs / --hpatches")

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from data.images import open_source
-from data.pairs import FilePairs, SequencePairs, read_pairs
+from data.pairs import FilePairs, SequencePairs, make_pairs, read_pairs
 from helper import (
     ArgumentParser,
     InputError,
@@ -43,12 +43,10 @@ from pipeline.evaluation import (
     predict,
     summarize,
     symmetric_reprojection_error,
-    synthetic_pairs,
 )
 from pipeline.figures import make_matching_plot, match_colors
 
 logger = logging.getLogger("match_pairs")
-torch.set_grad_enabled(False)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -107,6 +105,7 @@ def cached_matches(path: Path) -> dict[str, np.ndarray] | None:
         return None
 
 
+@torch.no_grad()  # as the official script, but only while it runs: importing this module changes nothing
 def main(argv=None) -> dict:
     args = parse_args(argv)
     output_dir = writable_location(args.output_dir, folder=True, what="--output_dir")
@@ -117,7 +116,7 @@ def main(argv=None) -> dict:
     device = pick_device(args.force_cpu)
     matcher = build_from_args(args).to(device)
     if made:
-        made = (synthetic_pairs("sample", num_pairs=30, size=(640, 480)) if args.input_pairs == "sample" else
+        made = (make_pairs(num_pairs=30, size=(640, 480)) if args.input_pairs == "sample" else
                 SequencePairs(open_source("sample"), "astronaut.png", 12, (640, 480)))
         pairs_file = made.export(output_dir / f"{args.input_pairs}_pairs")
         input_dir = Path(args.input_dir or pairs_file.parent)

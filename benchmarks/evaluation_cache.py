@@ -14,8 +14,9 @@ import time
 
 import torch
 
+from data.pairs import make_pairs
 from models.matching import build_matcher
-from pipeline.evaluation import FeatureCache, evaluate, synthetic_pairs
+from pipeline.evaluation import FeatureCache, evaluate
 
 
 def main() -> None:
@@ -25,7 +26,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    pairs = synthetic_pairs("sample", num_pairs=args.num_pairs, size=(640, 480))
+    pairs = make_pairs(num_pairs=args.num_pairs, size=(640, 480))
     matcher = build_matcher(args.matcher)
     cache = FeatureCache()
 

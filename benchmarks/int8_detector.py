@@ -16,11 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.pairs import make_pairs
 from helper import merge_config, to_tensor
+from models.lightglue import EVERY_LAYER
 from models.matching import build_matcher
 from pipeline.costs import interleaved_latency, test_pair
 from pipeline.evaluation import FeatureCache, evaluate
-from pipeline.training import DEFAULTS, make_pairs
+from pipeline.training import DEFAULTS
 from quantization.int8 import int8_detector
 
 
@@ -47,7 +49,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     dense = build_matcher(args.matcher, {"detector": {"max_keypoints": args.max_keypoints},
-                                         "matcher": {"depth_confidence": -1, "width_confidence": -1}})
+                                         "matcher": EVERY_LAYER})
     val = make_pairs(merge_config(DEFAULTS["val"], {"num_pairs": args.num_pairs}))
     calib_pairs = make_pairs(merge_config(DEFAULTS["train"], {"num_pairs": args.calibration_images, "augment": 0.0}))
     channels = dense.channels

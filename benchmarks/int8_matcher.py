@@ -17,11 +17,13 @@ from pathlib import Path
 
 import torch
 
+from data.pairs import make_pairs
 from helper import merge_config
+from models.lightglue import EVERY_LAYER
 from models.matching import build_matcher
 from pipeline.costs import interleaved_latency, prepare, state_bytes
 from pipeline.evaluation import FeatureCache, evaluate
-from pipeline.training import DEFAULTS, make_pairs
+from pipeline.training import DEFAULTS
 from quantization.int8 import int8_matcher, recorded_inputs
 
 
@@ -44,7 +46,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     config = {"detector": {"max_keypoints": args.num_keypoints},
-              "matcher": {"depth_confidence": -1, "width_confidence": -1},
+              "matcher": EVERY_LAYER,
               "superpoint": {"max_keypoints": args.num_keypoints}}
     if args.random_weights:
         config.update(pretrained=False, superpoint={"weights": None, "max_keypoints": args.num_keypoints},

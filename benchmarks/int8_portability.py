@@ -21,10 +21,12 @@ import numpy as np
 
 import quantization.int8 as int8
 from backends.modules import graph_feed
+from data.pairs import make_pairs
 from helper import merge_config
+from models.lightglue import EVERY_LAYER
 from models.matching import build_matcher
 from pipeline.evaluation import FeatureCache, evaluate, extract_pair
-from pipeline.training import DEFAULTS, make_pairs
+from pipeline.training import DEFAULTS
 
 # Runs under the emulator too: ONNX Runtime and NumPy only.
 CHILD = """
@@ -55,7 +57,7 @@ def main() -> None:
     args = p.parse_args()
     qemu = shutil.which("qemu-x86_64")
     dense = build_matcher("aliked+lightglue", {"detector": {"max_keypoints": args.num_keypoints},
-                                               "matcher": {"depth_confidence": -1, "width_confidence": -1}})
+                                               "matcher": EVERY_LAYER})
     cache = FeatureCache()
     calib = make_pairs(merge_config(DEFAULTS["train"], {"num_pairs": args.calibration_pairs, "augment": 0.0}))
     recorded = int8.recorded_inputs(dense.matcher, lambda: evaluate(dense, calib, cache, progress=False))

@@ -24,10 +24,10 @@ import torch
 
 from data.hpatches import HPatchesPairs, fetch_hpatches
 from data.images import opencv_samples_dir
-from data.pairs import FilePairs, Pair, PairSet, read_homography_file
+from data.pairs import FilePairs, Pair, PairSet, make_pairs, read_homography_file
 from helper import InputError, run_cli
 from models.matching import build_matcher
-from pipeline.evaluation import evaluate, reestimate, summarize, synthetic_pairs
+from pipeline.evaluation import evaluate, reestimate, summarize
 
 ESTIMATORS = [("ransac", t) for t in (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)] + [("magsac", t) for t in (1.0, 2.0, 3.0)]
 
@@ -39,9 +39,9 @@ def graffiti_pairs() -> FilePairs:
 
 
 def pair_sets(args: argparse.Namespace) -> dict[str, PairSet]:
-    sets: dict[str, PairSet] = {"sample": synthetic_pairs("sample", num_pairs=args.num_pairs)}
+    sets: dict[str, PairSet] = {"sample": make_pairs(num_pairs=args.num_pairs)}
     try:
-        sets["opencv"] = synthetic_pairs("opencv", num_pairs=args.num_unseen)
+        sets["opencv"] = make_pairs(source="opencv", num_pairs=args.num_unseen)
         sets["graf"] = graffiti_pairs()
     except InputError as e:
         print(f"skipping opencv and graf: {e}")

@@ -18,11 +18,13 @@ from pathlib import Path
 
 import torch
 
+from data.pairs import make_pairs
 from helper import merge_config
+from models.lightglue import EVERY_LAYER
 from models.matching import build_matcher
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.evaluation import FeatureCache, evaluate
-from pipeline.training import DEFAULTS, finetune, make_pairs
+from pipeline.training import DEFAULTS, finetune
 from quantization.kmeans import quantize_kmeans
 from quantization.linear import quantize_linear
 
@@ -36,10 +38,10 @@ def main() -> None:
     p.add_argument("--control", action=argparse.BooleanOptionalAction, default=True,
                    help="also finetune the dense model the same way (is a recovery the finetuning's own gain?)")
     args = p.parse_args()
-    cfg = {"detector": {"max_keypoints": 512}, "matcher": {"depth_confidence": -1, "width_confidence": -1}}
+    cfg = {"detector": {"max_keypoints": 512}, "matcher": EVERY_LAYER}
     dense = build_matcher("aliked+lightglue", cfg)
     val = make_pairs(merge_config(DEFAULTS["val"], {"num_pairs": args.num_pairs}))
-    calib = make_pairs(merge_config(DEFAULTS["train"], {"num_pairs": args.calibration_pairs}))
+    calib = make_pairs(merge_config(DEFAULTS["train"], {"num_pairs": args.calibration_pairs, "augment": 0.0}))
     cache = FeatureCache()
     buf = io.BytesIO()
     torch.save(dense.matcher.state_dict(), buf)

@@ -17,9 +17,11 @@ import copy
 import time
 from pathlib import Path
 
+from data.pairs import make_pairs
 from helper import write_json
+from models.lightglue import EVERY_LAYER
 from models.matching import build_matcher
-from pipeline.evaluation import FeatureCache, evaluate, synthetic_pairs
+from pipeline.evaluation import FeatureCache, evaluate
 from pruning.fine_grained import prune_fine_grained, sparsity_report
 from pruning.sensitivity import choose_verified, expand, group_sizes, groups_by_prefix, scan
 
@@ -37,8 +39,8 @@ def main() -> None:
     out = Path(args.out)
     start = time.perf_counter()
 
-    pairs = synthetic_pairs("sample", split="val", val_fraction=0.5, num_pairs=args.num_pairs, seed=1)
-    matcher = build_matcher("aliked+lightglue", {"matcher": {"depth_confidence": -1, "width_confidence": -1}})
+    pairs = make_pairs(split="val", val_fraction=0.5, num_pairs=args.num_pairs, seed=1)
+    matcher = build_matcher("aliked+lightglue", {"matcher": EVERY_LAYER})
     cache = FeatureCache()
     net = matcher.matcher
     groups = groups_by_prefix(net, 3, include=["transformers.*"])

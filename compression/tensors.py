@@ -38,6 +38,25 @@ def resolve_levels(model: nn.Module, spec: Levels, what: str = "sparsity") -> di
     return out
 
 
+def resized(module: nn.Module, shape: tuple[int, ...] | torch.Size) -> nn.Module | None:
+    """A fresh layer of ``module``'s kind and settings whose weight has ``shape`` (conv, linear, batch and layer
+    norms), on its device; None for kinds that never change shape. Channel pruning and checkpoint loading build
+    their smaller layers with it."""
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        new = type(module)(shape[1] * module.groups, shape[0], module.kernel_size, module.stride, module.padding,
+                           module.dilation, module.groups, module.bias is not None, module.padding_mode)
+    elif isinstance(module, nn.Linear):
+        new = nn.Linear(shape[1], shape[0], module.bias is not None)
+    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+        new = type(module)(shape[0], module.eps, module.momentum, module.affine, module.track_running_stats)
+    elif isinstance(module, nn.LayerNorm):
+        new = nn.LayerNorm(tuple(shape), module.eps, module.elementwise_affine)
+    else:
+        return None
+    own = next(iter([*module.parameters(), *module.buffers()]), None)
+    return new.to(own.device) if own is None or not own.is_floating_point() else new.to(own.device, own.dtype)
+
+
 def int_grid(bits: int) -> int:
     """The largest code of a symmetric signed grid of ``bits`` bits: codes run over -q..q, q = 2^(bits-1) - 1."""
     return 2 ** (bits - 1) - 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -25,7 +25,7 @@ from .homographies import (
     sample_homography,
     warp_image,
 )
-from .images import ImageSource, readable_images
+from .images import ImageSource, open_source, readable_images, split_names
 
 
 @dataclass
@@ -256,6 +256,22 @@ class FilePairs(PairSet):
             return Pair(pair.name0, pair.name1, K0=scale_intrinsics(pair.K0, s0), K1=scale_intrinsics(pair.K1, s1),
                         T_0to1=pair.T_0to1, rot0=pair.rot0, rot1=pair.rot1, meta=pair.meta)
         return pair
+
+
+# One section of pairs settings (a config's "val", "train", "calibration"), with the defaults of a plain evaluation.
+PAIRS: dict[str, Any] = {"source": "sample", "split": "all", "val_fraction": 0.2, "num_pairs": 100,
+                         "size": [640, 480], "difficulty": 0.7, "augment": 0.0, "seed": 0}
+
+
+def make_pairs(settings: Mapping[str, Any] | None = None, **overrides: Any) -> SyntheticPairs:
+    """The fixed synthetic pairs of a section of settings (PAIRS, then ``settings``, then ``overrides``): the same on
+    every machine for the same settings; ``augment`` > 0 adds seeded photometric changes to both images. Keys that
+    are not about pairs (e.g. a val section's ``every``) are ignored."""
+    cfg = {**PAIRS, **(settings or {}), **overrides}
+    source = open_source(cfg["source"])
+    names = split_names(source.names, cfg["split"], cfg["val_fraction"])
+    return SyntheticPairs(source, names, cfg["num_pairs"], tuple(cfg["size"]), cfg["seed"],
+                          HomographyConfig(difficulty=cfg["difficulty"]), cfg["augment"])
 
 
 def scale_intrinsics(K: np.ndarray, scales: tuple[float, float]) -> np.ndarray:

@@ -14,6 +14,7 @@ from .weights import offline_weights_dir, read_state_dict
 
 DEFAULT_DETECTOR = {"max_keypoints": 1024}  # the official name; kornia calls it max_num_keypoints
 DEFAULT_MATCHER = {"filter_threshold": 0.1, "depth_confidence": 0.95, "width_confidence": 0.99}
+EVERY_LAYER = {"depth_confidence": -1, "width_confidence": -1}  # adaptive depth and width off: all layers, all points
 
 
 def lightglue(features: str, conf: dict[str, Any], pretrained: bool) -> LightGlue:

@@ -29,7 +29,7 @@ import pruning  # noqa: F401  (registers the compression methods and the states 
 import quantization  # noqa: F401
 from backends import graph_modules
 from compression.state import STATES, attach, encoder
-from compression.tensors import pack_bits, unpack_bits
+from compression.tensors import pack_bits, resized, unpack_bits
 from helper import atomic_path, first_line, git_commit
 from models.matching import Matcher, available_matchers, build_matcher
 from models.weights import WeightsError, read_state_dict
@@ -49,21 +49,6 @@ def shape_attrs(model: nn.Module) -> dict[str, dict[str, int]]:
     return found
 
 
-def _resized(module: nn.Module, weight: torch.Tensor) -> nn.Module | None:
-    """A fresh layer of ``module``'s kind shaped for ``weight``, or None for kinds that never resize."""
-    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-        return type(module)(weight.shape[1] * module.groups, weight.shape[0], module.kernel_size, module.stride,
-                            module.padding, module.dilation, module.groups, module.bias is not None,
-                            module.padding_mode)
-    if isinstance(module, nn.Linear):
-        return nn.Linear(weight.shape[1], weight.shape[0], module.bias is not None)
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return type(module)(weight.shape[0], module.eps, module.momentum, module.affine, module.track_running_stats)
-    if isinstance(module, nn.LayerNorm):
-        return nn.LayerNorm(weight.shape, module.eps, module.elementwise_affine)
-    return None
-
-
 def fit_shapes(model: nn.Module, state: dict[str, torch.Tensor], attrs: dict[str, dict[str, int]]) -> None:
     """Replace every layer whose stored weight has another shape by one of the stored shape; set shape attrs."""
     for name, module in list(model.named_modules()):
@@ -71,7 +56,7 @@ def fit_shapes(model: nn.Module, state: dict[str, torch.Tensor], attrs: dict[str
         own = getattr(module, "weight", None)
         if weight is None or not isinstance(own, torch.Tensor) or own.shape == weight.shape:
             continue
-        new = _resized(module, weight)
+        new = resized(module, weight.shape)
         if new is None:
             raise WeightsError(f"cannot resize {name} ({type(module).__name__}) to {tuple(weight.shape)}")
         parent_name, _, child = name.rpartition(".")

@@ -17,9 +17,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.homographies import HomographyConfig, warp_points
-from data.images import open_source, split_names
-from data.pairs import Pair, PairSet, SyntheticPairs
+from data.homographies import warp_points
+from data.pairs import Pair, PairSet
 from helper import (
     InputError,
     keypoint_limit,
@@ -367,16 +366,6 @@ def reestimate(pairs: PairSet, predictions: list[dict[str, Any]], threshold: flo
 
 
 # ----------------------------------------------------------------------------- command line
-
-def synthetic_pairs(source: str = "sample", split: str = "all", num_pairs: int = 100,
-                    size: Sequence[int] = (640, 480), seed: int = 0, difficulty: float = 0.7,
-                    val_fraction: float = 0.2, augment: float = 0.0) -> SyntheticPairs:
-    """The fixed evaluation pairs of an image source (the same on every machine for the same arguments);
-    ``augment`` > 0 adds seeded photometric changes (brightness, contrast, noise, blur) to both images."""
-    src = open_source(source)
-    names = split_names(src.names, split, val_fraction)
-    return SyntheticPairs(src, names, num_pairs, tuple(size), seed, HomographyConfig(difficulty=difficulty), augment)
-
 
 def official_weights_available(superglue: str = "indoor") -> bool:
     """Whether the official SuperPoint and SuperGlue weights are on this machine (no download attempted)."""

@@ -21,7 +21,7 @@ import torch
 from compression.methods import METHODS, Job, execution, steps, variant_bits, variant_settings
 from compression.tensors import prunable_weights
 from data.images import open_source, split_names
-from data.pairs import SequencePairs, SyntheticPairs
+from data.pairs import SequencePairs, SyntheticPairs, make_pairs
 from helper import (
     ArgumentParser,
     Check,
@@ -43,6 +43,7 @@ from helper import (
 from helper import (
     config_digest as digest,
 )
+from models.lightglue import EVERY_LAYER
 from models.matching import Matcher, available_matchers, build_matcher, check_matcher_config, to_channels
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.costs import all_macs, interleaved_latency, prepare
@@ -51,7 +52,7 @@ from pipeline.figures import make_gif
 from pipeline.report import update_readme, write_report
 from pipeline.training import CHECKS as FINETUNE_CHECKS
 from pipeline.training import DEFAULTS as FINETUNE_DEFAULTS
-from pipeline.training import PAIRS_CHECKS, SIZE, finetune, make_pairs
+from pipeline.training import PAIRS_CHECKS, SIZE, finetune
 from pruning.fine_grained import prune_fine_grained
 from pruning.sensitivity import choose_verified, expand, groups_by_prefix, scan
 from quantization.kmeans import kmeans_values, quantize_kmeans
@@ -65,7 +66,7 @@ DEFAULTS: dict[str, Any] = {
     "name": "experiment",
     "matcher": "aliked+lightglue",
     "matcher_config": {"detector": {"max_keypoints": 512},
-                       "matcher": {"depth_confidence": -1, "width_confidence": -1}},
+                       "matcher": dict(EVERY_LAYER)},
     "checkpoint": None,
     "source": None,  # when set: the images of every stage (val, calibration, finetuning), e.g. a COCO zip
     "seed": 0,

@@ -27,9 +27,7 @@ from tqdm import tqdm
 
 from compression.state import enforce, start_training
 from compression.tensors import prunable_weights
-from data.homographies import HomographyConfig
-from data.images import open_source, split_names
-from data.pairs import SyntheticPairs
+from data.pairs import make_pairs
 from helper import (
     MAX_SIDE,
     Check,
@@ -46,6 +44,7 @@ from helper import (
     writable_location,
     write_run_config,
 )
+from models.lightglue import EVERY_LAYER
 from models.losses import homography_gt, matching_nll
 from models.matching import available_matchers, build_matcher, check_matcher_config
 from models.weights import unreadable
@@ -57,7 +56,7 @@ logger = logging.getLogger("finetune")
 
 DEFAULTS: dict[str, Any] = {
     "matcher": "aliked+lightglue",
-    "matcher_config": {"matcher": {"depth_confidence": -1, "width_confidence": -1}},
+    "matcher_config": {"matcher": dict(EVERY_LAYER)},
     "checkpoint": None, "out": "runs/finetune", "seed": 0, "steps": 300, "lr": 1e-4, "weight_decay": 0.0,
     "warmup": 0.05, "min_lr_ratio": 0.1, "clip": 1.0, "keep_zeros": True, "qat": True, "train_detector": False,
     "loss": {"balance": 0.5, "pos_th": 3.0, "neg_th": 5.0},
@@ -87,13 +86,6 @@ def checked_config(config: dict[str, Any]) -> dict[str, Any]:
     config["matcher_config"] = check_matcher_config(config["matcher"], config.get("matcher_config"),
                                                     inherited=DEFAULTS["matcher_config"])
     return config
-
-
-def make_pairs(cfg: dict[str, Any], augment: float = 0.0) -> SyntheticPairs:
-    source = open_source(cfg["source"])
-    names = split_names(source.names, cfg["split"], cfg["val_fraction"])
-    return SyntheticPairs(source, names, cfg["num_pairs"], tuple(cfg["size"]), cfg["seed"],
-                          HomographyConfig(difficulty=cfg["difficulty"]), augment)
 
 
 def schedule(step: int, total: int, warmup: float, min_ratio: float) -> float:
@@ -157,7 +149,7 @@ class Run:
         self.ddp = None
         if world > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(self.net, find_unused_parameters=True)
-        self.train_pairs = make_pairs(config["train"], config["train"]["augment"])
+        self.train_pairs = make_pairs(config["train"])
         self.val_pairs = make_pairs(config["val"]) if rank == 0 else None
         self.train_cache, self.val_cache = FeatureCache(), val_cache or FeatureCache()
 

@@ -17,6 +17,7 @@ from kornia.feature import LightGlue
 from torch import nn
 
 from compression.methods import Job, register_method
+from compression.tensors import resized
 from helper import Check, InputError
 from models.superglue import SuperGlue
 from models.superpoint import SuperPoint
@@ -34,12 +35,7 @@ def _slice(layer: nn.Module, out_idx: torch.Tensor | None = None, in_idx: torch.
         w = w[out_idx]
     if in_idx is not None:
         w = w[:, in_idx]
-    if isinstance(layer, nn.Linear):
-        new = nn.Linear(w.shape[1], w.shape[0], bias=layer.bias is not None)
-    else:
-        new = type(layer)(w.shape[1], w.shape[0], layer.kernel_size, layer.stride, layer.padding, layer.dilation,
-                          bias=layer.bias is not None)
-    new = new.to(w.device, w.dtype)
+    new = resized(layer, w.shape)
     with torch.no_grad():
         new.weight.copy_(w)
         if layer.bias is not None:
@@ -49,11 +45,7 @@ def _slice(layer: nn.Module, out_idx: torch.Tensor | None = None, in_idx: torch.
 
 def _slice_norm(norm: nn.Module, idx: torch.Tensor) -> nn.Module:
     """A BatchNorm or LayerNorm keeping channels ``idx`` (statistics and affine parameters)."""
-    if isinstance(norm, nn.LayerNorm):
-        new = nn.LayerNorm(len(idx), norm.eps, norm.elementwise_affine)
-    else:
-        new = type(norm)(len(idx), norm.eps, norm.momentum, norm.affine, norm.track_running_stats)
-    new = new.to(norm.weight.device if norm.weight is not None else "cpu")
+    new = resized(norm, (len(idx),))
     with torch.no_grad():
         for name in ("weight", "bias", "running_mean", "running_var"):
             src = getattr(norm, name, None)

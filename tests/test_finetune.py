@@ -6,14 +6,16 @@ import pytest
 import torch
 from conftest import ROOT
 
+from data.pairs import make_pairs
 from helper import merge_config
+from models.lightglue import EVERY_LAYER
 from models.matching import build_matcher
 from pipeline import training as finetune
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pruning.fine_grained import prune_fine_grained, sparsity_report
 
 TINY = {"steps": 4, "lr": 3e-4, "matcher_config": {"detector": {"max_keypoints": 64},
-                                                   "matcher": {"depth_confidence": -1, "width_confidence": -1}},
+                                                   "matcher": EVERY_LAYER},
         "train": {"num_pairs": 3, "size": [160, 120]}, "val": {"num_pairs": 2, "size": [160, 120], "every": 2}}
 
 
@@ -146,7 +148,7 @@ def test_qat_run_resumes_with_its_float_shadows(tmp_path):
     from quantization.linear import quantize_linear
 
     m = build_matcher("aliked+lightglue", TINY["matcher_config"])
-    calib = finetune.make_pairs(merge_config(finetune.DEFAULTS["train"], TINY["train"]))
+    calib = make_pairs(merge_config(finetune.DEFAULTS["train"], TINY["train"]), augment=0.0)
     quantize_linear(m.matcher, lambda: evaluate(m, calib, progress=False), 8, 8)
     save_checkpoint(m, tmp_path / "int8.pth")
     cfg = lambda out: config(tmp_path / out, checkpoint=str(tmp_path / "int8.pth"), lr=1e-3)  # noqa: E731

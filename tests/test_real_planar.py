@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from data.images import opencv_samples_dir
-from data.pairs import FilePairs, Pair, read_homography_file
+from data.pairs import FilePairs, Pair, make_pairs, read_homography_file
 from helper import InputError
 from models.matching import build_matcher
-from pipeline.evaluation import evaluate, synthetic_pairs
+from pipeline.evaluation import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def test_published_graffiti_homography_is_recovered_within_3px(aliked):
 
 
 def test_unseen_photos_are_matched_precisely(aliked):
-    summary = evaluate(aliked, synthetic_pairs("opencv", num_pairs=4), progress=False)["summary"]
+    summary = evaluate(aliked, make_pairs(source="opencv", num_pairs=4), progress=False)["summary"]
     assert summary["precision"] > 0.9 and summary["failures"] == 0
 
 
