@@ -7,6 +7,7 @@ pair is ever dropped from an average.
     python evaluate.py --matcher aliked+lightglue --source sample --num_pairs 100 --output runs/eval
     python evaluate.py --matcher aliked+lightglue --hpatches data/hpatches      # real scenes (downloads 1.3 GB)
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,8 +33,11 @@ from pipeline.evaluation import FeatureCache, add_matcher_args, build_from_args,
 def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(description=__doc__.split("\n")[0])
     add_matcher_args(parser)
-    parser.add_argument("--source", default="sample",
-                        help="'sample', 'opencv' (OpenCV's sample photos), an image folder or a .zip archive")
+    parser.add_argument(
+        "--source",
+        default="sample",
+        help="'sample', 'opencv' (OpenCV's sample photos), an image folder or a .zip archive",
+    )
     parser.add_argument("--split", default="all", choices=["all", "train", "val"])
     parser.add_argument("--num_pairs", type=positive_int, default=100)
     parser.add_argument("--size", type=image_side, nargs=2, default=[640, 480], metavar=("W", "H"))
@@ -42,17 +46,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--augment", type=float_in(0, 10), default=0.0, help="photometric change strength (0: none)")
     parser.add_argument("--input_pairs", default=None, help="evaluate a pairs file instead of synthetic pairs")
     parser.add_argument("--input_dir", default=".", help="folder of the images of --input_pairs")
-    parser.add_argument("--hpatches", default=None, metavar="DIR",
-                        help="evaluate HPatches (image 1 against 2-6 of each scene) in DIR; downloaded there (1.3 GB) "
-                             "if missing")
-    parser.add_argument("--hpatches_subset", default="all", choices=["all", "v", "i"],
-                        help="viewpoint (v) or illumination (i) scenes only")
-    parser.add_argument("--resize", type=int, nargs="+", default=None,
-                        help="as match_pairs.py (default: 640 480 for --input_pairs, 640 for --hpatches)")
+    parser.add_argument(
+        "--hpatches",
+        default=None,
+        metavar="DIR",
+        help="evaluate HPatches (image 1 against 2-6 of each scene) in DIR; downloaded there (1.3 GB) if missing",
+    )
+    parser.add_argument(
+        "--hpatches_subset",
+        default="all",
+        choices=["all", "v", "i"],
+        help="viewpoint (v) or illumination (i) scenes only",
+    )
+    parser.add_argument(
+        "--resize",
+        type=int,
+        nargs="+",
+        default=None,
+        help="as match_pairs.py (default: 640 480 for --input_pairs, 640 for --hpatches)",
+    )
     parser.add_argument("--estimator", default="ransac", choices=["ransac", "magsac", "dlt"])
     parser.add_argument("--threshold", type=float_in(1e-6), default=3.0, help="correctness threshold, px")
-    parser.add_argument("--ransac_threshold", type=float_in(1e-6), default=3.0,
-                        help="inlier threshold of the estimator, px")
+    parser.add_argument(
+        "--ransac_threshold", type=float_in(1e-6), default=3.0, help="inlier threshold of the estimator, px"
+    )
     parser.add_argument("--output", default=None, help="folder for summary.json and pairs.csv")
     parser.add_argument("--export_pairs", default=None, help="write the synthetic pairs (images + pairs.txt) here")
     parser.add_argument("--force_cpu", action="store_true")
@@ -70,15 +87,23 @@ def main(argv: list[str] | None = None) -> None:
     elif args.hpatches:
         pairs = HPatchesPairs(fetch_hpatches(args.hpatches), args.resize or [640], args.hpatches_subset)
     else:
-        pairs = make_pairs(source=args.source, split=args.split, num_pairs=args.num_pairs, size=args.size,
-                           seed=args.seed, difficulty=args.difficulty, augment=args.augment)
+        pairs = make_pairs(
+            source=args.source,
+            split=args.split,
+            num_pairs=args.num_pairs,
+            size=args.size,
+            seed=args.seed,
+            difficulty=args.difficulty,
+            augment=args.augment,
+        )
     if args.export_pairs:
         if not isinstance(pairs, SyntheticPairs):
             raise InputError("--export_pairs exports synthetic pairs; drop --input_pairs / --hpatches")
         print(f"exported {len(pairs)} pairs to {pairs.export(args.export_pairs)}")
     matcher = build_from_args(args).to(pick_device(args.force_cpu))
-    result = evaluate(matcher, pairs, FeatureCache(), args.threshold, args.estimator,
-                      ransac_threshold=args.ransac_threshold)
+    result = evaluate(
+        matcher, pairs, FeatureCache(), args.threshold, args.estimator, ransac_threshold=args.ransac_threshold
+    )
     summary = {"matcher": matcher.name, **result["summary"]}
     print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
     if args.output:

@@ -9,6 +9,7 @@ config stops with a message (``--new`` starts the run beside it, in ``out-2``, �
 
 What it runs is pipeline/training.py: the loss, the resume, what compression keeps true after every step.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,11 +23,19 @@ from pipeline.training import DEFAULTS, checked_config, finetune
 def command_line(argv: list[str] | None = None) -> tuple[dict[str, Any], Any]:
     """(checked config, parsed arguments) of the command line."""
     p = ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", nargs="+", action="extend", default=[],
-                   help="YAML config(s), merged in order (configs/finetune_demo.yaml)")
+    p.add_argument(
+        "--config",
+        nargs="+",
+        action="extend",
+        default=[],
+        help="YAML config(s), merged in order (configs/finetune_demo.yaml)",
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. steps=50")
-    p.add_argument("--new", action="store_true",
-                   help="if out holds a run of another config, start this one beside it (out-2, …), not stop")
+    p.add_argument(
+        "--new",
+        action="store_true",
+        help="if out holds a run of another config, start this one beside it (out-2, …), not stop",
+    )
     args = p.parse_args(argv)
     return checked_config(load_config(args.config, args.set, DEFAULTS)), args
 

@@ -1,4 +1,5 @@
 """Small shared utilities: seeding, device, image I/O, atomic writes, timing, one-line CLI errors."""
+
 from __future__ import annotations
 
 import argparse
@@ -86,8 +87,9 @@ def read_text(path: str | os.PathLike, what: str = "file") -> str:
     try:
         return path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise InputError(f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); save it "
-                         "as UTF-8") from None
+        raise InputError(
+            f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); save it as UTF-8"
+        ) from None
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror}") from None
 
@@ -145,7 +147,7 @@ def remove_stale_temps(folder: Path, name: str) -> None:
     """Remove the temp files (or folders) ``.{name}.{host}-{pid}.*`` that a killed process of this host left."""
     start = f".{name}.{_host()}-"
     for stale in folder.glob(f"{glob.escape(start)}*"):
-        pid = stale.name[len(start):].split(".", 1)[0]
+        pid = stale.name[len(start) :].split(".", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             logger.info("removing %s, left by an interrupted run", stale)
             with contextlib.suppress(OSError):
@@ -255,8 +257,13 @@ def git_commit() -> str | None:
     root = Path(__file__).resolve().parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except OSError:
         return None
     commit = head.stdout.strip()
@@ -272,6 +279,7 @@ def merge_config(base: dict[str, Any], override: dict[str, Any]) -> dict[str, An
 
 
 # ----------------------------------------------------------------------------- configuration
+
 
 @dataclass(frozen=True)
 class Check:
@@ -300,8 +308,14 @@ class Check:
 
 def _describe(kind: Any) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list",
-             dict: "a mapping"}
+    names = {
+        bool: "true/false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a mapping",
+    }
     return " or ".join(names.get(k, getattr(k, "__name__", str(k))) for k in kinds)
 
 
@@ -373,8 +387,10 @@ def _checked(value: Any, default: Any, check: Check | None, name: str) -> Any:
         if each is None and isinstance(default, list) and default:
             each = Check(kind=type(default[0]) if not isinstance(default[0], dict) else dict)
         if each is not None:
-            value = [_checked(v, default[0] if isinstance(default, list) and default else None, each,
-                              f"{name}[{i}]") for i, v in enumerate(value)]
+            value = [
+                _checked(v, default[0] if isinstance(default, list) and default else None, each, f"{name}[{i}]")
+                for i, v in enumerate(value)
+            ]
     if isinstance(value, dict) and not check.free:
         if check.values is not None:
             value = {str(k): _checked(v, None, check.values, f"{name}.{k}") for k, v in value.items()}
@@ -384,8 +400,9 @@ def _checked(value: Any, default: Any, check: Check | None, name: str) -> Any:
     return value
 
 
-def check_config(config: dict[str, Any], defaults: dict[str, Any], checks: dict[str, Check] | None = None,
-                 prefix: str = "") -> dict[str, Any]:
+def check_config(
+    config: dict[str, Any], defaults: dict[str, Any], checks: dict[str, Check] | None = None, prefix: str = ""
+) -> dict[str, Any]:
     """``config`` with every value checked against ``defaults`` and ``checks`` (keys: setting names relative to
     ``defaults``, nested ones dotted): an unknown key is an error naming the nearest known one; values are
     coerced to the type of their default or rejected with the key and the expected type."""
@@ -399,7 +416,7 @@ def check_config(config: dict[str, Any], defaults: dict[str, Any], checks: dict[
             near = difflib.get_close_matches(key, [str(k) for k in defaults], n=1, cutoff=0.6)
             hint = f"did you mean '{prefix}{near[0]}'?" if near else f"known: {', '.join(map(str, defaults))}"
             raise InputError(f"unknown setting '{prefix}{key}' ({hint})")
-        nested = {k[len(key) + 1:]: c for k, c in checks.items() if k.startswith(key + ".")}
+        nested = {k[len(key) + 1 :]: c for k, c in checks.items() if k.startswith(key + ".")}
         check = checks.get(key)
         if nested and (check is None or check.checks is None):
             check = Check(**{**(check.__dict__ if check else {}), "checks": nested})
@@ -445,8 +462,11 @@ def parse_override(item: str) -> dict[str, Any]:
     return node
 
 
-def load_config(paths: str | os.PathLike | Sequence[str | os.PathLike] | None, overrides: Iterable[str] = (),
-                defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+def load_config(
+    paths: str | os.PathLike | Sequence[str | os.PathLike] | None,
+    overrides: Iterable[str] = (),
+    defaults: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """YAML files merged in order over ``defaults``, then ``key.sub=value`` overrides; the caller checks the result
     against its schema (``check_config``) before anything runs."""
     if paths is None:
@@ -481,6 +501,7 @@ def write_run_config(folder: str | os.PathLike, config: dict[str, Any], **extra:
 
 # ----------------------------------------------------------------------------- command lines
 
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors are one line on stderr (exit status 2), like every other bad input."""
 
@@ -490,6 +511,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def int_in(lo: int | None = None, hi: int | None = None, also: tuple[int, ...] = ()) -> Callable[[str], int]:
     """An argparse type: an integer in [lo, hi] (or one of ``also``)."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -498,14 +520,18 @@ def int_in(lo: int | None = None, hi: int | None = None, also: tuple[int, ...] =
         if value in also or ((lo is None or value >= lo) and (hi is None or value <= hi)):
             return value
         extra = "".join(f" or {a}" for a in also)
-        raise argparse.ArgumentTypeError(f"expected an integer in [{lo if lo is not None else '-inf'}, "
-                                         f"{hi if hi is not None else 'inf'}]{extra}, got {value}")
+        raise argparse.ArgumentTypeError(
+            f"expected an integer in [{lo if lo is not None else '-inf'}, "
+            f"{hi if hi is not None else 'inf'}]{extra}, got {value}"
+        )
+
     parse.__name__ = "integer"
     return parse
 
 
 def float_in(lo: float | None = None, hi: float | None = None) -> Callable[[str], float]:
     """An argparse type: a finite number in [lo, hi]."""
+
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -514,6 +540,7 @@ def float_in(lo: float | None = None, hi: float | None = None) -> Callable[[str]
         if value != value or (lo is not None and value < lo) or (hi is not None and value > hi):
             raise argparse.ArgumentTypeError(f"expected a number in [{lo}, {hi}], got {text}")
         return value
+
     parse.__name__ = "number"
     return parse
 
@@ -531,8 +558,10 @@ def check_resize(resize: Sequence[int], flag: str = "--resize") -> list[int]:
     if len(resize) == 2 and resize[1] == -1:  # the official script reads "W -1" as "max dimension W"
         resize = resize[:1]
     if len(resize) not in (1, 2) or not all(1 <= v <= MAX_SIDE for v in resize):
-        raise InputError(f"{flag} takes W H or a max dimension in [1, {MAX_SIDE}] px, or -1 (no resize); got "
-                         f"{' '.join(map(str, resize))}")
+        raise InputError(
+            f"{flag} takes W H or a max dimension in [1, {MAX_SIDE}] px, or -1 (no resize); got "
+            f"{' '.join(map(str, resize))}"
+        )
     return resize
 
 
@@ -559,8 +588,18 @@ def writable_location(path: str | os.PathLike, folder: bool = False, what: str |
     return path
 
 
-_FILE_ERRORS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ENOSPC, errno.EROFS,
-                errno.EDQUOT, errno.EEXIST, errno.ENAMETOOLONG}
+_FILE_ERRORS = {
+    errno.ENOENT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EISDIR,
+    errno.ENOTDIR,
+    errno.ENOSPC,
+    errno.EROFS,
+    errno.EDQUOT,
+    errno.EEXIST,
+    errno.ENAMETOOLONG,
+}
 _NO_MEMORY = ("can't allocate memory", "not enough memory", "out of memory", "bad_alloc")
 
 

@@ -8,6 +8,7 @@ Pairs files take the official pose format or the homography format (see data/pai
 are named as the official script names them: {stem0}_{stem1}_matches.npz and, with --eval,
 {stem0}_{stem1}_evaluation.npz.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,20 +51,34 @@ logger = logging.getLogger("match_pairs")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = ArgumentParser(description="Image pair matching and evaluation",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--input_pairs", default="sample",
-                   help="pairs file, or 'sample': fixed homography pairs of the sample photos, or 'sequence': a "
-                        "sample photo against 12 frames of a smooth camera motion (both exported first)")
+    p = ArgumentParser(
+        description="Image pair matching and evaluation", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--input_pairs",
+        default="sample",
+        help="pairs file, or 'sample': fixed homography pairs of the sample photos, or 'sequence': a "
+        "sample photo against 12 frames of a smooth camera motion (both exported first)",
+    )
     p.add_argument("--input_dir", default=None, help="folder of the images (default: the pairs file's folder)")
     p.add_argument("--output_dir", default="dump_match_pairs/")
-    p.add_argument("--max_length", type=int_in(1, also=(-1,)), default=-1,
-                   help="maximum number of pairs to evaluate (-1: all)")
-    p.add_argument("--resize", type=int, nargs="+", default=[640, 480],
-                   help="two numbers: exact W H; one: max dimension; -1: no resize")
+    p.add_argument(
+        "--max_length", type=int_in(1, also=(-1,)), default=-1, help="maximum number of pairs to evaluate (-1: all)"
+    )
+    p.add_argument(
+        "--resize",
+        type=int,
+        nargs="+",
+        default=[640, 480],
+        help="two numbers: exact W H; one: max dimension; -1: no resize",
+    )
     p.add_argument("--resize_float", action="store_true", help="resize after casting uint8 to float")
-    p.add_argument("--matcher", default=None, choices=available_matchers(),
-                   help="default: superpoint+superglue when its weights are local, else aliked+lightglue")
+    p.add_argument(
+        "--matcher",
+        default=None,
+        choices=available_matchers(),
+        help="default: superpoint+superglue when its weights are local, else aliked+lightglue",
+    )
     p.add_argument("--checkpoint", default=None, help="a pruned or quantized model written by this project")
     p.add_argument("--superglue", choices=["indoor", "outdoor"], default="indoor", help="SuperGlue weights")
     p.add_argument("--max_keypoints", type=keypoint_limit, default=1024, help="maximum keypoints per image (-1: all)")
@@ -94,10 +109,15 @@ def cached_matches(path: Path) -> dict[str, np.ndarray] | None:
         return None
     try:
         with np.load(path) as saved:
-            pred = {"keypoints0": saved["keypoints0"], "keypoints1": saved["keypoints1"],
-                    "matches0": saved["matches"], "matching_scores0": saved["match_confidence"]}
+            pred = {
+                "keypoints0": saved["keypoints0"],
+                "keypoints1": saved["keypoints1"],
+                "matches0": saved["matches"],
+                "matching_scores0": saved["match_confidence"],
+            }
         if len(pred["matches0"]) != len(pred["keypoints0"]) or pred["matches0"].max(initial=-1) >= len(
-                pred["keypoints1"]):
+            pred["keypoints1"]
+        ):
             raise ValueError("matches do not index its keypoints")
         return pred
     except Exception as e:  # a cache: whatever is wrong with it (truncated zip, foreign file), it is redone
@@ -116,8 +136,11 @@ def main(argv=None) -> dict:
     device = pick_device(args.force_cpu)
     matcher = build_from_args(args).to(device)
     if made:
-        made = (make_pairs(num_pairs=30, size=(640, 480)) if args.input_pairs == "sample" else
-                SequencePairs(open_source("sample"), "astronaut.png", 12, (640, 480)))
+        made = (
+            make_pairs(num_pairs=30, size=(640, 480))
+            if args.input_pairs == "sample"
+            else SequencePairs(open_source("sample"), "astronaut.png", 12, (640, 480))
+        )
         pairs_file = made.export(output_dir / f"{args.input_pairs}_pairs")
         input_dir = Path(args.input_dir or pairs_file.parent)
         logger.info("exported the %s pairs to %s", args.input_pairs, pairs_file)
@@ -129,11 +152,12 @@ def main(argv=None) -> dict:
     if args.eval:
         missing = [p for p in pairs if p.kind == "none"]
         if missing:
-            raise InputError(f"--eval needs ground truth, but {pairs_file} has pairs without it "
-                             f"(e.g. '{missing[0].name0} {missing[0].name1}')")
+            raise InputError(
+                f"--eval needs ground truth, but {pairs_file} has pairs without it "
+                f"(e.g. '{missing[0].name0} {missing[0].name1}')"
+            )
     pairset = FilePairs(pairs, input_dir, args.resize, args.resize_float)
-    print(f"Matching {len(pairs)} pairs from {pairs_file} with {matcher.name} on {device}; "
-          f"writing to {output_dir}")
+    print(f"Matching {len(pairs)} pairs from {pairs_file} with {matcher.name} on {device}; writing to {output_dir}")
 
     rows = {"homography": [], "pose": []}
     for pair in tqdm(pairs, desc="pairs"):
@@ -142,45 +166,77 @@ def main(argv=None) -> dict:
         pred = cached_matches(matches_path) if args.cache else None
         if pred is None:
             pred = predict(matcher, pairset, pair, device=device)
-            save_npz(matches_path, keypoints0=pred["keypoints0"], keypoints1=pred["keypoints1"],
-                     matches=pred["matches0"], match_confidence=pred["matching_scores0"])
+            save_npz(
+                matches_path,
+                keypoints0=pred["keypoints0"],
+                keypoints1=pred["keypoints1"],
+                matches=pred["matches0"],
+                match_confidence=pred["matching_scores0"],
+            )
         need_images = args.eval or args.viz
         image0 = pairset.image(pair, 0)[1] if need_images else None
         image1 = pairset.image(pair, 1)[1] if need_images else None
 
-        correct, text = None, [matcher.name, f"Keypoints: {len(pred['keypoints0'])}:{len(pred['keypoints1'])}",
-                               f"Matches: {int((pred['matches0'] > -1).sum())}"]
+        correct, text = (
+            None,
+            [
+                matcher.name,
+                f"Keypoints: {len(pred['keypoints0'])}:{len(pred['keypoints1'])}",
+                f"Matches: {int((pred['matches0'] > -1).sum())}",
+            ],
+        )
         if args.eval:
             gt = pairset.ground_truth(pair)
             metrics = pair_metrics(gt, pred, image0.shape, image1.shape)
             rows[gt.kind].append(metrics)
             if gt.kind == "homography":
-                save_npz(output_dir / f"{stem0}_{stem1}_evaluation.npz",
-                         **{k: metrics[k] for k in ("precision", "recall", "matching_score", "num_correct",
-                                                    "corner_error")})
+                save_npz(
+                    output_dir / f"{stem0}_{stem1}_evaluation.npz",
+                    **{k: metrics[k] for k in ("precision", "recall", "matching_score", "num_correct", "corner_error")},
+                )
                 valid = pred["matches0"] > -1
-                correct = symmetric_reprojection_error(pred["keypoints0"][valid],
-                                                       pred["keypoints1"][pred["matches0"][valid]], gt.H) < 3.0
+                correct = (
+                    symmetric_reprojection_error(
+                        pred["keypoints0"][valid], pred["keypoints1"][pred["matches0"][valid]], gt.H
+                    )
+                    < 3.0
+                )
                 text.append(f"Corner error: {metrics['corner_error']:.2f} px")
             else:
-                save_npz(output_dir / f"{stem0}_{stem1}_evaluation.npz",
-                         **{k: metrics[k] for k in ("error_t", "error_R", "precision", "matching_score",
-                                                    "num_correct", "epipolar_errors")})
+                save_npz(
+                    output_dir / f"{stem0}_{stem1}_evaluation.npz",
+                    **{
+                        k: metrics[k]
+                        for k in ("error_t", "error_R", "precision", "matching_score", "num_correct", "epipolar_errors")
+                    },
+                )
                 correct = metrics["epipolar_errors"] < 5e-4
                 text.append(f"dR: {metrics['error_R']:.1f} deg  dt: {metrics['error_t']:.1f} deg")
             text.append(f"Precision: {metrics['precision']:.3f}")
         if args.viz:
             valid = pred["matches0"] > -1
-            make_matching_plot(image0, image1, pred["keypoints0"], pred["keypoints1"],
-                               pred["keypoints0"][valid], pred["keypoints1"][pred["matches0"][valid]],
-                               match_colors(pred["matching_scores0"][valid], correct), text,
-                               output_dir / f"{stem0}_{stem1}_matches.{args.viz_extension}", args.show_keypoints,
-                               args.fast_viz, [f"Image pair: {stem0}:{stem1}"])
+            make_matching_plot(
+                image0,
+                image1,
+                pred["keypoints0"],
+                pred["keypoints1"],
+                pred["keypoints0"][valid],
+                pred["keypoints1"][pred["matches0"][valid]],
+                match_colors(pred["matching_scores0"][valid], correct),
+                text,
+                output_dir / f"{stem0}_{stem1}_matches.{args.viz_extension}",
+                args.show_keypoints,
+                args.fast_viz,
+                [f"Image pair: {stem0}:{stem1}"],
+            )
 
     summaries = {kind: summarize(r) for kind, r in rows.items() if r}
     for kind, s in summaries.items():
-        thresholds = [f"auc@{t}px" for t in HOMOGRAPHY_THRESHOLDS] if kind == "homography" \
+        thresholds = (
+            [f"auc@{t}px" for t in HOMOGRAPHY_THRESHOLDS]
+            if kind == "homography"
             else [f"auc@{t}deg" for t in POSE_THRESHOLDS]
+        )
         cols = thresholds + ["precision", "matching_score"]
         print(f"Evaluation results ({kind}, mean over {s['num_pairs']} pairs, {s['failures']} failures):")
         print("\t".join(c.upper() if c.startswith("auc") else c for c in cols))

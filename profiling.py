@@ -7,6 +7,7 @@
 (Named profiling.py on purpose: a profile.py here would shadow Python's profile module and break
 torch._dynamo.) What it measures and how: pipeline/costs.py.
 """
+
 from __future__ import annotations
 
 import copy
@@ -39,21 +40,33 @@ def main(argv: list[str] | None = None) -> None:
     p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--matcher", nargs="*", default=[], choices=available_matchers())
     p.add_argument("--checkpoint", nargs="*", default=[], help="checkpoints written by this project")
-    p.add_argument("--random-weights", "--random_weights", dest="random_weights", action="store_true",
-                   help="profile the architecture without its weights (cost does not depend on them)")
-    p.add_argument("--num_keypoints", type=int_in(1, 100_000), default=512,
-                   help="keypoints per image fed to the matcher")
+    p.add_argument(
+        "--random-weights",
+        "--random_weights",
+        dest="random_weights",
+        action="store_true",
+        help="profile the architecture without its weights (cost does not depend on them)",
+    )
+    p.add_argument(
+        "--num_keypoints", type=int_in(1, 100_000), default=512, help="keypoints per image fed to the matcher"
+    )
     p.add_argument("--resize", type=image_side, nargs=2, default=[640, 480], metavar=("W", "H"))
     p.add_argument("--threads", type=int_in(1, 1024), default=None, help="CPU threads (default: torch's)")
     p.add_argument("--repeats", type=positive_int, default=10)
     p.add_argument("--sweep_keypoints", type=int_in(1, 100_000), nargs="*", default=[])
     p.add_argument("--sweep_resize", type=image_side, nargs="*", default=[], help="W H pairs, e.g. 320 240 640 480")
-    p.add_argument("--int8_detector", action="store_true",
-                   help="also profile each model with its detector (SuperPoint, DISK) in real int8 (ONNX Runtime, "
-                        "static QDQ calibrated on sample photos)")
-    p.add_argument("--int8_matcher", action="store_true",
-                   help="also profile each model with its matcher network (SuperGlue, LightGlue) in real int8 "
-                        "(ONNX Runtime; with --int8_detector: both parts in int8)")
+    p.add_argument(
+        "--int8_detector",
+        action="store_true",
+        help="also profile each model with its detector (SuperPoint, DISK) in real int8 (ONNX Runtime, "
+        "static QDQ calibrated on sample photos)",
+    )
+    p.add_argument(
+        "--int8_matcher",
+        action="store_true",
+        help="also profile each model with its matcher network (SuperGlue, LightGlue) in real int8 "
+        "(ONNX Runtime; with --int8_detector: both parts in int8)",
+    )
     p.add_argument("--json", default=None)
     p.add_argument("--csv", default=None, help="sweep rows")
     p.add_argument("--markdown", default=None)
@@ -71,8 +84,11 @@ def main(argv: list[str] | None = None) -> None:
     device = pick_device(args.force_cpu)
     models: list[tuple[str, Matcher]] = []
     for name in args.matcher:
-        config = ({"superpoint": {"weights": None}, "superglue": {"weights": None}, "pretrained": False}
-                  if args.random_weights else {})
+        config = (
+            {"superpoint": {"weights": None}, "superglue": {"weights": None}, "pretrained": False}
+            if args.random_weights
+            else {}
+        )
         models.append((name + (" (random weights)" if args.random_weights else ""), build_matcher(name, config)))
     for path in args.checkpoint:
         if not Path(path).is_file():
@@ -82,15 +98,25 @@ def main(argv: list[str] | None = None) -> None:
     tmp = tempfile.TemporaryDirectory()
     parts = ("detector",) * args.int8_detector + ("matcher",) * args.int8_matcher
     for i, (name, m) in enumerate(list(models) if parts else []):
-        models.append((f"{name} (int8 {'+'.join(parts)}, onnxruntime)",
-                       int8_copy(m, size, Path(tmp.name) / str(i), args.threads, parts)))
+        models.append(
+            (
+                f"{name} (int8 {'+'.join(parts)}, onnxruntime)",
+                int8_copy(m, size, Path(tmp.name) / str(i), args.threads, parts),
+            )
+        )
     meta = {"device": str(device), "threads": torch.get_num_threads(), "git_commit": git_commit(), "args": vars(args)}
     results = []
     for i, (name, matcher) in enumerate(models):
         logger.info("profiling %s", name)
         matcher = copy.deepcopy(matcher)
-        results.append({**profile_matcher(matcher, name, size, args.num_keypoints, args.repeats, device,
-                                          pair_latency=len(models) == 1), "meta": meta})
+        results.append(
+            {
+                **profile_matcher(
+                    matcher, name, size, args.num_keypoints, args.repeats, device, pair_latency=len(models) == 1
+                ),
+                "meta": meta,
+            }
+        )
     if len(models) > 1:  # the pair latencies behind the ratios: timed round-robin, side by side
         pairs = {i: prepare(m, size, args.num_keypoints, device)["pair"] for i, (_, m) in enumerate(models)}
         for i, t in interleaved_latency(pairs, args.repeats).items():
@@ -100,9 +126,12 @@ def main(argv: list[str] | None = None) -> None:
             r[name.split(".")[0]]["size_bytes"] = len(module.graph_bytes)  # 'detector(.unet)' or 'matcher'
     tmp.cleanup()
     print(markdown(results))
-    resizes = [tuple(args.sweep_resize[i:i + 2]) for i in range(0, len(args.sweep_resize), 2)]
-    rows = [row for name, m in models for row in sweep(m, name, size, args.sweep_keypoints, resizes, args.repeats,
-                                                       device)] if (args.sweep_keypoints or resizes) else []
+    resizes = [tuple(args.sweep_resize[i : i + 2]) for i in range(0, len(args.sweep_resize), 2)]
+    rows = (
+        [row for name, m in models for row in sweep(m, name, size, args.sweep_keypoints, resizes, args.repeats, device)]
+        if (args.sweep_keypoints or resizes)
+        else []
+    )
     if args.json:
         write_json(args.json, results)
     if args.csv and rows:

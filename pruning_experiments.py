@@ -5,6 +5,7 @@ evaluation -> profiling -> figures and report.md (resumable; see experiments.py)
     python pruning_experiments.py --config configs/coco.yaml --out runs/coco
     python pruning_experiments.py --dry-run                          # print the plan
 """
+
 from helper import run_cli
 from pipeline.experiment import main as run_experiment
 

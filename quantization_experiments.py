@@ -5,6 +5,7 @@ variant) -> finetuning -> evaluation -> profiling -> figures and report.md (resu
     python quantization_experiments.py --config configs/coco.yaml --out runs/coco
     python quantization_experiments.py --dry-run                     # print the plan
 """
+
 from helper import run_cli
 from pipeline.experiment import main as run_experiment
 

@@ -6,6 +6,7 @@
 
 Every figure is written as PNG (README) and PDF (papers), with markers so it reads without colour.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,10 +29,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sweep", help="profiling.py --csv output (keypoint sweep)")
     p.add_argument("--checkpoints", nargs="*", default=[])
     p.add_argument("--tensor", default=None, help="weight to histogram, e.g. matcher.transformers.0.ffn.0.weight")
-    p.add_argument("--gif", nargs="*", default=[], metavar="MATCH_DIR",
-                   help="match_pairs.py output folders (dense first) to animate side by side")
-    p.add_argument("--gif_pairs", default=None, help="the pairs file they matched (default: "
-                                                      "FIRST_DIR/sequence_pairs/pairs.txt)")
+    p.add_argument(
+        "--gif",
+        nargs="*",
+        default=[],
+        metavar="MATCH_DIR",
+        help="match_pairs.py output folders (dense first) to animate side by side",
+    )
+    p.add_argument(
+        "--gif_pairs", default=None, help="the pairs file they matched (default: FIRST_DIR/sequence_pairs/pairs.txt)"
+    )
     args = p.parse_args(argv)
     out = writable_location(args.out, folder=True, what="--out")
     written = []

@@ -5,6 +5,7 @@ multiply-accumulates (``probe``); ONNX Runtime is ``backends/onnxruntime.py``. T
 PyTorch part (``backends/modules.py``) keep their graph's bytes and the backend's name, so checkpoints store them
 and copies reopen them. Models never import this package; the pipeline finds these parts with ``graph_modules``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,9 +19,11 @@ BACKENDS: dict[str, Any] = {}
 def register_backend(name: str) -> Callable[[type], type]:
     """Class decorator: a runtime with ``session(graph_bytes, threads)`` (an object with ``run(None, feed)``)
     and ``probe(graph_bytes)`` (a callable feed -> (all MACs, MACs of weighted layers))."""
+
     def decorate(cls: type) -> type:
         BACKENDS[name] = cls()
         return cls
+
     return decorate
 
 

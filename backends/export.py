@@ -2,6 +2,7 @@
 
 Which module is exported and with which inputs comes from the network's adapter (models/graphs.py).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,15 +17,29 @@ from torch import nn
 from models.graphs import DetectorGraph, MatcherGraph, graph_adapter, supported
 
 
-def export(module: nn.Module, example: tuple[torch.Tensor, ...], path: str | os.PathLike, input_names: list[str],
-            output_names: list[str], dynamic_shapes: tuple[dict, ...]) -> Path:
+def export(
+    module: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: str | os.PathLike,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_shapes: tuple[dict, ...],
+) -> Path:
     """ONNX graph of ``module`` in one file, by the torch.export-based exporter (``dynamo=True``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():  # "axis name m will not be used": inputs that share a dimension, as meant
         warnings.filterwarnings("ignore", message=".*axis name", category=UserWarning)
-        program = torch.onnx.export(module.eval(), example, input_names=input_names, output_names=output_names,
-                                    dynamic_shapes=dynamic_shapes, dynamo=True, opset_version=18, verbose=False)
+        program = torch.onnx.export(
+            module.eval(),
+            example,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_shapes=dynamic_shapes,
+            dynamo=True,
+            opset_version=18,
+            verbose=False,
+        )
     program.save(str(path), external_data=False)
     return path
 
@@ -32,8 +47,11 @@ def export(module: nn.Module, example: tuple[torch.Tensor, ...], path: str | os.
 def _image_dims(multiple: int) -> dict[int, Any]:
     """Dynamic batch, height and width (multiples of ``multiple``) of an N×C×H×W image input."""
     dim = torch.export.Dim
-    return {0: dim("b", min=1, max=1024), 2: multiple * dim("hk", min=1, max=4096),
-            3: multiple * dim("wk", min=1, max=4096)}
+    return {
+        0: dim("b", min=1, max=1024),
+        2: multiple * dim("hk", min=1, max=4096),
+        3: multiple * dim("wk", min=1, max=4096),
+    }
 
 
 def export_detector(detector: nn.Module, path: str | os.PathLike, example: torch.Tensor) -> Path:
@@ -41,15 +59,17 @@ def export_detector(detector: nn.Module, path: str | os.PathLike, example: torch
     (multiples of the adapter's ``multiple``; ``example``, an image, is cropped to one)."""
     adapter = graph_adapter(detector, DetectorGraph)
     if adapter is None:
-        raise ValueError(f"no graph adapter for a {type(detector).__name__} detector "
-                         f"({supported(DetectorGraph)} have one)")
+        raise ValueError(
+            f"no graph adapter for a {type(detector).__name__} detector ({supported(DetectorGraph)} have one)"
+        )
     k = adapter.multiple
     example = example[..., : example.shape[-2] // k * k, : example.shape[-1] // k * k]
     return export(adapter.network(detector), (example,), path, ["image"], list(adapter.outputs), (_image_dims(k),))
 
 
-def export_matcher(net: nn.Module, adapter: MatcherGraph, path: str | os.PathLike,
-                   example: dict[str, torch.Tensor]) -> Path:
+def export_matcher(
+    net: nn.Module, adapter: MatcherGraph, path: str | os.PathLike, example: dict[str, torch.Tensor]
+) -> Path:
     """ONNX graph of a matching network, any number of keypoints per image; constants folded so that every weight
     is an initializer a quantizer can see. ``example``: graph inputs (``adapter.feed`` of a data dict)."""
     import onnx
@@ -59,8 +79,14 @@ def export_matcher(net: nn.Module, adapter: MatcherGraph, path: str | os.PathLik
     m, n = torch.export.Dim("m", min=2, max=1 << 16), torch.export.Dim("n", min=2, max=1 << 16)
     axes = adapter.axes
     shapes = tuple({axis: (m if name.endswith("0") else n)} for name, axis in axes.items())
-    raw = export(adapter.wrapper(net), tuple(example[k] for k in axes), path.with_name(path.stem + "_raw.onnx"),
-                 list(axes), ["log_assignment"], shapes)
+    raw = export(
+        adapter.wrapper(net),
+        tuple(example[k] for k in axes),
+        path.with_name(path.stem + "_raw.onnx"),
+        list(axes),
+        ["log_assignment"],
+        shapes,
+    )
     quant_pre_process(str(raw), str(path), skip_symbolic_shape=True)
     raw.unlink()
     model = onnx.load(str(path))

@@ -4,6 +4,7 @@ Each keeps its graph's bytes and its backend's name (checkpoints store both; cop
 reads the network's adapter (models/graphs.py) for its inputs and outputs. ``kind`` is the name checkpoints
 record; the names before backends were plural (OrtSuperPoint, OrtNetwork, OrtMatcherNet) still load.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -71,8 +72,13 @@ class GraphDetector(GraphModule):
 
     kind, old_names = "GraphDetector", ("OrtSuperPoint",)
 
-    def __init__(self, detector: nn.Module, graph: str | os.PathLike | bytes, threads: int | None = None,
-                 backend_name: str = "onnxruntime"):
+    def __init__(
+        self,
+        detector: nn.Module,
+        graph: str | os.PathLike | bytes,
+        threads: int | None = None,
+        backend_name: str = "onnxruntime",
+    ):
         super().__init__()
         self.sp = detector  # for its settings and post-processing (its weights are not used)
         self._open(graph, threads, backend_name)
@@ -99,8 +105,13 @@ class GraphNetwork(GraphModule):
 
     kind, old_names = "GraphNetwork", ("OrtNetwork",)
 
-    def __init__(self, original: nn.Module | None, graph: str | os.PathLike | bytes, threads: int | None = None,
-                 backend_name: str = "onnxruntime"):
+    def __init__(
+        self,
+        original: nn.Module | None,
+        graph: str | os.PathLike | bytes,
+        threads: int | None = None,
+        backend_name: str = "onnxruntime",
+    ):
         super().__init__()
         self._open(graph, threads, backend_name)
 
@@ -117,8 +128,13 @@ class GraphMatcher(GraphModule):
 
     kind, old_names = "GraphMatcher", ("OrtMatcherNet",)
 
-    def __init__(self, net: nn.Module, graph: str | os.PathLike | bytes, threads: int | None = None,
-                 backend_name: str = "onnxruntime"):
+    def __init__(
+        self,
+        net: nn.Module,
+        graph: str | os.PathLike | bytes,
+        threads: int | None = None,
+        backend_name: str = "onnxruntime",
+    ):
         super().__init__()
         self.net = net
         self._open(graph, threads, backend_name)
@@ -141,9 +157,13 @@ class GraphMatcher(GraphModule):
         device = self.onnx_sha1.device  # follows .to()
         if not (m and n):  # nothing to match: every keypoint goes to the dustbin with certainty
             none = lambda k: torch.full((b, k), -1, dtype=torch.long, device=device)  # noqa: E731
-            return {"log_assignment": torch.zeros((b, m + 1, n + 1), device=device), "matches0": none(m),
-                    "matches1": none(n), "matching_scores0": torch.zeros((b, m), device=device),
-                    "matching_scores1": torch.zeros((b, n), device=device)}
+            return {
+                "log_assignment": torch.zeros((b, m + 1, n + 1), device=device),
+                "matches0": none(m),
+                "matches1": none(n),
+                "matching_scores0": torch.zeros((b, m), device=device),
+                "matching_scores1": torch.zeros((b, n), device=device),
+            }
         return self.adapter.matches(self.net, torch.from_numpy(self.run(feed)[0]).to(device))
 
 

@@ -4,6 +4,7 @@ Why ONNX Runtime: torch.ao.quantization is deprecated, torchao's PT2E flow needs
 does not cover Conv1d; ORT's int8 Conv/MatMul kernels use VNNI on these CPUs (see benchmarks/int8_superpoint.py
 and benchmarks/int8_matcher.py), and since 1.32 its CPU provider runs ``DeformConv`` (ALIKED).
 """
+
 from __future__ import annotations
 
 import os
@@ -24,9 +25,14 @@ def cpu_session(onnx: str | os.PathLike | bytes, threads: int | None = None):
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-
-_MAC_OPS = {"MatMul": (0, 1), "MatMulInteger": (0, 1), "Gemm": (0, 1), "Conv": (0, 1), "ConvInteger": (0, 1),
-            "Einsum": (0, 1)}
+_MAC_OPS = {
+    "MatMul": (0, 1),
+    "MatMulInteger": (0, 1),
+    "Gemm": (0, 1),
+    "Conv": (0, 1),
+    "ConvInteger": (0, 1),
+    "Einsum": (0, 1),
+}
 
 
 class MacProbe:
@@ -43,8 +49,11 @@ class MacProbe:
 
         def constant(name: str) -> bool:  # a weight: an initializer, maybe dequantized / transposed / cast
             node = producer.get(name)
-            return name in self.const or (node is not None and node.op_type != "DynamicQuantizeLinear"
-                                          and all(constant(i) for i in node.input if i))
+            return name in self.const or (
+                node is not None
+                and node.op_type != "DynamicQuantizeLinear"
+                and all(constant(i) for i in node.input if i)
+            )
 
         self.nodes = []  # (op, attributes, input a, input b, output, b is a weight)
         for n in graph.node:

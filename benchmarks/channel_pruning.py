@@ -7,6 +7,7 @@ architecture) on N keypoints per image. The pruned variants remove ``ratio`` of 
 SuperPoint's encoder and head hidden layers; SuperGlue's keypoint-encoder hidden layers, GNN MLP hidden
 widths and per-head attention dims.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,21 +44,35 @@ def main() -> None:
     sg_pruned = copy.deepcopy(sg)
     prune_superglue_channels(sg_pruned, args.ratio)
     n = args.keypoints
-    data = {f"{k}{i}": v for i in (0, 1) for k, v in (("keypoints", torch.rand(1, n, 2) * torch.tensor([639, 479])),
-                                                       ("scores", torch.rand(1, n)),
-                                                       ("descriptors", torch.nn.functional.normalize(
-                                                           torch.randn(1, 256, n), dim=1)))}
+    data = {
+        f"{k}{i}": v
+        for i in (0, 1)
+        for k, v in (
+            ("keypoints", torch.rand(1, n, 2) * torch.tensor([639, 479])),
+            ("scores", torch.rand(1, n)),
+            ("descriptors", torch.nn.functional.normalize(torch.randn(1, 256, n), dim=1)),
+        )
+    }
     data.update(image_size0=(640, 480), image_size1=(640, 480))
 
     rows = []
-    for name, model, call in (("SuperPoint 640x480", sp, lambda m: m.dense(image)),
-                              ("SuperPoint 640x480", sp_pruned, lambda m: m.dense(image)),
-                              (f"SuperGlue {n}+{n} kpts", sg, lambda m: m(data)),
-                              (f"SuperGlue {n}+{n} kpts", sg_pruned, lambda m: m(data))):
+    for name, model, call in (
+        ("SuperPoint 640x480", sp, lambda m: m.dense(image)),
+        ("SuperPoint 640x480", sp_pruned, lambda m: m.dense(image)),
+        (f"SuperGlue {n}+{n} kpts", sg, lambda m: m(data)),
+        (f"SuperGlue {n}+{n} kpts", sg_pruned, lambda m: m(data)),
+    ):
         out = call(model)
         finite = all(torch.isfinite(t).all() for t in (out if isinstance(out, tuple) else [out["log_assignment"]]))
-        rows.append((name, params(model), count_macs(lambda: call(model)),
-                     measure_latency(lambda: call(model), args.repeats)["latency_ms"], finite))
+        rows.append(
+            (
+                name,
+                params(model),
+                count_macs(lambda: call(model)),
+                measure_latency(lambda: call(model), args.repeats)["latency_ms"],
+                finite,
+            )
+        )
 
     print(f"channel pruning ratio {args.ratio}, {torch.get_num_threads()} CPU threads, median of {args.repeats}")
     print(f"{'model':<26}{'variant':<9}{'params':>12}{'GMACs':>9}{'ms':>9}{'finite':>8}")

@@ -7,6 +7,7 @@
    same pairs again with the same cache: the detector must not run again.
 Prints both wall times, their ratio and the cache hits.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,13 +45,16 @@ def main() -> None:
 
     print(f"{args.matcher}, {len(pairs)} pairs at 640x480, {torch.get_num_threads()} threads")
     print(f"cold (detector + matcher): {t_cold:7.1f} s   detector runs: {misses}")
-    print(f"warm (matcher only):       {t_warm:7.1f} s   detector runs: {cache.misses - misses}  "
-          f"cache hits: {cache.hits}")
+    print(
+        f"warm (matcher only):       {t_warm:7.1f} s   detector runs: {cache.misses - misses}  cache hits: {cache.hits}"
+    )
     print(f"speed-up from the cache: {t_cold / t_warm:.1f}x")
     for name, r in (("cold", cold), ("warm", warm)):
         s = r["summary"]
-        print(f"{name}: auc@3px={s['auc@3px']:.3f} precision={s['precision']:.3f} recall={s['recall']:.3f} "
-              f"failures={s['failures']}")
+        print(
+            f"{name}: auc@3px={s['auc@3px']:.3f} precision={s['precision']:.3f} recall={s['recall']:.3f} "
+            f"failures={s['failures']}"
+        )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ DISK + LightGlue is pretrained and offline, so this measures what int8 execution
 (SuperPoint's accuracy needs the official weights: benchmarks/int8_superpoint.py --weights PATH). Calibration
 uses training photos of the sample set; evaluation the fixed validation pairs; the matcher stays fp32.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    dense = build_matcher(args.matcher, {"detector": {"max_keypoints": args.max_keypoints},
-                                         "matcher": EVERY_LAYER})
+    dense = build_matcher(args.matcher, {"detector": {"max_keypoints": args.max_keypoints}, "matcher": EVERY_LAYER})
     val = make_pairs(merge_config(DEFAULTS["val"], {"num_pairs": args.num_pairs}))
     calib_pairs = make_pairs(merge_config(DEFAULTS["train"], {"num_pairs": args.calibration_images, "augment": 0.0}))
     channels = dense.channels
@@ -57,26 +57,34 @@ def main() -> None:
     image = to_tensor(test_pair((640, 480))[0])
 
     with tempfile.TemporaryDirectory() as tmp:
-        variants = {"torch fp32": dense,
-                    "onnxruntime fp32": int8_detector(dense, calib, Path(tmp) / "fp32", args.threads, quantize=False),
-                    "onnxruntime int8": int8_detector(dense, calib, Path(tmp) / "int8", args.threads)}
+        variants = {
+            "torch fp32": dense,
+            "onnxruntime fp32": int8_detector(dense, calib, Path(tmp) / "fp32", args.threads, quantize=False),
+            "onnxruntime int8": int8_detector(dense, calib, Path(tmp) / "int8", args.threads),
+        }
         sizes = {"torch fp32": 4 * sum(p.numel() for p in dense.detector.parameters())}
         sizes.update({k: v.onnx_path.stat().st_size for k, v in variants.items() if hasattr(v, "onnx_path")})
         with torch.no_grad():
             lat = interleaved_latency({k: (lambda m=m: m.extract(image)) for k, m in variants.items()}, args.repeats)
             ref = dense.extract(image)
-            print(f"{args.matcher}: detector at 640x480, {args.threads} threads; {len(val)} validation pairs; "
-                  f"{args.max_keypoints} keypoints")
-            print(f"{'detector':<18}{'ms':>8}{'IQR':>6}{'ratio':>7}{'MB':>6}{'same kpts':>10}{'desc cos':>9}"
-                  f"{'AUC@1px':>9}{'AUC@3px':>9}{'AUC@5px':>9}{'prec':>7}{'recall':>8}{'fail':>5}")
+            print(
+                f"{args.matcher}: detector at 640x480, {args.threads} threads; {len(val)} validation pairs; "
+                f"{args.max_keypoints} keypoints"
+            )
+            print(
+                f"{'detector':<18}{'ms':>8}{'IQR':>6}{'ratio':>7}{'MB':>6}{'same kpts':>10}{'desc cos':>9}"
+                f"{'AUC@1px':>9}{'AUC@3px':>9}{'AUC@5px':>9}{'prec':>7}{'recall':>8}{'fail':>5}"
+            )
             base = lat["torch fp32"]["latency_ms"]
             for name, m in variants.items():
                 same, cos = closeness(ref, m.extract(image))
                 s = evaluate(m, val, FeatureCache(), desc=name)["summary"]
                 t = lat[name]
-                print(f"{name:<18}{t['latency_ms']:>8.0f}{t['latency_ms_iqr']:>6.0f}{t['latency_ms'] / base:>7.2f}"
-                      f"{sizes[name] / 1e6:>6.1f}{same:>10.3f}{cos:>9.4f}{s['auc@1px']:>9.3f}{s['auc@3px']:>9.3f}"
-                      f"{s['auc@5px']:>9.3f}{s['precision']:>7.3f}{s['recall']:>8.3f}{s['failures']:>5}")
+                print(
+                    f"{name:<18}{t['latency_ms']:>8.0f}{t['latency_ms_iqr']:>6.0f}{t['latency_ms'] / base:>7.2f}"
+                    f"{sizes[name] / 1e6:>6.1f}{same:>10.3f}{cos:>9.4f}{s['auc@1px']:>9.3f}{s['auc@3px']:>9.3f}"
+                    f"{s['auc@5px']:>9.3f}{s['precision']:>7.3f}{s['recall']:>8.3f}{s['failures']:>5}"
+                )
 
 
 if __name__ == "__main__":

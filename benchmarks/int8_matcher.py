@@ -9,6 +9,7 @@ quantization, and int8 static QDQ with activations calibrated on training pairs.
 stopping and point pruning are off in every row: a graph has no data-dependent exits). Detector outputs are
 computed once and shared, so only the matcher differs between rows.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,13 @@ def same_matches(ref: torch.Tensor, out: torch.Tensor) -> float:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--matcher", default="aliked+lightglue")
-    p.add_argument("--random-weights", "--random_weights", dest="random_weights", action="store_true",
-                   help="latency only (e.g. SuperGlue, whose official weights are not here)")
+    p.add_argument(
+        "--random-weights",
+        "--random_weights",
+        dest="random_weights",
+        action="store_true",
+        help="latency only (e.g. SuperGlue, whose official weights are not here)",
+    )
     p.add_argument("--num_pairs", type=int, default=100)
     p.add_argument("--calibration_pairs", type=int, default=16)
     p.add_argument("--num_keypoints", type=int, default=512)
@@ -45,12 +51,17 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=10)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    config = {"detector": {"max_keypoints": args.num_keypoints},
-              "matcher": EVERY_LAYER,
-              "superpoint": {"max_keypoints": args.num_keypoints}}
+    config = {
+        "detector": {"max_keypoints": args.num_keypoints},
+        "matcher": EVERY_LAYER,
+        "superpoint": {"max_keypoints": args.num_keypoints},
+    }
     if args.random_weights:
-        config.update(pretrained=False, superpoint={"weights": None, "max_keypoints": args.num_keypoints},
-                      superglue={"weights": None})
+        config.update(
+            pretrained=False,
+            superpoint={"weights": None, "max_keypoints": args.num_keypoints},
+            superglue={"weights": None},
+        )
     dense = build_matcher(args.matcher, config).eval()
     if args.random_weights:  # SuperGlue's q/k/v start as copies of its merge layer: draw them apart, or the
         for module in dense.matcher.modules():  # graph would store them once and look smaller than trained ones
@@ -73,21 +84,33 @@ def main() -> None:
         with torch.no_grad():
             ref = runs["torch fp32"]["match"]()["matches0"]
             agree = {k: same_matches(ref, r["match"]()["matches0"]) for k, r in runs.items()}
-        print(f"{args.matcher}{' (random weights)' if args.random_weights else ''}: matcher network with "
-              f"{args.num_keypoints} keypoints per image, {args.threads} threads"
-              + ("" if args.random_weights else f"; {args.num_pairs} validation pairs"))
+        print(
+            f"{args.matcher}{' (random weights)' if args.random_weights else ''}: matcher network with "
+            f"{args.num_keypoints} keypoints per image, {args.threads} threads"
+            + ("" if args.random_weights else f"; {args.num_pairs} validation pairs")
+        )
         head = f"{'matcher network':<26}{'ms':>8}{'IQR':>6}{'ratio':>7}{'MB':>7}{'same matches':>13}"
-        print(head + ("" if args.random_weights else
-                      f"{'AUC@1px':>9}{'AUC@3px':>9}{'AUC@5px':>9}{'prec':>7}{'recall':>8}{'fail':>5}"))
+        print(
+            head
+            + (
+                ""
+                if args.random_weights
+                else f"{'AUC@1px':>9}{'AUC@3px':>9}{'AUC@5px':>9}{'prec':>7}{'recall':>8}{'fail':>5}"
+            )
+        )
         val = None if args.random_weights else make_pairs(merge_config(DEFAULTS["val"], {"num_pairs": args.num_pairs}))
         for name, m in variants.items():
             t = lat[name]
-            row = (f"{name:<26}{t['latency_ms']:>8.1f}{t['latency_ms_iqr']:>6.1f}{t['latency_ms'] / base:>7.2f}"
-                   f"{sizes[name] / 1e6:>7.1f}{agree[name]:>13.3f}")
+            row = (
+                f"{name:<26}{t['latency_ms']:>8.1f}{t['latency_ms_iqr']:>6.1f}{t['latency_ms'] / base:>7.2f}"
+                f"{sizes[name] / 1e6:>7.1f}{agree[name]:>13.3f}"
+            )
             if val is not None:
                 s = evaluate(m, val, cache, desc=name)["summary"]
-                row += (f"{s['auc@1px']:>9.3f}{s['auc@3px']:>9.3f}{s['auc@5px']:>9.3f}{s['precision']:>7.3f}"
-                        f"{s['recall']:>8.3f}{s['failures']:>5}")
+                row += (
+                    f"{s['auc@1px']:>9.3f}{s['auc@3px']:>9.3f}{s['auc@5px']:>9.3f}{s['precision']:>7.3f}"
+                    f"{s['recall']:>8.3f}{s['failures']:>5}"
+                )
             print(row, flush=True)
 
 

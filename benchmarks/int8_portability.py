@@ -8,6 +8,7 @@ ONNX Runtime on an emulated AMD Zen 2 (AVX2, no AVX-512, no VNNI), where ONNX Ru
 VPMADDUBSW, whose int16 pair sums saturate with full-range int8 weights. Prints, per graph and CPU, the share of
 the PyTorch fp32 matches the graph makes too (the emulated run is slow: about a minute per graph and pair).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,9 @@ def main() -> None:
     p.add_argument("--cpu", default="EPYC-Rome", help="qemu CPU model without VNNI (qemu-x86_64 -cpu help)")
     args = p.parse_args()
     qemu = shutil.which("qemu-x86_64")
-    dense = build_matcher("aliked+lightglue", {"detector": {"max_keypoints": args.num_keypoints},
-                                               "matcher": EVERY_LAYER})
+    dense = build_matcher(
+        "aliked+lightglue", {"detector": {"max_keypoints": args.num_keypoints}, "matcher": EVERY_LAYER}
+    )
     cache = FeatureCache()
     calib = make_pairs(merge_config(DEFAULTS["train"], {"num_pairs": args.calibration_pairs, "augment": 0.0}))
     recorded = int8.recorded_inputs(dense.matcher, lambda: evaluate(dense, calib, cache, progress=False))
@@ -86,11 +88,14 @@ def main() -> None:
             runs[f"qemu {args.cpu} (no VNNI)"] = [qemu, "-cpu", args.cpu, sys.executable]
         else:
             print("qemu-x86_64 not found (apt-get install qemu-user): this CPU only")
-        print(f"LightGlue (pretrained, every layer), {args.num_pairs} val pairs, {args.num_keypoints} keypoints: "
-              "share of the fp32 matches each int8 graph makes")
+        print(
+            f"LightGlue (pretrained, every layer), {args.num_pairs} val pairs, {args.num_keypoints} keypoints: "
+            "share of the fp32 matches each int8 graph makes"
+        )
         for label, command in runs.items():
-            out = subprocess.run([*command, str(folder / "child.py"), str(folder), *graphs], capture_output=True,
-                                 text=True, check=True).stdout.split()
+            out = subprocess.run(
+                [*command, str(folder / "child.py"), str(folder), *graphs], capture_output=True, text=True, check=True
+            ).stdout.split()
             print(f"{label:28}" + "  ".join(f"{g} {a}" for g, a in zip(out[::2], out[1::2])), flush=True)
 
 

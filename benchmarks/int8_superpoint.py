@@ -6,6 +6,7 @@ Runs the official weights when given (or cached), else random weights (the speed
 then the closeness numbers only show that the int8 graph computes the same function). Calibration uses train
 photos of the sample set, measurement a held-out photo and its homography warp at 640×480.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,14 +55,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_detector(sp, Path(tmp) / "sp.onnx", torch.rand(1, 1, size[1], size[0]))
         int8 = quantize_static_onnx(fp32, Path(tmp) / "sp_int8.onnx", calib, keep_float=("convPb", "convDb"))
-        variants = {"torch fp32": sp, "onnxruntime fp32": GraphDetector(sp, fp32, args.threads),
-                    "onnxruntime int8": GraphDetector(sp, int8, args.threads)}
+        variants = {
+            "torch fp32": sp,
+            "onnxruntime fp32": GraphDetector(sp, fp32, args.threads),
+            "onnxruntime int8": GraphDetector(sp, int8, args.threads),
+        }
         sizes = {"onnxruntime fp32": fp32.stat().st_size, "onnxruntime int8": int8.stat().st_size}
         with torch.no_grad():
             ref = sp({"image": torch.cat([img0, img1])})
             print(f"SuperPoint 640x480, {args.threads} threads, weights: {weights or 'random'}")
-            print(f"{'variant':<18}{'ms':>8}{'IQR':>7}{'ratio':>7}{'MB':>7}{'kpts':>6}{'same kpts':>10}"
-                  f"{'desc cos':>9}{'repeat.':>9}")
+            print(
+                f"{'variant':<18}{'ms':>8}{'IQR':>7}{'ratio':>7}{'MB':>7}{'kpts':>6}{'same kpts':>10}"
+                f"{'desc cos':>9}{'repeat.':>9}"
+            )
             base = None
             for name, model in variants.items():
                 lat = measure_latency(lambda: model.dense(img0), args.repeats)
@@ -79,10 +85,12 @@ def main() -> None:
                 proj = warp_points(k0, H)
                 inside = (proj[:, 0] >= 0) & (proj[:, 0] < size[0]) & (proj[:, 1] >= 0) & (proj[:, 1] < size[1])
                 rep = (np.linalg.norm(proj[inside][:, None] - k1[None], axis=2).min(1) < 3).mean()
-                print(f"{name:<18}{lat['latency_ms']:>8.1f}{lat['latency_ms_iqr']:>7.1f}"
-                      f"{lat['latency_ms'] / base:>7.2f}"
-                      f"{sizes.get(name, 4 * sum(p.numel() for p in sp.parameters())) / 1e6:>7.1f}{len(k0):>6}"
-                      f"{same:>10.3f}{cos:>9.4f}{rep:>9.3f}")
+                print(
+                    f"{name:<18}{lat['latency_ms']:>8.1f}{lat['latency_ms_iqr']:>7.1f}"
+                    f"{lat['latency_ms'] / base:>7.2f}"
+                    f"{sizes.get(name, 4 * sum(p.numel() for p in sp.parameters())) / 1e6:>7.1f}{len(k0):>6}"
+                    f"{same:>10.3f}{cos:>9.4f}{rep:>9.3f}"
+                )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ Each matcher is evaluated once per set; the homography is then estimated again f
 OpenCV RANSAC / MAGSAC at several inlier thresholds, and the row "best" gives each matcher the estimator that
 suits it (glue-factory's ``ransac_th=-1`` protocol), next to the project's default (RANSAC, 3 px).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,8 +62,10 @@ def groups(name: str, pairs: PairSet) -> dict[str, list[int]]:
 
 def line(group: str, matcher: str, estimator: str, s: dict) -> str:
     aucs = "/".join(f"{s[f'auc@{t}px']:.3f}" for t in (1, 3, 5, 10))
-    return (f"{group:12} {matcher:18} {estimator:16} {s['precision']:9.3f} {s['recall']:6.3f}  {aucs}  "
-            f"{s['failures']:8d} {s['median_corner_error']:10.2f} {s['num_correct']:8.0f}")
+    return (
+        f"{group:12} {matcher:18} {estimator:16} {s['precision']:9.3f} {s['recall']:6.3f}  {aucs}  "
+        f"{s['failures']:8d} {s['median_corner_error']:10.2f} {s['num_correct']:8.0f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,14 +79,17 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     sets = pair_sets(args)
-    print(f"{'set':12} {'matcher':18} {'estimator':16} precision recall  AUC@1/3/5/10px          failures "
-          f"median err  correct")
+    print(
+        f"{'set':12} {'matcher':18} {'estimator':16} precision recall  AUC@1/3/5/10px          failures "
+        f"median err  correct"
+    )
     for set_name, pairs in sets.items():
         for name in args.matchers:
             matcher = build_matcher(name, {"detector": {"max_keypoints": args.max_keypoints}})
             result = evaluate(matcher, pairs, desc=f"{set_name} {name}")
-            runs = {(m, t): reestimate(pairs, result["predictions"], method=m, ransac_threshold=t)
-                    for m, t in ESTIMATORS}
+            runs = {
+                (m, t): reestimate(pairs, result["predictions"], method=m, ransac_threshold=t) for m, t in ESTIMATORS
+            }
             for group, index in groups(set_name, pairs).items():
                 print(line(group, name, "ransac 3px", summarize([result["rows"][i] for i in index])))
                 scores = {k: summarize([rows[i] for i in index]) for k, rows in runs.items()}

@@ -8,6 +8,7 @@ finetuning on training pairs (codes fixed, each centroid moved by the mean updat
 checkpoint is taken, never one picked on the validation pairs), with the dense model finetuned the same way as a
 control. Each is saved in the compressed checkpoint format, whose size is reported next to the fp32 state_dict.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,12 @@ def main() -> None:
     p.add_argument("--calibration_pairs", type=int, default=8)
     p.add_argument("--finetune_steps", type=int, default=300, help="codebook finetuning steps (0: none)")
     p.add_argument("--bits", type=int, nargs="*", default=[4, 2], help="k-means bit widths")
-    p.add_argument("--control", action=argparse.BooleanOptionalAction, default=True,
-                   help="also finetune the dense model the same way (is a recovery the finetuning's own gain?)")
+    p.add_argument(
+        "--control",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also finetune the dense model the same way (is a recovery the finetuning's own gain?)",
+    )
     args = p.parse_args()
     cfg = {"detector": {"max_keypoints": 512}, "matcher": EVERY_LAYER}
     dense = build_matcher("aliked+lightglue", cfg)
@@ -52,12 +57,22 @@ def main() -> None:
         quantize_linear(m.matcher, lambda: evaluate(m, calib, cache, progress=False), 8, 8, method=method)
         variants[f"linear int8 PTQ {method}"] = m
     with tempfile.TemporaryDirectory() as tmp:
+
         def finetuned(m, name):
             """``m`` after the same finetuning run as every other row (its last checkpoint)."""
             start = save_checkpoint(m, Path(tmp) / f"{name}.pth")
-            finetune(merge_config(DEFAULTS, {"checkpoint": str(start), "out": str(Path(tmp) / f"ft-{name}"),
-                                             "steps": args.finetune_steps, "matcher_config": cfg,
-                                             "val": {"num_pairs": 4, "every": args.finetune_steps}}))
+            finetune(
+                merge_config(
+                    DEFAULTS,
+                    {
+                        "checkpoint": str(start),
+                        "out": str(Path(tmp) / f"ft-{name}"),
+                        "steps": args.finetune_steps,
+                        "matcher_config": cfg,
+                        "val": {"num_pairs": 4, "every": args.finetune_steps},
+                    },
+                )
+            )
             return load_checkpoint(Path(tmp) / f"ft-{name}" / "last.pth")
 
         if args.finetune_steps and args.control:  # what the finetuning alone does to the dense model
@@ -74,8 +89,11 @@ def main() -> None:
         for name, m in variants.items():
             s = evaluate(m, val, cache, progress=False)["summary"]
             size = save_checkpoint(m, Path(tmp) / "m.pth").stat().st_size
-            print(f"{name:<30}{s['auc@1px']:>9.3f}{s['auc@3px']:>9.3f}{s['auc@5px']:>9.3f}{s['precision']:>7.3f}"
-                  f"{s['recall']:>8.3f}{size / 1e6:>9.1f}", flush=True)
+            print(
+                f"{name:<30}{s['auc@1px']:>9.3f}{s['auc@3px']:>9.3f}{s['auc@5px']:>9.3f}{s['precision']:>7.3f}"
+                f"{s['recall']:>8.3f}{size / 1e6:>9.1f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

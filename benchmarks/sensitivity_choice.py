@@ -10,6 +10,7 @@ matches each pruned variant keeps), verifies the choice by a real AUC@3px evalua
 the predicted budget while the real drop exceeds it), and evaluates one uniform sparsity that removes the
 same number of parameters, side by side.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,11 @@ def main() -> None:
     p.add_argument("--num_pairs", type=int, default=30)
     p.add_argument("--budget", type=float, default=0.01, help="allowed predicted AUC@3px drop")
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.3, 0.6, 0.9])
-    p.add_argument("--choose_metric", default="agreement",
-                   help="scan metric the choice is made on (agreement: share of the dense model's matches kept)")
+    p.add_argument(
+        "--choose_metric",
+        default="agreement",
+        help="scan metric the choice is made on (agreement: share of the dense model's matches kept)",
+    )
     p.add_argument("--choose_budget", type=float, default=0.2, help="allowed predicted drop of --choose_metric")
     args = p.parse_args()
     out = Path(args.out)
@@ -45,9 +49,13 @@ def main() -> None:
     net = matcher.matcher
     groups = groups_by_prefix(net, 3, include=["transformers.*"])
     dense_predictions = evaluate(matcher, pairs, cache, progress=False)["predictions"]
-    rows = scan(net, groups, args.sparsities,
-                lambda: evaluate(matcher, pairs, cache, progress=False, reference=dense_predictions)["summary"],
-                out / "scan.csv")
+    rows = scan(
+        net,
+        groups,
+        args.sparsities,
+        lambda: evaluate(matcher, pairs, cache, progress=False, reference=dense_predictions)["summary"],
+        out / "scan.csv",
+    )
     t_scan = time.perf_counter() - start
 
     def evaluate_spec(spec: dict[str, float]) -> dict:
@@ -57,26 +65,43 @@ def main() -> None:
         removed = sum(zeros[n] * params[n].numel() for names in groups.values() for n in names)
         return {**evaluate(variant, pairs, cache, progress=False)["summary"], "removed_params": removed}
 
-    choice, chosen, history = choose_verified(rows, args.budget, lambda c: evaluate_spec(expand(groups, c)),
-                                              choose_metric=args.choose_metric, choose_budget=args.choose_budget)
+    choice, chosen, history = choose_verified(
+        rows,
+        args.budget,
+        lambda c: evaluate_spec(expand(groups, c)),
+        choose_metric=args.choose_metric,
+        choose_budget=args.choose_budget,
+    )
     sizes = group_sizes(net, groups)
     uniform = chosen["removed_params"] / sum(sizes.values())
-    results = {"dense": evaluate(matcher, pairs, cache, progress=False)["summary"], "chosen": chosen,
-               "uniform": evaluate_spec({n: uniform for names in groups.values() for n in names})}
-    print(f"scan: {len(rows)} evaluations of {len(pairs)} pairs, {t_scan:.0f} s "
-          f"(detector runs: {cache.misses}, cache hits: {cache.hits})")
+    results = {
+        "dense": evaluate(matcher, pairs, cache, progress=False)["summary"],
+        "chosen": chosen,
+        "uniform": evaluate_spec({n: uniform for names in groups.values() for n in names}),
+    }
+    print(
+        f"scan: {len(rows)} evaluations of {len(pairs)} pairs, {t_scan:.0f} s "
+        f"(detector runs: {cache.misses}, cache hits: {cache.hits})"
+    )
     for h in history:
-        print(f"  predicted {h['choose_metric']} drop <= {h['predicted_budget']:.4f} -> real AUC@3px "
-              f"{h['auc@3px']:.3f}")
-    print(f"chosen per-group sparsities (budget {args.budget} AUC@3px): "
-          + ", ".join(f"{g.split('.', 1)[1]}={s}" for g, s in sorted(choice.items())))
+        print(
+            f"  predicted {h['choose_metric']} drop <= {h['predicted_budget']:.4f} -> real AUC@3px {h['auc@3px']:.3f}"
+        )
+    print(
+        f"chosen per-group sparsities (budget {args.budget} AUC@3px): "
+        + ", ".join(f"{g.split('.', 1)[1]}={s}" for g, s in sorted(choice.items()))
+    )
     print(f"uniform control: {uniform:.3f} on all {len(groups)} groups")
     print(f"{'variant':<9}{'removed':>10}{'AUC@1px':>9}{'AUC@3px':>9}{'AUC@5px':>9}{'prec':>7}{'recall':>8}")
     for name, s in results.items():
-        print(f"{name:<9}{int(s.get('removed_params', 0)):>10,}{s['auc@1px']:>9.3f}{s['auc@3px']:>9.3f}"
-              f"{s['auc@5px']:>9.3f}{s['precision']:>7.3f}{s['recall']:>8.3f}")
-    write_json(out / "choice.json", {"choice": choice, "uniform": uniform, "results": results, "history": history,
-                                     "args": vars(args)})
+        print(
+            f"{name:<9}{int(s.get('removed_params', 0)):>10,}{s['auc@1px']:>9.3f}{s['auc@3px']:>9.3f}"
+            f"{s['auc@5px']:>9.3f}{s['precision']:>7.3f}{s['recall']:>8.3f}"
+        )
+    write_json(
+        out / "choice.json",
+        {"choice": choice, "uniform": uniform, "results": results, "history": history, "args": vars(args)},
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ A method is one function that compresses a part of a pipeline in place (``apply(
 variant must give, and how it is run and counted. What it keeps per layer is a ``LayerState``
 (compression/state.py); that is how checkpoints store it and finetuning keeps it true.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -55,11 +56,13 @@ METHODS: dict[str, Method] = {}
 
 def register_method(name: str, **properties: Any) -> Callable[[Callable[[Job], None]], Callable[[Job], None]]:
     """Decorator: register ``apply(job)`` as the compression method ``name`` (properties: see ``Method``)."""
+
     def decorate(apply: Callable[[Job], None]) -> Callable[[Job], None]:
         if name in METHODS and METHODS[name].apply is not apply:
             raise ValueError(f"two compression methods are named {name!r}")
         METHODS[name] = Method(name, apply, **properties)
         return apply
+
     return decorate
 
 

@@ -7,6 +7,7 @@ non-persistent, so state_dicts keep the official keys. Each state says what it n
 (``after_step``: the training loop that owns the optimizer calls ``enforce``), before training
 (``start_training``) and how the checkpoint stores its weight (``encode`` / ``decode``, by ``kind``).
 """
+
 from __future__ import annotations
 
 from typing import Any, ClassVar, Iterator

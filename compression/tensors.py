@@ -1,4 +1,5 @@
 """Tensor helpers every compression method uses: which weights it acts on, per-weight levels, bit packing."""
+
 from __future__ import annotations
 
 import fnmatch
@@ -13,8 +14,11 @@ Levels = Union[float, Mapping[str, float]]  # one value for every weight, or nam
 
 def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
     """Weights of every convolution and linear layer (the tensors compression acts on), by parameter name."""
-    return {f"{name}.weight" if name else "weight": m.weight for name, m in model.named_modules()
-            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)) and isinstance(m.weight, nn.Parameter)}
+    return {
+        f"{name}.weight" if name else "weight": m.weight
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)) and isinstance(m.weight, nn.Parameter)
+    }
 
 
 def owner(model: nn.Module, parameter: str) -> nn.Module:
@@ -30,8 +34,11 @@ def resolve_levels(model: nn.Module, spec: Levels, what: str = "sparsity") -> di
         return {n: float(spec) for n in names}
     out: dict[str, float] = {}
     for pattern, value in spec.items():
-        matched = [n for n in names if fnmatch.fnmatchcase(n, pattern) or n == pattern
-                   or fnmatch.fnmatchcase(n, f"*{pattern}*")]
+        matched = [
+            n
+            for n in names
+            if fnmatch.fnmatchcase(n, pattern) or n == pattern or fnmatch.fnmatchcase(n, f"*{pattern}*")
+        ]
         if not matched:
             raise ValueError(f"{what} pattern '{pattern}' matches no prunable weight of {type(model).__name__}")
         out.update({n: float(value) for n in matched})
@@ -43,8 +50,17 @@ def resized(module: nn.Module, shape: tuple[int, ...] | torch.Size) -> nn.Module
     norms), on its device; None for kinds that never change shape. Channel pruning and checkpoint loading build
     their smaller layers with it."""
     if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-        new = type(module)(shape[1] * module.groups, shape[0], module.kernel_size, module.stride, module.padding,
-                           module.dilation, module.groups, module.bias is not None, module.padding_mode)
+        new = type(module)(
+            shape[1] * module.groups,
+            shape[0],
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            module.groups,
+            module.bias is not None,
+            module.padding_mode,
+        )
     elif isinstance(module, nn.Linear):
         new = nn.Linear(shape[1], shape[0], module.bias is not None)
     elif isinstance(module, nn.modules.batchnorm._BatchNorm):

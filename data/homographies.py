@@ -1,4 +1,5 @@
 """Random homographies (seeded, parameterised as in SuperPoint/SuperGlue COCO training), warping, augmentation."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
@@ -22,8 +23,13 @@ class HomographyConfig:
 
     def scaled(self) -> "HomographyConfig":
         d = self.difficulty
-        return replace(self, perspective=self.perspective * d, shear=self.shear * d, rotation=self.rotation * d,
-                       scale=self.scale * d)
+        return replace(
+            self,
+            perspective=self.perspective * d,
+            shear=self.shear * d,
+            rotation=self.rotation * d,
+            scale=self.scale * d,
+        )
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -105,7 +111,7 @@ def crop_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     nw, nh = max(w, int(round(iw * scale))), max(h, int(round(ih * scale)))
     resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     x0, y0 = (nw - w) // 2, (nh - h) // 2
-    return np.ascontiguousarray(resized[y0:y0 + h, x0:x0 + w])
+    return np.ascontiguousarray(resized[y0 : y0 + h, x0 : x0 + w])
 
 
 def photometric_augment(image: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:

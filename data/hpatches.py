@@ -3,6 +3,7 @@
 The benchmark the field reports homography accuracy on (SuperGlue, LightGlue, glue-factory): every scene's
 image 1 against images 2–6; ``v_*`` scenes change viewpoint, ``i_*`` scenes change illumination.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,16 @@ logger = logging.getLogger(__name__)
 HPATCHES_URL = "http://icvl.ee.ic.ac.uk/vbalnt/hpatches/hpatches-sequences-release.tar.gz"  # 1.3 GB
 HPATCHES_FOLDER = "hpatches-sequences-release"
 # High-resolution scenes left out since D2-Net, as LightGlue and glue-factory do: 108 scenes, 540 pairs remain.
-LARGE_SCENES = ("i_contruction", "i_crownnight", "i_dc", "i_pencils", "i_whitebuilding", "v_artisans",
-                "v_astronautis", "v_talent")
+LARGE_SCENES = (
+    "i_contruction",
+    "i_crownnight",
+    "i_dc",
+    "i_pencils",
+    "i_whitebuilding",
+    "v_artisans",
+    "v_astronautis",
+    "v_talent",
+)
 
 
 def scenes_in(root: Path) -> list[str]:
@@ -35,8 +44,9 @@ def fetch_hpatches(folder: str | os.PathLike, url: str = HPATCHES_URL) -> Path:
     downloaded and extracted there first if missing (the folder appears only complete)."""
     folder = Path(folder).expanduser()
     if folder.exists() and not folder.is_dir():
-        raise InputError(f"HPatches folder {folder} is a file: give the folder that holds (or will hold) "
-                         f"{HPATCHES_FOLDER}")
+        raise InputError(
+            f"HPatches folder {folder} is a file: give the folder that holds (or will hold) {HPATCHES_FOLDER}"
+        )
     if scenes_in(folder):
         return folder
     root = folder / HPATCHES_FOLDER
@@ -51,16 +61,19 @@ def fetch_hpatches(folder: str | os.PathLike, url: str = HPATCHES_URL) -> Path:
         try:
             download(url, archive)
         except (urllib.error.URLError, OSError) as e:
-            raise InputError(f"cannot download HPatches from {url} ({getattr(e, 'reason', e)}); put {archive.name} "
-                             f"or its extracted {HPATCHES_FOLDER} in {folder}") from None
+            raise InputError(
+                f"cannot download HPatches from {url} ({getattr(e, 'reason', e)}); put {archive.name} "
+                f"or its extracted {HPATCHES_FOLDER} in {folder}"
+            ) from None
     remove_stale_temps(folder, HPATCHES_FOLDER)  # a half-extracted copy a killed run left
     with tempfile.TemporaryDirectory(dir=folder, prefix=temp_prefix(root)) as tmp:
         try:
             with tarfile.open(archive) as tar:
                 tar.extractall(tmp, filter="data")
         except (tarfile.TarError, OSError, EOFError) as e:
-            raise InputError(f"{archive} is not a readable HPatches archive ({e}); delete it to download again") \
-                from None
+            raise InputError(
+                f"{archive} is not a readable HPatches archive ({e}); delete it to download again"
+            ) from None
         extracted = Path(tmp) / HPATCHES_FOLDER
         if not scenes_in(extracted):
             raise InputError(f"{archive} holds no {HPATCHES_FOLDER}/<scene>/1.ppm; delete it to download again")
@@ -77,15 +90,22 @@ class HPatchesPairs(FilePairs):
     """Image 1 against images 2–6 of every scene, resized like ``match_pairs.py --resize`` (default: longer side
     640, which is glue-factory's shorter side 480 for the 4:3 scenes), ground truth scaled to match."""
 
-    def __init__(self, root: str | os.PathLike, resize: Sequence[int] = (640,), subset: str = "all",
-                 include_large: bool = False):
+    def __init__(
+        self, root: str | os.PathLike, resize: Sequence[int] = (640,), subset: str = "all", include_large: bool = False
+    ):
         root = Path(root)
         if subset not in ("all", "v", "i"):
             raise InputError(f"HPatches subset must be 'all', 'v' (viewpoint) or 'i' (illumination), got {subset!r}")
-        scenes = [s for s in scenes_in(root) if (include_large or s not in LARGE_SCENES)
-                  and (subset == "all" or s.startswith(f"{subset}_"))]
+        scenes = [
+            s
+            for s in scenes_in(root)
+            if (include_large or s not in LARGE_SCENES) and (subset == "all" or s.startswith(f"{subset}_"))
+        ]
         if not scenes:
             raise InputError(f"no HPatches scenes (<scene>/1.ppm) of subset {subset!r} in {root}")
-        pairs = [Pair(f"{s}/1.ppm", f"{s}/{k}.ppm", H=read_homography_file(root / s / f"H_1_{k}"), meta={"scene": s})
-                 for s in scenes for k in range(2, 7)]
+        pairs = [
+            Pair(f"{s}/1.ppm", f"{s}/{k}.ppm", H=read_homography_file(root / s / f"H_1_{k}"), meta={"scene": s})
+            for s in scenes
+            for k in range(2, 7)
+        ]
         super().__init__(pairs, root, resize)

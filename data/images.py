@@ -1,4 +1,5 @@
 """Image sources: a folder, a zip archive read in place, or the photographs shipped inside scikit-image."""
+
 from __future__ import annotations
 
 import hashlib
@@ -17,15 +18,40 @@ logger = logging.getLogger(__name__)
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 # Natural photographs in scikit-image's wheel (public domain / CC0 / Middlebury); never the downloaded ones.
-SAMPLE_PHOTOS = ("astronaut.png", "brick.png", "camera.png", "chelsea.png", "clock_motion.png", "coffee.png",
-                 "coins.png", "grass.png", "gravel.png", "hubble_deep_field.jpg", "moon.png", "motorcycle_left.png",
-                 "motorcycle_right.png", "retina.jpg", "rocket.jpg")
+SAMPLE_PHOTOS = (
+    "astronaut.png",
+    "brick.png",
+    "camera.png",
+    "chelsea.png",
+    "clock_motion.png",
+    "coffee.png",
+    "coins.png",
+    "grass.png",
+    "gravel.png",
+    "hubble_deep_field.jpg",
+    "moon.png",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "retina.jpg",
+    "rocket.jpg",
+)
 
 # OpenCV's sample data (Debian/Ubuntu package opencv-doc, Apache-2.0/BSD): the Oxford graffiti pair graf1/graf3
 # with its published homography H1to3p.xml, and natural photographs that are not in the sample set above.
 OPENCV_SAMPLES_DIR = "/usr/share/doc/opencv-doc/examples/data"
-OPENCV_PHOTOS = ("aero1.jpg", "aero3.jpg", "apple.jpg", "baboon.jpg", "building.jpg", "butterfly.jpg", "fruits.jpg",
-                 "home.jpg", "messi5.jpg", "orange.jpg", "squirrel_cls.jpg")
+OPENCV_PHOTOS = (
+    "aero1.jpg",
+    "aero3.jpg",
+    "apple.jpg",
+    "baboon.jpg",
+    "building.jpg",
+    "butterfly.jpg",
+    "fruits.jpg",
+    "home.jpg",
+    "messi5.jpg",
+    "orange.jpg",
+    "squirrel_cls.jpg",
+)
 
 
 class ImageSource:
@@ -57,8 +83,11 @@ class FolderSource(ImageSource):
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
-        names = [p.relative_to(self.root).as_posix() for p in self.root.rglob("*")
-                 if p.suffix.lower() in EXTENSIONS and p.is_file()]
+        names = [
+            p.relative_to(self.root).as_posix()
+            for p in self.root.rglob("*")
+            if p.suffix.lower() in EXTENSIONS and p.is_file()
+        ]
         super().__init__(str(self.root.resolve()), names)
 
     def read_bytes(self, name: str) -> bytes:
@@ -74,8 +103,11 @@ class ZipSource(ImageSource):
             self.zip = zipfile.ZipFile(self.path)
         except (OSError, zipfile.BadZipFile) as e:
             raise InputError(f"cannot open zip archive {self.path}: {e}") from None
-        names = [n for n in self.zip.namelist() if n.lower().endswith(EXTENSIONS) and not n.endswith("/")
-                 and "__MACOSX" not in n]
+        names = [
+            n
+            for n in self.zip.namelist()
+            if n.lower().endswith(EXTENSIONS) and not n.endswith("/") and "__MACOSX" not in n
+        ]
         super().__init__(str(self.path.resolve()), names)
 
     def read_bytes(self, name: str) -> bytes:
@@ -101,8 +133,10 @@ def opencv_samples_dir() -> Path:
     """OpenCV's sample data folder ($OPENCV_SAMPLES_DIR, default: where Debian's opencv-doc installs it)."""
     folder = Path(os.environ.get("OPENCV_SAMPLES_DIR", OPENCV_SAMPLES_DIR))
     if not (folder / "graf1.png").is_file():
-        raise InputError(f"OpenCV's sample data is not in {folder}: 'apt-get install opencv-doc', or set "
-                         "OPENCV_SAMPLES_DIR to a copy of opencv/samples/data")
+        raise InputError(
+            f"OpenCV's sample data is not in {folder}: 'apt-get install opencv-doc', or set "
+            "OPENCV_SAMPLES_DIR to a copy of opencv/samples/data"
+        )
     return folder
 
 

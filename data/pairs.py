@@ -5,6 +5,7 @@ Pairs file lines:
   name0 name1 h11 h12 h13 h21 h22 h23 h31 h32 h33     (H maps pixels of image0 to image1, images as stored)
   name0 name1 rot0 rot1 K0(9) K1(9) T_0to1(16)        (the official pose format)
 """
+
 from __future__ import annotations
 
 import os
@@ -72,10 +73,15 @@ def parse_pair_line(line: str, where: str) -> Pair:
                 raise ValueError("the homography is not finite and invertible")
             return Pair(parts[0], parts[1], H=H)
         if len(parts) == 38:
-            return Pair(parts[0], parts[1], rot0=int(parts[2]), rot1=int(parts[3]),
-                        K0=np.array(parts[4:13], np.float64).reshape(3, 3),
-                        K1=np.array(parts[13:22], np.float64).reshape(3, 3),
-                        T_0to1=np.array(parts[22:], np.float64).reshape(4, 4))
+            return Pair(
+                parts[0],
+                parts[1],
+                rot0=int(parts[2]),
+                rot1=int(parts[3]),
+                K0=np.array(parts[4:13], np.float64).reshape(3, 3),
+                K1=np.array(parts[13:22], np.float64).reshape(3, 3),
+                T_0to1=np.array(parts[22:], np.float64).reshape(4, 4),
+            )
     except ValueError as e:
         raise InputError(f"{where}: malformed pair line ({e})") from None
     raise InputError(f"{where}: expected 2, 11 (homography) or 38 (pose) fields, got {len(parts)}")
@@ -148,8 +154,16 @@ class SyntheticPairs(PairSet):
     ``augment`` > 0 both images get seeded photometric augmentation (for training).
     """
 
-    def __init__(self, source: ImageSource, names: list[str], num_pairs: int, size: tuple[int, int] = (640, 480),
-                 seed: int = 0, homography: HomographyConfig | None = None, augment: float = 0.0):
+    def __init__(
+        self,
+        source: ImageSource,
+        names: list[str],
+        num_pairs: int,
+        size: tuple[int, int] = (640, 480),
+        seed: int = 0,
+        homography: HomographyConfig | None = None,
+        augment: float = 0.0,
+    ):
         self.source, self.size, self.seed, self.augment = source, tuple(size), seed, augment
         self.homography = homography or HomographyConfig()
         self._images: dict[str, np.ndarray] = {}
@@ -166,8 +180,9 @@ class SyntheticPairs(PairSet):
             H = sample_homography(np.random.default_rng([seed, i]), self.size, self.homography)
             warped = f"{Path(name).stem}_warp{i:04d}.png"
             self.pairs.append(Pair(name, warped, H=H, meta={"index": i}))
-        self.ident = (f"synthetic:{source.ident}:{self.size}:{seed}:{augment}:"
-                      f"{sorted(self.homography.as_dict().items())}")
+        self.ident = (
+            f"synthetic:{source.ident}:{self.size}:{seed}:{augment}:{sorted(self.homography.as_dict().items())}"
+        )
 
     def image(self, pair: Pair, i: int) -> tuple[str, np.ndarray]:
         base = self._images[pair.name0]
@@ -200,8 +215,15 @@ class SequencePairs(SyntheticPairs):
     """A photo against frames of a smooth camera motion: frame i is warped ``i / (n - 1)`` of the way along
     one seeded homography (for the dense-vs-compressed animation)."""
 
-    def __init__(self, source: ImageSource, name: str, num_frames: int = 12, size: tuple[int, int] = (640, 480),
-                 seed: int = 0, homography: HomographyConfig | None = None):
+    def __init__(
+        self,
+        source: ImageSource,
+        name: str,
+        num_frames: int = 12,
+        size: tuple[int, int] = (640, 480),
+        seed: int = 0,
+        homography: HomographyConfig | None = None,
+    ):
         super().__init__(source, [name], num_frames, size, seed, homography)
         H = sample_homography(np.random.default_rng([seed, 10**6]), self.size, self.homography)
         for i, pair in enumerate(self.pairs):
@@ -213,8 +235,13 @@ class SequencePairs(SyntheticPairs):
 class FilePairs(PairSet):
     """Pairs from a pairs file with images in a folder, resized like the official match_pairs.py."""
 
-    def __init__(self, pairs: list[Pair], input_dir: str | os.PathLike, resize: Sequence[int] = (640, 480),
-                 resize_float: bool = False):
+    def __init__(
+        self,
+        pairs: list[Pair],
+        input_dir: str | os.PathLike,
+        resize: Sequence[int] = (640, 480),
+        resize_float: bool = False,
+    ):
         self.pairs, self.input_dir = pairs, Path(input_dir)
         self.resize, self.resize_float = list(resize), resize_float
         self.ident = f"files:{self.input_dir.resolve()}:{self.resize}:{resize_float}"
@@ -253,14 +280,30 @@ class FilePairs(PairSet):
             # As the official code: the scales are swapped for odd rotations before scaling K.
             s0 = self.scales(pair.name0)[:: -1 if pair.rot0 % 2 else 1]
             s1 = self.scales(pair.name1)[:: -1 if pair.rot1 % 2 else 1]
-            return Pair(pair.name0, pair.name1, K0=scale_intrinsics(pair.K0, s0), K1=scale_intrinsics(pair.K1, s1),
-                        T_0to1=pair.T_0to1, rot0=pair.rot0, rot1=pair.rot1, meta=pair.meta)
+            return Pair(
+                pair.name0,
+                pair.name1,
+                K0=scale_intrinsics(pair.K0, s0),
+                K1=scale_intrinsics(pair.K1, s1),
+                T_0to1=pair.T_0to1,
+                rot0=pair.rot0,
+                rot1=pair.rot1,
+                meta=pair.meta,
+            )
         return pair
 
 
 # One section of pairs settings (a config's "val", "train", "calibration"), with the defaults of a plain evaluation.
-PAIRS: dict[str, Any] = {"source": "sample", "split": "all", "val_fraction": 0.2, "num_pairs": 100,
-                         "size": [640, 480], "difficulty": 0.7, "augment": 0.0, "seed": 0}
+PAIRS: dict[str, Any] = {
+    "source": "sample",
+    "split": "all",
+    "val_fraction": 0.2,
+    "num_pairs": 100,
+    "size": [640, 480],
+    "difficulty": 0.7,
+    "augment": 0.0,
+    "seed": 0,
+}
 
 
 def make_pairs(settings: Mapping[str, Any] | None = None, **overrides: Any) -> SyntheticPairs:
@@ -270,8 +313,15 @@ def make_pairs(settings: Mapping[str, Any] | None = None, **overrides: Any) -> S
     cfg = {**PAIRS, **(settings or {}), **overrides}
     source = open_source(cfg["source"])
     names = split_names(source.names, cfg["split"], cfg["val_fraction"])
-    return SyntheticPairs(source, names, cfg["num_pairs"], tuple(cfg["size"]), cfg["seed"],
-                          HomographyConfig(difficulty=cfg["difficulty"]), cfg["augment"])
+    return SyntheticPairs(
+        source,
+        names,
+        cfg["num_pairs"],
+        tuple(cfg["size"]),
+        cfg["seed"],
+        HomographyConfig(difficulty=cfg["difficulty"]),
+        cfg["augment"],
+    )
 
 
 def scale_intrinsics(K: np.ndarray, scales: tuple[float, float]) -> np.ndarray:

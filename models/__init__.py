@@ -2,4 +2,5 @@
 
 Importing the package registers every matcher of the zoo (``models.matching.register_matcher``).
 """
+
 from . import classical, lightglue, matching  # noqa: F401

@@ -1,4 +1,5 @@
 """The classical baseline: OpenCV SIFT with mutual nearest-neighbour matching and Lowe's ratio test."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -35,8 +36,9 @@ class SIFT(nn.Module):
             desc = torch.from_numpy(desc.astype(np.float32)).to(image.device)
             if cfg["rootsift"]:
                 desc = torch.sqrt(nn.functional.normalize(desc, p=1, dim=1))
-            out["keypoints"].append(torch.tensor([k.pt for k in kps], dtype=torch.float32, device=image.device)
-                                    .reshape(-1, 2))
+            out["keypoints"].append(
+                torch.tensor([k.pt for k in kps], dtype=torch.float32, device=image.device).reshape(-1, 2)
+            )
             out["scores"].append(torch.tensor([k.response for k in kps], dtype=torch.float32, device=image.device))
             out["descriptors"].append(nn.functional.normalize(desc, dim=1).t())
         return out
@@ -55,9 +57,12 @@ class MutualNearestNeighbour(nn.Module):
         d0, d1 = data["descriptors0"], data["descriptors1"]  # B×D×M, B×D×N
         b, m, n = d0.shape[0], d0.shape[2], d1.shape[2]
         if m == 0 or n == 0:
-            return {"matches0": d0.new_full((b, m), -1, dtype=torch.long),
-                    "matches1": d1.new_full((b, n), -1, dtype=torch.long),
-                    "matching_scores0": d0.new_zeros((b, m)), "matching_scores1": d1.new_zeros((b, n))}
+            return {
+                "matches0": d0.new_full((b, m), -1, dtype=torch.long),
+                "matches1": d1.new_full((b, n), -1, dtype=torch.long),
+                "matching_scores0": d0.new_zeros((b, m)),
+                "matching_scores1": d1.new_zeros((b, n)),
+            }
         sim = torch.einsum("bdm,bdn->bmn", d0, d1)
         dist = (2 - 2 * sim).clamp(min=0).sqrt()
         matches0 = self._one_way(dist, self.config)
@@ -96,12 +101,10 @@ class SiftNN(Matcher):
 
     @classmethod
     def config_schema(cls) -> dict[str, Any]:
-        return {"detector": SIFT.default_config, "matcher": MutualNearestNeighbour.default_config,
-                "pretrained": True}
+        return {"detector": SIFT.default_config, "matcher": MutualNearestNeighbour.default_config, "pretrained": True}
 
     def detect(self, image: torch.Tensor) -> Features:
         return self.detector(image)
 
     def match(self, data: dict[str, Any]) -> dict[str, torch.Tensor]:
         return self.matcher(data)
-

@@ -3,6 +3,7 @@
 Adapters are pure PyTorch (which module to export, its inputs, how to read its outputs as the network does):
 models never import a runtime. ``backends/`` exports and runs the graphs; ``quantization/int8.py`` quantizes them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

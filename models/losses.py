@@ -1,4 +1,5 @@
 """Ground-truth assignments from a homography and the matching loss on a log assignment (SuperGlue, LightGlue)."""
+
 from __future__ import annotations
 
 import torch
@@ -12,8 +13,9 @@ def warp(points: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
     return p[..., :2] / p[..., 2:]
 
 
-def homography_gt(kpts0: torch.Tensor, kpts1: torch.Tensor, H: torch.Tensor, pos_th: float = 3.0,
-                  neg_th: float = 5.0) -> tuple[torch.Tensor, torch.Tensor]:
+def homography_gt(
+    kpts0: torch.Tensor, kpts1: torch.Tensor, H: torch.Tensor, pos_th: float = 3.0, neg_th: float = 5.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Ground-truth matches of B×M×2 and B×N×2 keypoints under H (image0 -> image1 pixels).
 
     A pair is a match when the two are mutual nearest neighbours by symmetric transfer error below
@@ -34,8 +36,9 @@ def homography_gt(kpts0: torch.Tensor, kpts1: torch.Tensor, H: torch.Tensor, pos
     return m0, m1
 
 
-def matching_nll(log_assignment: torch.Tensor, gt0: torch.Tensor, gt1: torch.Tensor,
-                 balance: float = 0.5) -> torch.Tensor:
+def matching_nll(
+    log_assignment: torch.Tensor, gt0: torch.Tensor, gt1: torch.Tensor, balance: float = 0.5
+) -> torch.Tensor:
     """Negative log-likelihood of the ground truth under a B×(M+1)×(N+1) log assignment (dustbins last).
 
     Matches pull their cell up; unmatched keypoints pull their dustbin entry up. ``balance`` weighs the

@@ -5,6 +5,7 @@ the matcher on features; ``forward`` does both, like the official ``Matching``: 
 ``keypoints0/1``, ``matches0/1`` and ``matching_scores0/1`` out. Features use the official layout:
 lists over the batch of keypoints N×2 (x, y; pixel centres at integers), scores N, descriptors D×N.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -77,8 +78,9 @@ class Matcher(nn.Module):
         """Keypoints, scores and descriptors of each image of a B×C×H×W batch in [0, 1]."""
         h, w = image.shape[-2:]
         if min(h, w) < self.min_side:
-            raise InputError(f"an image of {w}×{h} px is too small for {self.name} (at least {self.min_side} px a "
-                             "side)")
+            raise InputError(
+                f"an image of {w}×{h} px is too small for {self.name} (at least {self.min_side} px a side)"
+            )
         return self.detect(to_channels(image, self.channels))
 
     def match(self, data: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -96,8 +98,9 @@ class Matcher(nn.Module):
             if f"image_size{i}" not in data:
                 h, w = data[f"image{i}"].shape[-2:]
                 data[f"image_size{i}"] = (w, h)
-        batched = {k: torch.stack(v) if isinstance(v, (list, tuple)) and torch.is_tensor(v[0]) else v
-                   for k, v in data.items()}
+        batched = {
+            k: torch.stack(v) if isinstance(v, (list, tuple)) and torch.is_tensor(v[0]) else v for k, v in data.items()
+        }
         return {**pred, **self.match(batched)}
 
 
@@ -158,16 +161,24 @@ def matcher_class(name: str) -> type[Matcher]:
     return MATCHERS[name]
 
 
-def check_matcher_config(name: str, config: dict[str, Any] | None, where: str = "matcher_config",
-                         inherited: dict[str, Any] | None = None) -> dict[str, Any]:
+def check_matcher_config(
+    name: str, config: dict[str, Any] | None, where: str = "matcher_config", inherited: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """``config`` of matcher ``name`` with every key known to it (else an InputError naming the nearest). Parts
     of ``inherited`` (a script's defaults, e.g. LightGlue's every-layer settings) that this matcher does not have
     are dropped when left as they are: they are the script's, not the user's."""
     schema = matcher_class(name).config_schema()
-    config = {k: v for k, v in (config or {}).items()
-              if k in schema or inherited is None or k not in inherited or v != inherited[k]}
-    checks = {f"{part}.{key}": Check(nullable=True)  # model settings take None for "off" / "random weights"
-              for part, sub in schema.items() if isinstance(sub, dict) for key in sub}
+    config = {
+        k: v
+        for k, v in (config or {}).items()
+        if k in schema or inherited is None or k not in inherited or v != inherited[k]
+    }
+    checks = {
+        f"{part}.{key}": Check(nullable=True)  # model settings take None for "off" / "random weights"
+        for part, sub in schema.items()
+        if isinstance(sub, dict)
+        for key in sub
+    }
     return check_config(config, schema, checks, f"{where}.") if schema else config
 
 

@@ -4,6 +4,7 @@ Sarlin, DeTone, Malisiewicz, Rabinovich: SuperGlue: Learning Feature Matching wi
 CVPR 2020. Besides the official outputs, ``forward`` returns ``log_assignment`` (B×(M+1)×(N+1), dustbins
 included), which training needs.
 """
+
 from __future__ import annotations
 
 import copy
@@ -217,8 +218,15 @@ class SuperGlue(nn.Module):
         scores = self.assign(kpts0, kpts1, data["scores0"], data["scores1"], desc0, desc1)
         return {**matches_from_log_assignment(scores, self.config["match_threshold"]), "log_assignment": scores}
 
-    def assign(self, kpts0: torch.Tensor, kpts1: torch.Tensor, scores0: torch.Tensor, scores1: torch.Tensor,
-               desc0: torch.Tensor, desc1: torch.Tensor) -> torch.Tensor:
+    def assign(
+        self,
+        kpts0: torch.Tensor,
+        kpts1: torch.Tensor,
+        scores0: torch.Tensor,
+        scores1: torch.Tensor,
+        desc0: torch.Tensor,
+        desc1: torch.Tensor,
+    ) -> torch.Tensor:
         """The network: normalized keypoints, scores and descriptors -> B×(M+1)×(N+1) log assignment."""
         desc0 = desc0 + self.kenc(kpts0, scores0)
         desc1 = desc1 + self.kenc(kpts1, scores1)
@@ -240,14 +248,24 @@ class _AssignmentNetwork(nn.Module):
 
 
 def _graph_feed(data: dict[str, Any]) -> dict[str, torch.Tensor]:
-    out = {f"kpts{i}": normalize_keypoints(data[f"keypoints{i}"], image_size(data, i, data[f"keypoints{i}"]))
-           for i in (0, 1)}
+    out = {
+        f"kpts{i}": normalize_keypoints(data[f"keypoints{i}"], image_size(data, i, data[f"keypoints{i}"]))
+        for i in (0, 1)
+    }
     out.update({f"scores{i}": data[f"scores{i}"] for i in (0, 1)})
     out.update({f"desc{i}": data[f"descriptors{i}"] for i in (0, 1)})
     return out
 
 
-register_graph(SuperGlue, MatcherGraph(
-    _AssignmentNetwork, {"kpts0": 1, "kpts1": 1, "scores0": 1, "scores1": 1, "desc0": 2, "desc1": 2}, _graph_feed,
-    lambda sg, scores: {**matches_from_log_assignment(scores, sg.config["match_threshold"]),
-                        "log_assignment": scores}))
+register_graph(
+    SuperGlue,
+    MatcherGraph(
+        _AssignmentNetwork,
+        {"kpts0": 1, "kpts1": 1, "scores0": 1, "scores1": 1, "desc0": 2, "desc1": 2},
+        _graph_feed,
+        lambda sg, scores: {
+            **matches_from_log_assignment(scores, sg.config["match_threshold"]),
+            "log_assignment": scores,
+        },
+    ),
+)

@@ -4,6 +4,7 @@ DeTone, Malisiewicz, Rabinovich: SuperPoint: Self-Supervised Interest Point Dete
 CVPRW 2018. The post-processing (NMS, border removal, top-k, descriptor sampling) follows the official
 release exactly, so the same weights give the same keypoints.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -150,5 +151,6 @@ class _DenseNetwork(nn.Module):
 
 
 # Its logits and descriptors feed a softmax / normalisation whose small differences decide keypoints: float.
-register_graph(SuperPoint, DetectorGraph(_DenseNetwork, ("heatmap", "descriptors"), multiple=8,
-                                         keep_float=("convPb", "convDb")))
+register_graph(
+    SuperPoint, DetectorGraph(_DenseNetwork, ("heatmap", "descriptors"), multiple=8, keep_float=("convPb", "convDb"))
+)

@@ -1,4 +1,5 @@
 """One place that turns a weights name or path into a loaded state_dict: local path, cache, or download."""
+
 from __future__ import annotations
 
 import hashlib
@@ -53,6 +54,7 @@ def git_blob_sha1(path: Path) -> str:
 
 def download(url: str, dest: Path, sha1: str | None = None) -> Path:
     """Download ``url`` to ``dest``; with ``sha1`` (git blob hash) the file appears only if it matches."""
+
     def verify(tmp: Path) -> None:
         if sha1 is not None and git_blob_sha1(tmp) != sha1:
             raise WeightsError(f"checksum mismatch for {url}: the download is corrupt or not the official file")
@@ -106,11 +108,12 @@ def unreadable(path: Path, error: Exception) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     unsafe = next((line for line in lines if "GLOBAL" in line), None)
     if unsafe is not None:
-        return (f"{path} holds Python objects besides tensors ({unsafe.rstrip('.')}); refused, as loading them "
-                "could run code: ask for a plain state_dict or a checkpoint of this project")
+        return (
+            f"{path} holds Python objects besides tensors ({unsafe.rstrip('.')}); refused, as loading them "
+            "could run code: ask for a plain state_dict or a checkpoint of this project"
+        )
     if isinstance(error, pickle.UnpicklingError):
-        cause = next((lines[i + 1] for i, line in enumerate(lines[:-1]) if "WeightsUnpickler error" in line),
-                     None)
+        cause = next((lines[i + 1] for i, line in enumerate(lines[:-1]) if "WeightsUnpickler error" in line), None)
         return f"{path} is not a PyTorch weights file, or is damaged ({cause or 'cannot unpickle'})"
     if "zip archive" in str(error) or "central directory" in str(error):
         return f"{path} is damaged (an incomplete zip archive: truncated copy or download?)"

@@ -14,6 +14,7 @@ stored as their graph's bytes instead of tensors. Loading gives back exactly the
 (bit-exact). Model size in this project means the bytes of this file. This module sits above the models and
 the compression toolkits: it imports both, neither imports it.
 """
+
 from __future__ import annotations
 
 import os
@@ -124,9 +125,14 @@ def save_checkpoint(matcher: Matcher, path: str | os.PathLike, meta: dict[str, A
     }
     if graphs:
         # as a uint8 tensor: torch.save pickles a bytes object as latin-1 text, half again as large
-        payload["onnx"] = {name: {"class": m.kind, "backend": m.backend,
-                                  "graph": torch.frombuffer(bytearray(m.graph_bytes), dtype=torch.uint8)}
-                           for name, m in graphs.items()}
+        payload["onnx"] = {
+            name: {
+                "class": m.kind,
+                "backend": m.backend,
+                "graph": torch.frombuffer(bytearray(m.graph_bytes), dtype=torch.uint8),
+            }
+            for name, m in graphs.items()
+        }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
@@ -156,8 +162,10 @@ def load_checkpoint(path: str | os.PathLike) -> Matcher:
 
 def _rebuild(payload: dict[str, Any], path: str | os.PathLike) -> Matcher:
     if payload.get("matcher") not in available_matchers():
-        raise WeightsError(f"{path} names the matcher {payload.get('matcher')!r}, which this code does not have "
-                           f"({', '.join(available_matchers())})")
+        raise WeightsError(
+            f"{path} names the matcher {payload.get('matcher')!r}, which this code does not have "
+            f"({', '.join(available_matchers())})"
+        )
     config = _without_weights(payload["config"])
     matcher = build_matcher(payload["matcher"], config)
     if "tensors" in payload:
@@ -174,17 +182,21 @@ def _rebuild(payload: dict[str, Any], path: str | os.PathLike) -> Matcher:
         raise WeightsError(f"{path} does not fit {payload['matcher']}: {first_line(e)}") from None
     missing = [k for k in missing if not any(k.startswith(name + ".") for name in graphs)]
     if missing or unexpected:
-        raise WeightsError(f"{path} does not fit {payload['matcher']}: missing {missing[:3]}, "
-                           f"unexpected {unexpected[:3]}")
+        raise WeightsError(
+            f"{path} does not fit {payload['matcher']}: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     for name, graph in graphs.items():  # the PyTorch module there keeps the settings, the graph computes
         parent, _, attr = name.rpartition(".")
         owner = matcher.get_submodule(parent)
         try:
-            module = backends.modules.restore(graph["class"], getattr(owner, attr), graph["graph"].numpy().tobytes(),
-                                              graph.get("backend", "onnxruntime"))
+            module = backends.modules.restore(
+                graph["class"],
+                getattr(owner, attr),
+                graph["graph"].numpy().tobytes(),
+                graph.get("backend", "onnxruntime"),
+            )
         except Exception as e:  # onnxruntime's errors (InvalidProtobuf, …) derive from Exception only
-            raise WeightsError(f"{path}: its ONNX graph for {name} cannot be opened ({first_line(e)[:160]})") \
-                from None
+            raise WeightsError(f"{path}: its ONNX graph for {name} cannot be opened ({first_line(e)[:160]})") from None
         setattr(owner, attr, module)
     modules = dict(matcher.named_modules())
     for name, (_, found) in decoded.items():

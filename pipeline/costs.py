@@ -7,6 +7,7 @@ matcher runs on exactly N real keypoints per image (from a sample photo and a wa
 ones only if the detector finds fewer). Latencies are timed round-robin in one process (``interleaved_latency``),
 so ratios are side by side. The command line over it is profiling.py.
 """
+
 from __future__ import annotations
 
 import io
@@ -47,8 +48,9 @@ def module_macs(model: nn.Module, fn: Callable[[], Any]) -> int:
             k = int(np.prod(module.kernel_size))
             total += output.numel() * (module.in_channels // module.groups) * k
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    handles = [
+        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))
+    ]
     try:
         with torch.no_grad():
             fn()
@@ -102,8 +104,11 @@ def state_bytes(module: nn.Module) -> int:
 
 def part_stats(module: nn.Module) -> dict[str, int]:
     params = list(module.parameters())
-    return {"params": sum(p.numel() for p in params), "nonzero_params": sum(int((p != 0).sum()) for p in params),
-            "size_bytes": state_bytes(module)}
+    return {
+        "params": sum(p.numel() for p in params),
+        "nonzero_params": sum(int((p != 0).sum()) for p in params),
+        "size_bytes": state_bytes(module),
+    }
 
 
 def test_pair(size: tuple[int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -128,8 +133,7 @@ def exactly_n(feats: dict[str, torch.Tensor], n: int, size: tuple[int, int], see
     return {"keypoints": k, "scores": s, "descriptors": d}, real
 
 
-def prepare(matcher: Matcher, size: tuple[int, int], num_keypoints: int,
-            device: torch.device) -> dict[str, Any]:
+def prepare(matcher: Matcher, size: tuple[int, int], num_keypoints: int, device: torch.device) -> dict[str, Any]:
     """Callables running one model's detector (one image), matcher (exactly N keypoints per image) and pair."""
     matcher = matcher.eval().to(device)
     img0, img1 = (to_tensor(im, device) for im in test_pair(size))
@@ -141,9 +145,12 @@ def prepare(matcher: Matcher, size: tuple[int, int], num_keypoints: int,
         data.update({f"{k}{i}": v[None] for k, v in one.items()})
         data[f"image_size{i}"] = size
         real.append(n_real)
-    return {"extract": lambda: matcher.extract(img0), "match": lambda: matcher.match(data),
-            "pair": lambda: (matcher.extract(img0), matcher.extract(img1), matcher.match(data)),
-            "keypoints_real": real}
+    return {
+        "extract": lambda: matcher.extract(img0),
+        "match": lambda: matcher.match(data),
+        "pair": lambda: (matcher.extract(img0), matcher.extract(img1), matcher.match(data)),
+        "keypoints_real": real,
+    }
 
 
 def interleaved_latency(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, dict]:
@@ -166,8 +173,16 @@ def interleaved_latency(fns: dict[str, Callable[[], Any]], repeats: int, warmup:
     return out
 
 
-def profile_matcher(matcher: Matcher, name: str, size: tuple[int, int], num_keypoints: int, repeats: int,
-                    device: torch.device, memory: bool = True, pair_latency: bool = True) -> dict[str, Any]:
+def profile_matcher(
+    matcher: Matcher,
+    name: str,
+    size: tuple[int, int],
+    num_keypoints: int,
+    repeats: int,
+    device: torch.device,
+    memory: bool = True,
+    pair_latency: bool = True,
+) -> dict[str, Any]:
     """Detector, matcher and total cost of one model on one real image pair (``memory``: also peak memory;
     ``pair_latency=False``: the caller times the pair itself, e.g. round-robin with other models)."""
     run = prepare(matcher, size, num_keypoints, device)
@@ -178,47 +193,90 @@ def profile_matcher(matcher: Matcher, name: str, size: tuple[int, int], num_keyp
         det["peak_memory_bytes"], mat["peak_memory_bytes"] = peak_memory(extract, device), peak_memory(match, device)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint_bytes = save_checkpoint(matcher, Path(tmp) / "m.pth").stat().st_size
-    total = {"params": det["params"] + mat["params"], "nonzero_params": det["nonzero_params"] + mat["nonzero_params"],
-             "macs": 2 * det["macs"] + mat["macs"], "macs_modules": 2 * det["macs_modules"] + mat["macs_modules"],
-             "size_bytes": checkpoint_bytes, "state_dict_bytes": state_bytes(matcher),
-             **(measure_latency(run["pair"], max(3, repeats // 2)) if pair_latency else {})}
-    return {"name": name, "matcher": mat, "detector": det, "total": total, "keypoints_real": run["keypoints_real"],
-            "num_keypoints": num_keypoints, "resize": list(size)}
+    total = {
+        "params": det["params"] + mat["params"],
+        "nonzero_params": det["nonzero_params"] + mat["nonzero_params"],
+        "macs": 2 * det["macs"] + mat["macs"],
+        "macs_modules": 2 * det["macs_modules"] + mat["macs_modules"],
+        "size_bytes": checkpoint_bytes,
+        "state_dict_bytes": state_bytes(matcher),
+        **(measure_latency(run["pair"], max(3, repeats // 2)) if pair_latency else {}),
+    }
+    return {
+        "name": name,
+        "matcher": mat,
+        "detector": det,
+        "total": total,
+        "keypoints_real": run["keypoints_real"],
+        "num_keypoints": num_keypoints,
+        "resize": list(size),
+    }
 
 
-def sweep(matcher: Matcher, name: str, size: tuple[int, int], keypoints: list[int], resizes: list[tuple[int, int]],
-          repeats: int, device: torch.device) -> list[dict[str, Any]]:
+def sweep(
+    matcher: Matcher,
+    name: str,
+    size: tuple[int, int],
+    keypoints: list[int],
+    resizes: list[tuple[int, int]],
+    repeats: int,
+    device: torch.device,
+) -> list[dict[str, Any]]:
     """Matcher cost against keypoints, and detector cost against resolution."""
     rows = []
     for n in keypoints:
         r = profile_matcher(matcher, name, size, n, repeats, device)
-        rows.append({"model": name, "num_keypoints": n, "width": size[0], "height": size[1],
-                     "detector_ms": r["detector"]["latency_ms"], "matcher_ms": r["matcher"]["latency_ms"],
-                     "matcher_macs": r["matcher"]["macs"], "detector_macs": r["detector"]["macs"]})
+        rows.append(
+            {
+                "model": name,
+                "num_keypoints": n,
+                "width": size[0],
+                "height": size[1],
+                "detector_ms": r["detector"]["latency_ms"],
+                "matcher_ms": r["matcher"]["latency_ms"],
+                "matcher_macs": r["matcher"]["macs"],
+                "detector_macs": r["detector"]["macs"],
+            }
+        )
     for wh in resizes:
         r = profile_matcher(matcher, name, wh, keypoints[0] if keypoints else 512, repeats, device)
-        rows.append({"model": name, "num_keypoints": r["num_keypoints"], "width": wh[0], "height": wh[1],
-                     "detector_ms": r["detector"]["latency_ms"], "matcher_ms": r["matcher"]["latency_ms"],
-                     "matcher_macs": r["matcher"]["macs"], "detector_macs": r["detector"]["macs"]})
+        rows.append(
+            {
+                "model": name,
+                "num_keypoints": r["num_keypoints"],
+                "width": wh[0],
+                "height": wh[1],
+                "detector_ms": r["detector"]["latency_ms"],
+                "matcher_ms": r["matcher"]["latency_ms"],
+                "matcher_macs": r["matcher"]["macs"],
+                "detector_macs": r["detector"]["macs"],
+            }
+        )
     return rows
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
     """Side-by-side table with ratios to the first (dense) model."""
     base = results[0]["total"]
-    lines = ["| model | params | non-zero | GMACs (all ops) | GMACs (modules) | size MB | latency ms (IQR) | "
-             "size × | MACs × | latency × |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| model | params | non-zero | GMACs (all ops) | GMACs (modules) | size MB | latency ms (IQR) | "
+        "size × | MACs × | latency × |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
         t = r["total"]
-        lines.append(f"| {r['name']} | {t['params']:,} | {t['nonzero_params']:,} | {t['macs'] / 1e9:.2f} | "
-                     f"{t['macs_modules'] / 1e9:.2f} | {t['size_bytes'] / 1e6:.2f} | {t['latency_ms']:.1f} "
-                     f"({t['latency_ms_iqr']:.1f}) | {t['size_bytes'] / base['size_bytes']:.2f} | "
-                     f"{t['macs'] / base['macs']:.2f} | {t['latency_ms'] / base['latency_ms']:.2f} |")
+        lines.append(
+            f"| {r['name']} | {t['params']:,} | {t['nonzero_params']:,} | {t['macs'] / 1e9:.2f} | "
+            f"{t['macs_modules'] / 1e9:.2f} | {t['size_bytes'] / 1e6:.2f} | {t['latency_ms']:.1f} "
+            f"({t['latency_ms_iqr']:.1f}) | {t['size_bytes'] / base['size_bytes']:.2f} | "
+            f"{t['macs'] / base['macs']:.2f} | {t['latency_ms'] / base['latency_ms']:.2f} |"
+        )
     return "\n".join(lines)
 
 
-def int8_copy(matcher: Matcher, size: tuple[int, int], folder: Path, threads: int | None,
-              parts: tuple[str, ...]) -> Matcher:
+def int8_copy(
+    matcher: Matcher, size: tuple[int, int], folder: Path, threads: int | None, parts: tuple[str, ...]
+) -> Matcher:
     """A copy whose detector and/or matcher network runs in int8 in ONNX Runtime: the detector statically
     quantized, calibrated on 8 training photos of the sample set; the matcher in its faster int8 mode (calibrated,
     where static, on the test pair: ranges do not change the latency)."""
@@ -232,6 +290,7 @@ def int8_copy(matcher: Matcher, size: tuple[int, int], folder: Path, threads: in
     if "detector" in parts:
         source = open_source("sample")
         photos = [crop_resize(source.read(n), size) for n in split_names(source.names, "train", 0.5)[:8]]
-        matcher = int8_detector(matcher, [to_channels(to_tensor(p), matcher.channels) for p in photos],
-                                folder / "detector", threads)
+        matcher = int8_detector(
+            matcher, [to_channels(to_tensor(p), matcher.channels) for p in photos], folder / "detector", threads
+        )
     return matcher

@@ -4,6 +4,7 @@
 of times). A pair whose homography or pose cannot be estimated counts as a failure (infinite error); no
 pair is ever dropped from an average. The command line over it is evaluate.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,6 +38,7 @@ EPIPOLAR_THRESHOLD = 5e-4  # official: normalised symmetric epipolar distance of
 
 # ----------------------------------------------------------------------------- metrics
 
+
 def auc(errors: Sequence[float], thresholds: Sequence[float]) -> list[float]:
     """Area under the recall-vs-error curve up to each threshold, normalised (the official pose_auc)."""
     errors = np.sort(np.asarray(errors, np.float64))
@@ -62,13 +64,13 @@ def symmetric_reprojection_error(kpts0: np.ndarray, kpts1: np.ndarray, H: np.nda
 def ground_truth_matches(kpts0: np.ndarray, kpts1: np.ndarray, H: np.ndarray, threshold: float) -> np.ndarray:
     """For each keypoint of image0, its mutual-nearest keypoint of image1 within ``threshold`` px, else -1."""
     as_t = lambda a: torch.from_numpy(np.asarray(a, np.float64))[None]  # noqa: E731
-    gt0, _ = homography_gt(as_t(kpts0).reshape(1, -1, 2), as_t(kpts1).reshape(1, -1, 2), as_t(H), threshold,
-                           threshold)
+    gt0, _ = homography_gt(as_t(kpts0).reshape(1, -1, 2), as_t(kpts1).reshape(1, -1, 2), as_t(H), threshold, threshold)
     return gt0[0].clamp(min=-1).numpy()
 
 
 def weighted_dlt(pts0: np.ndarray, pts1: np.ndarray, weights: np.ndarray) -> np.ndarray | None:
     """Homography from all matches by the direct linear transform, rows weighted by confidence (Hartley-normalised)."""
+
     def normaliser(p):
         c = p.mean(0)
         s = np.sqrt(2) / max(np.linalg.norm(p - c, axis=1).mean(), 1e-12)
@@ -78,24 +80,30 @@ def weighted_dlt(pts0: np.ndarray, pts1: np.ndarray, weights: np.ndarray) -> np.
     p0, p1 = warp_points(pts0, T0), warp_points(pts1, T1)
     x, y, u, v = p0[:, 0], p0[:, 1], p1[:, 0], p1[:, 1]
     zero, one = np.zeros_like(x), np.ones_like(x)
-    A = np.concatenate([np.stack([x, y, one, zero, zero, zero, -u * x, -u * y, -u], 1),
-                        np.stack([zero, zero, zero, x, y, one, -v * x, -v * y, -v], 1)])
+    A = np.concatenate(
+        [
+            np.stack([x, y, one, zero, zero, zero, -u * x, -u * y, -u], 1),
+            np.stack([zero, zero, zero, x, y, one, -v * x, -v * y, -v], 1),
+        ]
+    )
     A *= np.sqrt(np.r_[weights, weights])[:, None]
     _, _, vt = np.linalg.svd(A)
     H = np.linalg.inv(T1) @ vt[-1].reshape(3, 3) @ T0
     return H / H[2, 2] if abs(H[2, 2]) > 1e-12 else None
 
 
-def estimate_homography(pts0: np.ndarray, pts1: np.ndarray, conf: np.ndarray, method: str = "ransac",
-                        ransac_threshold: float = 3.0) -> np.ndarray | None:
+def estimate_homography(
+    pts0: np.ndarray, pts1: np.ndarray, conf: np.ndarray, method: str = "ransac", ransac_threshold: float = 3.0
+) -> np.ndarray | None:
     """H from matches with OpenCV RANSAC / USAC-MAGSAC or a weighted DLT; None when it cannot be estimated."""
     if len(pts0) < 4:
         return None
     if method == "dlt":
         return weighted_dlt(pts0, pts1, np.clip(conf, 1e-6, None))
     flag = {"ransac": cv2.RANSAC, "magsac": cv2.USAC_MAGSAC}[method]
-    H, _ = cv2.findHomography(pts0.astype(np.float64), pts1.astype(np.float64), flag, ransac_threshold,
-                              maxIters=10000, confidence=0.9999)
+    H, _ = cv2.findHomography(
+        pts0.astype(np.float64), pts1.astype(np.float64), flag, ransac_threshold, maxIters=10000, confidence=0.9999
+    )
     return None if H is None or not np.all(np.isfinite(H)) else H
 
 
@@ -109,9 +117,17 @@ def corner_error(H_est: np.ndarray | None, H_gt: np.ndarray, size: tuple[int, in
     return float(err) if np.isfinite(err) else float("inf")
 
 
-def homography_metrics(kpts0: np.ndarray, kpts1: np.ndarray, matches: np.ndarray, conf: np.ndarray,
-                       H: np.ndarray, size0: tuple[int, int], threshold: float = 3.0, method: str = "ransac",
-                       ransac_threshold: float = 3.0) -> dict[str, Any]:
+def homography_metrics(
+    kpts0: np.ndarray,
+    kpts1: np.ndarray,
+    matches: np.ndarray,
+    conf: np.ndarray,
+    H: np.ndarray,
+    size0: tuple[int, int],
+    threshold: float = 3.0,
+    method: str = "ransac",
+    ransac_threshold: float = 3.0,
+) -> dict[str, Any]:
     """Precision, recall, matching score and corner error of one homography pair."""
     valid = matches > -1
     m0, m1 = kpts0[valid], kpts1[matches[valid]]
@@ -123,8 +139,11 @@ def homography_metrics(kpts0: np.ndarray, kpts1: np.ndarray, matches: np.ndarray
     recalled[np.flatnonzero(valid)[correct]] = True  # a correct match of a keypoint that has a true match
     H_est = estimate_homography(m0, m1, conf[valid], method, ransac_threshold)
     return {
-        "num_keypoints0": len(kpts0), "num_keypoints1": len(kpts1), "num_matches": int(valid.sum()),
-        "num_correct": int(correct.sum()), "num_gt_matches": int(has_gt.sum()),
+        "num_keypoints0": len(kpts0),
+        "num_keypoints1": len(kpts1),
+        "num_matches": int(valid.sum()),
+        "num_correct": int(correct.sum()),
+        "num_gt_matches": int(has_gt.sum()),
         "precision": float(correct.mean()) if len(correct) else 0.0,
         "recall": float((recalled & has_gt).sum() / has_gt.sum()) if has_gt.any() else 0.0,
         "matching_score": float(correct.sum() / len(kpts0)) if len(kpts0) else 0.0,
@@ -197,10 +216,17 @@ def pose_metrics(kpts0, kpts1, matches, K0, K1, T_0to1) -> dict[str, Any]:
     correct = epi < EPIPOLAR_THRESHOLD
     ret = estimate_pose(m0, m1, K0, K1)
     err_t, err_R = (float("inf"), float("inf")) if ret is None else pose_errors(T_0to1, ret[0], ret[1])
-    return {"num_keypoints0": len(kpts0), "num_keypoints1": len(kpts1), "num_matches": int(valid.sum()),
-            "num_correct": int(correct.sum()), "precision": float(correct.mean()) if len(correct) else 0.0,
-            "matching_score": float(correct.sum() / len(kpts0)) if len(kpts0) else 0.0,
-            "error_t": err_t, "error_R": err_R, "epipolar_errors": epi}
+    return {
+        "num_keypoints0": len(kpts0),
+        "num_keypoints1": len(kpts1),
+        "num_matches": int(valid.sum()),
+        "num_correct": int(correct.sum()),
+        "precision": float(correct.mean()) if len(correct) else 0.0,
+        "matching_score": float(correct.sum() / len(kpts0)) if len(kpts0) else 0.0,
+        "error_t": err_t,
+        "error_R": err_R,
+        "epipolar_errors": epi,
+    }
 
 
 def pose_ground_truth(pair: Pair, shape0: tuple[int, ...], shape1: tuple[int, ...]) -> tuple:
@@ -216,13 +242,19 @@ def pose_ground_truth(pair: Pair, shape0: tuple[int, ...], shape1: tuple[int, ..
     return K0, K1, T
 
 
-def pair_metrics(pair: Pair, pred: dict[str, np.ndarray], shape0: tuple[int, ...], shape1: tuple[int, ...],
-                 threshold: float = 3.0, method: str = "ransac", ransac_threshold: float = 3.0) -> dict[str, Any]:
+def pair_metrics(
+    pair: Pair,
+    pred: dict[str, np.ndarray],
+    shape0: tuple[int, ...],
+    shape1: tuple[int, ...],
+    threshold: float = 3.0,
+    method: str = "ransac",
+    ransac_threshold: float = 3.0,
+) -> dict[str, Any]:
     """Metrics of one pair whose ground truth is expressed for the evaluated images (PairSet.ground_truth)."""
     k0, k1, m, c = pred["keypoints0"], pred["keypoints1"], pred["matches0"], pred["matching_scores0"]
     if pair.kind == "homography":
-        return homography_metrics(k0, k1, m, c, pair.H, (shape0[1], shape0[0]), threshold, method,
-                                  ransac_threshold)
+        return homography_metrics(k0, k1, m, c, pair.H, (shape0[1], shape0[0]), threshold, method, ransac_threshold)
     if pair.kind == "pose":
         K0, K1, T = pose_ground_truth(pair, shape0, shape1)
         return pose_metrics(k0, k1, m, K0, K1, T)
@@ -252,6 +284,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- prediction with a feature cache
 
+
 class FeatureCache:
     """Detector outputs per (detector fingerprint, image key), kept on the CPU, least recently used evicted."""
 
@@ -274,8 +307,14 @@ class FeatureCache:
             self.items.popitem(last=False)
 
 
-def extract_pair(matcher: Matcher, pairs: PairSet, pair: Pair, cache: FeatureCache | None = None,
-                 detector_id: str | None = None, device: torch.device | None = None) -> dict[str, Any]:
+def extract_pair(
+    matcher: Matcher,
+    pairs: PairSet,
+    pair: Pair,
+    cache: FeatureCache | None = None,
+    detector_id: str | None = None,
+    device: torch.device | None = None,
+) -> dict[str, Any]:
     """Batched features of both images of a pair (``keypoints0``, ``descriptors0``, ``image_size0``, …) on
     ``device``, detector outputs taken from / put into ``cache``; plus the image shapes and extraction time."""
     device = device or next(matcher.parameters(), torch.empty(0)).device
@@ -302,17 +341,29 @@ def extract_pair(matcher: Matcher, pairs: PairSet, pair: Pair, cache: FeatureCac
 
 
 @torch.no_grad()
-def predict(matcher: Matcher, pairs: PairSet, pair: Pair, cache: FeatureCache | None = None,
-            detector_id: str | None = None, device: torch.device | None = None) -> dict[str, Any]:
+def predict(
+    matcher: Matcher,
+    pairs: PairSet,
+    pair: Pair,
+    cache: FeatureCache | None = None,
+    detector_id: str | None = None,
+    device: torch.device | None = None,
+) -> dict[str, Any]:
     """Keypoints (N×2), matches0 and matching_scores0 of one pair as numpy, plus the images' shapes and timings."""
     data = extract_pair(matcher, pairs, pair, cache, detector_id, device)
     start = time.perf_counter()
     out = matcher.match(data)
     t_match = time.perf_counter() - start
-    return {"keypoints0": data["keypoints0"][0].cpu().numpy(), "keypoints1": data["keypoints1"][0].cpu().numpy(),
-            "matches0": out["matches0"][0].cpu().numpy(), "matching_scores0": out["matching_scores0"][0].cpu().numpy(),
-            "shape0": data["shape0"], "shape1": data["shape1"], "time_extract": data["time_extract"],
-            "time_match": t_match}
+    return {
+        "keypoints0": data["keypoints0"][0].cpu().numpy(),
+        "keypoints1": data["keypoints1"][0].cpu().numpy(),
+        "matches0": out["matches0"][0].cpu().numpy(),
+        "matching_scores0": out["matching_scores0"][0].cpu().numpy(),
+        "shape0": data["shape0"],
+        "shape1": data["shape1"],
+        "time_extract": data["time_extract"],
+        "time_match": t_match,
+    }
 
 
 def match_agreement(reference: dict[str, np.ndarray], pred: dict[str, np.ndarray], tol: float = 1.0) -> float:
@@ -331,9 +382,17 @@ def match_agreement(reference: dict[str, np.ndarray], pred: dict[str, np.ndarray
     return float(same.mean())
 
 
-def evaluate(matcher: Matcher, pairs: PairSet, cache: FeatureCache | None = None, threshold: float = 3.0,
-             method: str = "ransac", progress: bool = True, desc: str = "evaluate",
-             reference: list[dict[str, np.ndarray]] | None = None, ransac_threshold: float = 3.0) -> dict[str, Any]:
+def evaluate(
+    matcher: Matcher,
+    pairs: PairSet,
+    cache: FeatureCache | None = None,
+    threshold: float = 3.0,
+    method: str = "ransac",
+    progress: bool = True,
+    desc: str = "evaluate",
+    reference: list[dict[str, np.ndarray]] | None = None,
+    ransac_threshold: float = 3.0,
+) -> dict[str, Any]:
     """Match every pair; return {'summary': means and AUCs over all pairs, 'rows': per-pair metrics,
     'predictions': keypoints and matches per pair}. With the ``predictions`` of a reference model (e.g. the
     dense one), rows and summary also give ``agreement``: the share of its matches that are reproduced."""
@@ -342,30 +401,49 @@ def evaluate(matcher: Matcher, pairs: PairSet, cache: FeatureCache | None = None
     rows, predictions = [], []
     for k, pair in enumerate(tqdm(pairs, desc=desc, disable=not progress, leave=False)):
         pred = predict(matcher, pairs, pair, cache, detector_id)
-        metrics = pair_metrics(pairs.ground_truth(pair), pred, pred["shape0"], pred["shape1"], threshold, method,
-                               ransac_threshold)
+        metrics = pair_metrics(
+            pairs.ground_truth(pair), pred, pred["shape0"], pred["shape1"], threshold, method, ransac_threshold
+        )
         metrics.pop("epipolar_errors", None)
         if reference is not None:
             metrics["agreement"] = match_agreement(reference[k], pred)
-        rows.append({"name0": pair.name0, "name1": pair.name1, **metrics,
-                     "time_extract": pred["time_extract"], "time_match": pred["time_match"]})
-        predictions.append({k: pred[k] for k in ("keypoints0", "keypoints1", "matches0", "matching_scores0",
-                                                 "shape0", "shape1")})
+        rows.append(
+            {
+                "name0": pair.name0,
+                "name1": pair.name1,
+                **metrics,
+                "time_extract": pred["time_extract"],
+                "time_match": pred["time_match"],
+            }
+        )
+        predictions.append(
+            {k: pred[k] for k in ("keypoints0", "keypoints1", "matches0", "matching_scores0", "shape0", "shape1")}
+        )
     summary = summarize(rows)
     if reference is not None:
         summary["agreement"] = float(np.mean([r["agreement"] for r in rows]))
     return {"summary": summary, "rows": rows, "predictions": predictions}
 
 
-def reestimate(pairs: PairSet, predictions: list[dict[str, Any]], threshold: float = 3.0, method: str = "ransac",
-               ransac_threshold: float = 3.0) -> list[dict[str, Any]]:
+def reestimate(
+    pairs: PairSet,
+    predictions: list[dict[str, Any]],
+    threshold: float = 3.0,
+    method: str = "ransac",
+    ransac_threshold: float = 3.0,
+) -> list[dict[str, Any]]:
     """Per-pair metrics of ``evaluate``'s predictions under another estimator or threshold, without matching again
     (e.g. to give each matcher its best RANSAC threshold, as glue-factory's HPatches evaluation does)."""
-    return [pair_metrics(pairs.ground_truth(pair), pred, pred["shape0"], pred["shape1"], threshold, method,
-                         ransac_threshold) for pair, pred in zip(pairs, predictions)]
+    return [
+        pair_metrics(
+            pairs.ground_truth(pair), pred, pred["shape0"], pred["shape1"], threshold, method, ransac_threshold
+        )
+        for pair, pred in zip(pairs, predictions)
+    ]
 
 
 # ----------------------------------------------------------------------------- command line
+
 
 def official_weights_available(superglue: str = "indoor") -> bool:
     """Whether the official SuperPoint and SuperGlue weights are on this machine (no download attempted)."""
@@ -384,8 +462,10 @@ def build_from_args(args: argparse.Namespace) -> Matcher:
 
         matcher = load_checkpoint(args.checkpoint)
         if args.matcher is not None and args.matcher != matcher.name:
-            raise InputError(f"--matcher {args.matcher} contradicts --checkpoint {args.checkpoint}, which holds "
-                             f"{matcher.name}: drop --matcher")
+            raise InputError(
+                f"--matcher {args.matcher} contradicts --checkpoint {args.checkpoint}, which holds "
+                f"{matcher.name}: drop --matcher"
+            )
         logger.info("using %s from checkpoint %s", matcher.name, args.checkpoint)
         return matcher
     superglue = getattr(args, "superglue", "indoor")
@@ -396,11 +476,18 @@ def build_from_args(args: argparse.Namespace) -> Matcher:
             logger.info("official SuperPoint/SuperGlue weights are not available locally: using aliked+lightglue")
     logger.info("using matcher %s", name)
     if name == "superpoint+superglue":
-        config = {"superpoint": {"nms_radius": getattr(args, "nms_radius", 4),
-                                 "keypoint_threshold": getattr(args, "keypoint_threshold", 0.005),
-                                 "max_keypoints": args.max_keypoints},
-                  "superglue": {"weights": superglue, "sinkhorn_iterations": getattr(args, "sinkhorn_iterations", 20),
-                                "match_threshold": getattr(args, "match_threshold", 0.2)}}
+        config = {
+            "superpoint": {
+                "nms_radius": getattr(args, "nms_radius", 4),
+                "keypoint_threshold": getattr(args, "keypoint_threshold", 0.005),
+                "max_keypoints": args.max_keypoints,
+            },
+            "superglue": {
+                "weights": superglue,
+                "sinkhorn_iterations": getattr(args, "sinkhorn_iterations", 20),
+                "match_threshold": getattr(args, "match_threshold", 0.2),
+            },
+        }
     else:
         config = {"detector": {"max_keypoints": args.max_keypoints}}
     return build_matcher(name, config)
@@ -409,8 +496,11 @@ def build_from_args(args: argparse.Namespace) -> Matcher:
 def add_matcher_args(parser: argparse.ArgumentParser) -> None:
     from models.matching import available_matchers
 
-    parser.add_argument("--matcher", default=None, choices=available_matchers(),
-                        help="matcher of the zoo (default: superpoint+superglue if its weights are local, "
-                             "else aliked+lightglue)")
+    parser.add_argument(
+        "--matcher",
+        default=None,
+        choices=available_matchers(),
+        help="matcher of the zoo (default: superpoint+superglue if its weights are local, else aliked+lightglue)",
+    )
     parser.add_argument("--checkpoint", default=None, help="a pruned/quantized checkpoint written by this project")
     parser.add_argument("--max_keypoints", type=keypoint_limit, default=1024, help="per image (-1: all)")

@@ -7,6 +7,7 @@ folder. Each stage's result is written atomically under ``stages/`` with a key o
 skips the stages whose key is unchanged, so a killed experiment resumes (finetuning and scans also resume
 inside their stage).
 """
+
 from __future__ import annotations
 
 import copy
@@ -65,15 +66,23 @@ METRICS = ("auc@1px", "auc@3px", "auc@5px", "auc@10px", "precision", "recall", "
 DEFAULTS: dict[str, Any] = {
     "name": "experiment",
     "matcher": "aliked+lightglue",
-    "matcher_config": {"detector": {"max_keypoints": 512},
-                       "matcher": dict(EVERY_LAYER)},
+    "matcher_config": {"detector": {"max_keypoints": 512}, "matcher": dict(EVERY_LAYER)},
     "checkpoint": None,
     "source": None,  # when set: the images of every stage (val, calibration, finetuning), e.g. a COCO zip
     "seed": 0,
     "val": FINETUNE_DEFAULTS["val"],
     "calibration": {**FINETUNE_DEFAULTS["train"], "num_pairs": 8, "augment": 0.0},
-    "sensitivity": {"part": "matcher", "include": ["*"], "depth": 2, "sparsities": [0.5, 0.8], "bits": [2, 3],
-                    "base_bits": 4, "budget": 0.01, "choose_metric": "agreement", "choose_budget": 0.2},
+    "sensitivity": {
+        "part": "matcher",
+        "include": ["*"],
+        "depth": 2,
+        "sparsities": [0.5, 0.8],
+        "bits": [2, 3],
+        "base_bits": 4,
+        "budget": 0.01,
+        "choose_metric": "agreement",
+        "choose_budget": 0.2,
+    },
     "finetune": {"steps": 100},
     "profile": {"num_keypoints": 512, "resize": [640, 480], "repeats": 5, "threads": None},
     "animation": {"frames": 12, "photo": None},  # dense vs the smallest variant over a camera sweep; null: none
@@ -84,23 +93,35 @@ DEFAULTS: dict[str, Any] = {
 VARIANT: dict[str, Any] = {"name": "", "method": "", "part": "matcher", "base": None, "finetune": False}
 FRACTION = Check(kind=float, lo=0, hi=1, open=True)
 VARIANT_CHECKS: dict[str, Check] = {
-    "part": Check(choices=("matcher", "detector")), "base": Check(kind=str, nullable=True),
+    "part": Check(choices=("matcher", "detector")),
+    "base": Check(kind=str, nullable=True),
     "finetune": Check(kind=(bool, dict), schema=FINETUNE_DEFAULTS, checks=FINETUNE_CHECKS),
 }
 CHECKS: dict[str, Check] = {
-    "matcher": Check(choices=tuple(available_matchers())), "matcher_config": Check(kind=dict, free=True),
-    "checkpoint": Check(kind=str, nullable=True), "source": Check(kind=str, nullable=True),
+    "matcher": Check(choices=tuple(available_matchers())),
+    "matcher_config": Check(kind=dict, free=True),
+    "checkpoint": Check(kind=str, nullable=True),
+    "source": Check(kind=str, nullable=True),
     **{f"{part}.{k}": c for part in ("val", "calibration") for k, c in PAIRS_CHECKS.items()},
-    "sensitivity.part": Check(choices=("matcher", "detector")), "sensitivity.depth": Check(lo=1),
-    "sensitivity.sparsities": Check(each=FRACTION), "sensitivity.bits": Check(each=Check(kind=int, lo=1, hi=8)),
-    "sensitivity.base_bits": Check(lo=1, hi=8), "sensitivity.budget": Check(lo=0),
+    "sensitivity.part": Check(choices=("matcher", "detector")),
+    "sensitivity.depth": Check(lo=1),
+    "sensitivity.sparsities": Check(each=FRACTION),
+    "sensitivity.bits": Check(each=Check(kind=int, lo=1, hi=8)),
+    "sensitivity.base_bits": Check(lo=1, hi=8),
+    "sensitivity.budget": Check(lo=0),
     "sensitivity.choose_metric": Check(kind=str, nullable=True, choices=(*METRICS, "agreement")),
     "sensitivity.choose_budget": Check(lo=0),
     "finetune": Check(kind=dict, schema=FINETUNE_DEFAULTS, checks=FINETUNE_CHECKS),
-    "profile.num_keypoints": Check(lo=1), "profile.resize": SIZE, "profile.repeats": Check(lo=1),
+    "profile.num_keypoints": Check(lo=1),
+    "profile.resize": SIZE,
+    "profile.repeats": Check(lo=1),
     "profile.threads": Check(kind=int, nullable=True, lo=1),
-    "animation": Check(kind=dict, nullable=True, schema=DEFAULTS["animation"],
-                       checks={"frames": Check(lo=2), "photo": Check(kind=str, nullable=True)}),
+    "animation": Check(
+        kind=dict,
+        nullable=True,
+        schema=DEFAULTS["animation"],
+        checks={"frames": Check(lo=2), "photo": Check(kind=str, nullable=True)},
+    ),
 }
 
 
@@ -115,8 +136,9 @@ def checked_experiment(config: dict[str, Any]) -> dict[str, Any]:
     """An experiment config checked whole before any stage runs: every setting against DEFAULTS (keys, types,
     ranges), the matcher's own settings, and the plan of variants (methods, bases, what each method needs)."""
     config = check_config(config, DEFAULTS, experiment_checks())
-    config["matcher_config"] = check_matcher_config(config["matcher"], config["matcher_config"],
-                                                    inherited=DEFAULTS["matcher_config"])
+    config["matcher_config"] = check_matcher_config(
+        config["matcher"], config["matcher_config"], inherited=DEFAULTS["matcher_config"]
+    )
     specs = [s for kind in ("pruning", "quantization") for s in config.get(kind) or []]
     seen: dict[str, dict[str, Any]] = {}
     for spec in specs:
@@ -145,8 +167,10 @@ def check_variant(spec: dict[str, Any], earlier: dict[str, dict[str, Any]]) -> N
     done = steps(base_spec) if base_spec else []
     for m in [*done, *methods[:-1]] + ([methods[-1]] if spec.get("finetune") else []):
         if m.final:
-            raise InputError(f"variant {name}: {m.name} is the last step (a graph run by another runtime is not "
-                             "pruned, quantized or finetuned further)")
+            raise InputError(
+                f"variant {name}: {m.name} is the last step (a graph run by another runtime is not "
+                "pruned, quantized or finetuned further)"
+            )
     missing = [need for m in methods if m not in done for need in m.needs if need not in spec]
     if missing:
         raise InputError(f"variant {name}: method {method} needs '{missing[0]}'")
@@ -155,6 +179,7 @@ def check_variant(spec: dict[str, Any], earlier: dict[str, dict[str, Any]]) -> N
 
 
 # ----------------------------------------------------------------------------- stages
+
 
 class Experiment:
     """A run folder and the stages that fill it; stages whose key is unchanged are read back, not rerun."""
@@ -194,8 +219,9 @@ class Experiment:
         logger.info("stage %s: running", name)
         start = time.perf_counter()
         result = compute()
-        write_json(path, {"key": k, "seconds": time.perf_counter() - start, "git_commit": git_commit(),
-                          "result": result})
+        write_json(
+            path, {"key": k, "seconds": time.perf_counter() - start, "git_commit": git_commit(), "result": result}
+        )
         return json.loads(path.read_text())["result"]  # as stored (inf -> 'inf'), the same on a re-run
 
     def key(self, *parts: str) -> dict[str, Any]:
@@ -219,8 +245,9 @@ class Experiment:
         return self._dense
 
     def evaluate(self, matcher: Matcher, desc: str, reference=None) -> dict[str, Any]:
-        return evaluate(matcher.to(self.device), self.val, self.cache, progress=self.progress, desc=desc,
-                        reference=reference)
+        return evaluate(
+            matcher.to(self.device), self.val, self.cache, progress=self.progress, desc=desc, reference=reference
+        )
 
     def checkpoint(self, name: str) -> Path:
         return self.out / "variants" / f"{name}.pth"
@@ -231,6 +258,7 @@ class Experiment:
             path = save_checkpoint(self.dense(), self.checkpoint("dense"), {"experiment": self.cfg["name"]})
             summary = self.evaluate(self.dense(), "dense")["summary"]
             return variant_row("dense", "dense", summary, path, self.dense(), self.dense(), "matcher", bits=32)
+
         return self.stage("baseline", self.key(), compute)
 
     def sensitivity(self, kind: str = "sparsity") -> dict[str, Any]:
@@ -252,20 +280,37 @@ class Experiment:
             net = getattr(dense, sc["part"])
             groups = groups_by_prefix(net, sc["depth"], sc["include"])
             reference = self.evaluate(dense, "dense")["predictions"]
-            rows = scan(net, groups, sc["bits"] if bits else sc["sparsities"],
-                        lambda: self.evaluate(dense, "scan", reference)["summary"],
-                        scan_csv, progress=self.progress, transform=kmeans_values if bits else None)
+            rows = scan(
+                net,
+                groups,
+                sc["bits"] if bits else sc["sparsities"],
+                lambda: self.evaluate(dense, "scan", reference)["summary"],
+                scan_csv,
+                progress=self.progress,
+                transform=kmeans_values if bits else None,
+            )
 
             def try_choice(choice):
                 m = copy.deepcopy(dense)
                 compress(getattr(m, sc["part"]), expand(groups, choice))
                 return self.evaluate(m, "choice")["summary"]
 
-            choice, result, history = choose_verified(rows, sc["budget"], try_choice,
-                                                      choose_metric=sc["choose_metric"],
-                                                      choose_budget=sc["choose_budget"], gain=gain)
-            return {"groups": choice, "levels": expand(groups, choice), "auc@3px": result["auc@3px"],
-                    "history": history, "scan_csv": str(scan_csv)}
+            choice, result, history = choose_verified(
+                rows,
+                sc["budget"],
+                try_choice,
+                choose_metric=sc["choose_metric"],
+                choose_budget=sc["choose_budget"],
+                gain=gain,
+            )
+            return {
+                "groups": choice,
+                "levels": expand(groups, choice),
+                "auc@3px": result["auc@3px"],
+                "history": history,
+                "scan_csv": str(scan_csv),
+            }
+
         return self.stage("sensitivity-bits" if bits else "sensitivity", key, compute)
 
     def sensitivity_settings(self, kind: str) -> dict[str, Any]:
@@ -284,8 +329,12 @@ class Experiment:
         auto = spec.get("sparsity") == "auto" or spec.get("bits") == "auto"
         kind = "bits" if spec.get("bits") == "auto" else "sparsity"
         parts = ["finetune"] * bool(spec.get("finetune")) + ["calibration"] * any(m.calibrated for m in todo)
-        key = {**self.key(*parts), "spec": spec, "base": variants[base]["key"] if base else None,
-               "sensitivity": self.sensitivity_settings(kind) if auto else None}
+        key = {
+            **self.key(*parts),
+            "spec": spec,
+            "base": variants[base]["key"] if base else None,
+            "sensitivity": self.sensitivity_settings(kind) if auto else None,
+        }
         chosen = self.sensitivity(kind) if auto else None
 
         def compute():
@@ -295,17 +344,33 @@ class Experiment:
             def images() -> list[torch.Tensor]:  # the first image of each calibration pair, as the detector reads
                 return [to_channels(to_tensor(calib.image(p, 0)[1]), job.matcher.channels) for p in calib]
 
-            job = Job(m.to(self.device), part, spec, levels=chosen["levels"] if chosen else None,
-                      base_bits=self.cfg["sensitivity"]["base_bits"], calibration_images=images,
-                      calibrate=lambda pipeline: evaluate(pipeline, calib, self.cache, progress=False))
+            job = Job(
+                m.to(self.device),
+                part,
+                spec,
+                levels=chosen["levels"] if chosen else None,
+                base_bits=self.cfg["sensitivity"]["base_bits"],
+                calibration_images=images,
+                calibrate=lambda pipeline: evaluate(pipeline, calib, self.cache, progress=False),
+            )
             for step in todo:
                 step.apply(job)
             m = job.matcher
             bits = job.bits if job.bits is not None else variant_bits(spec)
             path = save_checkpoint(m, self.checkpoint(name), {"experiment": self.cfg["name"], "spec": spec})
             summary = self.evaluate(m, name)["summary"]
-            return variant_row(name, method, summary, path, m, self.dense(), part, bits=bits,
-                               finetuned=bool(base_row and base_row.get("finetuned")))
+            return variant_row(
+                name,
+                method,
+                summary,
+                path,
+                m,
+                self.dense(),
+                part,
+                bits=bits,
+                finetuned=bool(base_row and base_row.get("finetuned")),
+            )
+
         rows = [self.stage(f"variant-{name}", key, compute)]
         if spec.get("finetune"):
             tuned = {**spec, "bits": rows[0]["bits"]} if rows[0] else spec  # mixed precision: the mean chosen
@@ -318,9 +383,15 @@ class Experiment:
         """Finetune a variant (resuming a killed run of the same inputs) and evaluate its last checkpoint."""
         name = spec["name"]
         extra = spec["finetune"] if isinstance(spec["finetune"], dict) else {}
-        cfg = merge_config(FINETUNE_DEFAULTS, {"matcher": self.cfg["matcher"],
-                                               "matcher_config": self.cfg["matcher_config"], "seed": self.cfg["seed"],
-                                               "val": self.cfg["val"]})
+        cfg = merge_config(
+            FINETUNE_DEFAULTS,
+            {
+                "matcher": self.cfg["matcher"],
+                "matcher_config": self.cfg["matcher_config"],
+                "seed": self.cfg["seed"],
+                "val": self.cfg["val"],
+            },
+        )
         cfg = merge_config(merge_config(cfg, self.cfg["finetune"]), extra)
         cfg.update(checkpoint=row["checkpoint"], out=str(self.out / "finetune" / f"{name}-{key[:8]}"))
         finetune(cfg, progress=self.progress, val_cache=self.cache)  # the val pairs' detector outputs are cached
@@ -328,8 +399,17 @@ class Experiment:
         path = Path(cfg["out"]) / "last.pth"
         m = load_checkpoint(path).to(self.device)
         summary = self.evaluate(m, f"{name} finetuned")["summary"]
-        return variant_row(f"{name} +ft", spec["method"], summary, path, m, self.dense(), spec.get("part", "matcher"),
-                           bits=variant_bits(spec), finetuned=True)
+        return variant_row(
+            f"{name} +ft",
+            spec["method"],
+            summary,
+            path,
+            m,
+            self.dense(),
+            spec.get("part", "matcher"),
+            bits=variant_bits(spec),
+            finetuned=True,
+        )
 
     def profile(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         """MACs of the dense model and every variant, and their latencies timed round-robin in this process (so
@@ -345,14 +425,19 @@ class Experiment:
                 label = execution(m, None if r["method"] == "dense" else {"method": r["method"]})
                 run = prepare(m, tuple(pc["resize"]), pc["num_keypoints"], self.device)
                 fns[r["name"], "pair"], fns[r["name"], "matcher"] = run["pair"], run["match"]
-                models[r["name"]] = {"macs": all_macs(m, run["pair"]), "matcher_macs": all_macs(m, run["match"]),
-                                     "execution": label, "checkpoint_sha1": r["checkpoint_sha1"]}
+                models[r["name"]] = {
+                    "macs": all_macs(m, run["pair"]),
+                    "matcher_macs": all_macs(m, run["match"]),
+                    "execution": label,
+                    "checkpoint_sha1": r["checkpoint_sha1"],
+                }
             times = interleaved_latency(fns, pc["repeats"])
             for name, entry in models.items():
                 entry.update(times[name, "pair"])
                 entry["matcher_latency_ms"] = times[name, "matcher"]["latency_ms"]
                 entry["matcher_latency_ms_iqr"] = times[name, "matcher"]["latency_ms_iqr"]
             return {"threads": torch.get_num_threads(), "device": str(self.device), "models": models}
+
         # counter 2: attention on CPU and ONNX Runtime graphs counted (a profile from before is recomputed)
         key = {"profile": pc, "models": {r["name"]: r["checkpoint_sha1"] for r in rows}, "macs_counter": 2}
         return self.stage("profile", key, compute)
@@ -375,13 +460,22 @@ class Experiment:
                 m = load_checkpoint(r["checkpoint"]).to(self.device)
                 for pair in seq:
                     pred = predict(m, seq, pair, self.cache)
-                    save_npz(folder_r / f"{pair.stems[0]}_{pair.stems[1]}_matches.npz",
-                             keypoints0=pred["keypoints0"], keypoints1=pred["keypoints1"], matches=pred["matches0"],
-                             match_confidence=pred["matching_scores0"])
-            gif = make_gif(dirs, pairs_file, self.out / "figures" / "dense_vs_compressed",
-                           labels=[f"{r['name']} ({r['size_bytes'] / 1e6:.1f} MB)" for r in shown],
-                           resize=vc["size"])
+                    save_npz(
+                        folder_r / f"{pair.stems[0]}_{pair.stems[1]}_matches.npz",
+                        keypoints0=pred["keypoints0"],
+                        keypoints1=pred["keypoints1"],
+                        matches=pred["matches0"],
+                        match_confidence=pred["matching_scores0"],
+                    )
+            gif = make_gif(
+                dirs,
+                pairs_file,
+                self.out / "figures" / "dense_vs_compressed",
+                labels=[f"{r['name']} ({r['size_bytes'] / 1e6:.1f} MB)" for r in shown],
+                resize=vc["size"],
+            )
             return {"gif": str(gif), "models": [r["name"] for r in shown]}
+
         key = {"animation": ac, "val": vc, "models": [r["checkpoint_sha1"] for r in shown]}
         return self.stage("animation", key, compute)
 
@@ -394,24 +488,48 @@ def _files_intact(result: Any) -> bool:
     return path.is_file() and file_sha1(path) == result["checkpoint_sha1"]
 
 
-def variant_row(name: str, method: str, summary: dict[str, Any], path: Path, model: Matcher, dense: Matcher,
-                part: str, bits: float, finetuned: bool = False) -> dict[str, Any]:
+def variant_row(
+    name: str,
+    method: str,
+    summary: dict[str, Any],
+    path: Path,
+    model: Matcher,
+    dense: Matcher,
+    part: str,
+    bits: float,
+    finetuned: bool = False,
+) -> dict[str, Any]:
     """One variant as results.json lists it (costs that need the profiler are added by the report)."""
     params = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
     net, dense_net = getattr(model, part), getattr(dense, part)
     nonzero = sum(int((w != 0).sum()) for w in prunable_weights(net).values())
     removed = 1 - nonzero / max(1, sum(w.numel() for w in prunable_weights(dense_net).values()))
-    return {"name": name, "method": method, "part": part, "sparsity": round(removed, 4), "bits": bits,
-            "finetuned": finetuned, **{k: summary[k] for k in METRICS if k in summary},
-            "size_bytes": path.stat().st_size, "params": params(model),
-            "nonzero_params": sum(int((p != 0).sum()) for p in model.parameters()),
-            "checkpoint": str(path), "checkpoint_sha1": file_sha1(path)}
+    return {
+        "name": name,
+        "method": method,
+        "part": part,
+        "sparsity": round(removed, 4),
+        "bits": bits,
+        "finetuned": finetuned,
+        **{k: summary[k] for k in METRICS if k in summary},
+        "size_bytes": path.stat().st_size,
+        "params": params(model),
+        "nonzero_params": sum(int((p != 0).sum()) for p in model.parameters()),
+        "checkpoint": str(path),
+        "checkpoint_sha1": file_sha1(path),
+    }
 
 
 # ----------------------------------------------------------------------------- the whole run
 
-def run(config: dict[str, Any], out: str | Path, kinds: tuple[str, ...] = ("pruning", "quantization"),
-        dry_run: bool = False, progress: bool = True) -> list[dict[str, Any]]:
+
+def run(
+    config: dict[str, Any],
+    out: str | Path,
+    kinds: tuple[str, ...] = ("pruning", "quantization"),
+    dry_run: bool = False,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
     """Run (or resume) the experiment's variants of ``kinds``, then write results.json, figures and report.md."""
     config = checked_experiment(config)  # the whole plan, before the baseline runs
     writable_location(out, folder=True, what="run folder")
@@ -426,11 +544,15 @@ def run(config: dict[str, Any], out: str | Path, kinds: tuple[str, ...] = ("prun
     specs = [s for kind in ("pruning", "quantization") for s in config.get(kind) or []]
     wanted = {s["name"] for kind in kinds for s in config.get(kind) or []}
     for spec in specs:  # the other kind's variants run only when a wanted one builds on them; else they are read
-        exp.read_only = spec["name"] not in wanted and not any(s.get("base") == spec["name"]
-                                                               for s in specs if s["name"] in wanted)
+        exp.read_only = spec["name"] not in wanted and not any(
+            s.get("base") == spec["name"] for s in specs if s["name"] in wanted
+        )
         rows = [r for r in exp.variant(spec, variants) if r]
-        variants[spec["name"]] = {"spec": spec, "rows": rows,
-                                  "key": digest([spec, rows[-1]["checkpoint_sha1"] if rows else None])}
+        variants[spec["name"]] = {
+            "spec": spec,
+            "rows": rows,
+            "key": digest([spec, rows[-1]["checkpoint_sha1"] if rows else None]),
+        }
     exp.read_only = False
     if dry_run:
         print("  then: profile, results.json, figures, report.md")
@@ -441,27 +563,42 @@ def run(config: dict[str, Any], out: str | Path, kinds: tuple[str, ...] = ("prun
     return write_report(exp, rows)
 
 
-def experiment_config(files: list[str], overrides: list[str] = (),
-                      base: dict[str, Any] | None = None) -> dict[str, Any]:
+def experiment_config(
+    files: list[str], overrides: list[str] = (), base: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Experiment YAML files merged in order over ``base`` (the defaults), then ``key.sub=value`` overrides; the
     result is checked whole (``checked_experiment``)."""
     config = load_config(files, overrides, base or DEFAULTS)
     if config.get("source"):
-        config = merge_config(config, {"val": {"source": config["source"]},
-                                       "calibration": {"source": config["source"]},
-                                       "finetune": {"train": {"source": config["source"]}}})
+        config = merge_config(
+            config,
+            {
+                "val": {"source": config["source"]},
+                "calibration": {"source": config["source"]},
+                "finetune": {"train": {"source": config["source"]}},
+            },
+        )
     return checked_experiment(config)
 
 
 def main(kinds: tuple[str, ...], description: str, argv: list[str] | None = None) -> None:
     p = ArgumentParser(description=description)
-    p.add_argument("--config", nargs="+", default=[str((ROOT / "configs") / "demo.yaml")],
-                   help="YAML experiment (default: the demo); several files are merged in order")
+    p.add_argument(
+        "--config",
+        nargs="+",
+        default=[str((ROOT / "configs") / "demo.yaml")],
+        help="YAML experiment (default: the demo); several files are merged in order",
+    )
     p.add_argument("--out", default=None, help="run folder (default: runs/<name of the config>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. val.num_pairs=10")
     p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true", help="print the plan and stop")
-    p.add_argument("--update-readme", "--update_readme", dest="update_readme", action="store_true",
-                   help="copy the report's table and figures into README.md (for the demo run)")
+    p.add_argument(
+        "--update-readme",
+        "--update_readme",
+        dest="update_readme",
+        action="store_true",
+        help="copy the report's table and figures into README.md (for the demo run)",
+    )
     args = p.parse_args(argv)
     config = experiment_config(args.config, args.set)
     out = Path(args.out or Path("runs") / config["name"])

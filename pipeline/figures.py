@@ -3,6 +3,7 @@
 Every figure is written as PNG (README) and PDF (papers), with markers so it reads without colour. The command
 line over them is visualizations.py.
 """
+
 from __future__ import annotations
 
 import csv
@@ -52,8 +53,13 @@ def read_csv(path: str | os.PathLike, columns: Sequence[str] = ()) -> list[dict[
     return rows
 
 
-def plot_sensitivity(scan_csv: str | os.PathLike, out: str | os.PathLike, metric: str = "auc@3px",
-                     xlabel: str = "sparsity of the group", dense_at: float | None = 0.0) -> list[Path]:
+def plot_sensitivity(
+    scan_csv: str | os.PathLike,
+    out: str | os.PathLike,
+    metric: str = "auc@3px",
+    xlabel: str = "sparsity of the group",
+    dense_at: float | None = 0.0,
+) -> list[Path]:
     """Per-group sensitivity curves (metric vs sparsity, or bits) from a scan CSV, with the dense baseline (as a
     line, and as the curves' first point at ``dense_at``)."""
     rows = read_csv(scan_csv, ("group", "sparsity", metric))
@@ -75,8 +81,9 @@ def plot_sensitivity(scan_csv: str | os.PathLike, out: str | os.PathLike, metric
     return save_figure(fig, out)
 
 
-def plot_tradeoff(results: str | os.PathLike | list[dict[str, Any]], out: str | os.PathLike,
-                  x: str = "size_bytes", y: str = "auc@3px") -> list[Path]:
+def plot_tradeoff(
+    results: str | os.PathLike | list[dict[str, Any]], out: str | os.PathLike, x: str = "size_bytes", y: str = "auc@3px"
+) -> list[Path]:
     """Accuracy against a cost (size, MACs or latency) for all variants; the Pareto front is drawn."""
     variants = read_json(results, "results file") if not isinstance(results, list) else results
     if not isinstance(variants, list) or not all(isinstance(v, dict) and "name" in v for v in variants):
@@ -85,8 +92,15 @@ def plot_tradeoff(results: str | os.PathLike | list[dict[str, Any]], out: str | 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for i, v in enumerate(variants):
         dense = v.get("method") == "dense"
-        ax.scatter(v[x], v[y], marker="*" if dense else MARKERS[i % len(MARKERS)], s=120 if dense else 40,
-                   label=v["name"], edgecolors="k", linewidths=0.5)
+        ax.scatter(
+            v[x],
+            v[y],
+            marker="*" if dense else MARKERS[i % len(MARKERS)],
+            s=120 if dense else 40,
+            label=v["name"],
+            edgecolors="k",
+            linewidths=0.5,
+        )
     front, best = [], -np.inf
     for v in sorted(variants, key=lambda v: v[x]):
         if v[y] > best:
@@ -119,8 +133,9 @@ def plot_latency_vs_keypoints(sweep_csv: str | os.PathLike, out: str | os.PathLi
     return save_figure(fig, out)
 
 
-def plot_weight_histograms(checkpoints: Sequence[str | os.PathLike], tensor: str, out: str | os.PathLike,
-                           bins: int = 120) -> list[Path]:
+def plot_weight_histograms(
+    checkpoints: Sequence[str | os.PathLike], tensor: str, out: str | os.PathLike, bins: int = 120
+) -> list[Path]:
     """Histogram of one weight tensor in several checkpoints (dense, pruned, quantized: codebook marked)."""
     from compression.state import get
     from pipeline.checkpoint import load_checkpoint
@@ -139,8 +154,11 @@ def plot_weight_histograms(checkpoints: Sequence[str | os.PathLike], tensor: str
         if codebook is not None:
             for c in codebook.codebook.numpy():
                 ax.axvline(c, color="r", linewidth=0.8)
-        ax.set_title(f"{Path(path).parent.name}/{Path(path).name}: {tensor} ({(w == 0).mean():.0%} zeros, "
-                     f"{len(np.unique(nonzero))} values)", fontsize=8)
+        ax.set_title(
+            f"{Path(path).parent.name}/{Path(path).name}: {tensor} ({(w == 0).mean():.0%} zeros, "
+            f"{len(np.unique(nonzero))} values)",
+            fontsize=8,
+        )
         ax.set_yscale("log")
     axes[-1, 0].set_xlabel("weight value")
     return save_figure(fig, out)
@@ -158,10 +176,20 @@ def _gray_rgb(image: np.ndarray) -> np.ndarray:
     return np.repeat(image[..., None], 3, 2) if image.ndim == 2 else image
 
 
-def make_matching_plot(image0: np.ndarray, image1: np.ndarray, kpts0: np.ndarray, kpts1: np.ndarray,
-                       mkpts0: np.ndarray, mkpts1: np.ndarray, color: np.ndarray, text: Sequence[str],
-                       path: str | os.PathLike, show_keypoints: bool = False, fast_viz: bool = False,
-                       small_text: Sequence[str] = ()) -> None:
+def make_matching_plot(
+    image0: np.ndarray,
+    image1: np.ndarray,
+    kpts0: np.ndarray,
+    kpts1: np.ndarray,
+    mkpts0: np.ndarray,
+    mkpts1: np.ndarray,
+    color: np.ndarray,
+    text: Sequence[str],
+    path: str | os.PathLike,
+    show_keypoints: bool = False,
+    fast_viz: bool = False,
+    small_text: Sequence[str] = (),
+) -> None:
     """Side-by-side pair with match lines, written atomically to ``path`` (png or pdf)."""
     image0, image1 = _gray_rgb(image0), _gray_rgb(image1)
     path = Path(path)
@@ -181,16 +209,34 @@ def make_matching_plot(image0: np.ndarray, image1: np.ndarray, kpts0: np.ndarray
         axes[1].scatter(kpts1[:, 0], kpts1[:, 1], c="w", s=2)
     fig.canvas.draw()
     for p0, p1, c in zip(mkpts0, mkpts1, color):
-        con = matplotlib.patches.ConnectionPatch(xyA=p1, xyB=p0, coordsA="data", coordsB="data", axesA=axes[1],
-                                                 axesB=axes[0], color=c, linewidth=1.0)
+        con = matplotlib.patches.ConnectionPatch(
+            xyA=p1, xyB=p0, coordsA="data", coordsB="data", axesA=axes[1], axesB=axes[0], color=c, linewidth=1.0
+        )
         axes[1].add_artist(con)
     for ax, pts in ((axes[0], mkpts0), (axes[1], mkpts1)):
         ax.scatter(pts[:, 0], pts[:, 1], c=color[:, :3] if len(color) else "g", s=4)
-    fig.text(0.01, 0.99, "\n".join(text), transform=fig.axes[0].transAxes, fontsize=13, va="top", ha="left",
-             color="w", bbox=dict(facecolor="k", alpha=0.5, linewidth=0))
+    fig.text(
+        0.01,
+        0.99,
+        "\n".join(text),
+        transform=fig.axes[0].transAxes,
+        fontsize=13,
+        va="top",
+        ha="left",
+        color="w",
+        bbox=dict(facecolor="k", alpha=0.5, linewidth=0),
+    )
     if small_text:
-        fig.text(0.01, 0.01, "\n".join(small_text), transform=fig.axes[0].transAxes, fontsize=7, va="bottom",
-                 ha="left", color="w")
+        fig.text(
+            0.01,
+            0.01,
+            "\n".join(small_text),
+            transform=fig.axes[0].transAxes,
+            fontsize=7,
+            va="bottom",
+            ha="left",
+            color="w",
+        )
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
@@ -203,14 +249,15 @@ def _fast_plot(image0, image1, kpts0, kpts1, mkpts0, mkpts1, color, text, path, 
         tmp.write_bytes(buf.tobytes())
 
 
-def _fast_canvas(image0, image1, kpts0, kpts1, mkpts0, mkpts1, color, text, show_keypoints=False,
-                 small_text=()) -> np.ndarray:
+def _fast_canvas(
+    image0, image1, kpts0, kpts1, mkpts0, mkpts1, color, text, show_keypoints=False, small_text=()
+) -> np.ndarray:
     """The pair side by side with match lines and text, drawn with OpenCV (BGR uint8)."""
     h0, w0 = image0.shape[:2]
     h1, w1 = image1.shape[:2]
     margin = 10
     out = np.full((max(h0, h1), w0 + w1 + margin, 3), 255, np.uint8)
-    out[:h0, :w0], out[:h1, w0 + margin:] = image0, image1
+    out[:h0, :w0], out[:h1, w0 + margin :] = image0, image1
     out = cv2.cvtColor(out, cv2.COLOR_RGB2BGR)
     if show_keypoints:
         for x, y in np.round(kpts0).astype(int):
@@ -227,9 +274,16 @@ def _fast_canvas(image0, image1, kpts0, kpts1, mkpts0, mkpts1, color, text, show
     return out
 
 
-def make_gif(match_dirs: Sequence[str | os.PathLike], pairs_file: str | os.PathLike, out: str | os.PathLike,
-             input_dir: str | os.PathLike | None = None, labels: Sequence[str] | None = None,
-             resize: Sequence[int] = (640, 480), scale: float = 0.5, frame_ms: int = 400) -> Path:
+def make_gif(
+    match_dirs: Sequence[str | os.PathLike],
+    pairs_file: str | os.PathLike,
+    out: str | os.PathLike,
+    input_dir: str | os.PathLike | None = None,
+    labels: Sequence[str] | None = None,
+    resize: Sequence[int] = (640, 480),
+    scale: float = 0.5,
+    frame_ms: int = 400,
+) -> Path:
     """Animation of a sequence of pairs: one row per model (dense on top, compressed below), drawn from the
     ``*_matches.npz`` files that match_pairs.py wrote into each folder (correct green, wrong red)."""
     from PIL import Image
@@ -256,10 +310,22 @@ def make_gif(match_dirs: Sequence[str | os.PathLike], pairs_file: str | os.PathL
             valid = m["matches"] > -1
             k0, k1 = m["keypoints0"][valid], m["keypoints1"][m["matches"][valid]]
             correct = symmetric_reprojection_error(k0, k1, gt.H) < 3.0 if gt.kind == "homography" else None
-            text = [label, f"matches: {int(valid.sum())}" + ("" if correct is None else
-                                                             f"  correct: {correct.mean() if len(correct) else 0:.0%}")]
-            rows.append(_fast_canvas(*images, m["keypoints0"], m["keypoints1"], k0, k1,
-                                     match_colors(m["match_confidence"][valid], correct), text))
+            text = [
+                label,
+                f"matches: {int(valid.sum())}"
+                + ("" if correct is None else f"  correct: {correct.mean() if len(correct) else 0:.0%}"),
+            ]
+            rows.append(
+                _fast_canvas(
+                    *images,
+                    m["keypoints0"],
+                    m["keypoints1"],
+                    k0,
+                    k1,
+                    match_colors(m["match_confidence"][valid], correct),
+                    text,
+                )
+            )
         frame = cv2.cvtColor(np.concatenate(rows, 0), cv2.COLOR_BGR2RGB)
         frames.append(Image.fromarray(cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)))
     out = Path(out).with_suffix(".gif")

@@ -2,6 +2,7 @@
 
 Reads the stage records the experiment engine wrote (pipeline/experiment.py); never runs a stage itself.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ from pipeline.checkpoint import load_checkpoint
 from pipeline.figures import plot_sensitivity, plot_tradeoff, plot_weight_histograms
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: README.md, docs/demo
+
 
 def with_costs(exp: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The variants with the costs the profile stage measured for their very checkpoints."""
@@ -39,12 +41,15 @@ def write_report(exp: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for x in ("size_bytes", "macs", "latency_ms"):
         if any(x in r for r in rows[1:]):
             made += plot_tradeoff(rows, figures / f"auc_vs_{x.split('_')[0]}", x=x)[:1]
-    for name, xlabel, dense_at in (("sensitivity", "sparsity of the group", 0.0),
-                                   ("sensitivity-bits", "k-means bits of the group", None)):
+    for name, xlabel, dense_at in (
+        ("sensitivity", "sparsity of the group", 0.0),
+        ("sensitivity-bits", "k-means bits of the group", None),
+    ):
         stage = exp.out / "stages" / f"{name}.json"
         if stage.exists():
-            made += plot_sensitivity(json.loads(stage.read_text())["result"]["scan_csv"], figures / name,
-                                     xlabel=xlabel, dense_at=dense_at)[:1]
+            made += plot_sensitivity(
+                json.loads(stage.read_text())["result"]["scan_csv"], figures / name, xlabel=xlabel, dense_at=dense_at
+            )[:1]
     shown = {}  # one checkpoint per method whose weights stay in shape: the finetuned one when there is one
     for r in rows:
         if r["method"] in ("dense", "fine-grained", "kmeans", "fine-grained+kmeans"):
@@ -53,8 +58,9 @@ def write_report(exp: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if gif.exists():
         made.append(gif)
     if len(shown) > 1:
-        made += plot_weight_histograms([r["checkpoint"] for r in shown.values()],
-                                       histogram_tensor(list(shown.values())), figures / "weights")[:1]
+        made += plot_weight_histograms(
+            [r["checkpoint"] for r in shown.values()], histogram_tensor(list(shown.values())), figures / "weights"
+        )[:1]
     text = report_markdown(exp.cfg, rows, [p.relative_to(exp.out) for p in made])
     with atomic_path(exp.out / "report.md") as tmp:
         tmp.write_text(text)
@@ -73,18 +79,22 @@ def histogram_tensor(rows: list[dict[str, Any]]) -> str:
 def report_markdown(cfg: dict[str, Any], rows: list[dict[str, Any]], figures: list[Path]) -> str:
     dense = rows[0]
     fmt = lambda v, f: "—" if v is None else format(float(v), f)  # noqa: E731
-    lines = [f"# Experiment `{cfg['name']}`: what compression costs and buys", "",
-             f"Matcher `{cfg['matcher']}`{' from ' + cfg['checkpoint'] if cfg['checkpoint'] else ''}; "
-             f"{cfg['val']['num_pairs']} fixed homography pairs of `{cfg['val']['source']}` "
-             f"({cfg['val']['split']} split, {cfg['val']['size'][0]}×{cfg['val']['size'][1]}); AUC of the corner "
-             "error, failures count as infinite error. Size = bytes of the checkpoint file on disk "
-             "(sparse + packed codes). MACs and latency: one image pair, "
-             f"{cfg['profile']['num_keypoints']} keypoints per image, {rows[0].get('threads', '?')} threads, "
-             "median of repeats (IQR); ratios to the dense model profiled in the same run.", "",
-             "| variant | method | finetuned | sparsity | bits | AUC@1px | AUC@3px | AUC@5px | precision | recall | "
-             "size MB | size × | GMACs pair (matcher) | latency ms pair (IQR) | matcher ms (IQR) | latency × pair "
-             "(matcher) | execution |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        f"# Experiment `{cfg['name']}`: what compression costs and buys",
+        "",
+        f"Matcher `{cfg['matcher']}`{' from ' + cfg['checkpoint'] if cfg['checkpoint'] else ''}; "
+        f"{cfg['val']['num_pairs']} fixed homography pairs of `{cfg['val']['source']}` "
+        f"({cfg['val']['split']} split, {cfg['val']['size'][0]}×{cfg['val']['size'][1]}); AUC of the corner "
+        "error, failures count as infinite error. Size = bytes of the checkpoint file on disk "
+        "(sparse + packed codes). MACs and latency: one image pair, "
+        f"{cfg['profile']['num_keypoints']} keypoints per image, {rows[0].get('threads', '?')} threads, "
+        "median of repeats (IQR); ratios to the dense model profiled in the same run.",
+        "",
+        "| variant | method | finetuned | sparsity | bits | AUC@1px | AUC@3px | AUC@5px | precision | recall | "
+        "size MB | size × | GMACs pair (matcher) | latency ms pair (IQR) | matcher ms (IQR) | latency × pair "
+        "(matcher) | execution |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
         g = lambda k: r[k] / 1e9 if k in r else None  # noqa: E731
         lines.append(
@@ -96,14 +106,22 @@ def report_markdown(cfg: dict[str, Any], rows: list[dict[str, Any]], figures: li
             f"{fmt(r.get('latency_ms'), '.0f')} ({fmt(r.get('latency_ms_iqr'), '.0f')}) | "
             f"{fmt(r.get('matcher_latency_ms'), '.0f')} ({fmt(r.get('matcher_latency_ms_iqr'), '.0f')}) | "
             f"{fmt(r.get('latency_ratio'), '.2f')} ({fmt(r.get('matcher_latency_ratio'), '.2f')}) | "
-            f"{r.get('execution', '—')} |")
-    lines += ["", "Size × is how many times smaller than the dense checkpoint. Fine-grained sparsity and k-means "
-              "codes shrink the file but run on dense fp32 kernels (no speed-up on CPU); channel pruning removes "
-              "MACs and time; int8-onnxruntime runs the weighted layers in int8 kernels (attention stays fp32). "
-              "Accuracy differences of about 0.02 AUC are within the noise of this many pairs.", ""]
+            f"{r.get('execution', '—')} |"
+        )
+    lines += [
+        "",
+        "Size × is how many times smaller than the dense checkpoint. Fine-grained sparsity and k-means "
+        "codes shrink the file but run on dense fp32 kernels (no speed-up on CPU); channel pruning removes "
+        "MACs and time; int8-onnxruntime runs the weighted layers in int8 kernels (attention stays fp32). "
+        "Accuracy differences of about 0.02 AUC are within the noise of this many pairs.",
+        "",
+    ]
     lines += [f"![{p.stem}]({p.as_posix()})" for p in figures]
-    lines += ["", f"Config: `config.yaml` in this folder (git commit {git_commit()}). Per-variant numbers: "
-              "`results.json`; stage records: `stages/`."]
+    lines += [
+        "",
+        f"Config: `config.yaml` in this folder (git commit {git_commit()}). Per-variant numbers: "
+        "`results.json`; stage records: `stages/`.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -127,5 +145,3 @@ def update_readme(out: Path, readme: Path = ROOT / "README.md", figures: Path = 
     body = f"{README_START}\n{report}\n\n{' '.join(links)}\n"
     with atomic_path(readme) as tmp:
         tmp.write_text(head + body + README_END + rest.split(README_END, 1)[1])
-
-

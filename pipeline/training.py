@@ -10,6 +10,7 @@ k-means values stay shared, grids stay grids). Checkpoints use the project's for
 from ``last.pth`` + ``state.pt`` with the same schedule, data order and optimizer state. The command line over
 it is finetune.py.
 """
+
 from __future__ import annotations
 
 import csv
@@ -57,24 +58,62 @@ logger = logging.getLogger("finetune")
 DEFAULTS: dict[str, Any] = {
     "matcher": "aliked+lightglue",
     "matcher_config": {"matcher": dict(EVERY_LAYER)},
-    "checkpoint": None, "out": "runs/finetune", "seed": 0, "steps": 300, "lr": 1e-4, "weight_decay": 0.0,
-    "warmup": 0.05, "min_lr_ratio": 0.1, "clip": 1.0, "keep_zeros": True, "qat": True, "train_detector": False,
+    "checkpoint": None,
+    "out": "runs/finetune",
+    "seed": 0,
+    "steps": 300,
+    "lr": 1e-4,
+    "weight_decay": 0.0,
+    "warmup": 0.05,
+    "min_lr_ratio": 0.1,
+    "clip": 1.0,
+    "keep_zeros": True,
+    "qat": True,
+    "train_detector": False,
     "loss": {"balance": 0.5, "pos_th": 3.0, "neg_th": 5.0},
-    "train": {"source": "sample", "split": "train", "val_fraction": 0.5, "num_pairs": 200, "size": [640, 480],
-              "difficulty": 0.7, "augment": 1.0, "seed": 100},
-    "val": {"source": "sample", "split": "val", "val_fraction": 0.5, "num_pairs": 30, "size": [640, 480],
-            "difficulty": 0.7, "seed": 1, "every": 50},
+    "train": {
+        "source": "sample",
+        "split": "train",
+        "val_fraction": 0.5,
+        "num_pairs": 200,
+        "size": [640, 480],
+        "difficulty": 0.7,
+        "augment": 1.0,
+        "seed": 100,
+    },
+    "val": {
+        "source": "sample",
+        "split": "val",
+        "val_fraction": 0.5,
+        "num_pairs": 30,
+        "size": [640, 480],
+        "difficulty": 0.7,
+        "seed": 1,
+        "every": 50,
+    },
 }
 SIZE = Check(kind=list, length=2, each=Check(kind=int, lo=16, hi=MAX_SIDE))  # W H of the pairs' images
 PAIRS_CHECKS: dict[str, Check] = {  # a section of pairs: "train", "val" (and the experiments' "calibration")
-    "split": Check(choices=("all", "train", "val")), "val_fraction": Check(lo=0, hi=1, open=True),
-    "num_pairs": Check(lo=1), "size": SIZE, "difficulty": Check(lo=0, hi=1), "augment": Check(lo=0),
-    "every": Check(lo=1)}
+    "split": Check(choices=("all", "train", "val")),
+    "val_fraction": Check(lo=0, hi=1, open=True),
+    "num_pairs": Check(lo=1),
+    "size": SIZE,
+    "difficulty": Check(lo=0, hi=1),
+    "augment": Check(lo=0),
+    "every": Check(lo=1),
+}
 CHECKS: dict[str, Check] = {
-    "matcher": Check(choices=tuple(available_matchers())), "matcher_config": Check(kind=dict, free=True),
-    "checkpoint": Check(kind=str, nullable=True), "steps": Check(lo=1), "lr": Check(lo=0, open=True),
-    "weight_decay": Check(lo=0), "warmup": Check(lo=0, hi=1), "min_lr_ratio": Check(lo=0, hi=1),
-    "clip": Check(lo=0, open=True), "loss.balance": Check(lo=0, hi=1), "loss.pos_th": Check(lo=0, open=True),
+    "matcher": Check(choices=tuple(available_matchers())),
+    "matcher_config": Check(kind=dict, free=True),
+    "checkpoint": Check(kind=str, nullable=True),
+    "steps": Check(lo=1),
+    "lr": Check(lo=0, open=True),
+    "weight_decay": Check(lo=0),
+    "warmup": Check(lo=0, hi=1),
+    "min_lr_ratio": Check(lo=0, hi=1),
+    "clip": Check(lo=0, open=True),
+    "loss.balance": Check(lo=0, hi=1),
+    "loss.pos_th": Check(lo=0, open=True),
     "loss.neg_th": Check(lo=0, open=True),
     **{f"{part}.{k}": c for part in ("train", "val") for k, c in PAIRS_CHECKS.items()},
 }
@@ -83,8 +122,9 @@ CHECKS: dict[str, Check] = {
 def checked_config(config: dict[str, Any]) -> dict[str, Any]:
     """A finetuning config checked against DEFAULTS (keys, types, ranges, the matcher's own settings)."""
     config = check_config(config, DEFAULTS, CHECKS)
-    config["matcher_config"] = check_matcher_config(config["matcher"], config.get("matcher_config"),
-                                                    inherited=DEFAULTS["matcher_config"])
+    config["matcher_config"] = check_matcher_config(
+        config["matcher"], config.get("matcher_config"), inherited=DEFAULTS["matcher_config"]
+    )
     return config
 
 
@@ -108,8 +148,14 @@ def keep_zeros(net: torch.nn.Module) -> float:
 class Run:
     """One finetuning run: model, optimizer, schedule, data and the files of its folder."""
 
-    def __init__(self, config: dict[str, Any], device: torch.device, rank: int = 0, world: int = 1,
-                 val_cache: FeatureCache | None = None):
+    def __init__(
+        self,
+        config: dict[str, Any],
+        device: torch.device,
+        rank: int = 0,
+        world: int = 1,
+        val_cache: FeatureCache | None = None,
+    ):
         self.cfg, self.device, self.rank, self.world = config, device, rank, world
         self.out = Path(config["out"])
         self.last, self.best_path, self.state_path = self.out / "last.pth", self.out / "best.pth", self.out / "state.pt"
@@ -123,8 +169,9 @@ class Run:
             self.matcher = build_matcher(config["matcher"], config.get("matcher_config"))
         self.matcher.to(device)
         self.net = self.matcher.matcher
-        params = self.params = list(self.net.parameters()) + (list(self.matcher.detector.parameters())
-                                                              if config["train_detector"] else [])
+        params = self.params = list(self.net.parameters()) + (
+            list(self.matcher.detector.parameters()) if config["train_detector"] else []
+        )
         if config["keep_zeros"] and state is not None:
             apply_masks(self.net, state["masks"])  # the masks of the run, not the zeros of its last checkpoint
         elif config["keep_zeros"]:
@@ -134,7 +181,8 @@ class Run:
         start_training(self.net, config)
         self.optimizer = torch.optim.AdamW(params, lr=config["lr"], weight_decay=config["weight_decay"])
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: schedule(s, config["steps"], config["warmup"], config["min_lr_ratio"]))
+            self.optimizer, lambda s: schedule(s, config["steps"], config["warmup"], config["min_lr_ratio"])
+        )
         self.step, self.best, self.skipped = 0, -1.0, 0
         if state is not None:
             try:
@@ -143,8 +191,10 @@ class Run:
                 self.scheduler.load_state_dict(state["scheduler"])
                 self.step, self.best, self.skipped = state["step"], state["best"], state["skipped"]
             except (KeyError, ValueError, RuntimeError) as e:
-                raise InputError(f"cannot resume {self.out}: {self.state_path} does not fit its last.pth "
-                                 f"({first_line(e)[:120]}); delete state.pt to start the run over") from None
+                raise InputError(
+                    f"cannot resume {self.out}: {self.state_path} does not fit its last.pth "
+                    f"({first_line(e)[:120]}); delete state.pt to start the run over"
+                ) from None
             logger.info("resuming %s at step %d", self.out, self.step)
         self.ddp = None
         if world > 1:
@@ -163,8 +213,9 @@ class Run:
             data = extract_pair(self.matcher, self.train_pairs, pair, self.train_cache, device=self.device)
         H = torch.as_tensor(pair.H, dtype=torch.float64, device=self.device)[None]
         lc = self.cfg["loss"]
-        gt0, gt1 = homography_gt(data["keypoints0"].double(), data["keypoints1"].double(), H, lc["pos_th"],
-                                 lc["neg_th"])
+        gt0, gt1 = homography_gt(
+            data["keypoints0"].double(), data["keypoints1"].double(), H, lc["pos_th"], lc["neg_th"]
+        )
         if self.ddp is not None:
             self.matcher.matcher = self.ddp
         try:
@@ -195,9 +246,18 @@ class Run:
             self.best = summary["auc@3px"]
             save_checkpoint(self.matcher, self.best_path, meta)
         with atomic_path(self.state_path) as tmp:
-            torch.save({"step": self.step, "net": self.net.state_dict(), "masks": masks(self.net),
-                        "optimizer": self.optimizer.state_dict(),
-                        "scheduler": self.scheduler.state_dict(), "best": self.best, "skipped": self.skipped}, tmp)
+            torch.save(
+                {
+                    "step": self.step,
+                    "net": self.net.state_dict(),
+                    "masks": masks(self.net),
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "best": self.best,
+                    "skipped": self.skipped,
+                },
+                tmp,
+            )
 
 
 def read_state(path: Path) -> dict[str, Any]:
@@ -205,13 +265,19 @@ def read_state(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for truncated or foreign files
-        raise InputError(f"cannot resume: {unreadable(path, e)}; delete it (and last.pth) to start the run "
-                         "over") from None
-    missing = [k for k in ("step", "net", "masks", "optimizer", "scheduler", "best", "skipped")
-               if not isinstance(state, dict) or k not in state]
+        raise InputError(
+            f"cannot resume: {unreadable(path, e)}; delete it (and last.pth) to start the run over"
+        ) from None
+    missing = [
+        k
+        for k in ("step", "net", "masks", "optimizer", "scheduler", "best", "skipped")
+        if not isinstance(state, dict) or k not in state
+    ]
     if missing:
-        raise InputError(f"cannot resume: {path} is not a finetuning state (no {missing[0]!r}); delete it (and "
-                         "last.pth) to start the run over")
+        raise InputError(
+            f"cannot resume: {path} is not a finetuning state (no {missing[0]!r}); delete it (and "
+            "last.pth) to start the run over"
+        )
     return state
 
 
@@ -240,8 +306,10 @@ def started_by(out: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
     record = out / "config.yaml"
     stored = read_yaml(record) if record.is_file() else None
     if not isinstance(stored, dict):
-        raise InputError(f"{out} holds a finetuning run without a readable config.yaml: what it ran is unknown, so "
-                         "it is not resumed; pass another out (or --new)")
+        raise InputError(
+            f"{out} holds a finetuning run without a readable config.yaml: what it ran is unknown, so "
+            "it is not resumed; pass another out (or --new)"
+        )
     config = {k: v for k, v in stored.items() if k not in ("git_commit", "run")}
     # records of older versions name no identity: their config is compared (it was rewritten on each resume)
     return config, stored.get("run") or _config_id(config)
@@ -265,9 +333,11 @@ def claim_folder(config: dict[str, Any], new: bool = False) -> tuple[dict[str, A
             differ = [k for k in sorted(set(old) | set(now)) if old.get(k) != now.get(k) and k != "out"]
             if not differ and found[1].get("checkpoint_sha1") != ident.get("checkpoint_sha1"):
                 differ = ["the checkpoint file's content"]
-            raise InputError(f"{out} holds a finetuning run of another config (differs in "
-                             f"{', '.join(differ[:4]) or 'its record'}): it is not resumed; pass another out, or "
-                             "--new to start one beside it")
+            raise InputError(
+                f"{out} holds a finetuning run of another config (differs in "
+                f"{', '.join(differ[:4]) or 'its record'}): it is not resumed; pass another out, or "
+                "--new to start one beside it"
+            )
     raise InputError(f"no free folder next to {base}")
 
 
@@ -279,16 +349,25 @@ def log_row(path: Path, row: dict[str, Any], upto_step: int | None = None) -> No
             rows = list(csv.DictReader(f))
         if upto_step is not None:
             rows = [r for r in rows if int(r["step"]) <= upto_step]
-    rows.append({k: row.get(k, "") for k in ("step", "loss", "lr", "steps_per_s", "skipped", "auc@1px", "auc@3px",
-                                             "precision", "recall")})
+    rows.append(
+        {
+            k: row.get(k, "")
+            for k in ("step", "loss", "lr", "steps_per_s", "skipped", "auc@1px", "auc@3px", "precision", "recall")
+        }
+    )
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[-1]))
         writer.writeheader()
         writer.writerows(rows)
 
 
-def finetune(config: dict[str, Any], stop_after: int | None = None, progress: bool = True,
-             val_cache: FeatureCache | None = None, new: bool = False) -> dict[str, Any]:
+def finetune(
+    config: dict[str, Any],
+    stop_after: int | None = None,
+    progress: bool = True,
+    val_cache: FeatureCache | None = None,
+    new: bool = False,
+) -> dict[str, Any]:
     """Run (or resume) finetuning; ``stop_after`` ends this process after that many steps without saving,
     as a kill would (a resumed run restarts from the last validation's checkpoint). ``val_cache``: detector
     outputs of the validation pairs already computed by the caller (keyed by detector, so always safe). A folder
@@ -346,13 +425,28 @@ def finetune(config: dict[str, Any], stop_after: int | None = None, progress: bo
             if rank == 0:
                 summary = run.validate()
                 run.save(summary)
-                log_row(log_path, {"step": run.step, "loss": loss.item(), "lr": lr, "steps_per_s": rate,
-                                   "skipped": run.skipped, **summary}, upto_step=run.step - 1)
+                log_row(
+                    log_path,
+                    {
+                        "step": run.step,
+                        "loss": loss.item(),
+                        "lr": lr,
+                        "steps_per_s": rate,
+                        "skipped": run.skipped,
+                        **summary,
+                    },
+                    upto_step=run.step - 1,
+                )
             if world > 1:
                 dist.barrier()
     bar.close()
-    result = {"step": run.step, "best_auc@3px": run.best, "skipped": run.skipped, "out": str(run.out),
-              "sparsity": sparsity_report(run.net)["total"]}
+    result = {
+        "step": run.step,
+        "best_auc@3px": run.best,
+        "skipped": run.skipped,
+        "out": str(run.out),
+        "sparsity": sparsity_report(run.net)["total"],
+    }
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()

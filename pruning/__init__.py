@@ -2,4 +2,5 @@
 
 Importing it registers its compression methods ('fine-grained', 'channel') with compression.methods.
 """
+
 from . import channel, fine_grained  # noqa: F401

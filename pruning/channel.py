@@ -6,6 +6,7 @@ data (``taylor_scores``); the kept channels are taken in order of importance (th
 Layers are replaced by smaller ones; head counts and dims are updated on the modules and recorded by the
 checkpoint format, which rebuilds them on load.
 """
+
 from __future__ import annotations
 
 import logging
@@ -121,9 +122,11 @@ PRUNERS: dict[type, Callable[..., object]] = {}
 
 def channel_pruner(network: type) -> Callable[[Callable[..., object]], Callable[..., object]]:
     """Decorator: ``fn(net, ratio, scores=None)`` channel-prunes networks of class ``network`` (and subclasses)."""
+
     def decorate(fn: Callable[..., object]) -> Callable[..., object]:
         PRUNERS[network] = fn
         return fn
+
     return decorate
 
 
@@ -131,8 +134,7 @@ def prune_channels(net: nn.Module, ratio: Ratio, scores: Scores | None = None) -
     """Structured channel pruning of ``net`` by the pruner registered for its class."""
     pruner = next((PRUNERS[c] for c in type(net).__mro__ if c in PRUNERS), None)
     if pruner is None:
-        raise InputError(f"channel pruning supports {', '.join(c.__name__ for c in PRUNERS)}, "
-                         f"not {type(net).__name__}")
+        raise InputError(f"channel pruning supports {', '.join(c.__name__ for c in PRUNERS)}, not {type(net).__name__}")
     return pruner(net, ratio, scores)
 
 
@@ -151,8 +153,9 @@ def prune_superpoint_channels(sp: nn.Module, ratio: Ratio, scores: Scores | None
             kept[name] = layer.out_channels
             continue
         consumers = _superpoint_consumers(name)
-        idx = top_channels(input_importance([getattr(sp, c) for c in consumers], scores),
-                           keep_count(layer.out_channels, r))
+        idx = top_channels(
+            input_importance([getattr(sp, c) for c in consumers], scores), keep_count(layer.out_channels, r)
+        )
         setattr(sp, name, _slice(layer, out_idx=idx))
         for c in consumers:
             setattr(sp, c, _slice(getattr(sp, c), in_idx=idx))
@@ -161,6 +164,7 @@ def prune_superpoint_channels(sp: nn.Module, ratio: Ratio, scores: Scores | None
 
 
 # ----------------------------------------------------------------------------- SuperGlue
+
 
 def _prune_mlp_hidden(mlp: nn.Sequential, conv_index: int, ratio: float, scores: Scores | None = None) -> int:
     """Prune the output channels of ``mlp[conv_index]`` (followed by BatchNorm, ReLU and the next conv)."""
@@ -172,8 +176,9 @@ def _prune_mlp_hidden(mlp: nn.Sequential, conv_index: int, ratio: float, scores:
     return len(idx)
 
 
-def prune_attention(attn: nn.Module, dim_ratio: float = 0.0, head_ratio: float = 0.0,
-                    scores: Scores | None = None) -> tuple[int, int]:
+def prune_attention(
+    attn: nn.Module, dim_ratio: float = 0.0, head_ratio: float = 0.0, scores: Scores | None = None
+) -> tuple[int, int]:
     """Prune per-head dims and/or whole heads of an official-layout MultiHeadedAttention, in place.
 
     Channel c belongs to head c % heads at position c // heads (``view(b, dim, heads, n)``), so q, k, v and
@@ -189,8 +194,9 @@ def prune_attention(attn: nn.Module, dim_ratio: float = 0.0, head_ratio: float =
     head_keep = torch.sort(top_channels(per_head.sum(0), new_heads)).values
     new_dim = keep_count(dim, dim_ratio)
     positions = [torch.sort(top_channels(per_head[:, h], new_dim)).values for h in head_keep.tolist()]
-    idx = torch.tensor([positions[i][j].item() * heads + h for j in range(new_dim)
-                        for i, h in enumerate(head_keep.tolist())])
+    idx = torch.tensor(
+        [positions[i][j].item() * heads + h for j in range(new_dim) for i, h in enumerate(head_keep.tolist())]
+    )
     new_q = _slice(q, out_idx=idx)
     with torch.no_grad():  # keep q·k / sqrt(dim) at the same scale with the smaller dim
         new_q.weight.mul_(math.sqrt(new_dim / dim))
@@ -227,6 +233,7 @@ def prune_superglue_channels(sg: nn.Module, ratio: Ratio, scores: Scores | None 
 
 
 # ----------------------------------------------------------------------------- LightGlue (kornia)
+
 
 @channel_pruner(LightGlue)
 def prune_lightglue_ffn(lightglue: nn.Module, ratio: float, scores: Scores | None = None) -> list[int]:

@@ -4,6 +4,7 @@ A mask is the pruned layer's ``Mask`` state (compression/state.py): it moves wit
 state_dict (checkpoints keep their official keys), masks the weight's gradient, and the training loop re-applies
 it after every optimizer step (``enforce``), so pruned weights cannot grow back.
 """
+
 from __future__ import annotations
 
 import functools
@@ -19,7 +20,6 @@ from compression.tensors import Levels, owner, prunable_weights, resolve_levels
 from helper import Check
 
 logger = logging.getLogger(__name__)
-
 
 
 def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -48,7 +48,7 @@ def global_sparsities(model: nn.Module, sparsity: float, names: list[str] | None
     out, start = {}, 0
     for n in names:
         k = weights[n].numel()
-        out[n] = zeroed[start:start + k].sum().item() / k
+        out[n] = zeroed[start : start + k].sum().item() / k
         start += k
     return out
 
@@ -90,8 +90,11 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
 
 def masks(model: nn.Module) -> dict[str, torch.Tensor]:
     """The masks of ``model``'s pruned weights, by parameter name."""
-    return {f"{name}.weight" if name else "weight": found["mask"].mask
-            for name, _, found in compressed_layers(model) if "mask" in found}
+    return {
+        f"{name}.weight" if name else "weight": found["mask"].mask
+        for name, _, found in compressed_layers(model)
+        if "mask" in found
+    }
 
 
 def prune_fine_grained(model: nn.Module, spec: Levels, global_ranking: bool = False) -> dict[str, float]:

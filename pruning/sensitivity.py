@@ -3,6 +3,7 @@
 A scan takes an evaluation callable instead of importing evaluate.py. Its rows are appended to a CSV as
 they come, so a killed scan resumes where it stopped.
 """
+
 from __future__ import annotations
 
 import csv
@@ -77,10 +78,16 @@ def _append_row(path: Path, row: dict) -> None:
         os.fsync(f.fileno())
 
 
-def scan(model: nn.Module, groups: Mapping[str, list[str]], sparsities: Sequence[float],
-         evaluate_fn: Callable[[], Mapping[str, float]], csv_path: str | os.PathLike,
-         metrics: Sequence[str] = METRICS, progress: bool = True,
-         transform: Callable[[torch.Tensor, float], torch.Tensor] | None = None) -> list[dict]:
+def scan(
+    model: nn.Module,
+    groups: Mapping[str, list[str]],
+    sparsities: Sequence[float],
+    evaluate_fn: Callable[[], Mapping[str, float]],
+    csv_path: str | os.PathLike,
+    metrics: Sequence[str] = METRICS,
+    progress: bool = True,
+    transform: Callable[[torch.Tensor, float], torch.Tensor] | None = None,
+) -> list[dict]:
     """Prune each group alone at each sparsity (by magnitude), evaluate, restore; rows go to ``csv_path``.
 
     ``transform(weight, level)`` replaces magnitude pruning by another per-tensor change (e.g. k-means at a bit
@@ -114,15 +121,25 @@ def scan(model: nn.Module, groups: Mapping[str, list[str]], sparsities: Sequence
             with torch.no_grad():
                 for n, w in saved.items():
                     weights[n].copy_(w)
-        row = {"model": model_id, "group": group, "sparsity": sparsity,
-               "params": sizes.get(group, 0), **{m: float(result[m]) for m in metrics if m in result}}
+        row = {
+            "model": model_id,
+            "group": group,
+            "sparsity": sparsity,
+            "params": sizes.get(group, 0),
+            **{m: float(result[m]) for m in metrics if m in result},
+        }
         _append_row(path, row)
         rows.append(row)
     return rows
 
 
-def choose_sparsities(rows: Sequence[Mapping], budget: float, metric: str = "auc@3px",
-                      resolution: int = 200, gain: Callable[[float], float] = float) -> dict[str, float]:
+def choose_sparsities(
+    rows: Sequence[Mapping],
+    budget: float,
+    metric: str = "auc@3px",
+    resolution: int = 200,
+    gain: Callable[[float], float] = float,
+) -> dict[str, float]:
     """Per-group sparsities that remove the most parameters while the summed predicted drop stays within budget.
 
     The drop of a group at a sparsity is the scan's baseline minus its metric there, made monotone in the
@@ -137,8 +154,9 @@ def choose_sparsities(rows: Sequence[Mapping], budget: float, metric: str = "auc
         drop = worst[r["group"]] = max(worst.get(r["group"], 0.0), baseline - float(r[metric]))
         if drop <= budget and gain(float(r["sparsity"])) > 0:
             cost = int(round(drop / budget * resolution)) if budget > 0 else 0
-            options.setdefault(r["group"], []).append((cost, gain(float(r["sparsity"])) * float(r["params"]),
-                                                       float(r["sparsity"])))
+            options.setdefault(r["group"], []).append(
+                (cost, gain(float(r["sparsity"])) * float(r["params"]), float(r["sparsity"]))
+            )
     best = {0: (0.0, {})}  # spent budget units -> (removed params, choice)
     for group, opts in options.items():
         nxt = dict(best)
@@ -158,11 +176,17 @@ def dense_metric(rows: Sequence[Mapping], metric: str = "auc@3px") -> float:
     return float(dense[0][metric])
 
 
-def choose_verified(rows: Sequence[Mapping], budget: float,
-                    evaluate_choice: Callable[[dict[str, float]], Mapping[str, float]], metric: str = "auc@3px",
-                    shrink: float = 0.5, attempts: int = 4, choose_metric: str | None = None,
-                    choose_budget: float | None = None,
-                    gain: Callable[[float], float] = float) -> tuple[dict[str, float], Mapping[str, float], list]:
+def choose_verified(
+    rows: Sequence[Mapping],
+    budget: float,
+    evaluate_choice: Callable[[dict[str, float]], Mapping[str, float]],
+    metric: str = "auc@3px",
+    shrink: float = 0.5,
+    attempts: int = 4,
+    choose_metric: str | None = None,
+    choose_budget: float | None = None,
+    gain: Callable[[float], float] = float,
+) -> tuple[dict[str, float], Mapping[str, float], list]:
     """Choose within a budget, evaluate the combination for real, and tighten the predicted budget while the
     real drop of ``metric`` exceeds ``budget`` (per-layer drops do not simply add up).
 
@@ -176,8 +200,14 @@ def choose_verified(rows: Sequence[Mapping], budget: float,
     for _ in range(attempts):
         choice = choose_sparsities(rows, predicted, choose_metric, gain=gain)
         result = evaluate_choice(choice)
-        history.append({"predicted_budget": predicted, "choose_metric": choose_metric, "choice": choice,
-                        metric: float(result[metric])})
+        history.append(
+            {
+                "predicted_budget": predicted,
+                "choose_metric": choose_metric,
+                "choice": choice,
+                metric: float(result[metric]),
+            }
+        )
         logger.info("choice within predicted %.4f: real %s drop %.4f", predicted, metric, baseline - result[metric])
         if baseline - float(result[metric]) <= budget:
             break

@@ -2,4 +2,5 @@
 
 Importing it registers its compression methods ('kmeans', 'linear-int8', 'int8-onnxruntime').
 """
+
 from . import int8, kmeans, linear  # noqa: F401

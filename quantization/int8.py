@@ -7,6 +7,7 @@ SuperGlue with its Sinkhorn iterations unrolled, LightGlue without its early exi
 only the layers with weights become int8 (projections, MLPs, keypoint encoder, final projection); attention
 products, softmax and Sinkhorn stay float, as in the fake-quant simulation of quantization/linear.py.
 """
+
 from __future__ import annotations
 
 import copy
@@ -39,9 +40,13 @@ logger = logging.getLogger(__name__)
 REDUCE_RANGE = True
 
 
-def quantize_static_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
-                         calibration: Iterable[np.ndarray], keep_float: Iterable[str] = (),
-                         keep_last: bool = False) -> Path:
+def quantize_static_onnx(
+    fp32_path: str | os.PathLike,
+    int8_path: str | os.PathLike,
+    calibration: Iterable[np.ndarray],
+    keep_float: Iterable[str] = (),
+    keep_last: bool = False,
+) -> Path:
     """Static int8 quantization (QDQ, per-channel weights) of the convolutions, calibrated on the given images.
 
     The output layers named in ``keep_float`` (or the graph's last convolution, with ``keep_last``) stay float:
@@ -51,8 +56,11 @@ def quantize_static_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathL
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     graph = onnx.load(str(fp32_path)).graph
-    exclude = [n.name for n in graph.node if any(k in n.name or any(k in i for i in n.input) for k in keep_float)
-               and n.op_type == "Conv"]
+    exclude = [
+        n.name
+        for n in graph.node
+        if any(k in n.name or any(k in i for i in n.input) for k in keep_float) and n.op_type == "Conv"
+    ]
     if keep_last:
         exclude.append([n.name for n in graph.node if n.op_type == "Conv"][-1])
 
@@ -63,9 +71,18 @@ def quantize_static_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathL
         def get_next(self):
             return next(self.items, None)
 
-    quantize_static(str(fp32_path), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, op_types_to_quantize=["Conv"],
-                    nodes_to_exclude=exclude, reduce_range=REDUCE_RANGE)
+    quantize_static(
+        str(fp32_path),
+        str(int8_path),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        activation_type=QuantType.QUInt8,
+        op_types_to_quantize=["Conv"],
+        nodes_to_exclude=exclude,
+        reduce_range=REDUCE_RANGE,
+    )
     return Path(int8_path)
 
 
@@ -84,8 +101,11 @@ def coordinate_layers(graph) -> list[str]:
     return found
 
 
-def quantize_matcher_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
-                          calibration: Iterable[dict[str, np.ndarray]] | None = None) -> Path:
+def quantize_matcher_onnx(
+    fp32_path: str | os.PathLike,
+    int8_path: str | os.PathLike,
+    calibration: Iterable[dict[str, np.ndarray]] | None = None,
+) -> Path:
     """int8 weights for every MatMul/Conv with a weight (per channel), except the layers that read keypoint
     coordinates; products of two activations stay float.
 
@@ -107,8 +127,15 @@ def quantize_matcher_onnx(fp32_path: str | os.PathLike, int8_path: str | os.Path
     exclude = [n.name for n in graph.node if n.op_type in ops and not any(i in weights for i in n.input)]
     exclude += coordinate_layers(graph)
     if calibration is None:
-        quantize_dynamic(str(fp32_path), str(int8_path), per_channel=True, weight_type=QuantType.QInt8,
-                         op_types_to_quantize=ops, nodes_to_exclude=exclude, reduce_range=REDUCE_RANGE)
+        quantize_dynamic(
+            str(fp32_path),
+            str(int8_path),
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=ops,
+            nodes_to_exclude=exclude,
+            reduce_range=REDUCE_RANGE,
+        )
         return Path(int8_path)
     items = iter(list(calibration))
 
@@ -116,9 +143,18 @@ def quantize_matcher_onnx(fp32_path: str | os.PathLike, int8_path: str | os.Path
         def get_next(self):
             return next(items, None)
 
-    quantize_static(str(fp32_path), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, op_types_to_quantize=ops,
-                    nodes_to_exclude=exclude, reduce_range=REDUCE_RANGE)
+    quantize_static(
+        str(fp32_path),
+        str(int8_path),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        activation_type=QuantType.QUInt8,
+        op_types_to_quantize=ops,
+        nodes_to_exclude=exclude,
+        reduce_range=REDUCE_RANGE,
+    )
     return Path(int8_path)
 
 
@@ -135,8 +171,13 @@ def recorded_inputs(module: nn.Module, run) -> list:
     return seen
 
 
-def int8_detector(matcher: nn.Module, calibration: list[torch.Tensor], folder: str | os.PathLike,
-                  threads: int | None = None, quantize: bool = True) -> nn.Module:
+def int8_detector(
+    matcher: nn.Module,
+    calibration: list[torch.Tensor],
+    folder: str | os.PathLike,
+    threads: int | None = None,
+    quantize: bool = True,
+) -> nn.Module:
     """A copy of ``matcher`` whose detector network runs as an ONNX graph, int8 (or fp32 with ``quantize=False``).
 
     Any detector with a graph adapter (models/graphs.py: SuperPoint's dense network, DISK's U-Net);
@@ -152,8 +193,13 @@ def int8_detector(matcher: nn.Module, calibration: list[torch.Tensor], folder: s
         calibration = [F.pad(x, (0, -x.shape[-1] % k, 0, -x.shape[-2] % k)) for x in calibration]
     path = export_detector(det, Path(folder) / f"{type(det).__name__.lower()}.onnx", calibration[0])
     if quantize:
-        path = quantize_static_onnx(path, path.with_name(path.stem + "_int8.onnx"),
-                                    [x.cpu().numpy() for x in calibration], adapter.keep_float, adapter.keep_last)
+        path = quantize_static_onnx(
+            path,
+            path.with_name(path.stem + "_int8.onnx"),
+            [x.cpu().numpy() for x in calibration],
+            adapter.keep_float,
+            adapter.keep_last,
+        )
     if adapter.submodule is None:
         m.detector = GraphDetector(det, path, threads)
     else:
@@ -162,8 +208,13 @@ def int8_detector(matcher: nn.Module, calibration: list[torch.Tensor], folder: s
     return m
 
 
-def int8_matcher(matcher: nn.Module, calibration: list[dict], folder: str | os.PathLike,
-                 threads: int | None = None, mode: str = "auto") -> nn.Module:
+def int8_matcher(
+    matcher: nn.Module,
+    calibration: list[dict],
+    folder: str | os.PathLike,
+    threads: int | None = None,
+    mode: str = "auto",
+) -> nn.Module:
     """A copy of ``matcher`` whose matching network (SuperGlue, LightGlue: any with a graph adapter) runs as an
     ONNX graph.
 
@@ -188,8 +239,9 @@ def int8_matcher(matcher: nn.Module, calibration: list[dict], folder: str | os.P
         path = export_matcher(net, adapter, Path(folder) / f"{kind.lower()}.onnx", adapter.feed(calibration[0]))
     if mode != "fp32":
         feeds = [graph_feed(net, d) for d in calibration]
-        path = quantize_matcher_onnx(path, path.with_name(f"{path.stem}_int8_{mode}.onnx"),
-                                     feeds if mode == "static" else None)
+        path = quantize_matcher_onnx(
+            path, path.with_name(f"{path.stem}_int8_{mode}.onnx"), feeds if mode == "static" else None
+        )
     m.matcher = GraphMatcher(net, path, threads)
     m.onnx_path = path
     return m
@@ -200,9 +252,15 @@ def _int8_kernels(model: nn.Module) -> str | None:
     return f"int8 kernels (ONNX Runtime) for the {'+'.join(parts)}" if parts else None
 
 
-@register_method("int8-onnxruntime", settings={"mode": "auto"},
-                 checks={"mode": Check(choices=("auto", "dynamic", "static", "fp32"))},
-                 calibrated=True, final=True, bits=lambda spec: 8, execution=_int8_kernels)
+@register_method(
+    "int8-onnxruntime",
+    settings={"mode": "auto"},
+    checks={"mode": Check(choices=("auto", "dynamic", "static", "fp32"))},
+    calibrated=True,
+    final=True,
+    bits=lambda spec: 8,
+    execution=_int8_kernels,
+)
 def int8_method(job: Job) -> None:
     """The part runs in real int8 kernels of ONNX Runtime, calibrated on the calibration pairs (the graph's bytes
     go into the checkpoint)."""

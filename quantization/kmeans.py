@@ -6,6 +6,7 @@ training loop) each centroid moves to the mean of its weights (for SGD this is t
 centroid) and the shared values are written back, so a finetuned model still has exactly 2^bits values per
 tensor. The checkpoint stores the codes packed at their bit width.
 """
+
 from __future__ import annotations
 
 import logging
@@ -94,9 +95,15 @@ class Codebook(LayerState):
         layer.weight.copy_(self.values(layer.weight))
 
     def encode(self, layer: nn.Module, weight: torch.Tensor) -> dict[str, Any]:
-        entry = {"kind": self.kind, "shape": list(weight.shape), "dtype": str(weight.dtype).split(".")[-1],
-                 "bits": self.bits, "codebook": self.codebook.detach().cpu().to(weight.dtype),
-                 "codes": pack_bits(self.codes, self.bits), "count": int(self.codes.numel())}
+        entry = {
+            "kind": self.kind,
+            "shape": list(weight.shape),
+            "dtype": str(weight.dtype).split(".")[-1],
+            "bits": self.bits,
+            "codebook": self.codebook.detach().cpu().to(weight.dtype),
+            "codes": pack_bits(self.codes, self.bits),
+            "count": int(self.codes.numel()),
+        }
         if self.nonzero is not None:
             entry["mask"] = pack_bits(self.nonzero, 1)
         return entry
@@ -133,7 +140,7 @@ def quantize_kmeans(model: nn.Module, bits: BitsSpec, iters: int = 30) -> dict[s
         w = weights[name].detach().flatten()
         nonzero = w != 0
         sparse = not bool(nonzero.all())
-        codebook, codes = kmeans_1d(w[nonzero] if sparse else w, 2 ** b, iters)
+        codebook, codes = kmeans_1d(w[nonzero] if sparse else w, 2**b, iters)
         state = attach(layer, Codebook(codebook.to(w), codes, nonzero.view_as(weights[name]) if sparse else None))
         with torch.no_grad():
             layer.weight.copy_(state.values(layer.weight))
@@ -150,8 +157,7 @@ def quantized_layers(model: nn.Module) -> int:
 BITS = Check(kind=(int, dict), words=("auto",), lo=1, hi=8, values=Check(kind=int, lo=1, hi=8))
 
 
-@register_method("kmeans", settings={"bits": 8}, checks={"bits": BITS}, needs=("bits",),
-                 bits=lambda spec: spec["bits"])
+@register_method("kmeans", settings={"bits": 8}, checks={"bits": BITS}, needs=("bits",), bits=lambda spec: spec["bits"])
 def kmeans_method(job: Job) -> None:
     """k-means weight sharing of the part: one bit width, per-pattern widths, or mixed widths a scan chose."""
     if job.spec["bits"] != "auto":

@@ -11,6 +11,7 @@ weight becomes a shadow that the optimizer updates, and the forward pass sees it
 (straight-through estimator, via a parametrization). Without it, weights are put back on their grid after every
 optimizer step. Either way what is evaluated is what the checkpoint stores.
 """
+
 from __future__ import annotations
 
 import logging
@@ -81,8 +82,14 @@ class Grid(LayerState):
     def encode(self, layer: nn.Module, weight: torch.Tensor) -> dict[str, Any]:
         q, scale = int_grid(self.bits), self.scale.detach().cpu()
         codes = torch.round(weight / _channels(scale, weight.ndim)).to(torch.int64) + q
-        entry = {"kind": self.kind, "shape": list(weight.shape), "bits": self.bits, "scale": scale,
-                 "codes": pack_bits(codes, self.bits), "count": weight.numel()}
+        entry = {
+            "kind": self.kind,
+            "shape": list(weight.shape),
+            "bits": self.bits,
+            "scale": scale,
+            "codes": pack_bits(codes, self.bits),
+            "count": weight.numel(),
+        }
         act = get(layer, "activation")
         if act is not None:
             entry.update(act_scale=act.scale.cpu(), act_zero_point=act.zero_point.cpu(), act_bits=act.bits)
@@ -161,8 +168,13 @@ class ActivationObserver:
         self.lo, self.hi = min(self.lo, lo.item()), max(self.hi, hi.item())
 
 
-def quantize_linear(model: nn.Module, calibrate: Callable[[], None], weight_bits: BitsSpec = 8,
-                    activation_bits: int = 8, method: str = "minmax") -> dict[str, int]:
+def quantize_linear(
+    model: nn.Module,
+    calibrate: Callable[[], None],
+    weight_bits: BitsSpec = 8,
+    activation_bits: int = 8,
+    method: str = "minmax",
+) -> dict[str, int]:
     """Quantize the weights of ``model``'s conv/linear layers in place and fake-quantize their inputs.
 
     ``calibrate`` runs the model on sample data once (e.g. an evaluation of a few pairs) to set the
@@ -188,7 +200,7 @@ def quantize_linear(model: nn.Module, calibrate: Callable[[], None], weight_bits
             logger.debug("%s did not run during calibration; its inputs stay float", name)
             continue
         lo, hi = min(obs.lo, 0.0), max(obs.hi, 0.0)
-        scale = torch.tensor(max(hi - lo, 1e-8) / (2 ** activation_bits - 1))
+        scale = torch.tensor(max(hi - lo, 1e-8) / (2**activation_bits - 1))
         attach(layer, ActivationQuant(scale, torch.round(-lo / scale), activation_bits))
     logger.info("linear-quantized %d layers of %s", len(layers), type(model).__name__)
     return {n: int(b) for n, b in spec.items()}
@@ -200,12 +212,21 @@ def _simulated(model: nn.Module) -> str | None:
     return None
 
 
-@register_method("linear-int8", settings={"bits": 8, "activation_bits": 8, "calibration_method": "minmax"},
-                 checks={"activation_bits": Check(lo=2, hi=16),
-                         "calibration_method": Check(choices=("minmax", "percentile"))},
-                 calibrated=True, bits=lambda spec: spec.get("bits", 8), execution=_simulated)
+@register_method(
+    "linear-int8",
+    settings={"bits": 8, "activation_bits": 8, "calibration_method": "minmax"},
+    checks={"activation_bits": Check(lo=2, hi=16), "calibration_method": Check(choices=("minmax", "percentile"))},
+    calibrated=True,
+    bits=lambda spec: spec.get("bits", 8),
+    execution=_simulated,
+)
 def linear_method(job: Job) -> None:
     """Linear quantization of the part's weights and inputs, calibrated on the calibration pairs."""
     matcher = job.matcher
-    quantize_linear(job.net, lambda: job.calibrate(matcher), job.spec.get("bits", 8),
-                    job.spec.get("activation_bits", 8), job.spec.get("calibration_method", "minmax"))
+    quantize_linear(
+        job.net,
+        lambda: job.calibrate(matcher),
+        job.spec.get("bits", 8),
+        job.spec.get("activation_bits", 8),
+        job.spec.get("calibration_method", "minmax"),
+    )

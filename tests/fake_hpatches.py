@@ -1,5 +1,6 @@
 """A small folder laid out like HPatches (800×600 .ppm images, plain-text H_1_k), from sample photos warped by
 known homographies; it stands in for the 1.3 GB download in tests."""
+
 from pathlib import Path
 
 import cv2

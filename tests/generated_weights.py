@@ -1,4 +1,5 @@
 """Deterministic, machine-independent weights for equivalence tests (no official weights needed)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """The house rules of docs/ARCHITECTURE.md: arrows that point one way, and a new method that needs one file."""
+
 import ast
 import json
 
@@ -13,8 +14,15 @@ LAYERS = [
     {"compression"},
     {"pruning", "quantization", "backends"},
     {"pipeline"},
-    {"evaluate", "finetune", "match_pairs", "profiling", "pruning_experiments", "quantization_experiments",
-     "visualizations"},  # the command lines: they import the pipeline, never each other
+    {
+        "evaluate",
+        "finetune",
+        "match_pairs",
+        "profiling",
+        "pruning_experiments",
+        "quantization_experiments",
+        "visualizations",
+    },  # the command lines: they import the pipeline, never each other
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 
@@ -45,11 +53,16 @@ def project_modules() -> dict[str, set[str]]:
 def test_imports_point_down_the_layers():
     graph = project_modules()
     assert len(graph) > 40 and set(LAYER) <= {m.split(".")[0] for m in graph}
-    upward = [f"{m} -> {d}" for m, deps in graph.items() for d in deps
-              if LAYER[d.split(".")[0]] > LAYER[m.split(".")[0]]]
+    upward = [
+        f"{m} -> {d}" for m, deps in graph.items() for d in deps if LAYER[d.split(".")[0]] > LAYER[m.split(".")[0]]
+    ]
     scripts = LAYERS[-1]
-    sideways = [f"{m} -> {d}" for m, deps in graph.items() for d in deps
-                if m in scripts and d.split(".")[0] in scripts and d.split(".")[0] != m]
+    sideways = [
+        f"{m} -> {d}"
+        for m, deps in graph.items()
+        for d in deps
+        if m in scripts and d.split(".")[0] in scripts and d.split(".")[0] != m
+    ]
     assert upward == [] and sideways == []
 
 
@@ -66,7 +79,7 @@ def test_no_import_cycles():
         state[m] = 1
         for d in edges[m]:
             if state.get(d) == 1:
-                cycles.append(" -> ".join(path[path.index(d):] + [d]) if d in path else f"{m} -> {d}")
+                cycles.append(" -> ".join(path[path.index(d) :] + [d]) if d in path else f"{m} -> {d}")
             elif d not in state:
                 visit(d, path + [d])
         state[m] = 2
@@ -85,12 +98,17 @@ def test_a_new_method_in_one_file_runs_through_experiment_checkpoint_and_finetun
     from pipeline.checkpoint import load_checkpoint
     from pipeline.experiment import experiment_config, run
 
-    config = experiment_config([str(ROOT / "configs" / "demo.yaml"), str(FIXTURES / "tiny_experiment.yaml")],
-                               ["animation=null"])
+    config = experiment_config(
+        [str(ROOT / "configs" / "demo.yaml"), str(FIXTURES / "tiny_experiment.yaml")], ["animation=null"]
+    )
     # SuperPoint + a two-layer SuperGlue on random weights: the wiring is the test, not the accuracy
-    config.update(matcher="superpoint+superglue", matcher_config={
-        "superpoint": {"weights": None, "max_keypoints": 64},
-        "superglue": {"weights": None, "GNN_layers": ["self", "cross"], "sinkhorn_iterations": 5}})
+    config.update(
+        matcher="superpoint+superglue",
+        matcher_config={
+            "superpoint": {"weights": None, "max_keypoints": 64},
+            "superglue": {"weights": None, "GNN_layers": ["self", "cross"], "sinkhorn_iterations": 5},
+        },
+    )
     config["pruning"] = [{"name": "ternary", "method": "toy-ternary", "threshold": 0.5, "finetune": True}]
     config["quantization"] = []
     rows = {r["name"]: r for r in run(config, tmp_path, ("pruning",), progress=False)}
@@ -109,5 +127,6 @@ def test_a_new_method_in_one_file_runs_through_experiment_checkpoint_and_finetun
     assert "| ternary | toy-ternary |" in report
     assert json.loads((tmp_path / "results.json").read_text())[1]["method"] == "toy-ternary"
     with pytest.raises(Exception, match="threshold"):  # its settings are checked with the plan
-        experiment_config([str(ROOT / "configs" / "demo.yaml")], ["pruning=[{name: t, method: toy-ternary, "
-                                                                  "threshold: 5.0}]"])
+        experiment_config(
+            [str(ROOT / "configs" / "demo.yaml")], ["pruning=[{name: t, method: toy-ternary, threshold: 5.0}]"]
+        )

@@ -1,5 +1,6 @@
 """Every command line against hostile-but-fair input: exit status 2, one line on stderr that names the culprit,
 no traceback, nothing half-written and no other file changed; output locations are checked before any work."""
+
 import importlib
 import os
 import re
@@ -110,27 +111,83 @@ SIFT = ["--matcher", "sift+nn"]
 #  functions that must not run: the input is refused before that work)
 CASES = [
     # images
-    ("0-byte image in a pairs file", M, ["--input_pairs", "{H}/pairs_empty_image.txt", "--input_dir", "{H}/images",
-                                         *SIFT, "--output_dir", "{W}/o"], ["empty.png", "empty"], []),
-    ("0-byte image in a pairs file (evaluate)", E, ["--input_pairs", "{H}/pairs_empty_image.txt", "--input_dir",
-                                                    "{H}/images", *SIFT, "--output", "{W}/o"], ["empty.png"], []),
-    ("undecodable image", M, ["--input_pairs", "{H}/pairs_noise_image.txt", "--input_dir", "{H}/images", *SIFT,
-                              "--output_dir", "{W}/o"], ["noise.png"], []),
-    ("1x1 image with DISK", M, ["--input_pairs", "{H}/pairs_dot.txt", "--input_dir", "{H}/images", "--matcher",
-                                "disk+lightglue", "--resize", "-1", "--output_dir", "{W}/o"], ["dot.png", "1×1"], []),
-    ("non-UTF-8 pairs file", M, ["--input_pairs", "{H}/pairs_latin1.txt", *SIFT, "--output_dir", "{W}/o"],
-     ["pairs_latin1.txt", "UTF-8"], ["match_pairs.build_from_args"]),
-    ("non-UTF-8 pairs file (evaluate)", E, ["--input_pairs", "{H}/pairs_latin1.txt", *SIFT],
-     ["pairs_latin1.txt", "UTF-8"], ["evaluate.build_from_args"]),
+    (
+        "0-byte image in a pairs file",
+        M,
+        ["--input_pairs", "{H}/pairs_empty_image.txt", "--input_dir", "{H}/images", *SIFT, "--output_dir", "{W}/o"],
+        ["empty.png", "empty"],
+        [],
+    ),
+    (
+        "0-byte image in a pairs file (evaluate)",
+        E,
+        ["--input_pairs", "{H}/pairs_empty_image.txt", "--input_dir", "{H}/images", *SIFT, "--output", "{W}/o"],
+        ["empty.png"],
+        [],
+    ),
+    (
+        "undecodable image",
+        M,
+        ["--input_pairs", "{H}/pairs_noise_image.txt", "--input_dir", "{H}/images", *SIFT, "--output_dir", "{W}/o"],
+        ["noise.png"],
+        [],
+    ),
+    (
+        "1x1 image with DISK",
+        M,
+        [
+            "--input_pairs",
+            "{H}/pairs_dot.txt",
+            "--input_dir",
+            "{H}/images",
+            "--matcher",
+            "disk+lightglue",
+            "--resize",
+            "-1",
+            "--output_dir",
+            "{W}/o",
+        ],
+        ["dot.png", "1×1"],
+        [],
+    ),
+    (
+        "non-UTF-8 pairs file",
+        M,
+        ["--input_pairs", "{H}/pairs_latin1.txt", *SIFT, "--output_dir", "{W}/o"],
+        ["pairs_latin1.txt", "UTF-8"],
+        ["match_pairs.build_from_args"],
+    ),
+    (
+        "non-UTF-8 pairs file (evaluate)",
+        E,
+        ["--input_pairs", "{H}/pairs_latin1.txt", *SIFT],
+        ["pairs_latin1.txt", "UTF-8"],
+        ["evaluate.build_from_args"],
+    ),
     # values
     ("--resize 0 0", M, ["--resize", "0", "0", *SIFT], ["--resize"], ["match_pairs.read_pairs"]),
-    ("--resize 0 0 (evaluate)", E, ["--input_pairs", "{H}/pairs_empty_image.txt", "--resize", "0", "0"],
-     ["--resize"], ["evaluate.build_from_args"]),
+    (
+        "--resize 0 0 (evaluate)",
+        E,
+        ["--input_pairs", "{H}/pairs_empty_image.txt", "--resize", "0", "0"],
+        ["--resize"],
+        ["evaluate.build_from_args"],
+    ),
     ("--size 0 0", E, ["--size", "0", "0", *SIFT], ["--size"], ["evaluate.make_pairs"]),
-    ("--size too large for memory", E, ["--size", "100000", "100000", *SIFT], ["--size", "8192"],
-     ["evaluate.make_pairs"]),
-    ("--hpatches is a file", E, ["--hpatches", "{H}/a_file", *SIFT], ["a_file", "is a file"],
-     ["evaluate.evaluate", "data.hpatches.download"]),
+    (
+        "--size too large for memory",
+        E,
+        ["--size", "100000", "100000", *SIFT],
+        ["--size", "8192"],
+        ["evaluate.make_pairs"],
+    ),
+    (
+        "--hpatches is a file",
+        E,
+        ["--hpatches", "{H}/a_file", *SIFT],
+        ["a_file", "is a file"],
+        ["evaluate.evaluate", "data.hpatches.download"],
+    ),
     ("--num_pairs 0", E, ["--num_pairs", "0", *SIFT], ["--num_pairs"], ["evaluate.make_pairs"]),
     ("--max_keypoints 0", M, ["--max_keypoints", "0", *SIFT], ["--max_keypoints"], ["match_pairs.read_pairs"]),
     ("--max_keypoints -5", E, ["--max_keypoints", "-5", *SIFT], ["--max_keypoints"], ["evaluate.make_pairs"]),
@@ -139,61 +196,134 @@ CASES = [
     ("--resize 0 0 (profiling)", P, ["--resize", "0", "0", *SIFT], ["--resize"], ["profiling.profile_matcher"]),
     ("--threads 0", P, ["--threads", "0", *SIFT], ["--threads"], ["profiling.profile_matcher"]),
     # output locations, before any work
-    ("--output is a file", E, ["--output", "{H}/a_file", *SIFT, "--num_pairs", "1"], ["a_file", "not a folder"],
-     ["evaluate.make_pairs", "evaluate.evaluate"]),
+    (
+        "--output is a file",
+        E,
+        ["--output", "{H}/a_file", *SIFT, "--num_pairs", "1"],
+        ["a_file", "not a folder"],
+        ["evaluate.make_pairs", "evaluate.evaluate"],
+    ),
     ("--output inside a file", E, ["--output", "{H}/a_file/out", *SIFT], ["a_file"], ["evaluate.evaluate"]),
     ("--json is a folder", P, ["--json", "{H}/a_dir", *SIFT], ["a_dir", "not a file"], ["profiling.profile_matcher"]),
     ("--csv inside a file", P, ["--csv", "{H}/a_file/sweep.csv", *SIFT], ["a_file"], ["profiling.profile_matcher"]),
     ("--output_dir is a file", M, ["--output_dir", "{H}/a_file", *SIFT], ["a_file"], ["match_pairs.read_pairs"]),
     ("finetune out is a file", F, ["--set", "out={H}/a_file"], ["a_file"], [RUN]),
     ("experiment --out is a file", X, ["--out", "{H}/a_file"], ["a_file"], ["pipeline.experiment.Experiment.baseline"]),
-    ("visualizations --out is a file", "visualizations", ["--out", "{H}/a_file", "--results", "{H}/broken.json"],
-     ["a_file"], ["visualizations.plot_tradeoff"]),
+    (
+        "visualizations --out is a file",
+        "visualizations",
+        ["--out", "{H}/a_file", "--results", "{H}/broken.json"],
+        ["a_file"],
+        ["visualizations.plot_tradeoff"],
+    ),
     # checkpoints
     ("0-byte checkpoint", M, ["--checkpoint", "{H}/zero.pth", "--output_dir", "{W}/o"], ["zero.pth", "empty"], []),
     ("random-bytes checkpoint", E, ["--checkpoint", "{H}/random.pth"], ["random.pth", "not a PyTorch"], []),
     ("truncated checkpoint", P, ["--checkpoint", "{H}/truncated.pth"], ["truncated.pth", "damaged"], []),
     ("pickle that runs code", E, ["--checkpoint", "{H}/pickle.pth"], ["pickle.pth", "refused"], []),
-    ("checkpoint naming an unknown matcher", M, ["--checkpoint", "{H}/unknown_matcher.pth", "--output_dir", "{W}/o"],
-     ["unknown_matcher.pth", "nope+nope"], []),
+    (
+        "checkpoint naming an unknown matcher",
+        M,
+        ["--checkpoint", "{H}/unknown_matcher.pth", "--output_dir", "{W}/o"],
+        ["unknown_matcher.pth", "nope+nope"],
+        [],
+    ),
     ("checkpoint without its config", P, ["--checkpoint", "{H}/no_config.pth"], ["no_config.pth", "config"], []),
-    ("checkpoint entry without its kind", E, ["--checkpoint", "{H}/entry_without_kind.pth"],
-     ["entry_without_kind.pth", "kind"], []),
+    (
+        "checkpoint entry without its kind",
+        E,
+        ["--checkpoint", "{H}/entry_without_kind.pth"],
+        ["entry_without_kind.pth", "kind"],
+        [],
+    ),
     ("checkpoint entry of another shape", E, ["--checkpoint", "{H}/wrong_shape.pth"], ["wrong_shape.pth"], []),
-    ("checkpoint of a newer version", F, ["--set", "checkpoint={H}/future.pth", "--set", "out={W}/ft"],
-     ["future.pth", "version"], ["pipeline.training.Run.loss"]),
-    ("0-byte checkpoint (finetune)", F, ["--set", "checkpoint={H}/zero.pth", "--set", "out={W}/ft"], ["zero.pth"],
-     ["pipeline.training.Run.loss"]),
-    ("--matcher contradicts --checkpoint", E, ["--matcher", "disk+lightglue", "--checkpoint", "{H}/sift.pth"],
-     ["--matcher", "sift+nn"], ["evaluate.evaluate"]),
+    (
+        "checkpoint of a newer version",
+        F,
+        ["--set", "checkpoint={H}/future.pth", "--set", "out={W}/ft"],
+        ["future.pth", "version"],
+        ["pipeline.training.Run.loss"],
+    ),
+    (
+        "0-byte checkpoint (finetune)",
+        F,
+        ["--set", "checkpoint={H}/zero.pth", "--set", "out={W}/ft"],
+        ["zero.pth"],
+        ["pipeline.training.Run.loss"],
+    ),
+    (
+        "--matcher contradicts --checkpoint",
+        E,
+        ["--matcher", "disk+lightglue", "--checkpoint", "{H}/sift.pth"],
+        ["--matcher", "sift+nn"],
+        ["evaluate.evaluate"],
+    ),
     # configs
     ("unknown key", F, ["--set", "stpes=1", "--set", "out={W}/ft"], ["stpes", "'steps'"], [RUN]),
-    ("unknown nested key", F, ["--set", "val.num_pairz=1", "--set", "out={W}/ft"], ["val.num_pairz", "val.num_pairs"],
-     [RUN]),
+    (
+        "unknown nested key",
+        F,
+        ["--set", "val.num_pairz=1", "--set", "out={W}/ft"],
+        ["val.num_pairz", "val.num_pairs"],
+        [RUN],
+    ),
     ("wrong type", F, ["--set", "steps=ten", "--set", "out={W}/ft"], ["steps", "integer", "ten"], [RUN]),
     ("out of range", F, ["--set", "val.num_pairs=0", "--set", "out={W}/ft"], ["val.num_pairs"], [RUN]),
-    ("unknown matcher setting", F, ["--set", "matcher_config.matcher.depth_confidance=-1", "--set", "out={W}/ft"],
-     ["depth_confidance", "depth_confidence"], [RUN]),
-    ("YAML syntax error", F, ["--config", "{H}/broken.yaml", "--set", "out={W}/ft"], ["broken.yaml:3:"],
-     [RUN]),
+    (
+        "unknown matcher setting",
+        F,
+        ["--set", "matcher_config.matcher.depth_confidance=-1", "--set", "out={W}/ft"],
+        ["depth_confidance", "depth_confidence"],
+        [RUN],
+    ),
+    ("YAML syntax error", F, ["--config", "{H}/broken.yaml", "--set", "out={W}/ft"], ["broken.yaml:3:"], [RUN]),
     ("YAML that is not a mapping", F, ["--config", "{H}/list.yaml"], ["list.yaml", "mapping"], [RUN]),
     ("malformed --set", F, ["--set", "steps"], ["key.sub=value"], [RUN]),
-    ("unknown experiment key", X, ["--set", "val.num_pairz=1", "--out", "{W}/run"], ["val.num_pairz"],
-     ["pipeline.experiment.Experiment.baseline"]),
-    ("unknown experiment method", X, ["--config", "{R}/configs/demo.yaml", "{H}/bad_method.yaml", "--out", "{W}/run"],
-     ["kmeanz"], ["pipeline.experiment.Experiment.baseline"]),
-    ("unknown variant key", X, ["--config", "{R}/configs/demo.yaml", "{H}/bad_variant_key.yaml", "--out", "{W}/run"],
-     ["bitz", "bits"], ["pipeline.experiment.Experiment.baseline"]),
-    ("variant with a missing base", X, ["--config", "{R}/configs/demo.yaml", "{H}/bad_base.yaml", "--out", "{W}/run"],
-     ["base", "'p'"], ["pipeline.experiment.Experiment.baseline"]),
+    (
+        "unknown experiment key",
+        X,
+        ["--set", "val.num_pairz=1", "--out", "{W}/run"],
+        ["val.num_pairz"],
+        ["pipeline.experiment.Experiment.baseline"],
+    ),
+    (
+        "unknown experiment method",
+        X,
+        ["--config", "{R}/configs/demo.yaml", "{H}/bad_method.yaml", "--out", "{W}/run"],
+        ["kmeanz"],
+        ["pipeline.experiment.Experiment.baseline"],
+    ),
+    (
+        "unknown variant key",
+        X,
+        ["--config", "{R}/configs/demo.yaml", "{H}/bad_variant_key.yaml", "--out", "{W}/run"],
+        ["bitz", "bits"],
+        ["pipeline.experiment.Experiment.baseline"],
+    ),
+    (
+        "variant with a missing base",
+        X,
+        ["--config", "{R}/configs/demo.yaml", "{H}/bad_base.yaml", "--out", "{W}/run"],
+        ["base", "'p'"],
+        ["pipeline.experiment.Experiment.baseline"],
+    ),
     # result files given to visualizations.py
     ("broken JSON", "visualizations", ["--results", "{H}/broken.json", "--out", "{W}/fig"], ["broken.json:2:"], []),
-    ("CSV without the columns", "visualizations", ["--scan", "{H}/scan.csv", "--out", "{W}/fig"],
-     ["scan.csv", "auc@3px"], []),
-    ("unknown tensor", "visualizations", ["--checkpoints", "{H}/tiny.pth", "--tensor", "matcher.transformers.0.fnn",
-                                          "--out", "{W}/fig"], ["matcher.transformers.0.fnn", "did you mean"], []),
-    ("missing results file", "visualizations", ["--sweep", "{H}/nothing.csv", "--out", "{W}/fig"], ["nothing.csv"],
-     []),
+    (
+        "CSV without the columns",
+        "visualizations",
+        ["--scan", "{H}/scan.csv", "--out", "{W}/fig"],
+        ["scan.csv", "auc@3px"],
+        [],
+    ),
+    (
+        "unknown tensor",
+        "visualizations",
+        ["--checkpoints", "{H}/tiny.pth", "--tensor", "matcher.transformers.0.fnn", "--out", "{W}/fig"],
+        ["matcher.transformers.0.fnn", "did you mean"],
+        [],
+    ),
+    ("missing results file", "visualizations", ["--sweep", "{H}/nothing.csv", "--out", "{W}/fig"], ["nothing.csv"], []),
 ]
 
 
@@ -223,10 +353,10 @@ def test_bad_input_is_one_line_status_2_and_changes_nothing(case, hostile, work,
 
 def test_command_lines_report_in_one_line_from_a_shell(hostile, tmp_path):
     """The same boundary at the real entry points (a fresh interpreter per command)."""
-    for script, args, culprit in (("match_pairs.py", ["--input_pairs", str(hostile / "pairs_latin1.txt")],
-                                   "UTF-8"),
-                                  ("quantization_experiments.py", ["--set", "seed=x", "--out", str(tmp_path / "r")],
-                                   "seed")):
+    for script, args, culprit in (
+        ("match_pairs.py", ["--input_pairs", str(hostile / "pairs_latin1.txt")], "UTF-8"),
+        ("quantization_experiments.py", ["--set", "seed=x", "--out", str(tmp_path / "r")], "seed"),
+    ):
         proc = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
         lines = shown(proc.stderr)
         assert proc.returncode == 2 and len(lines) == 1 and culprit in lines[0], proc.stderr
@@ -239,9 +369,26 @@ def test_sizes_too_large_for_memory_are_one_line(tmp_path):
     def limit():  # 6 GB of address space: what a smaller machine has
         resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
 
-    proc = subprocess.run([sys.executable, "evaluate.py", "--matcher", "aliked+lightglue", "--size", "4096", "4096",
-                           "--num_pairs", "1", "--output", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, preexec_fn=limit)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "evaluate.py",
+            "--matcher",
+            "aliked+lightglue",
+            "--size",
+            "4096",
+            "4096",
+            "--num_pairs",
+            "1",
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit,
+    )
     lines = shown(proc.stderr)
     assert proc.returncode == 2 and len(lines) == 1 and "out of memory" in lines[0] and "--size" in lines[0], lines
     assert not (tmp_path / "out").exists()
@@ -288,7 +435,7 @@ def test_folder_and_zip_sources_skip_and_count_unreadable_images(tmp_path, caplo
     with zipfile.ZipFile(archive) as z:
         info = z.getinfo("damaged.png")
     start = info.header_offset + 30 + len(info.filename) + len(info.extra)
-    data[start + 10: start + 40] = b"\x00" * 30  # the member's compressed bytes, not its header
+    data[start + 10 : start + 40] = b"\x00" * 30  # the member's compressed bytes, not its header
     archive.write_bytes(bytes(data))
     for spec, skipped in ((folder, 2), (archive, 2)):
         source = open_source(spec)
@@ -313,8 +460,9 @@ def test_set_values_take_the_type_of_their_default_and_configs_merge_in_order(tm
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
     a.write_text("steps: 7\nval: {num_pairs: 3}\n")
     b.write_text("lr: 1e-4\nval: {every: 2}\n")  # YAML 1.1 reads 1e-4 as a string
-    config, _ = finetune.command_line(["--config", str(a), "--config", str(b), "--set", "weight_decay=1e-2",
-                                       "--set", "clip=2"])
+    config, _ = finetune.command_line(
+        ["--config", str(a), "--config", str(b), "--set", "weight_decay=1e-2", "--set", "clip=2"]
+    )
     assert config["steps"] == 7 and config["val"]["num_pairs"] == 3 and config["val"]["every"] == 2
     assert config["lr"] == 1e-4 and isinstance(config["lr"], float) and config["weight_decay"] == 0.01
     assert config["clip"] == 2.0 and isinstance(config["clip"], float)
@@ -343,11 +491,15 @@ def test_killed_write_leaves_a_temp_file_that_the_next_write_removes(tmp_path):
     from helper import write_json
 
     target = tmp_path / "model.pth"
-    code = ("import sys, time\nfrom helper import atomic_path\n"
-            "with atomic_path(sys.argv[1]) as tmp:\n    tmp.write_bytes(b'x' * 10**6)\n"
-            "    print('writing', flush=True)\n    time.sleep(120)\n")
-    writers = [subprocess.Popen([sys.executable, "-c", code, str(target)], cwd=ROOT, stdout=subprocess.PIPE,
-                                text=True) for _ in range(2)]
+    code = (
+        "import sys, time\nfrom helper import atomic_path\n"
+        "with atomic_path(sys.argv[1]) as tmp:\n    tmp.write_bytes(b'x' * 10**6)\n"
+        "    print('writing', flush=True)\n    time.sleep(120)\n"
+    )
+    writers = [
+        subprocess.Popen([sys.executable, "-c", code, str(target)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     for w in writers:
         assert w.stdout.readline().strip() == "writing"
     writers[0].kill()
@@ -369,14 +521,41 @@ def test_bad_cached_matches_are_recomputed(tmp_path, caplog):
     import match_pairs
 
     out = tmp_path / "o"
-    match_pairs.main(["--input_pairs", "sample", "--matcher", "sift+nn", "--max_length", "1", "--output_dir",
-                      str(out), "--resize", "160", "120"])
+    match_pairs.main(
+        [
+            "--input_pairs",
+            "sample",
+            "--matcher",
+            "sift+nn",
+            "--max_length",
+            "1",
+            "--output_dir",
+            str(out),
+            "--resize",
+            "160",
+            "120",
+        ]
+    )
     cached = next(out.glob("*_matches.npz"))
     good = dict(np.load(cached))
     cached.write_bytes(b"PK\x03\x04 not really a zip")
     with caplog.at_level("WARNING"):
-        match_pairs.main(["--input_pairs", "sample", "--matcher", "sift+nn", "--max_length", "1", "--output_dir",
-                          str(out), "--resize", "160", "120", "--cache"])
+        match_pairs.main(
+            [
+                "--input_pairs",
+                "sample",
+                "--matcher",
+                "sift+nn",
+                "--max_length",
+                "1",
+                "--output_dir",
+                str(out),
+                "--resize",
+                "160",
+                "120",
+                "--cache",
+            ]
+        )
     assert "unreadable" in caplog.text
     again = dict(np.load(cached))
     assert all(np.array_equal(good[k], again[k]) for k in good)

@@ -1,6 +1,8 @@
 """Checkpoints written by this project rebuild pruned networks without the caller knowing their shapes."""
+
 import pytest
 import torch
+from conftest import FIXTURES
 
 from models.matching import build_matcher
 from models.weights import WeightsError
@@ -18,8 +20,13 @@ def shrink_superglue_head(matcher, keep):
 
 
 def test_pruned_matcher_round_trips_exactly(tmp_path):
-    m = build_matcher("superpoint+superglue", {"superpoint": {"weights": None, "max_keypoints": 100},
-                                               "superglue": {"weights": None, "GNN_layers": ["self", "cross"]}})
+    m = build_matcher(
+        "superpoint+superglue",
+        {
+            "superpoint": {"weights": None, "max_keypoints": 100},
+            "superglue": {"weights": None, "GNN_layers": ["self", "cross"]},
+        },
+    )
     m.superpoint.conv1b = torch.nn.Conv2d(64, 40, 3, padding=1)
     m.superpoint.conv2a = torch.nn.Conv2d(40, 64, 3, padding=1)
     shrink_superglue_head(m, 48)
@@ -50,7 +57,37 @@ def test_version_1_checkpoints_still_load(tmp_path):
     from pipeline.checkpoint import FORMAT
 
     m = build_matcher("superpoint+superglue", {"superpoint": {"weights": None}, "superglue": {"weights": None}})
-    torch.save({"format": FORMAT, "version": 1, "matcher": m.name, "config": m.config, "attrs": {},
-                "state_dict": m.state_dict(), "meta": {}}, tmp_path / "v1.pth")
+    torch.save(
+        {
+            "format": FORMAT,
+            "version": 1,
+            "matcher": m.name,
+            "config": m.config,
+            "attrs": {},
+            "state_dict": m.state_dict(),
+            "meta": {},
+        },
+        tmp_path / "v1.pth",
+    )
     loaded = load_checkpoint(tmp_path / "v1.pth")
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in m.state_dict().items())
+
+
+def test_checkpoints_written_before_compression_state_objects_load_bit_exact():
+    # tests/fixtures/checkpoint_v2.pth was written by commit 287366a (compression kept as loose module attributes):
+    # ALIKED-t16 pruned 50 % + 2-bit k-means, a one-layer LightGlue linear-quantized (2-bit weights, 8-bit inputs)
+    import hashlib
+
+    from compression.state import get
+
+    expected = torch.load(FIXTURES / "checkpoint_v2_expected.pt", weights_only=True)
+    m = load_checkpoint(FIXTURES / "checkpoint_v2.pth")
+    # values bit for bit; the sign of a zero is not recorded (-0.0 == 0.0 in every computation)
+    state = {k: v + 0 if v.is_floating_point() else v for k, v in m.state_dict().items()}
+    assert {k: hashlib.sha1(v.contiguous().numpy().tobytes()).hexdigest() for k, v in state.items()} == expected["sha1"]
+    kinds = {kind for layer in m.modules() for kind in ("mask", "kmeans", "linear", "activation") if get(layer, kind)}
+    assert kinds == {"kmeans", "linear", "activation"}  # codes, grids and input quantizers are back on their layers
+    x = expected["image"]
+    out = m({"image0": x, "image1": x.flip(-1)})
+    assert torch.equal(out["matches0"], expected["matches0"])  # runs as it was evaluated (inputs fake-quantized)
+    assert torch.equal(out["matching_scores0"], expected["matching_scores0"])

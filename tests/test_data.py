@@ -1,4 +1,5 @@
 """Image sources, seeded homographies and pairs files."""
+
 import logging
 import zipfile
 
@@ -87,8 +88,7 @@ def test_homography_is_seeded_and_maps_the_patch_onto_the_frame():
 
 def test_difficulty_zero_gives_the_plain_central_crop():
     H = sample_homography(np.random.default_rng(0), (100, 80), HomographyConfig(difficulty=0, translation=0))
-    assert np.allclose(H, np.diag([1 / 0.8, 1 / 0.8, 1]) @ [[1, 0, -10 + 0.1], [0, 1, -8 + 0.1], [0, 0, 1]],
-                       atol=1e-9)
+    assert np.allclose(H, np.diag([1 / 0.8, 1 / 0.8, 1]) @ [[1, 0, -10 + 0.1], [0, 1, -8 + 0.1], [0, 0, 1]], atol=1e-9)
 
 
 def test_warp_and_points_agree_on_pixel_convention():

@@ -1,4 +1,5 @@
 """Metrics are right on constructed cases, failures count, and the detector cache works."""
+
 import numpy as np
 import pytest
 import torch

@@ -1,5 +1,6 @@
 """The experiment pipeline: every stage runs, a killed run resumes without redoing finished stages, changed
 settings redo only what depends on them, and the report lists every variant with its measured costs."""
+
 import json
 import math
 
@@ -8,11 +9,26 @@ from conftest import FIXTURES, ROOT
 
 from helper import InputError, load_config
 from pipeline import experiment as experiments
+from pipeline.checkpoint import load_checkpoint
 from pipeline.experiment import DEFAULTS, experiment_config, run
+from pruning.fine_grained import sparsity_report
 
 TINY = experiment_config([str(ROOT / "configs" / "demo.yaml"), str(FIXTURES / "tiny_experiment.yaml")])
-KEYS = ("name", "method", "sparsity", "bits", "finetuned", "auc@1px", "auc@3px", "auc@5px", "precision", "recall",
-        "size_bytes", "macs", "latency_ms")
+KEYS = (
+    "name",
+    "method",
+    "sparsity",
+    "bits",
+    "finetuned",
+    "auc@1px",
+    "auc@3px",
+    "auc@5px",
+    "precision",
+    "recall",
+    "size_bytes",
+    "macs",
+    "latency_ms",
+)
 
 
 def stage_times(out):
@@ -40,9 +56,18 @@ def test_killed_experiment_resumes_and_reports_every_variant(tmp_path, monkeypat
 
     rows = run(TINY, tmp_path, ("quantization",), progress=False)
     by_name = {r["name"]: r for r in rows}
-    assert set(by_name) == {"dense", "fine-grained", "fine-grained +ft", "channel-ffn25", "channel-ffn25 +ft",
-                            "linear-int8", "int8-onnxruntime", "kmeans-4bit", "kmeans-mixed",
-                            "fine-grained+kmeans-4bit"}
+    assert set(by_name) == {
+        "dense",
+        "fine-grained",
+        "fine-grained +ft",
+        "channel-ffn25",
+        "channel-ffn25 +ft",
+        "linear-int8",
+        "int8-onnxruntime",
+        "kmeans-4bit",
+        "kmeans-mixed",
+        "fine-grained+kmeans-4bit",
+    }
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [r["name"] for r in saved] == [r["name"] for r in rows]
     for r in saved:
@@ -61,8 +86,10 @@ def test_killed_experiment_resumes_and_reports_every_variant(tmp_path, monkeypat
     report = (tmp_path / "report.md").read_text()
     assert all(f"| {name} |" in report for name in by_name)
     assert "int8 kernels (ONNX Runtime) for the matcher" in report
-    assert all((tmp_path / "figures" / f"{f}.png").is_file()
-               for f in ("auc_vs_size", "auc_vs_latency", "sensitivity", "sensitivity-bits", "weights"))
+    assert all(
+        (tmp_path / "figures" / f"{f}.png").is_file()
+        for f in ("auc_vs_size", "auc_vs_latency", "sensitivity", "sensitivity-bits", "weights")
+    )
     assert "dense_vs_compressed.gif" in report and (tmp_path / "figures" / "dense_vs_compressed.gif").is_file()
     assert (tmp_path / "config.yaml").read_text().count("git_commit") == 1
 
@@ -74,8 +101,11 @@ def test_killed_experiment_resumes_and_reports_every_variant(tmp_path, monkeypat
     changed["quantization"] = [dict(s, bits=3) if s["name"] == "kmeans-4bit" else s for s in TINY["quantization"]]
     run(changed, tmp_path, ("quantization",), progress=False)
     redone = {n for n, t in stage_times(tmp_path).items() if before.get(n) != t}
-    assert {"variant-kmeans-4bit.json", "profile.json"} <= redone <= {"variant-kmeans-4bit.json", "profile.json",
-                                                                       "animation.json"}  # if it is the smallest
+    assert (
+        {"variant-kmeans-4bit.json", "profile.json"}
+        <= redone
+        <= {"variant-kmeans-4bit.json", "profile.json", "animation.json"}
+    )  # if it is the smallest
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
@@ -85,12 +115,15 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("variant, message", [
-    ({"name": "x", "method": "magic"}, "unknown method"),
-    ({"name": "x", "method": "kmeans"}, "needs 'bits'"),
-    ({"name": "x", "method": "fine-grained+kmeans", "base": "nope", "bits": 4}, "base 'nope'"),
-    ({"name": "x", "method": "int8-onnxruntime+kmeans", "bits": 4}, "last step"),
-])
+@pytest.mark.parametrize(
+    "variant, message",
+    [
+        ({"name": "x", "method": "magic"}, "unknown method"),
+        ({"name": "x", "method": "kmeans"}, "needs 'bits'"),
+        ({"name": "x", "method": "fine-grained+kmeans", "base": "nope", "bits": 4}, "base 'nope'"),
+        ({"name": "x", "method": "int8-onnxruntime+kmeans", "bits": 4}, "last step"),
+    ],
+)
 def test_bad_variants_are_one_line_errors(tmp_path, variant, message):
     config = {**TINY, "pruning": [], "quantization": [variant]}
     with pytest.raises(InputError, match=message):
@@ -103,20 +136,35 @@ def test_coco_preset_runs_end_to_end_with_random_weights(tmp_path):
     # its wiring (SuperGlue fine-grained and channel pruning, SuperPoint channel pruning with detector finetuning).
     config = load_config(
         [str(ROOT / "configs" / "coco.yaml"), str(FIXTURES / "tiny_experiment.yaml")],
-        ["source=sample", "matcher_config.superpoint.weights=null", "matcher_config.superglue.weights=null",
-         'sensitivity.include=["gnn.layers.0.*"]', "sensitivity.depth=3", "val.val_fraction=0.5",
-         "finetune.train.val_fraction=0.5", "calibration.val_fraction=0.5", "finetune.val.every=1", "animation=null"],
-        DEFAULTS)
+        [
+            "source=sample",
+            "matcher_config.superpoint.weights=null",
+            "matcher_config.superglue.weights=null",
+            "matcher_config.superglue.GNN_layers=[self, cross]",  # two layers: the wiring, in a fraction of the time
+            'sensitivity.include=["gnn.layers.0.*"]',
+            "sensitivity.depth=3",
+            "val.val_fraction=0.5",
+            "finetune.train.val_fraction=0.5",
+            "calibration.val_fraction=0.5",
+            "finetune.val.every=1",
+            "animation=null",
+        ],
+        DEFAULTS,
+    )
     # the tiny fixture's keypoint budget is ALIKED's ('detector'); SuperPoint's lives under 'superpoint'
     config["matcher_config"]["superpoint"]["max_keypoints"] = config["matcher_config"].pop("detector")["max_keypoints"]
     config = experiment_config([], [], base=config)
     config["quantization"] = [s for s in config["quantization"] if s["method"] == "int8-onnxruntime"]
     rows = {r["name"]: r for r in run(config, tmp_path, progress=False)}
     assert set(rows) == {"dense", "superglue-int8-onnxruntime", "superpoint-int8-onnxruntime"} | {
-        f"{n}{ft}" for n in ("superglue-attn80-mlp80", "superglue-auto", "superpoint-channel50", "superglue-channel50")
-        for ft in ("", " +ft")}
+        f"{n}{ft}"
+        for n in ("superglue-attn80-mlp80", "superglue-auto", "superpoint-channel50", "superglue-channel50")
+        for ft in ("", " +ft")
+    }
     for name in ("superglue-int8-onnxruntime", "superpoint-int8-onnxruntime"):  # both parts in real int8
         assert rows[name]["macs"] == rows["dense"]["macs"] and rows[name]["size_bytes"] < rows["dense"]["size_bytes"]
-    assert rows["superglue-attn80-mlp80"]["sparsity"] > 0.75
+    pruned = sparsity_report(load_checkpoint(rows["superglue-attn80-mlp80"]["checkpoint"]).superglue)
+    assert pruned["gnn.layers.0.attn.merge.weight"] == pytest.approx(0.8, abs=1e-3)  # attention and MLPs at 80 %
+    assert pruned["gnn.layers.1.mlp.0.weight"] == pytest.approx(0.8, abs=1e-3) and pruned["final_proj.weight"] == 0
     assert rows["superpoint-channel50 +ft"]["macs"] < rows["dense"]["macs"] / 2  # the detector lost its channels
     assert rows["superglue-channel50"]["matcher_macs"] < rows["dense"]["matcher_macs"]

@@ -1,4 +1,5 @@
 """finetune.py: resumes exactly, keeps sparsity, skips NaN steps, runs data-parallel, fails clearly."""
+
 import subprocess
 import sys
 
@@ -14,9 +15,13 @@ from pipeline import training as finetune
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pruning.fine_grained import prune_fine_grained, sparsity_report
 
-TINY = {"steps": 4, "lr": 3e-4, "matcher_config": {"detector": {"max_keypoints": 64},
-                                                   "matcher": EVERY_LAYER},
-        "train": {"num_pairs": 3, "size": [160, 120]}, "val": {"num_pairs": 2, "size": [160, 120], "every": 2}}
+TINY = {
+    "steps": 4,
+    "lr": 3e-4,
+    "matcher_config": {"detector": {"max_keypoints": 64}, "matcher": EVERY_LAYER},
+    "train": {"num_pairs": 3, "size": [160, 120]},
+    "val": {"num_pairs": 2, "size": [160, 120], "every": 2},
+}
 
 
 def config(out, **extra):
@@ -36,8 +41,9 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     assert resumed["step"] == 4
     a, b = weights(tmp_path / "a" / "last.pth"), weights(tmp_path / "b" / "last.pth")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-    assert any(not torch.equal(a[k], v) for k, v in build_matcher("aliked+lightglue").matcher.state_dict().items()
-               if k in a)  # it did train
+    assert any(
+        not torch.equal(a[k], v) for k, v in build_matcher("aliked+lightglue").matcher.state_dict().items() if k in a
+    )  # it did train
     log = (tmp_path / "b" / "log.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in log[1:]] == ["0", "2", "4"]  # no duplicated rows after the resume
 
@@ -115,23 +121,50 @@ def test_nan_loss_is_skipped_and_counted(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_two_process_gloo_run_writes_one_checkpoint(tmp_path):
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(f"out: {tmp_path / 'ddp'}\nsteps: 2\n"
-                   "matcher_config: {detector: {max_keypoints: 64},"
-                   " matcher: {depth_confidence: -1, width_confidence: -1}}\n"
-                   "train: {num_pairs: 2, size: [160, 120]}\nval: {num_pairs: 1, size: [160, 120], every: 2}\n")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           "29517", "finetune.py", "--config", str(cfg)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    cfg.write_text(
+        f"out: {tmp_path / 'ddp'}\nsteps: 2\n"
+        "matcher_config: {detector: {max_keypoints: 64},"
+        " matcher: {depth_confidence: -1, width_confidence: -1}}\n"
+        "train: {num_pairs: 2, size: [160, 120]}\nval: {num_pairs: 1, size: [160, 120], every: 2}\n"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            "finetune.py",
+            "--config",
+            str(cfg),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "ddp").glob("*.pth")) == ["best.pth", "last.pth"]
     assert load_checkpoint(tmp_path / "ddp" / "last.pth").name == "aliked+lightglue"
 
 
-@pytest.mark.parametrize("override,message", [("checkpoint=/nope/pruned.pth", "checkpoint not found"),
-                                              ("train.source=/nope/coco.zip", "image source not found")])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("checkpoint=/nope/pruned.pth", "checkpoint not found"),
+        ("train.source=/nope/coco.zip", "image source not found"),
+    ],
+)
 def test_bad_input_is_one_line(tmp_path, override, message):
-    proc = subprocess.run([sys.executable, "finetune.py", "--set", f"out={tmp_path}", "--set", override],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "finetune.py", "--set", f"out={tmp_path}", "--set", override],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -159,5 +192,6 @@ def test_qat_run_resumes_with_its_float_shadows(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)  # on the grid and identical
     w = a["transformers.0.self_attn.Wqkv.weight"]
     assert all(torch.unique(row).numel() <= 255 for row in w[:4])
-    assert not torch.equal(w, load_checkpoint(tmp_path / "int8.pth").matcher.state_dict()[
-        "transformers.0.self_attn.Wqkv.weight"])  # QAT moved some weights to other grid points
+    assert not torch.equal(
+        w, load_checkpoint(tmp_path / "int8.pth").matcher.state_dict()["transformers.0.self_attn.Wqkv.weight"]
+    )  # QAT moved some weights to other grid points

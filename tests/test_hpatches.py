@@ -1,4 +1,5 @@
 """HPatches without internet: a small archive laid out like the real one, served from a file:// URL."""
+
 import subprocess
 import sys
 import tarfile
@@ -90,8 +91,22 @@ def test_bad_archives_and_folders_are_one_line_errors(tmp_path):
 
 def test_evaluate_command_line_on_hpatches(archive, tmp_path):
     hp.fetch_hpatches(tmp_path, archive.as_uri())
-    out = subprocess.run([sys.executable, "evaluate.py", "--matcher", "sift+nn", "--hpatches", str(tmp_path),
-                          "--hpatches_subset", "i", "--output", str(tmp_path / "out")],
-                         cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "evaluate.py",
+            "--matcher",
+            "sift+nn",
+            "--hpatches",
+            str(tmp_path),
+            "--hpatches_subset",
+            "i",
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     assert "num_pairs=5" in out.stdout and (tmp_path / "out" / "pairs.csv").is_file()

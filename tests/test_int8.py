@@ -1,5 +1,6 @@
 """Matcher networks in ONNX Runtime: the fp32 graph computes what PyTorch computes, for any number of keypoints;
 int8 graphs are smaller, keep the layers that read coordinates float and still match."""
+
 import copy
 
 import onnx
@@ -20,20 +21,32 @@ pytestmark = pytest.mark.slow  # one ONNX export per network (about 25 s)
 
 def pair(m: int, n: int, seed: int, dim: int = 256) -> dict:
     g = torch.Generator().manual_seed(seed)
-    return {"image0": torch.rand(1, 1, 48, 64, generator=g), "image1": torch.rand(1, 1, 48, 64, generator=g),
-            "keypoints0": torch.rand(1, m, 2, generator=g) * torch.tensor([63.0, 47.0]),
-            "keypoints1": torch.rand(1, n, 2, generator=g) * torch.tensor([63.0, 47.0]),
-            "scores0": torch.rand(1, m, generator=g), "scores1": torch.rand(1, n, generator=g),
-            "descriptors0": torch.nn.functional.normalize(torch.randn(1, dim, m, generator=g), dim=1),
-            "descriptors1": torch.nn.functional.normalize(torch.randn(1, dim, n, generator=g), dim=1)}
+    return {
+        "image0": torch.rand(1, 1, 48, 64, generator=g),
+        "image1": torch.rand(1, 1, 48, 64, generator=g),
+        "keypoints0": torch.rand(1, m, 2, generator=g) * torch.tensor([63.0, 47.0]),
+        "keypoints1": torch.rand(1, n, 2, generator=g) * torch.tensor([63.0, 47.0]),
+        "scores0": torch.rand(1, m, generator=g),
+        "scores1": torch.rand(1, n, generator=g),
+        "descriptors0": torch.nn.functional.normalize(torch.randn(1, dim, m, generator=g), dim=1),
+        "descriptors1": torch.nn.functional.normalize(torch.randn(1, dim, n, generator=g), dim=1),
+    }
 
 
 MATCHERS = {
-    "superglue": ("superpoint+superglue", {"superpoint": {"weights": None},
-                                           "superglue": {"weights": None, "GNN_layers": ["self", "cross"] * 2,
-                                                         "sinkhorn_iterations": 20}}, 256),
-    "lightglue": ("aliked+lightglue", {"pretrained": False, "matcher": {"n_layers": 2, "depth_confidence": -1,
-                                                                        "width_confidence": -1}}, 128),
+    "superglue": (
+        "superpoint+superglue",
+        {
+            "superpoint": {"weights": None},
+            "superglue": {"weights": None, "GNN_layers": ["self", "cross"] * 2, "sinkhorn_iterations": 20},
+        },
+        256,
+    ),
+    "lightglue": (
+        "aliked+lightglue",
+        {"pretrained": False, "matcher": {"n_layers": 2, "depth_confidence": -1, "width_confidence": -1}},
+        128,
+    ),
 }
 
 
@@ -74,7 +87,8 @@ def corresponding(m: int, n: int, seed: int, dim: int) -> tuple[dict, torch.Tens
     data["keypoints1"] = data["keypoints0"][:, perm] + 0.5 * torch.randn(1, n, 2, generator=g)
     data["scores1"] = data["scores0"][:, perm]
     data["descriptors1"] = torch.nn.functional.normalize(
-        data["descriptors0"][:, :, perm] + 0.05 * torch.randn(1, dim, n, generator=g), dim=1)
+        data["descriptors0"][:, :, perm] + 0.05 * torch.randn(1, dim, n, generator=g), dim=1
+    )
     return data, perm
 
 
@@ -89,8 +103,11 @@ def test_int8_graphs_are_smaller_keep_coordinates_float_and_still_match(graphs):
     for mode in ("dynamic", "static"):
         m = ort[mode]
         assert m.onnx_path.stat().st_size < 0.45 * fp32_path.stat().st_size  # int8 weights (+ scales)
-        int8 = [onnx.numpy_helper.to_array(t) for t in onnx.load(str(m.onnx_path)).graph.initializer
-                if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 1]
+        int8 = [
+            onnx.numpy_helper.to_array(t)
+            for t in onnx.load(str(m.onnx_path)).graph.initializer
+            if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 1
+        ]
         assert int8 and max(int(abs(w.astype(int)).max()) for w in int8) <= 64  # 7 bits: no saturation without VNNI
         with torch.no_grad():
             out = m(data)["log_assignment"]
@@ -131,8 +148,9 @@ def test_checkpoint_stores_the_int8_graph_and_loads_it_back(graphs, tmp_path):
         data = pair(m, n, 5, dim)
         with torch.no_grad():
             ref, out = ort["dynamic"](data), loaded(data)
-        assert torch.equal(out["log_assignment"], ref["log_assignment"]) and torch.equal(out["matches0"],
-                                                                                         ref["matches0"])
+        assert torch.equal(out["log_assignment"], ref["log_assignment"]) and torch.equal(
+            out["matches0"], ref["matches0"]
+        )
     assert (out["matches0"] == -1).all() and out["matches1"].shape == (1, 4)
 
 
@@ -142,3 +160,15 @@ def test_bad_mode_and_unsupported_network_are_clear_errors():
         int8_matcher(dense, [{}], "unused", mode="int4")
     with pytest.raises(ValueError, match="no graph adapter for a MutualNearestNeighbour"):
         int8_matcher(dense, [{}], "unused")
+
+
+def test_graphs_saved_under_their_old_class_names_still_load(graphs, tmp_path):
+    # before the backends registry, checkpoints named the graph part's class (OrtMatcherNet) and no backend
+    dense, dim, ort = graphs
+    payload = torch.load(save_checkpoint(ort["dynamic"], tmp_path / "new.pth"), weights_only=True)
+    payload["onnx"] = {name: {"class": "OrtMatcherNet", "graph": g["graph"]} for name, g in payload["onnx"].items()}
+    torch.save(payload, tmp_path / "old.pth")
+    loaded = load_checkpoint(tmp_path / "old.pth")
+    data = pair(12, 10, 6, dim)
+    with torch.no_grad():
+        assert torch.equal(loaded(data)["log_assignment"], ort["dynamic"](data)["log_assignment"])

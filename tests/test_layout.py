@@ -1,10 +1,15 @@
 """The house rules a newcomer relies on: the project is imported as installed, never by editing sys.path."""
+
 import re
 
 from conftest import ROOT
 
-SOURCES = [p for pattern in ("*.py", "*/*.py", "*/*/*.py", "notebooks/*.ipynb") for p in ROOT.glob(pattern)
-           if "runs" not in p.relative_to(ROOT).parts]
+SOURCES = [
+    p
+    for pattern in ("*.py", "*/*.py", "*/*/*.py", "notebooks/*.ipynb")
+    for p in ROOT.glob(pattern)
+    if "runs" not in p.relative_to(ROOT).parts
+]
 
 
 def test_no_file_edits_the_import_path():
@@ -15,6 +20,13 @@ def test_no_file_edits_the_import_path():
 
 def test_every_command_line_has_a_console_script():
     text = (ROOT / "pyproject.toml").read_text()
-    for script in ("match_pairs", "evaluate", "profiling", "finetune", "pruning_experiments",
-                   "quantization_experiments", "visualizations"):
+    for script in (
+        "match_pairs",
+        "evaluate",
+        "profiling",
+        "finetune",
+        "pruning_experiments",
+        "quantization_experiments",
+        "visualizations",
+    ):
         assert f'"{script}:cli"' in text and "def cli() -> None:" in (ROOT / f"{script}.py").read_text()

@@ -1,4 +1,5 @@
 """Ground truth from homographies and the matching loss that training and Taylor importance use."""
+
 import torch
 
 from models.losses import IGNORE, homography_gt, matching_nll
@@ -45,9 +46,16 @@ def test_loss_prefers_the_true_assignment_and_trains_superglue():
     g = torch.Generator().manual_seed(3)
     d0 = torch.nn.functional.normalize(torch.randn(1, 256, 45, generator=g), dim=1)
     d1 = d0[:, :, :40][:, :, torch.argsort(gt0[0, :40].clamp(min=0))]  # image1 sees image0's first 40 points
-    data = {"keypoints0": k0.float(), "keypoints1": k1.float(), "scores0": torch.rand(1, 45),
-            "scores1": torch.rand(1, 40),
-            "descriptors0": d0, "descriptors1": d1, "image_size0": (400, 400), "image_size1": (400, 400)}
+    data = {
+        "keypoints0": k0.float(),
+        "keypoints1": k1.float(),
+        "scores0": torch.rand(1, 45),
+        "scores1": torch.rand(1, 40),
+        "descriptors0": d0,
+        "descriptors1": d1,
+        "image_size0": (400, 400),
+        "image_size1": (400, 400),
+    }
     opt = torch.optim.Adam(sg.parameters(), lr=1e-3)
     losses = []
     with torch.enable_grad():

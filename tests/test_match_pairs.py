@@ -1,4 +1,5 @@
 """match_pairs.py: official outputs, evaluation that an independent recomputation confirms, clear errors."""
+
 import subprocess
 import sys
 
@@ -22,8 +23,22 @@ def exported(tmp_path_factory):
 
 def test_outputs_and_independent_recomputation(exported, tmp_path):
     out = tmp_path / "out"
-    summaries = match_pairs.main(["--input_pairs", str(exported), "--output_dir", str(out), "--matcher", "sift+nn",
-                                  "--resize", "320", "240", "--eval", "--viz", "--fast_viz"])
+    summaries = match_pairs.main(
+        [
+            "--input_pairs",
+            str(exported),
+            "--output_dir",
+            str(out),
+            "--matcher",
+            "sift+nn",
+            "--resize",
+            "320",
+            "240",
+            "--eval",
+            "--viz",
+            "--fast_viz",
+        ]
+    )
     assert summaries["homography"]["num_pairs"] == 3
     for pair in read_pairs(exported):
         stem0, stem1 = pair.stems
@@ -44,8 +59,9 @@ def test_outputs_and_independent_recomputation(exported, tmp_path):
         assert int(ev["num_correct"]) == int(np.sum(err < 3))
         H_est, _ = cv2.findHomography(k0, k1, cv2.RANSAC, 3.0, maxIters=10000, confidence=0.9999)
         corners = np.array([[[0, 0], [319, 0], [319, 239], [0, 239]]], np.float64)
-        ce = np.linalg.norm(cv2.perspectiveTransform(corners, H_est) - cv2.perspectiveTransform(corners, H),
-                            axis=2).mean()
+        ce = np.linalg.norm(
+            cv2.perspectiveTransform(corners, H_est) - cv2.perspectiveTransform(corners, H), axis=2
+        ).mean()
         assert float(ev["corner_error"]) == pytest.approx(ce, rel=1e-6)
         assert float(ev["precision"]) > 0.8
 
@@ -63,8 +79,18 @@ def test_missing_image_and_eval_without_ground_truth(exported, tmp_path):
     bad = tmp_path / "pairs.txt"
     bad.write_text("missing.png astronaut.png\n")
     with pytest.raises(InputError, match="image not found: .*missing.png"):
-        match_pairs.main(["--input_pairs", str(bad), "--input_dir", str(exported.parent), "--matcher", "sift+nn",
-                          "--output_dir", str(tmp_path / "o")])
+        match_pairs.main(
+            [
+                "--input_pairs",
+                str(bad),
+                "--input_dir",
+                str(exported.parent),
+                "--matcher",
+                "sift+nn",
+                "--output_dir",
+                str(tmp_path / "o"),
+            ]
+        )
     with pytest.raises(InputError, match="--eval needs ground truth"):
         match_pairs.main(["--input_pairs", str(bad), "--eval", "--matcher", "sift+nn", "--output_dir", str(tmp_path)])
 
@@ -72,8 +98,13 @@ def test_missing_image_and_eval_without_ground_truth(exported, tmp_path):
 def test_command_line_error_is_one_line_with_status_2(tmp_path):
     bad = tmp_path / "pairs.txt"
     bad.write_text("a.png b.png\nthis line is broken\n")
-    proc = subprocess.run([sys.executable, "match_pairs.py", "--input_pairs", str(bad), "--matcher", "sift+nn"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "match_pairs.py", "--input_pairs", str(bad), "--matcher", "sift+nn"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     err = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert err == [f"error: {bad}:2: expected 2, 11 (homography) or 38 (pose) fields, got 4"]
@@ -85,14 +116,36 @@ def test_checkpoint_flag_runs_a_saved_model(exported, tmp_path):
     from pipeline.checkpoint import save_checkpoint
 
     ckpt = save_checkpoint(build_matcher("sift+nn", {"matcher": {"ratio_threshold": 0.7}}), tmp_path / "sift.pth")
-    summaries = match_pairs.main(["--input_pairs", str(exported), "--output_dir", str(tmp_path / "o"),
-                                  "--checkpoint", str(ckpt), "--eval", "--max_length", "1"])
+    summaries = match_pairs.main(
+        [
+            "--input_pairs",
+            str(exported),
+            "--output_dir",
+            str(tmp_path / "o"),
+            "--checkpoint",
+            str(ckpt),
+            "--eval",
+            "--max_length",
+            "1",
+        ]
+    )
     assert summaries["homography"]["num_pairs"] == 1 and summaries["homography"]["precision"] > 0.8
 
 
 def test_sequence_input_matches_a_camera_sweep(tmp_path):
-    summaries = match_pairs.main(["--input_pairs", "sequence", "--output_dir", str(tmp_path), "--matcher", "sift+nn",
-                                  "--eval", "--max_length", "3"])
+    summaries = match_pairs.main(
+        [
+            "--input_pairs",
+            "sequence",
+            "--output_dir",
+            str(tmp_path),
+            "--matcher",
+            "sift+nn",
+            "--eval",
+            "--max_length",
+            "3",
+        ]
+    )
     assert summaries["homography"]["num_pairs"] == 3
     assert len(list(tmp_path.glob("astronaut_astronaut_frame000*_matches.npz"))) == 3
     assert len(list((tmp_path / "sequence_pairs").glob("*.png"))) == 13  # the photo and 12 frames

@@ -1,4 +1,5 @@
 """Behaviour of the SuperPoint/SuperGlue networks and the Matcher interface with random weights."""
+
 import pytest
 import torch
 
@@ -27,14 +28,21 @@ def test_superpoint_rejects_bad_max_keypoints(bad):
 
 
 def features(b, n, d=256, w=160, h=120):
-    return {"keypoints": torch.rand(b, n, 2) * torch.tensor([w - 1, h - 1]), "scores": torch.rand(b, n),
-            "descriptors": torch.nn.functional.normalize(torch.randn(b, d, n), dim=1)}
+    return {
+        "keypoints": torch.rand(b, n, 2) * torch.tensor([w - 1, h - 1]),
+        "scores": torch.rand(b, n),
+        "descriptors": torch.nn.functional.normalize(torch.randn(b, d, n), dim=1),
+    }
 
 
 def superglue_input(m, n, b=1):
     f0, f1 = features(b, m), features(b, n)
-    return {"image_size0": (160, 120), "image_size1": (160, 120), **{k + "0": v for k, v in f0.items()},
-            **{k + "1": v for k, v in f1.items()}}
+    return {
+        "image_size0": (160, 120),
+        "image_size1": (160, 120),
+        **{k + "0": v for k, v in f0.items()},
+        **{k + "1": v for k, v in f1.items()},
+    }
 
 
 @pytest.mark.parametrize("m,n", [(0, 7), (7, 0), (0, 0)])

@@ -1,4 +1,5 @@
 """The Colab-first notebook is stored without outputs and executes end to end outside Colab (tiny settings)."""
+
 import json
 
 import nbformat
@@ -27,11 +28,14 @@ def test_notebook_executes_with_tiny_parameters(tmp_path):
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     # The real-int8 variant (a minute of ONNX export) is covered by tests/test_experiments.py; not again here.
     variants = [s for s in TINY["quantization"] if s["method"] != "int8-onnxruntime"]
-    params.source += (f'\nEXTRA_CONFIGS = ["tests/fixtures/tiny_experiment.yaml"]\nOUT = {str(tmp_path / "run")!r}\n'
-                      f'OVERRIDES = [{"quantization=" + json.dumps(variants)!r}]\n'
-                      f'HPATCHES = {str(make_release(tmp_path))!r}\n')
-    NotebookClient(nb, timeout=900, kernel_name="python3",
-                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    params.source += (
+        f'\nEXTRA_CONFIGS = ["tests/fixtures/tiny_experiment.yaml"]\nOUT = {str(tmp_path / "run")!r}\n'
+        f"OVERRIDES = [{'quantization=' + json.dumps(variants)!r}]\n"
+        f"HPATCHES = {str(make_release(tmp_path))!r}\n"
+    )
+    NotebookClient(
+        nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+    ).execute()
     report = (tmp_path / "run" / "report.md").read_text()
     assert "| fine-grained+kmeans-4bit |" in report and "| dense |" in report and "| int8-onnxruntime |" not in report
     shown = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)

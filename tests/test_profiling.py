@@ -1,4 +1,5 @@
 """profiling.py: the command-line contract, and MACs that include attention and match a hand count."""
+
 import json
 import subprocess
 import sys
@@ -25,9 +26,16 @@ def test_superglue_macs_include_attention_and_match_the_hand_count():
 
     sg = SuperGlue({"weights": None, "sinkhorn_iterations": 3}).eval()
     n = 128
-    data = {"keypoints0": torch.rand(1, n, 2) * 100, "keypoints1": torch.rand(1, n, 2) * 100,
-            "scores0": torch.rand(1, n), "scores1": torch.rand(1, n), "descriptors0": torch.randn(1, 256, n),
-            "descriptors1": torch.randn(1, 256, n), "image_size0": (100, 100), "image_size1": (100, 100)}
+    data = {
+        "keypoints0": torch.rand(1, n, 2) * 100,
+        "keypoints1": torch.rand(1, n, 2) * 100,
+        "scores0": torch.rand(1, n),
+        "scores1": torch.rand(1, n),
+        "descriptors0": torch.randn(1, 256, n),
+        "descriptors1": torch.randn(1, 256, n),
+        "image_size0": (100, 100),
+        "image_size1": (100, 100),
+    }
     macs = count_macs(lambda: sg(data))
     modules = module_macs(sg, lambda: sg(data))
     hand = superglue_hand_count(n)
@@ -46,9 +54,28 @@ def test_attention_on_cpu_is_counted():
 
 def test_command_line_contract(tmp_path):
     out = tmp_path / "prof.json"
-    proc = subprocess.run([sys.executable, "profiling.py", "--matcher", "superpoint+superglue", "--random-weights",
-                           "--num_keypoints", "64", "--resize", "160", "120", "--repeats", "1", "--json", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "profiling.py",
+            "--matcher",
+            "superpoint+superglue",
+            "--random-weights",
+            "--num_keypoints",
+            "64",
+            "--resize",
+            "160",
+            "120",
+            "--repeats",
+            "1",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert len(result) == 1
@@ -67,9 +94,30 @@ def test_command_line_contract(tmp_path):
 @pytest.mark.slow
 def test_int8_detector_and_matcher_are_profiled_in_their_real_backend(tmp_path):
     out = tmp_path / "prof.json"
-    proc = subprocess.run([sys.executable, "profiling.py", "--matcher", "superpoint+superglue", "--random-weights",
-                           "--int8_detector", "--int8_matcher", "--num_keypoints", "64", "--resize", "160", "120",
-                           "--repeats", "1", "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "profiling.py",
+            "--matcher",
+            "superpoint+superglue",
+            "--random-weights",
+            "--int8_detector",
+            "--int8_matcher",
+            "--num_keypoints",
+            "64",
+            "--resize",
+            "160",
+            "120",
+            "--repeats",
+            "1",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     fp32, int8 = json.loads(out.read_text())
     assert int8["name"].endswith("(int8 detector+matcher, onnxruntime)")

@@ -1,4 +1,5 @@
 """Fine-grained pruning keeps exact sparsity through training; channel pruning gives smaller, equivalent nets."""
+
 import copy
 
 import pytest
@@ -27,10 +28,16 @@ def small_superglue(**kw):
 
 def sg_input(m=40, n=30, d=256):
     g = torch.Generator().manual_seed(1)
-    return {"keypoints0": torch.rand(1, m, 2, generator=g) * 100, "keypoints1": torch.rand(1, n, 2, generator=g) * 100,
-            "scores0": torch.rand(1, m, generator=g), "scores1": torch.rand(1, n, generator=g),
-            "descriptors0": torch.randn(1, d, m, generator=g), "descriptors1": torch.randn(1, d, n, generator=g),
-            "image_size0": (100, 100), "image_size1": (100, 100)}
+    return {
+        "keypoints0": torch.rand(1, m, 2, generator=g) * 100,
+        "keypoints1": torch.rand(1, n, 2, generator=g) * 100,
+        "scores0": torch.rand(1, m, generator=g),
+        "scores1": torch.rand(1, n, generator=g),
+        "descriptors0": torch.randn(1, d, m, generator=g),
+        "descriptors1": torch.randn(1, d, n, generator=g),
+        "image_size0": (100, 100),
+        "image_size1": (100, 100),
+    }
 
 
 @pytest.mark.parametrize("numel", [1, 3, 7, 10, 1000])
@@ -131,8 +138,11 @@ def test_scan_resumes_and_restores_the_model(tmp_path):
 
 def test_choose_sparsities_maximises_removed_params_within_budget():
     rows = [{"group": DENSE, "sparsity": 0.0, "params": 0, "auc@3px": 0.80}]
-    for g, params, drops in (("a", 1000, {0.5: 0.001, 0.9: 0.02}), ("b", 100, {0.5: 0.0, 0.9: 0.004}),
-                             ("c", 5000, {0.5: 0.008, 0.9: 0.05})):
+    for g, params, drops in (
+        ("a", 1000, {0.5: 0.001, 0.9: 0.02}),
+        ("b", 100, {0.5: 0.0, 0.9: 0.004}),
+        ("c", 5000, {0.5: 0.008, 0.9: 0.05}),
+    ):
         rows += [{"group": g, "sparsity": s, "params": params, "auc@3px": 0.80 - d} for s, d in drops.items()]
     # Within 0.01: c@0.5 + a@0.5 + b@0.5 (drop 0.009, 3050 params); b@0.9 would push the drop to 0.013.
     choice = choose_sparsities(rows, budget=0.01)
@@ -165,8 +175,15 @@ def test_kmeans_scan_transform_restores_the_weights(tmp_path):
     seen = []
     w = dict(sg.named_parameters())["gnn.layers.0.mlp.0.weight"]
     distinct = len(torch.unique(w))
-    rows = scan(sg, groups, [2], lambda: seen.append(len(torch.unique(w))) or {"auc@3px": 0.5},
-                tmp_path / "bits.csv", progress=False, transform=kmeans_values)
+    rows = scan(
+        sg,
+        groups,
+        [2],
+        lambda: seen.append(len(torch.unique(w))) or {"auc@3px": 0.5},
+        tmp_path / "bits.csv",
+        progress=False,
+        transform=kmeans_values,
+    )
     assert sorted(seen) == [4, distinct, distinct]  # only while its group is scanned: 2^2 shared values
     assert len(rows) == 3 and all(torch.equal(v, sg.state_dict()[k]) for k, v in before.items())
 
@@ -194,7 +211,7 @@ def test_attention_pruning_respects_interleaved_heads():
     heads, dim = attn.num_heads, attn.dim
     unused = torch.tensor([j * heads + h for j in range(dim // 2, dim) for h in range(heads)])  # c = j*heads + h
     with torch.no_grad():
-        for layer in (*attn.proj, ):
+        for layer in (*attn.proj,):
             layer.weight[unused] = 0
             layer.bias[unused] = 0
         attn.merge.weight[:, unused] = 0
@@ -207,8 +224,13 @@ def test_attention_pruning_respects_interleaved_heads():
 
 
 def test_superglue_mlp_and_encoder_pruning_and_checkpoint_round_trip(tmp_path):
-    m = build_matcher("superpoint+superglue", {"superpoint": {"weights": None, "max_keypoints": 128},
-                                               "superglue": {"weights": None, "GNN_layers": ["self", "cross"]}})
+    m = build_matcher(
+        "superpoint+superglue",
+        {
+            "superpoint": {"weights": None, "max_keypoints": 128},
+            "superglue": {"weights": None, "GNN_layers": ["self", "cross"]},
+        },
+    )
     with torch.no_grad():  # hidden MLP channels 256.. are read by nobody
         for layer in m.superglue.gnn.layers:
             layer.mlp[3].weight[:, 256:] = 0

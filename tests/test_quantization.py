@@ -1,4 +1,5 @@
 """K-means weight sharing and the compressed checkpoint format: real bytes on disk, bit-exact loading."""
+
 import io
 
 import pytest
@@ -15,7 +16,7 @@ from quantization.kmeans import kmeans_1d, quantize_kmeans, quantized_layers
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 8])
 def test_pack_bits_round_trips(bits):
-    values = torch.randint(0, 2 ** bits, (1001,))
+    values = torch.randint(0, 2**bits, (1001,))
     packed = pack_bits(values, bits)
     assert packed.numel() == (1001 * bits + 7) // 8
     assert torch.equal(unpack_bits(packed, bits, 1001), values)
@@ -39,10 +40,16 @@ def test_quantized_weights_share_values_keep_zeros_and_survive_training():
     codebook = get(sg.gnn.layers[0].mlp[0], "kmeans").codebook.clone()
     opt = torch.optim.Adam(sg.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(0)
-    data = {"keypoints0": torch.rand(1, 30, 2, generator=g) * 90, "keypoints1": torch.rand(1, 20, 2, generator=g) * 90,
-            "scores0": torch.rand(1, 30, generator=g), "scores1": torch.rand(1, 20, generator=g),
-            "descriptors0": torch.randn(1, 256, 30, generator=g), "descriptors1": torch.randn(1, 256, 20, generator=g),
-            "image_size0": (100, 100), "image_size1": (100, 100)}
+    data = {
+        "keypoints0": torch.rand(1, 30, 2, generator=g) * 90,
+        "keypoints1": torch.rand(1, 20, 2, generator=g) * 90,
+        "scores0": torch.rand(1, 30, generator=g),
+        "scores1": torch.rand(1, 20, generator=g),
+        "descriptors0": torch.randn(1, 256, 30, generator=g),
+        "descriptors1": torch.randn(1, 256, 20, generator=g),
+        "image_size0": (100, 100),
+        "image_size1": (100, 100),
+    }
     with torch.enable_grad():
         for _ in range(3):
             loss = -sg(data)["log_assignment"][:, :20, :20].diagonal(dim1=1, dim2=2).mean()
@@ -81,8 +88,13 @@ def test_sparse_weights_without_codes_are_stored_sparsely(tmp_path):
 def test_linear_ptq_round_trips_through_the_checkpoint(tmp_path):
     from quantization.linear import quantize_linear
 
-    m = build_matcher("superpoint+superglue", {"superpoint": {"weights": None, "max_keypoints": 64},
-                                               "superglue": {"weights": None, "GNN_layers": ["self", "cross"]}})
+    m = build_matcher(
+        "superpoint+superglue",
+        {
+            "superpoint": {"weights": None, "max_keypoints": 64},
+            "superglue": {"weights": None, "GNN_layers": ["self", "cross"]},
+        },
+    )
     x = torch.rand(1, 1, 96, 128)
     dense = m({"image0": x, "image1": x.flip(-1)})
     buf = io.BytesIO()
@@ -138,9 +150,13 @@ def test_qat_trains_float_shadows_and_saves_the_grid(tmp_path):
 
     from quantization.linear import enable_qat, quantize_linear
 
-    m = build_matcher("superpoint+superglue", {"superpoint": {"weights": None, "max_keypoints": 64},
-                                               "superglue": {"weights": None, "GNN_layers": ["self", "cross"],
-                                                             "sinkhorn_iterations": 5}})
+    m = build_matcher(
+        "superpoint+superglue",
+        {
+            "superpoint": {"weights": None, "max_keypoints": 64},
+            "superglue": {"weights": None, "GNN_layers": ["self", "cross"], "sinkhorn_iterations": 5},
+        },
+    )
     x = torch.rand(1, 1, 96, 128)
     with torch.no_grad():
         quantize_linear(m.superglue, lambda: m({"image0": x, "image1": x.flip(-1)}), 8, 8)

@@ -1,6 +1,7 @@
 """Real accuracy offline: the Oxford graffiti pair against its published homography, and unseen photos.
 
 The images come from OpenCV's sample data (Debian's opencv-doc, installed by .ci/run)."""
+
 import numpy as np
 import pytest
 

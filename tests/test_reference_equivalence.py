@@ -1,4 +1,5 @@
 """Our SuperPoint and SuperGlue against outputs of the official code (tests/make_reference.py)."""
+
 import json
 
 import numpy as np
@@ -104,6 +105,11 @@ def test_equivalence_holds_with_other_cpu_kernels():
     import sys
 
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
-                           "matches_official"], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "matches_official"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-2000:]

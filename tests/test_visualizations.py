@@ -1,4 +1,5 @@
 """Every report figure renders from small fake result files, by one command."""
+
 import csv
 import json
 import subprocess
@@ -25,15 +26,47 @@ def fake_results(tmp_path):
         w.writerow({"model": "m", "group": "__dense__", "sparsity": 0, "params": 0, "auc@3px": 0.6, "recall": 0.9})
         for g in ("layer0", "layer1"):
             for s in (0.5, 0.9):
-                w.writerow({"model": "m", "group": g, "sparsity": s, "params": 100, "auc@3px": 0.6 - s / 4,
-                            "recall": 0.9 - s / 5})
+                w.writerow(
+                    {
+                        "model": "m",
+                        "group": g,
+                        "sparsity": s,
+                        "params": 100,
+                        "auc@3px": 0.6 - s / 4,
+                        "recall": 0.9 - s / 5,
+                    }
+                )
     results = tmp_path / "results.json"
-    results.write_text(json.dumps([
-        {"name": "dense", "method": "dense", "auc@3px": 0.6, "size_bytes": 5e7, "macs": 6e10, "latency_ms": 1500},
-        {"name": "pruned 80%", "method": "fine-grained", "auc@3px": 0.58, "size_bytes": 1.2e7, "macs": 6e10,
-         "latency_ms": 1500},
-        {"name": "channel 50%", "method": "channel", "auc@3px": 0.55, "size_bytes": 2e7, "macs": 2e10,
-         "latency_ms": 700}]))
+    results.write_text(
+        json.dumps(
+            [
+                {
+                    "name": "dense",
+                    "method": "dense",
+                    "auc@3px": 0.6,
+                    "size_bytes": 5e7,
+                    "macs": 6e10,
+                    "latency_ms": 1500,
+                },
+                {
+                    "name": "pruned 80%",
+                    "method": "fine-grained",
+                    "auc@3px": 0.58,
+                    "size_bytes": 1.2e7,
+                    "macs": 6e10,
+                    "latency_ms": 1500,
+                },
+                {
+                    "name": "channel 50%",
+                    "method": "channel",
+                    "auc@3px": 0.55,
+                    "size_bytes": 2e7,
+                    "macs": 2e10,
+                    "latency_ms": 700,
+                },
+            ]
+        )
+    )
     sweep = tmp_path / "sweep.csv"
     with open(sweep, "w", newline="") as f:
         w = csv.DictWriter(f, ["model", "num_keypoints", "detector_ms", "matcher_ms"])
@@ -55,22 +88,54 @@ def fake_results(tmp_path):
             k0 = rng.uniform([50, 50], [590, 430], (60, 2))
             k1 = warp_points(k0, pair.H)
             k1[:wrong] += 40  # wrong matches are drawn red
-            np.savez(tmp_path / folder / f"{pair.stems[0]}_{pair.stems[1]}_matches.npz", keypoints0=k0,
-                     keypoints1=k1, matches=np.arange(60), match_confidence=np.ones(60))
+            np.savez(
+                tmp_path / folder / f"{pair.stems[0]}_{pair.stems[1]}_matches.npz",
+                keypoints0=k0,
+                keypoints1=k1,
+                matches=np.arange(60),
+                match_confidence=np.ones(60),
+            )
     return scan, results, sweep, pairs_file
 
 
 def test_every_figure_renders_from_files(tmp_path):
     scan, results, sweep, pairs_file = fake_results(tmp_path)
     out = tmp_path / "figures"
-    proc = subprocess.run([sys.executable, "visualizations.py", "--out", str(out), "--scan", str(scan), "--results",
-                           str(results), "--sweep", str(sweep), "--checkpoints", str(tmp_path / "dense.pth"),
-                           str(tmp_path / "pq.pth"), "--tensor", "matcher.gnn.layers.0.mlp.0.weight",
-                           "--gif", str(tmp_path / "dense"), str(tmp_path / "compressed")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "visualizations.py",
+            "--out",
+            str(out),
+            "--scan",
+            str(scan),
+            "--results",
+            str(results),
+            "--sweep",
+            str(sweep),
+            "--checkpoints",
+            str(tmp_path / "dense.pth"),
+            str(tmp_path / "pq.pth"),
+            "--tensor",
+            "matcher.gnn.layers.0.mlp.0.weight",
+            "--gif",
+            str(tmp_path / "dense"),
+            str(tmp_path / "compressed"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    names = {"sensitivity", "tradeoff_size_bytes", "tradeoff_macs", "tradeoff_latency_ms", "latency_vs_keypoints",
-             "weights"}
+    names = {
+        "sensitivity",
+        "tradeoff_size_bytes",
+        "tradeoff_macs",
+        "tradeoff_latency_ms",
+        "latency_vs_keypoints",
+        "weights",
+    }
     for name in names:
         for ext in ("png", "pdf"):
             assert (out / f"{name}.{ext}").stat().st_size > 5000, name

@@ -1,4 +1,5 @@
 """Resolving, downloading, caching and safely loading weights, without the official files or internet."""
+
 import os
 import urllib.error
 

@@ -1,4 +1,5 @@
 """The offline-pretrained matchers really match photographs, with the network switched off."""
+
 import socket
 
 import cv2
@@ -26,8 +27,7 @@ def tensor(rgb):
     return torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
 
 
-@pytest.mark.parametrize("name,min_correct", [("aliked+lightglue", 0.95), ("disk+lightglue", 0.95),
-                                              ("sift+nn", 0.9)])
+@pytest.mark.parametrize("name,min_correct", [("aliked+lightglue", 0.95), ("disk+lightglue", 0.95), ("sift+nn", 0.9)])
 def test_matches_photo_against_its_warp(name, min_correct, no_network):
     img = cv2.resize(skimage.data.astronaut(), (480, 360), interpolation=cv2.INTER_AREA)
     warped = cv2.warpPerspective(img, H, (480, 360))

@@ -4,6 +4,7 @@ Ternary weights (Li & Liu, "Ternary weight networks", 2016): each weight becomes
 per layer. The state keeps a; after every optimizer step the weights are ternarized again; the checkpoint stores
 2-bit codes and a.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -37,8 +38,14 @@ class Ternary(LayerState):
 
     def encode(self, layer: nn.Module, weight: torch.Tensor) -> dict[str, Any]:
         codes = (torch.sign(weight) + 1).to(torch.int64)  # 0, 1, 2
-        return {"kind": self.kind, "shape": list(weight.shape), "scale": self.scale.cpu(),
-                "threshold": self.threshold, "codes": pack_bits(codes, 2), "count": weight.numel()}
+        return {
+            "kind": self.kind,
+            "shape": list(weight.shape),
+            "scale": self.scale.cpu(),
+            "threshold": self.threshold,
+            "codes": pack_bits(codes, 2),
+            "count": weight.numel(),
+        }
 
     @classmethod
     def decode(cls, entry: dict[str, Any]) -> tuple[torch.Tensor, list[LayerState]]:
@@ -48,8 +55,9 @@ class Ternary(LayerState):
         return weight, [cls(entry["scale"], entry["threshold"])]
 
 
-@register_method("toy-ternary", settings={"threshold": 0.7}, checks={"threshold": Check(kind=float, lo=0, hi=2)},
-                 bits=lambda spec: 2)
+@register_method(
+    "toy-ternary", settings={"threshold": 0.7}, checks={"threshold": Check(kind=float, lo=0, hi=2)}, bits=lambda spec: 2
+)
 def ternary_method(job: Job) -> None:
     """Every conv/linear weight of the part: -a, 0 or +a, a = the mean |w| of the layer."""
     for name, weight in prunable_weights(job.net).items():
