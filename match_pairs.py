@@ -36,16 +36,15 @@ from helper import (
     writable_location,
 )
 from models.matching import available_matchers
-from pipeline.evaluation import (
+from pipeline.evaluation import build_from_args, predict
+from pipeline.figures import make_matching_plot, match_colors
+from pipeline.metrics import (
     HOMOGRAPHY_THRESHOLDS,
     POSE_THRESHOLDS,
-    build_from_args,
     pair_metrics,
-    predict,
     summarize,
     symmetric_reprojection_error,
 )
-from pipeline.figures import make_matching_plot, match_colors
 
 logger = logging.getLogger("match_pairs")
 

@@ -28,7 +28,8 @@ from data.images import opencv_samples_dir
 from data.pairs import FilePairs, Pair, PairSet, make_pairs, read_homography_file
 from helper import InputError, run_cli
 from models.matching import build_matcher
-from pipeline.evaluation import evaluate, reestimate, summarize
+from pipeline.evaluation import evaluate, reestimate
+from pipeline.metrics import summarize
 
 ESTIMATORS = [("ransac", t) for t in (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)] + [("magsac", t) for t in (1.0, 2.0, 3.0)]
 

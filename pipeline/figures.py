@@ -289,7 +289,7 @@ def make_gif(
     from PIL import Image
 
     from data.pairs import FilePairs, read_pairs
-    from pipeline.evaluation import symmetric_reprojection_error
+    from pipeline.metrics import symmetric_reprojection_error
 
     pairs_file = Path(pairs_file)
     pairs = FilePairs(read_pairs(pairs_file), input_dir or pairs_file.parent, list(resize))

@@ -8,16 +8,8 @@ from data.homographies import HomographyConfig, sample_homography, warp_points
 from data.images import open_source
 from data.pairs import FilePairs, Pair, SyntheticPairs, read_pairs
 from models.matching import build_matcher
-from pipeline.evaluation import (
-    FeatureCache,
-    auc,
-    estimate_homography,
-    evaluate,
-    homography_metrics,
-    pair_metrics,
-    summarize,
-    weighted_dlt,
-)
+from pipeline.evaluation import FeatureCache, evaluate
+from pipeline.metrics import auc, estimate_homography, homography_metrics, pair_metrics, summarize, weighted_dlt
 
 H = sample_homography(np.random.default_rng(0), (640, 480), HomographyConfig())
 

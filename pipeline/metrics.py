@@ -1,0 +1,269 @@
+"""Matching metrics of one pair and their summary: homography corner error and its AUC, precision and recall
+from the true homography, pose error and epipolar precision exactly as the official match_pairs.py. Pure numpy
+and OpenCV: a pair that cannot be estimated counts as a failure (infinite error), never dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from data.homographies import warp_points
+from data.pairs import Pair
+from helper import (
+    InputError,
+)
+from models.losses import homography_gt
+
+logger = logging.getLogger(__name__)
+
+HOMOGRAPHY_THRESHOLDS = (1, 3, 5, 10)  # px, corner error, as glue-factory reports HPatches
+POSE_THRESHOLDS = (5, 10, 20)  # degrees, as the official match_pairs.py
+EPIPOLAR_THRESHOLD = 5e-4  # official: normalised symmetric epipolar distance of a correct match
+
+
+def auc(errors: Sequence[float], thresholds: Sequence[float]) -> list[float]:
+    """Area under the recall-vs-error curve up to each threshold, normalised (the official pose_auc)."""
+    errors = np.sort(np.asarray(errors, np.float64))
+    recall = np.r_[0.0, (np.arange(len(errors)) + 1) / max(len(errors), 1)]
+    errors = np.r_[0.0, errors]
+    trapezoid = getattr(np, "trapezoid", None) or np.trapz
+    out = []
+    for t in thresholds:
+        last = np.searchsorted(errors, t)
+        r = np.r_[recall[:last], recall[last - 1]]
+        e = np.r_[errors[:last], t]
+        out.append(float(trapezoid(r, x=e) / t))
+    return out
+
+
+def symmetric_reprojection_error(kpts0: np.ndarray, kpts1: np.ndarray, H: np.ndarray) -> np.ndarray:
+    """Mean of the transfer errors image0->image1 (H) and image1->image0 (H⁻¹) of matched points."""
+    e1 = np.linalg.norm(warp_points(kpts0, H) - kpts1, axis=1)
+    e0 = np.linalg.norm(warp_points(kpts1, np.linalg.inv(H)) - kpts0, axis=1)
+    return 0.5 * (e0 + e1)
+
+
+def ground_truth_matches(kpts0: np.ndarray, kpts1: np.ndarray, H: np.ndarray, threshold: float) -> np.ndarray:
+    """For each keypoint of image0, its mutual-nearest keypoint of image1 within ``threshold`` px, else -1."""
+    as_t = lambda a: torch.from_numpy(np.asarray(a, np.float64))[None]  # noqa: E731
+    gt0, _ = homography_gt(as_t(kpts0).reshape(1, -1, 2), as_t(kpts1).reshape(1, -1, 2), as_t(H), threshold, threshold)
+    return gt0[0].clamp(min=-1).numpy()
+
+
+def weighted_dlt(pts0: np.ndarray, pts1: np.ndarray, weights: np.ndarray) -> np.ndarray | None:
+    """Homography from all matches by the direct linear transform, rows weighted by confidence (Hartley-normalised)."""
+
+    def normaliser(p):
+        c = p.mean(0)
+        s = np.sqrt(2) / max(np.linalg.norm(p - c, axis=1).mean(), 1e-12)
+        return np.array([[s, 0, -s * c[0]], [0, s, -s * c[1]], [0, 0, 1]])
+
+    T0, T1 = normaliser(pts0), normaliser(pts1)
+    p0, p1 = warp_points(pts0, T0), warp_points(pts1, T1)
+    x, y, u, v = p0[:, 0], p0[:, 1], p1[:, 0], p1[:, 1]
+    zero, one = np.zeros_like(x), np.ones_like(x)
+    A = np.concatenate(
+        [
+            np.stack([x, y, one, zero, zero, zero, -u * x, -u * y, -u], 1),
+            np.stack([zero, zero, zero, x, y, one, -v * x, -v * y, -v], 1),
+        ]
+    )
+    A *= np.sqrt(np.r_[weights, weights])[:, None]
+    _, _, vt = np.linalg.svd(A)
+    H = np.linalg.inv(T1) @ vt[-1].reshape(3, 3) @ T0
+    return H / H[2, 2] if abs(H[2, 2]) > 1e-12 else None
+
+
+def estimate_homography(
+    pts0: np.ndarray, pts1: np.ndarray, conf: np.ndarray, method: str = "ransac", ransac_threshold: float = 3.0
+) -> np.ndarray | None:
+    """H from matches with OpenCV RANSAC / USAC-MAGSAC or a weighted DLT; None when it cannot be estimated."""
+    if len(pts0) < 4:
+        return None
+    if method == "dlt":
+        return weighted_dlt(pts0, pts1, np.clip(conf, 1e-6, None))
+    flag = {"ransac": cv2.RANSAC, "magsac": cv2.USAC_MAGSAC}[method]
+    H, _ = cv2.findHomography(
+        pts0.astype(np.float64), pts1.astype(np.float64), flag, ransac_threshold, maxIters=10000, confidence=0.9999
+    )
+    return None if H is None or not np.all(np.isfinite(H)) else H
+
+
+def corner_error(H_est: np.ndarray | None, H_gt: np.ndarray, size: tuple[int, int]) -> float:
+    """Mean distance (image1 px) between image0's corners mapped by the estimated and the true H; inf if none."""
+    if H_est is None:
+        return float("inf")
+    w, h = size
+    corners = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64)
+    err = np.linalg.norm(warp_points(corners, H_est) - warp_points(corners, H_gt), axis=1).mean()
+    return float(err) if np.isfinite(err) else float("inf")
+
+
+def homography_metrics(
+    kpts0: np.ndarray,
+    kpts1: np.ndarray,
+    matches: np.ndarray,
+    conf: np.ndarray,
+    H: np.ndarray,
+    size0: tuple[int, int],
+    threshold: float = 3.0,
+    method: str = "ransac",
+    ransac_threshold: float = 3.0,
+) -> dict[str, Any]:
+    """Precision, recall, matching score and corner error of one homography pair."""
+    valid = matches > -1
+    m0, m1 = kpts0[valid], kpts1[matches[valid]]
+    errors = symmetric_reprojection_error(m0, m1, H) if len(m0) else np.zeros(0)
+    correct = errors < threshold
+    gt = ground_truth_matches(kpts0, kpts1, H, threshold)
+    has_gt = gt > -1
+    recalled = np.zeros(len(kpts0), bool)
+    recalled[np.flatnonzero(valid)[correct]] = True  # a correct match of a keypoint that has a true match
+    H_est = estimate_homography(m0, m1, conf[valid], method, ransac_threshold)
+    return {
+        "num_keypoints0": len(kpts0),
+        "num_keypoints1": len(kpts1),
+        "num_matches": int(valid.sum()),
+        "num_correct": int(correct.sum()),
+        "num_gt_matches": int(has_gt.sum()),
+        "precision": float(correct.mean()) if len(correct) else 0.0,
+        "recall": float((recalled & has_gt).sum() / has_gt.sum()) if has_gt.any() else 0.0,
+        "matching_score": float(correct.sum() / len(kpts0)) if len(kpts0) else 0.0,
+        "corner_error": corner_error(H_est, H, size0),
+    }
+
+
+def rotate_intrinsics(K: np.ndarray, rotated_shape: tuple[int, ...], rot: int) -> np.ndarray:
+    """Intrinsics of an image rotated by rot×90° counter-clockwise (np.rot90), as the official code."""
+    h, w = rotated_shape[:2][::-1] if rot % 2 else rotated_shape[:2]
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    rot %= 4
+    if rot == 1:
+        return np.array([[fy, 0.0, cy], [0.0, fx, w - 1 - cx], [0.0, 0.0, 1.0]])
+    if rot == 2:
+        return np.array([[fx, 0.0, w - 1 - cx], [0.0, fy, h - 1 - cy], [0.0, 0.0, 1.0]])
+    return np.array([[fy, 0.0, h - 1 - cy], [0.0, fx, cx], [0.0, 0.0, 1.0]])
+
+
+def rotate_pose_inplane(i_T_w: np.ndarray, rot: int) -> np.ndarray:
+    r = np.deg2rad((0, 270, 180, 90)[rot % 4])
+    R = np.eye(4)
+    R[:2, :2] = [[np.cos(r), -np.sin(r)], [np.sin(r), np.cos(r)]]
+    return R.astype(np.float32) @ i_T_w
+
+
+def epipolar_errors(kpts0, kpts1, T_0to1, K0, K1) -> np.ndarray:
+    """Squared symmetric epipolar distance in normalised coordinates (the official definition)."""
+    p0 = np.c_[(kpts0 - K0[[0, 1], [2, 2]][None]) / K0[[0, 1], [0, 1]][None], np.ones(len(kpts0))]
+    p1 = np.c_[(kpts1 - K1[[0, 1], [2, 2]][None]) / K1[[0, 1], [0, 1]][None], np.ones(len(kpts1))]
+    t = T_0to1[:3, 3]
+    E = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]]) @ T_0to1[:3, :3]
+    Ep0, Etp1 = p0 @ E.T, p1 @ E
+    p1Ep0 = np.sum(p1 * Ep0, -1)
+    return p1Ep0**2 * (1.0 / (Ep0[:, 0] ** 2 + Ep0[:, 1] ** 2) + 1.0 / (Etp1[:, 0] ** 2 + Etp1[:, 1] ** 2))
+
+
+def estimate_pose(kpts0, kpts1, K0, K1, thresh: float = 1.0, conf: float = 0.99999):
+    """(R, t, inliers) from the essential matrix with OpenCV RANSAC, as the official code; None if < 5 matches."""
+    if len(kpts0) < 5:
+        return None
+    f_mean = np.mean([K0[0, 0], K1[1, 1], K0[0, 0], K1[1, 1]])
+    n0 = (kpts0 - K0[[0, 1], [2, 2]][None]) / K0[[0, 1], [0, 1]][None]
+    n1 = (kpts1 - K1[[0, 1], [2, 2]][None]) / K1[[0, 1], [0, 1]][None]
+    E, mask = cv2.findEssentialMat(n0, n1, np.eye(3), threshold=thresh / f_mean, prob=conf, method=cv2.RANSAC)
+    if E is None:
+        return None
+    best, ret = 0, None
+    for _E in np.split(E, len(E) / 3):
+        n, R, t, _ = cv2.recoverPose(_E, n0, n1, np.eye(3), 1e9, mask=mask)
+        if n > best:
+            best, ret = n, (R, t[:, 0], mask.ravel() > 0)
+    return ret
+
+
+def pose_errors(T_0to1: np.ndarray, R: np.ndarray, t: np.ndarray) -> tuple[float, float]:
+    """(translation angle error, rotation angle error) in degrees; the translation sign is ambiguous."""
+    t_gt = T_0to1[:3, 3]
+    cos_t = np.clip(np.dot(t, t_gt) / (np.linalg.norm(t) * np.linalg.norm(t_gt)), -1.0, 1.0)
+    err_t = np.rad2deg(np.arccos(cos_t))
+    cos_r = np.clip((np.trace(R.T @ T_0to1[:3, :3]) - 1) / 2, -1.0, 1.0)
+    return float(min(err_t, 180 - err_t)), float(np.rad2deg(np.abs(np.arccos(cos_r))))
+
+
+def pose_metrics(kpts0, kpts1, matches, K0, K1, T_0to1) -> dict[str, Any]:
+    """Epipolar precision, matching score and pose errors of one pose pair, as the official match_pairs.py."""
+    valid = matches > -1
+    m0, m1 = kpts0[valid], kpts1[matches[valid]]
+    epi = epipolar_errors(m0, m1, T_0to1, K0, K1)
+    correct = epi < EPIPOLAR_THRESHOLD
+    ret = estimate_pose(m0, m1, K0, K1)
+    err_t, err_R = (float("inf"), float("inf")) if ret is None else pose_errors(T_0to1, ret[0], ret[1])
+    return {
+        "num_keypoints0": len(kpts0),
+        "num_keypoints1": len(kpts1),
+        "num_matches": int(valid.sum()),
+        "num_correct": int(correct.sum()),
+        "precision": float(correct.mean()) if len(correct) else 0.0,
+        "matching_score": float(correct.sum() / len(kpts0)) if len(kpts0) else 0.0,
+        "error_t": err_t,
+        "error_R": err_R,
+        "epipolar_errors": epi,
+    }
+
+
+def pose_ground_truth(pair: Pair, shape0: tuple[int, ...], shape1: tuple[int, ...]) -> tuple:
+    """(K0, K1, T_0to1) for the images as evaluated, applying the pair's in-plane rotations."""
+    K0, K1, T = pair.K0, pair.K1, pair.T_0to1
+    if pair.rot0 or pair.rot1:
+        cam0_T_w, cam1_T_w = np.eye(4), T
+        if pair.rot0:
+            K0, cam0_T_w = rotate_intrinsics(K0, shape0, pair.rot0), rotate_pose_inplane(cam0_T_w, pair.rot0)
+        if pair.rot1:
+            K1, cam1_T_w = rotate_intrinsics(K1, shape1, pair.rot1), rotate_pose_inplane(cam1_T_w, pair.rot1)
+        T = cam1_T_w @ np.linalg.inv(cam0_T_w)
+    return K0, K1, T
+
+
+def pair_metrics(
+    pair: Pair,
+    pred: dict[str, np.ndarray],
+    shape0: tuple[int, ...],
+    shape1: tuple[int, ...],
+    threshold: float = 3.0,
+    method: str = "ransac",
+    ransac_threshold: float = 3.0,
+) -> dict[str, Any]:
+    """Metrics of one pair whose ground truth is expressed for the evaluated images (PairSet.ground_truth)."""
+    k0, k1, m, c = pred["keypoints0"], pred["keypoints1"], pred["matches0"], pred["matching_scores0"]
+    if pair.kind == "homography":
+        return homography_metrics(k0, k1, m, c, pair.H, (shape0[1], shape0[0]), threshold, method, ransac_threshold)
+    if pair.kind == "pose":
+        K0, K1, T = pose_ground_truth(pair, shape0, shape1)
+        return pose_metrics(k0, k1, m, K0, K1, T)
+    raise InputError(f"pair {pair.name0} {pair.name1} has no ground truth to evaluate")
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means over all pairs (failures included) and the AUCs of the corner or pose errors."""
+    if not rows:
+        raise InputError("no pairs were evaluated")
+    mean = lambda k: float(np.mean([r[k] for r in rows]))  # noqa: E731
+    out: dict[str, Any] = {"num_pairs": len(rows)}
+    for key in ("precision", "recall", "matching_score", "num_matches", "num_keypoints0", "num_correct"):
+        if key in rows[0]:
+            out[key] = mean(key)
+    if "corner_error" in rows[0]:
+        errors = [r["corner_error"] for r in rows]
+        out.update({f"auc@{t}px": a for t, a in zip(HOMOGRAPHY_THRESHOLDS, auc(errors, HOMOGRAPHY_THRESHOLDS))})
+        out["failures"] = int(np.sum(~np.isfinite(errors)))
+        out["median_corner_error"] = float(np.median(errors))
+    if "error_t" in rows[0]:
+        errors = [max(r["error_t"], r["error_R"]) for r in rows]
+        out.update({f"auc@{t}deg": a for t, a in zip(POSE_THRESHOLDS, auc(errors, POSE_THRESHOLDS))})
+        out["failures"] = int(np.sum(~np.isfinite(errors)))
+    return out
