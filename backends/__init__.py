@@ -9,6 +9,8 @@ and copies reopen them. Models never import this package; the pipeline finds the
 from __future__ import annotations
 
 import contextlib
+import importlib
+import pkgutil
 from typing import Any, Callable, Iterator
 
 from torch import nn
@@ -28,8 +30,9 @@ def register_backend(name: str) -> Callable[[type], type]:
 
 
 def backend(name: str) -> Any:
-    if name not in BACKENDS:
-        from . import onnxruntime  # noqa: F401  (the backend shipped with the project)
+    if name not in BACKENDS:  # every module of the package, so that a new backend registers by existing
+        for module in pkgutil.iter_modules(__path__):
+            importlib.import_module(f"{__name__}.{module.name}")
     if name not in BACKENDS:
         raise ValueError(f"unknown runtime backend {name!r} (known: {', '.join(BACKENDS)})")
     return BACKENDS[name]

@@ -1,6 +1,11 @@
 """Pruning toolkit: fine-grained magnitude pruning, channel pruning, sensitivity scans. Transforms models only.
 
-Importing it registers its compression methods ('fine-grained', 'channel') with compression.methods.
+Importing it imports each of its modules, so their compression methods register ('fine-grained', 'channel').
 """
 
-from . import channel, fine_grained  # noqa: F401
+import importlib
+import pkgutil
+
+# every module of the package, so that a new one registers by existing
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
