@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.graphs import DetectorGraph, MatcherGraph, graph_adapter
+from models.graphs import MatcherGraph, graph_adapter
 
 from . import backend
 
@@ -179,6 +179,3 @@ def graph_feed(net: nn.Module, data: dict) -> dict[str, np.ndarray]:
     adapter = graph_adapter(net, MatcherGraph)
     return {k: v.detach().cpu().float().numpy() for k, v in adapter.feed(data).items()}
 
-
-def detector_adapter(detector: nn.Module) -> DetectorGraph | None:
-    return graph_adapter(detector, DetectorGraph)

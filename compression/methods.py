@@ -28,7 +28,6 @@ class Job:
     base_bits: int = 4  # bit width of the weights a mixed-precision choice left out
     calibrate: Callable[[nn.Module], None] | None = None  # runs a pipeline over the calibration pairs
     calibration_images: Callable[[], list[torch.Tensor]] | None = None  # those pairs' images, as the detector reads
-    workdir: str | None = None  # a scratch folder (exports)
     bits: float | None = None  # bits per weight of the result, when the method computes it (mixed precision)
 
     @property

@@ -53,7 +53,6 @@ def quantize_static_onnx(
     a detector's logits and descriptors feed a softmax / normalisation whose small differences decide keypoints.
     """
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     graph = onnx.load(str(fp32_path)).graph
     exclude = [
@@ -64,12 +63,27 @@ def quantize_static_onnx(
     if keep_last:
         exclude.append([n.name for n in graph.node if n.op_type == "Conv"][-1])
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{"image": np.ascontiguousarray(x, np.float32)} for x in calibration])
+    return _static_qdq(
+        fp32_path, int8_path, [{"image": np.ascontiguousarray(x, np.float32)} for x in calibration], ["Conv"], exclude
+    )
 
+
+def _static_qdq(
+    fp32_path: str | os.PathLike,
+    int8_path: str | os.PathLike,
+    feeds: Iterable[dict[str, np.ndarray]],
+    ops: list[str],
+    exclude: list[str],
+) -> Path:
+    """ONNX Runtime's static QDQ quantization: per-channel int8 weights (7-bit, REDUCE_RANGE), uint8 activations
+    calibrated on ``feeds`` (graph inputs), for the nodes of ``ops`` not in ``exclude``."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    items = iter(list(feeds))
+
+    class Reader(CalibrationDataReader):
         def get_next(self):
-            return next(self.items, None)
+            return next(items, None)
 
     quantize_static(
         str(fp32_path),
@@ -79,7 +93,7 @@ def quantize_static_onnx(
         per_channel=True,
         weight_type=QuantType.QInt8,
         activation_type=QuantType.QUInt8,
-        op_types_to_quantize=["Conv"],
+        op_types_to_quantize=ops,
         nodes_to_exclude=exclude,
         reduce_range=REDUCE_RANGE,
     )
@@ -114,11 +128,8 @@ def quantize_matcher_onnx(
     """
     import onnx
     from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
         QuantType,
         quantize_dynamic,
-        quantize_static,
     )
 
     graph = onnx.load(str(fp32_path)).graph
@@ -137,25 +148,7 @@ def quantize_matcher_onnx(
             reduce_range=REDUCE_RANGE,
         )
         return Path(int8_path)
-    items = iter(list(calibration))
-
-    class Reader(CalibrationDataReader):
-        def get_next(self):
-            return next(items, None)
-
-    quantize_static(
-        str(fp32_path),
-        str(int8_path),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        weight_type=QuantType.QInt8,
-        activation_type=QuantType.QUInt8,
-        op_types_to_quantize=ops,
-        nodes_to_exclude=exclude,
-        reduce_range=REDUCE_RANGE,
-    )
-    return Path(int8_path)
+    return _static_qdq(fp32_path, int8_path, calibration, ops, exclude)
 
 
 def recorded_inputs(module: nn.Module, run) -> list:
@@ -264,7 +257,7 @@ def _int8_kernels(model: nn.Module) -> str | None:
 def int8_method(job: Job) -> None:
     """The part runs in real int8 kernels of ONNX Runtime, calibrated on the calibration pairs (the graph's bytes
     go into the checkpoint)."""
-    with tempfile.TemporaryDirectory(dir=job.workdir) as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         try:
             if job.part == "matcher":
                 matcher = job.matcher
