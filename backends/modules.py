@@ -178,4 +178,3 @@ def graph_feed(net: nn.Module, data: dict) -> dict[str, np.ndarray]:
     """The graph inputs of a matching network for the data dict it is called with."""
     adapter = graph_adapter(net, MatcherGraph)
     return {k: v.detach().cpu().float().numpy() for k, v in adapter.feed(data).items()}
-
