@@ -4,7 +4,7 @@
 of times). A pair whose homography or pose cannot be estimated counts as a failure (infinite error); no
 pair is ever dropped from an average.
 
-    python evaluate.py --matcher aliked+lightglue --source sample --num_pairs 100 --output runs/eval
+    python evaluate.py --matcher aliked+lightglue --source photos --split val --num_pairs 200 --output runs/eval
     python evaluate.py --matcher aliked+lightglue --hpatches data/hpatches      # real scenes (downloads 1.3 GB)
 """
 
@@ -27,7 +27,15 @@ from helper import (
     write_csv,
     write_json,
 )
-from pipeline.evaluation import FeatureCache, add_matcher_args, build_from_args, evaluate
+from pipeline.evaluation import (
+    PUBLISHED,
+    FeatureCache,
+    add_matcher_args,
+    build_from_args,
+    evaluate,
+    homography_protocol,
+)
+from pipeline.metrics import BOOTSTRAP, format_summary
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,7 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--source",
         default="sample",
-        help="'sample', 'opencv' (OpenCV's sample photos), an image folder or a .zip archive",
+        help="'photos' (187 photographs from packages, see data/photos.csv), 'sample' (scikit-image's), 'opencv' "
+        "(OpenCV's sample photos), an image folder or a .zip archive",
     )
     parser.add_argument("--split", default="all", choices=["all", "train", "val"])
     parser.add_argument("--num_pairs", type=positive_int, default=100)
@@ -50,7 +59,9 @@ def main(argv: list[str] | None = None) -> None:
         "--hpatches",
         default=None,
         metavar="DIR",
-        help="evaluate HPatches (image 1 against 2-6 of each scene) in DIR; downloaded there (1.3 GB) if missing",
+        help="evaluate HPatches (image 1 against 2-6 of each scene) in DIR with glue-factory's protocol (shorter "
+        "side 480, DLT / OpenCV RANSAC / PoseLib, inlier threshold swept 0.5-3 px); downloaded there (1.3 GB) "
+        "if missing",
     )
     parser.add_argument(
         "--hpatches_subset",
@@ -63,9 +74,9 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         nargs="+",
         default=None,
-        help="as match_pairs.py (default: 640 480 for --input_pairs, 640 for --hpatches)",
+        help="as match_pairs.py (default: 640 480 for --input_pairs; --hpatches: shorter side 480, glue-factory's)",
     )
-    parser.add_argument("--estimator", default="ransac", choices=["ransac", "magsac", "dlt"])
+    parser.add_argument("--estimator", default="ransac", choices=["ransac", "magsac", "poselib", "dlt"])
     parser.add_argument("--threshold", type=float_in(1e-6), default=3.0, help="correctness threshold, px")
     parser.add_argument(
         "--ransac_threshold", type=float_in(1e-6), default=3.0, help="inlier threshold of the estimator, px"
@@ -85,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.input_pairs:
         pairs = FilePairs(read_pairs(args.input_pairs), args.input_dir, args.resize or [640, 480])
     elif args.hpatches:
-        pairs = HPatchesPairs(fetch_hpatches(args.hpatches), args.resize or [640], args.hpatches_subset)
+        pairs = HPatchesPairs(fetch_hpatches(args.hpatches), args.resize, args.hpatches_subset)
     else:
         pairs = make_pairs(
             source=args.source,
@@ -105,11 +116,39 @@ def main(argv: list[str] | None = None) -> None:
         matcher, pairs, FeatureCache(), args.threshold, args.estimator, ransac_threshold=args.ransac_threshold
     )
     summary = {"matcher": matcher.name, **result["summary"]}
-    print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
+    level = BOOTSTRAP["level"]
+    print(f"{len(pairs)} pairs; [..] = {level:.0%} bootstrap interval over pairs ({BOOTSTRAP['resamples']} resamples)")
+    print(format_summary(summary))
+    protocol = homography_protocol(pairs, result["predictions"]) if args.hpatches else None
+    if protocol:
+        print(protocol_table(protocol, len(pairs)))
     if args.output:
         out = Path(args.output)
         write_csv(out / "pairs.csv", result["rows"])
-        write_json(out / "summary.json", {"summary": summary, "args": vars(args)})
+        extra = {"hpatches_protocol": protocol} if protocol else {}
+        write_json(out / "summary.json", {"summary": summary, **extra, "args": vars(args)})
+
+
+def protocol_table(rows: list[dict], num_pairs: int) -> str:
+    """glue-factory's HPatches table (AUC@1/3/5 px, in %) for these predictions, the published numbers beside."""
+    names = {"dlt": "DLT (confidence-weighted)", "ransac": "OpenCV RANSAC", "poselib": "PoseLib LO-RANSAC"}
+    published = lambda m, k: "/".join(f"{v:.1f}" for v in PUBLISHED[m].get(k, ())) or "—"  # noqa: E731
+    lines = [
+        f"HPatches, glue-factory's protocol ({num_pairs} pairs, shorter side 480; AUC of the mean corner error, %; "
+        f"[..] = {BOOTSTRAP['level']:.0%} interval of AUC@3px)",
+        f"{'estimator':<27}{'threshold':<22}{'AUC@1/3/5 px':<20}{'AUC@3px interval':<18}"
+        "published SP+LightGlue  SP+SuperGlue",
+    ]
+    for r in rows:
+        where = "—" if r["threshold"] is None else f"{r['threshold']:g} px {r['setting']}"
+        aucs = "/".join(f"{100 * r[f'auc@{a}px']:.1f}" for a in (1, 3, 5))
+        low, high = r["intervals"]["auc@3px"]
+        line = f"{names[r['estimator']]:<27}{where:<22}{aucs:<20}{f'[{100 * low:.1f}, {100 * high:.1f}]':<18}"
+        if r["setting"] != "fixed":  # the published numbers are the DLT and the best of the sweep
+            line += f"{published('superpoint+lightglue', r['estimator']):<23}"
+            line += published("superpoint+superglue", r["estimator"])
+        lines.append(line.rstrip())
+    return "\n".join(lines)
 
 
 def cli() -> None:

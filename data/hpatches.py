@@ -87,11 +87,16 @@ def fetch_hpatches(folder: str | os.PathLike, url: str = HPATCHES_URL) -> Path:
 
 
 class HPatchesPairs(FilePairs):
-    """Image 1 against images 2–6 of every scene, resized like ``match_pairs.py --resize`` (default: longer side
-    640, which is glue-factory's shorter side 480 for the 4:3 scenes), ground truth scaled to match."""
+    """Image 1 against images 2–6 of every scene, resized to a shorter side of 480 as glue-factory does (or, with
+    ``resize``, like ``match_pairs.py --resize``), ground truth scaled to match."""
 
     def __init__(
-        self, root: str | os.PathLike, resize: Sequence[int] = (640,), subset: str = "all", include_large: bool = False
+        self,
+        root: str | os.PathLike,
+        resize: Sequence[int] | None = None,
+        subset: str = "all",
+        include_large: bool = False,
+        short_side: int = 480,
     ):
         root = Path(root)
         if subset not in ("all", "v", "i"):
@@ -108,4 +113,4 @@ class HPatchesPairs(FilePairs):
             for s in scenes
             for k in range(2, 7)
         ]
-        super().__init__(pairs, root, resize)
+        super().__init__(pairs, root, resize or [-1], short_side=None if resize else short_side)

@@ -14,6 +14,8 @@ import numpy as np
 
 from helper import InputError, decode_image, first_line
 
+from . import photos
+
 logger = logging.getLogger(__name__)
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -129,6 +131,38 @@ class SampleSource(FolderSource):
         ImageSource.__init__(self, "sample", names)
 
 
+class PhotoSource(ImageSource):
+    """The photographs of ``data/photos.csv`` that are installed (``python -m data.photos --install`` brings the
+    rest), read in place from the packages that ship them (data/photos.py)."""
+
+    def __init__(self, manifest: str | os.PathLike = photos.MANIFEST):
+        rows = photos.read_manifest(manifest)
+        self.rows = {r["name"]: r for r in rows if photos.present(r["path"])}
+        if not self.rows:
+            raise InputError(
+                f"none of the {len(rows)} photos of {manifest} is installed: run 'python -m data.photos --install'"
+            )
+        if len(self.rows) < len(rows):
+            missing = sorted({r["package"] for r in rows if r["name"] not in self.rows})
+            logger.warning(
+                "photos: %d of %d installed (missing packages: %s; 'python -m data.photos --install')",
+                len(self.rows),
+                len(rows),
+                ", ".join(missing),
+            )
+        self._changed: set[str] = set()
+        super().__init__("photos", list(self.rows))
+
+    def read_bytes(self, name: str) -> bytes:
+        row = self.rows[name]
+        data = photos.read_photo(row["path"])
+        if hashlib.sha1(data).hexdigest() != row["sha1"] and name not in self._changed:
+            self._changed.add(name)
+            if len(self._changed) == 1:
+                logger.warning("photos: %s differs from the manifest's version (another package version?)", name)
+        return data
+
+
 def opencv_samples_dir() -> Path:
     """OpenCV's sample data folder ($OPENCV_SAMPLES_DIR, default: where Debian's opencv-doc installs it)."""
     folder = Path(os.environ.get("OPENCV_SAMPLES_DIR", OPENCV_SAMPLES_DIR))
@@ -149,7 +183,9 @@ class OpenCVPhotos(FolderSource):
 
 
 def open_source(spec: str | os.PathLike) -> ImageSource:
-    """'sample', 'opencv' (OpenCV's sample photos), a folder, or a .zip archive."""
+    """'photos' (data/photos.csv), 'sample', 'opencv' (OpenCV's sample photos), a folder, or a .zip archive."""
+    if str(spec) == "photos":
+        return PhotoSource()
     if str(spec) == "sample":
         return SampleSource()
     if str(spec) == "opencv":
@@ -159,7 +195,9 @@ def open_source(spec: str | os.PathLike) -> ImageSource:
         return FolderSource(path)
     if path.is_file() and path.suffix.lower() == ".zip":
         return ZipSource(path)
-    raise InputError(f"image source not found: {spec} (expected 'sample', a folder or a .zip archive)")
+    raise InputError(
+        f"image source not found: {spec} (expected 'photos', 'sample', 'opencv', a folder or a .zip archive)"
+    )
 
 
 def split_names(names: list[str], split: str, val_fraction: float = 0.2) -> list[str]:

@@ -233,7 +233,8 @@ class SequencePairs(SyntheticPairs):
 
 
 class FilePairs(PairSet):
-    """Pairs from a pairs file with images in a folder, resized like the official match_pairs.py."""
+    """Pairs from a pairs file with images in a folder, resized like the official match_pairs.py (or, with
+    ``short_side``, to that shorter side keeping the aspect)."""
 
     def __init__(
         self,
@@ -241,16 +242,21 @@ class FilePairs(PairSet):
         input_dir: str | os.PathLike,
         resize: Sequence[int] = (640, 480),
         resize_float: bool = False,
+        short_side: int | None = None,
     ):
         self.pairs, self.input_dir = pairs, Path(input_dir)
-        self.resize, self.resize_float = list(resize), resize_float
-        self.ident = f"files:{self.input_dir.resolve()}:{self.resize}:{resize_float}"
+        self.resize, self.resize_float, self.short_side = list(resize), resize_float, short_side
+        self.ident = f"files:{self.input_dir.resolve()}:{self.resize}:{resize_float}:{short_side}"
         self._scales: dict[str, tuple[float, float]] = {}
 
     def load(self, name: str, rotation: int = 0) -> np.ndarray:
         image = read_image(self.input_dir / name)
         h, w = image.shape[:2]
-        image = resize_to(image, self.resize, self.resize_float)
+        if self.short_side:  # the shorter side to this many pixels, as glue-factory's HPatches evaluation
+            s = self.short_side / min(h, w)
+            image = resize_to(image, [int(round(w * s)), int(round(h * s))], self.resize_float)
+        else:
+            image = resize_to(image, self.resize, self.resize_float)
         self._scales[name] = (w / image.shape[1], h / image.shape[0])
         if rotation:
             image = np.ascontiguousarray(np.rot90(image, k=rotation))

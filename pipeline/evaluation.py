@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import pickle
 import time
 from collections import OrderedDict
 from typing import Any
@@ -20,6 +22,8 @@ from tqdm import tqdm
 from data.pairs import Pair, PairSet
 from helper import (
     InputError,
+    atomic_path,
+    first_line,
     keypoint_limit,
     to_tensor,
 )
@@ -38,7 +42,7 @@ class FeatureCache:
     def __init__(self, max_items: int = 4096):
         self.max_items = max_items
         self.items: OrderedDict[tuple[str, str], dict[str, torch.Tensor]] = OrderedDict()
-        self.hits = self.misses = 0
+        self.hits = self.misses = self.added = 0
 
     def get(self, key: tuple[str, str]) -> dict[str, torch.Tensor] | None:
         if key in self.items:
@@ -50,8 +54,26 @@ class FeatureCache:
 
     def put(self, key: tuple[str, str], value: dict[str, torch.Tensor]) -> None:
         self.items[key] = value
+        self.added += 1
         if len(self.items) > self.max_items:
             self.items.popitem(last=False)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the cache (atomically), so another process (the other experiment script) reuses its entries."""
+        with atomic_path(path) as tmp:
+            torch.save({"keys": [list(k) for k in self.items], "values": list(self.items.values())}, tmp)
+        self.added = 0
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Add the entries a ``save`` wrote; an unreadable file is only a cache: a warning, then extraction."""
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            entries = list(zip(saved["keys"], saved["values"]))
+        except (OSError, RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as e:
+            logger.warning("feature cache %s is unreadable (%s): extracting again", path, first_line(e))
+            return
+        for key, value in entries:
+            self.items[tuple(key)] = value
 
 
 def extract_pair(
@@ -187,6 +209,40 @@ def reestimate(
         )
         for pair, pred in zip(pairs, predictions)
     ]
+
+
+# glue-factory's HPatches protocol (its README's table): shorter side 480 (HPatchesPairs), the inlier threshold of
+# each robust estimator swept and the best kept, AUC@1/3/5 px of the mean corner error.
+SWEEP = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
+PUBLISHED = {  # AUC@1/3/5 px, glue-factory README (HPatches, 540 pairs)
+    "superpoint+lightglue": {"dlt": (35.1, 67.2, 77.6), "ransac": (34.2, 57.9, 69.9), "poselib": (37.1, 67.4, 77.8)},
+    "superpoint+superglue": {"dlt": (32.1, 65.0, 75.7), "ransac": (32.9, 55.7, 68.0), "poselib": (37.0, 68.2, 78.7)},
+}
+
+
+def homography_protocol(
+    pairs: PairSet,
+    predictions: list[dict[str, Any]],
+    estimators: tuple[str, ...] = ("dlt", "ransac", "poselib"),
+    fixed: float = 3.0,
+    sweep: tuple[float, ...] = SWEEP,
+) -> list[dict[str, Any]]:
+    """Each estimator on ``evaluate``'s predictions, without matching again: DLT once; a robust estimator at the
+    ``fixed`` threshold and at the best of ``sweep`` (highest mean of AUC@1/3/5 px, glue-factory's choice).
+    Rows: {"estimator", "threshold", "setting" ('fixed' / 'best of sweep' / '—'), summary metrics + intervals}."""
+    out = []
+    for method in estimators:
+        if method == "dlt":
+            out.append({"estimator": "dlt", "threshold": None, "setting": "—",
+                        **summarize(reestimate(pairs, predictions, method="dlt"))})  # fmt: skip
+            continue
+        runs = {t: summarize(reestimate(pairs, predictions, method=method, ransac_threshold=t)) for t in sweep}
+        if fixed not in runs:
+            runs[fixed] = summarize(reestimate(pairs, predictions, method=method, ransac_threshold=fixed))
+        best = max(sweep, key=lambda t: sum(runs[t][f"auc@{a}px"] for a in (1, 3, 5)))
+        out.append({"estimator": method, "threshold": fixed, "setting": "fixed", **runs[fixed]})
+        out.append({"estimator": method, "threshold": best, "setting": "best of sweep", **runs[best]})
+    return out
 
 
 # ----------------------------------------------------------------------------- command line

@@ -50,12 +50,13 @@ from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.costs import all_macs, interleaved_latency, prepare
 from pipeline.evaluation import FeatureCache, evaluate, predict
 from pipeline.figures import make_gif
+from pipeline.metrics import MEANS, paired_difference
 from pipeline.report import update_readme, write_report
 from pipeline.training import CHECKS as FINETUNE_CHECKS
 from pipeline.training import DEFAULTS as FINETUNE_DEFAULTS
 from pipeline.training import PAIRS_CHECKS, SIZE, finetune
 from pruning.fine_grained import prune_fine_grained
-from pruning.sensitivity import choose_verified, expand, groups_by_prefix, scan
+from pruning.sensitivity import choose_verified, expand, flat_differences, groups_by_prefix, scan
 from quantization.kmeans import kmeans_values, quantize_kmeans
 
 logger = logging.getLogger("experiments")
@@ -82,6 +83,7 @@ DEFAULTS: dict[str, Any] = {
         "budget": 0.01,
         "choose_metric": "agreement",
         "choose_budget": 0.2,
+        "num_pairs": None,  # the scan screens on the first this many val pairs (null: all); choices verify on all
     },
     "finetune": {"steps": 100},
     "profile": {"num_keypoints": 512, "resize": [640, 480], "repeats": 5, "threads": None},
@@ -111,6 +113,7 @@ CHECKS: dict[str, Check] = {
     "sensitivity.budget": Check(lo=0),
     "sensitivity.choose_metric": Check(kind=str, nullable=True, choices=(*METRICS, "agreement")),
     "sensitivity.choose_budget": Check(lo=0),
+    "sensitivity.num_pairs": Check(kind=int, nullable=True, lo=1),
     "finetune": Check(kind=dict, schema=FINETUNE_DEFAULTS, checks=FINETUNE_CHECKS),
     "profile.num_keypoints": Check(lo=1),
     "profile.resize": SIZE,
@@ -187,9 +190,13 @@ class Experiment:
     def __init__(self, config: dict[str, Any], out: str | Path, dry_run: bool = False, progress: bool = True):
         self.cfg, self.out, self.dry_run, self.progress = config, Path(out), dry_run, progress
         self.cache = FeatureCache()
+        self.cache_file = self.out / "cache" / "features.pt"  # detector outputs, shared by the two scripts
+        if self.cache_file.is_file() and not dry_run:
+            self.cache.load(self.cache_file)
         self.read_only = False  # True: stages not done for the current config are reported missing, not run
         self._val: SyntheticPairs | None = None
         self._dense: Matcher | None = None
+        self._baseline: dict[str, Any] | None = None
         self.device = pick_device()
 
     # -- bookkeeping
@@ -235,6 +242,12 @@ class Experiment:
             self._val = make_pairs(self.cfg["val"])
         return self._val
 
+    def val_subset(self, num_pairs: int | None) -> SyntheticPairs:
+        """The first ``num_pairs`` val pairs (the same pairs and cache keys as in the full set); None: all."""
+        if num_pairs is None or num_pairs >= len(self.val):
+            return self.val
+        return make_pairs(self.cfg["val"], num_pairs=num_pairs)
+
     def dense(self) -> Matcher:
         if self._dense is None:
             if self.cfg["checkpoint"]:
@@ -244,10 +257,33 @@ class Experiment:
             self._dense.to(self.device)
         return self._dense
 
-    def evaluate(self, matcher: Matcher, desc: str, reference=None) -> dict[str, Any]:
+    def evaluate(self, matcher: Matcher, desc: str, reference=None, pairs: SyntheticPairs | None = None) -> dict:
         return evaluate(
-            matcher.to(self.device), self.val, self.cache, progress=self.progress, desc=desc, reference=reference
+            matcher.to(self.device),
+            pairs or self.val,
+            self.cache,
+            method=self.cfg["val"]["estimator"],
+            ransac_threshold=self.cfg["val"]["ransac_threshold"],
+            progress=self.progress,
+            desc=desc,
+            reference=reference,
         )
+
+    def save_cache(self) -> None:
+        """Keep the detector outputs computed so far for the next process (only when there are new ones)."""
+        if self.cache.added and not self.dry_run:
+            self.cache.save(self.cache_file)
+
+    def dense_pairs(self) -> list[dict[str, Any]]:
+        """The dense model's per-pair metrics on the val pairs (from the baseline stage), for paired comparisons."""
+        return self.baseline()["pairs"]
+
+    def judge(self, matcher: Matcher, desc: str) -> dict[str, Any]:
+        """Evaluate on the val pairs; the summary gains ``vs_dense``: each metric's difference to the dense model
+        with its paired 95 % interval (same pairs, resampled together) and whether that interval contains 0."""
+        result = self.evaluate(matcher, desc)
+        result["summary"]["vs_dense"] = paired_difference(result["rows"], self.dense_pairs())
+        return result
 
     def checkpoint(self, name: str) -> Path:
         return self.out / "variants" / f"{name}.pth"
@@ -256,10 +292,14 @@ class Experiment:
     def baseline(self) -> dict[str, Any]:
         def compute():
             path = save_checkpoint(self.dense(), self.checkpoint("dense"), {"experiment": self.cfg["name"]})
-            summary = self.evaluate(self.dense(), "dense")["summary"]
-            return variant_row("dense", "dense", summary, path, self.dense(), self.dense(), "matcher", bits=32)
+            result = self.evaluate(self.dense(), "dense")
+            row = variant_row("dense", "dense", result["summary"], path, self.dense(), self.dense(), "matcher", 32)
+            return {**row, "pairs": pair_values(result["rows"])}
 
-        return self.stage("baseline", self.key(), compute)
+        if self._baseline is None or self.dry_run:
+            self._baseline = self.stage("baseline", {**self.key(), "per_pair": 1}, compute)
+            self.save_cache()  # every val image's detector outputs: the next script only matches
+        return self._baseline
 
     def sensitivity(self, kind: str = "sparsity") -> dict[str, Any]:
         """Per-parameter sparsities (``kind='sparsity'``) or k-means bit widths (``'bits'``, mixed precision) of
@@ -279,12 +319,19 @@ class Experiment:
             dense = self.dense()
             net = getattr(dense, sc["part"])
             groups = groups_by_prefix(net, sc["depth"], sc["include"])
-            reference = self.evaluate(dense, "dense")["predictions"]
+            screen = self.val_subset(sc["num_pairs"])  # the scan screens on these; the choice is verified on all
+            reference = self.evaluate(dense, "dense", pairs=screen)
+            reference_rows = [{**r, "agreement": 1.0} for r in reference["rows"]]  # dense reproduces itself
+
+            def screened():
+                result = self.evaluate(dense, "scan", reference["predictions"], pairs=screen)
+                return {**result["summary"], **flat_differences(paired_difference(result["rows"], reference_rows))}
+
             rows = scan(
                 net,
                 groups,
                 sc["bits"] if bits else sc["sparsities"],
-                lambda: self.evaluate(dense, "scan", reference)["summary"],
+                screened,
                 scan_csv,
                 progress=self.progress,
                 transform=kmeans_values if bits else None,
@@ -293,7 +340,8 @@ class Experiment:
             def try_choice(choice):
                 m = copy.deepcopy(dense)
                 compress(getattr(m, sc["part"]), expand(groups, choice))
-                return self.evaluate(m, "choice")["summary"]
+                summary = self.judge(m, "choice")["summary"]
+                return {**summary, **flat_differences(summary["vs_dense"])}
 
             choice, result, history = choose_verified(
                 rows,
@@ -307,6 +355,8 @@ class Experiment:
                 "groups": choice,
                 "levels": expand(groups, choice),
                 "auc@3px": result["auc@3px"],
+                "vs_dense": result["vs_dense"].get("auc@3px"),
+                "screening_pairs": len(screen),
                 "history": history,
                 "scan_csv": str(scan_csv),
             }
@@ -358,7 +408,7 @@ class Experiment:
             m = job.matcher
             bits = job.bits if job.bits is not None else variant_bits(spec)
             path = save_checkpoint(m, self.checkpoint(name), {"experiment": self.cfg["name"], "spec": spec})
-            summary = self.evaluate(m, name)["summary"]
+            summary = self.judge(m, name)["summary"]
             return variant_row(
                 name,
                 method,
@@ -398,7 +448,7 @@ class Experiment:
         # The last checkpoint, not the best: the best was picked on these very validation pairs.
         path = Path(cfg["out"]) / "last.pth"
         m = load_checkpoint(path).to(self.device)
-        summary = self.evaluate(m, f"{name} finetuned")["summary"]
+        summary = self.judge(m, f"{name} finetuned")["summary"]
         return variant_row(
             f"{name} +ft",
             spec["method"],
@@ -512,12 +562,24 @@ def variant_row(
         "bits": bits,
         "finetuned": finetuned,
         **{k: summary[k] for k in METRICS if k in summary},
+        "intervals": {k: v for k, v in summary.get("intervals", {}).items() if k in METRICS},
+        **(
+            {"vs_dense": {k: v for k, v in summary["vs_dense"].items() if k in METRICS}}
+            if "vs_dense" in summary
+            else {}
+        ),
         "size_bytes": path.stat().st_size,
         "params": params(model),
         "nonzero_params": sum(int((p != 0).sum()) for p in model.parameters()),
         "checkpoint": str(path),
         "checkpoint_sha1": file_sha1(path),
     }
+
+
+def pair_values(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The per-pair metrics a paired comparison needs (names, corner or pose errors, precision, recall, ...)."""
+    keep = ("name0", "name1", "corner_error", "error_t", "error_R", *MEANS)
+    return [{k: r[k] for k in keep if k in r} for r in rows]
 
 
 # ----------------------------------------------------------------------------- the whole run
@@ -554,9 +616,11 @@ def run(
             "key": digest([spec, rows[-1]["checkpoint_sha1"] if rows else None]),
         }
     exp.read_only = False
+    exp.save_cache()
     if dry_run:
         print("  then: profile, results.json, figures, report.md")
         return []
+    dense = {k: v for k, v in dense.items() if k != "pairs"}  # per-pair values stay in the stage record
     rows = [dense, *(r for v in variants.values() for r in v["rows"])]
     exp.profile(rows)  # every current variant, side by side in one run
     exp.animation(rows)

@@ -65,17 +65,36 @@ def plot_sensitivity(
     rows = read_csv(scan_csv, ("group", "sparsity", metric))
     dense = [r for r in rows if r["group"] == "__dense__"]
     groups = sorted({r["group"] for r in rows} - {"__dense__"})
+    low, high = f"diff_{metric}_low", f"diff_{metric}_high"
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, g in enumerate(groups):
-        pts = sorted((r["sparsity"], r[metric]) for r in rows if r["group"] == g)
+        mine = sorted((r for r in rows if r["group"] == g), key=lambda r: r["sparsity"])
+        x, y = [r["sparsity"] for r in mine], [r[metric] for r in mine]
+        # error bars: the paired 95 % interval of the difference to dense, drawn around the point
+        has_bars = bool(dense) and all(k in r for r in mine for k in (low, high, "diff_" + metric))
+        bars = [[0.0] * len(mine), [0.0] * len(mine)]
+        if has_bars:
+            bars = [[r["diff_" + metric] - r[low] for r in mine], [r[high] - r["diff_" + metric] for r in mine]]
         if dense and dense_at is not None:
-            pts = [(dense_at, dense[0][metric])] + pts
-        ax.plot(*zip(*pts), marker=MARKERS[i % len(MARKERS)], linewidth=1, markersize=4, label=g)
+            x, y = [dense_at, *x], [dense[0][metric], *y]
+            bars = [[0.0, *bars[0]], [0.0, *bars[1]]]
+        shift = (i - len(groups) / 2) * 0.004 * (max(x) - min(x) or 1)  # bars of groups side by side
+        ax.errorbar(
+            [v + shift for v in x],
+            y,
+            yerr=bars if has_bars else None,
+            marker=MARKERS[i % len(MARKERS)],
+            linewidth=1,
+            markersize=4,
+            capsize=2,
+            elinewidth=0.6,
+            label=g,
+        )
     if dense:
         ax.axhline(dense[0][metric], color="k", linestyle="--", linewidth=1, label="dense")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(metric)
-    ax.set_title("Sensitivity: one group pruned at a time")
+    ax.set_title("Sensitivity: one group compressed at a time (bars: paired 95 % interval to dense)")
     ax.legend(fontsize=6, ncol=2)
     ax.grid(alpha=0.3)
     return save_figure(fig, out)
@@ -92,6 +111,9 @@ def plot_tradeoff(
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for i, v in enumerate(variants):
         dense = v.get("method") == "dense"
+        span = v.get("intervals", {}).get(y)  # 95 % bootstrap interval over pairs
+        if span:
+            ax.errorbar(v[x], v[y], yerr=[[v[y] - span[0]], [span[1] - v[y]]], color="0.6", linewidth=0.8, capsize=2)
         ax.scatter(
             v[x],
             v[y],
@@ -100,6 +122,7 @@ def plot_tradeoff(
             label=v["name"],
             edgecolors="k",
             linewidths=0.5,
+            zorder=3,
         )
     front, best = [], -np.inf
     for v in sorted(variants, key=lambda v: v[x]):

@@ -24,20 +24,33 @@ logger = logging.getLogger(__name__)
 HOMOGRAPHY_THRESHOLDS = (1, 3, 5, 10)  # px, corner error, as glue-factory reports HPatches
 POSE_THRESHOLDS = (5, 10, 20)  # degrees, as the official match_pairs.py
 EPIPOLAR_THRESHOLD = 5e-4  # official: normalised symmetric epipolar distance of a correct match
+# The percentile bootstrap over pairs behind every interval: seeded by (seed, number of pairs), so the same pairs
+# always give the same interval and two models evaluated on the same pairs are resampled alike (paired).
+BOOTSTRAP = {"resamples": 1000, "level": 0.95, "seed": 0}
+MEANS = ("precision", "recall", "matching_score", "agreement")  # per-pair values whose mean is the summary
 
 
 def auc(errors: Sequence[float], thresholds: Sequence[float]) -> list[float]:
     """Area under the recall-vs-error curve up to each threshold, normalised (the official pose_auc)."""
-    errors = np.sort(np.asarray(errors, np.float64))
-    recall = np.r_[0.0, (np.arange(len(errors)) + 1) / max(len(errors), 1)]
-    errors = np.r_[0.0, errors]
-    trapezoid = getattr(np, "trapezoid", None) or np.trapz
-    out = []
-    for t in thresholds:
-        last = np.searchsorted(errors, t)
-        r = np.r_[recall[:last], recall[last - 1]]
-        e = np.r_[errors[:last], t]
-        out.append(float(trapezoid(r, x=e) / t))
+    return [float(a) for a in auc_batch(np.asarray(errors, np.float64)[None], thresholds)[0]]
+
+
+def auc_batch(errors: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+    """``auc`` of each row of a (rows, pairs) array at once: (rows, thresholds). The official curve: recall i/n at
+    the i-th smallest error, from (0, 0), linear in between, flat from the last error below the threshold to it."""
+    e = np.sort(errors, axis=1)
+    n = e.shape[1]
+    recall = np.arange(1, n + 1) / max(n, 1)
+    previous_e = np.concatenate([np.zeros((len(e), 1)), e[:, :-1]], axis=1)
+    previous_r = np.r_[0.0, recall[:-1]]
+    out = np.empty((len(e), len(thresholds)))
+    with np.errstate(invalid="ignore"):  # inf - inf of two failures; those segments are masked out
+        segments = (e - previous_e) * (recall + previous_r) / 2
+    for j, t in enumerate(thresholds):
+        below = e < t
+        count = below.sum(1)
+        last_e = np.where(count > 0, np.take_along_axis(e, np.maximum(count - 1, 0)[:, None], 1)[:, 0], 0.0)
+        out[:, j] = (np.where(below, segments, 0).sum(1) + (t - last_e) * count / max(n, 1)) / t
     return out
 
 
@@ -82,11 +95,21 @@ def weighted_dlt(pts0: np.ndarray, pts1: np.ndarray, weights: np.ndarray) -> np.
 def estimate_homography(
     pts0: np.ndarray, pts1: np.ndarray, conf: np.ndarray, method: str = "ransac", ransac_threshold: float = 3.0
 ) -> np.ndarray | None:
-    """H from matches with OpenCV RANSAC / USAC-MAGSAC or a weighted DLT; None when it cannot be estimated."""
+    """H from matches with OpenCV RANSAC / USAC-MAGSAC, PoseLib's LO-RANSAC or a weighted DLT; None when it cannot
+    be estimated."""
     if len(pts0) < 4:
         return None
     if method == "dlt":
         return weighted_dlt(pts0, pts1, np.clip(conf, 1e-6, None))
+    if method == "poselib":
+        try:
+            import poselib
+        except ImportError:
+            raise InputError("the 'poselib' estimator needs PyPI's poselib: pip install poselib") from None
+        H, info = poselib.estimate_homography(
+            pts0.astype(np.float64), pts1.astype(np.float64), {"max_reproj_error": ransac_threshold}, {}
+        )
+        return None if H is None or not np.all(np.isfinite(H)) or info.get("num_inliers", 0) < 4 else np.asarray(H)
     flag = {"ransac": cv2.RANSAC, "magsac": cv2.USAC_MAGSAC}[method]
     H, _ = cv2.findHomography(
         pts0.astype(np.float64), pts1.astype(np.float64), flag, ransac_threshold, maxIters=10000, confidence=0.9999
@@ -248,13 +271,14 @@ def pair_metrics(
     raise InputError(f"pair {pair.name0} {pair.name1} has no ground truth to evaluate")
 
 
-def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Means over all pairs (failures included) and the AUCs of the corner or pose errors."""
+def summarize(rows: list[dict[str, Any]], bootstrap: dict[str, Any] | None = BOOTSTRAP) -> dict[str, Any]:
+    """Means over all pairs (failures included), the AUCs of the corner or pose errors and, unless ``bootstrap``
+    is None, their 95 % intervals over pairs (``summary["intervals"][metric] = [low, high]``)."""
     if not rows:
         raise InputError("no pairs were evaluated")
     mean = lambda k: float(np.mean([r[k] for r in rows]))  # noqa: E731
     out: dict[str, Any] = {"num_pairs": len(rows)}
-    for key in ("precision", "recall", "matching_score", "num_matches", "num_keypoints0", "num_correct"):
+    for key in ("precision", "recall", "matching_score", "agreement", "num_matches", "num_keypoints0", "num_correct"):
         if key in rows[0]:
             out[key] = mean(key)
     if "corner_error" in rows[0]:
@@ -266,4 +290,79 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         errors = [max(r["error_t"], r["error_R"]) for r in rows]
         out.update({f"auc@{t}deg": a for t, a in zip(POSE_THRESHOLDS, auc(errors, POSE_THRESHOLDS))})
         out["failures"] = int(np.sum(~np.isfinite(errors)))
+    if bootstrap is not None:
+        out["intervals"] = intervals(rows, **bootstrap)
     return out
+
+
+# ----------------------------------------------------------------------------- intervals
+
+
+def _errors(rows: list[dict[str, Any]]) -> tuple[np.ndarray, tuple[int, ...], str] | None:
+    if "corner_error" in rows[0]:
+        return np.array([r["corner_error"] for r in rows], np.float64), HOMOGRAPHY_THRESHOLDS, "px"
+    if "error_t" in rows[0]:
+        return np.array([max(r["error_t"], r["error_R"]) for r in rows], np.float64), POSE_THRESHOLDS, "deg"
+    return None
+
+
+def resampled(rows: list[dict[str, Any]], resamples: int, seed: int) -> dict[str, np.ndarray]:
+    """Each metric of ``summarize`` on ``resamples`` bootstrap resamples of the pairs (drawn with replacement,
+    the same draws for any rows of the same length and seed): {metric: array of ``resamples`` values}."""
+    n = len(rows)
+    draws = np.random.default_rng([seed, n]).integers(0, n, size=(resamples, n))
+    out = {k: np.array([r[k] for r in rows], np.float64)[draws].mean(1) for k in MEANS if k in rows[0]}
+    found = _errors(rows)
+    if found is not None:
+        errors, thresholds, unit = found
+        curves = auc_batch(errors[draws], thresholds)
+        out.update({f"auc@{t}{unit}": curves[:, i] for i, t in enumerate(thresholds)})
+    return out
+
+
+def _bounds(values: np.ndarray, level: float) -> list[float]:
+    tail = 100 * (1 - level) / 2
+    return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+
+
+def intervals(
+    rows: list[dict[str, Any]], resamples: int = 1000, level: float = 0.95, seed: int = 0
+) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals over pairs of every summary metric: {metric: [low, high]}."""
+    return {k: _bounds(v, level) for k, v in resampled(rows, resamples, seed).items()}
+
+
+def paired_difference(
+    rows: list[dict[str, Any]],
+    reference: list[dict[str, Any]],
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """Each metric of ``rows`` minus the ``reference`` model's on the same pairs, with the paired bootstrap interval
+    (pairs resampled, both models scored on the same draws): {metric: {"difference", "interval", "within_noise"}}.
+    ``within_noise`` is exactly "the interval contains 0"."""
+    names = lambda rs: [(r.get("name0"), r.get("name1")) for r in rs]  # noqa: E731
+    if len(rows) != len(reference) or names(rows) != names(reference):
+        raise InputError("a paired comparison needs both models evaluated on the same pairs, in the same order")
+    mine, theirs = resampled(rows, resamples, seed), resampled(reference, resamples, seed)
+    point, base = summarize(rows, None), summarize(reference, None)
+    out = {}
+    for k in mine.keys() & theirs.keys():
+        low, high = _bounds(mine[k] - theirs[k], level)
+        out[k] = {"difference": float(point[k] - base[k]), "interval": [low, high], "within_noise": low <= 0 <= high}
+    return dict(sorted(out.items()))
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """One line per metric: value and, where it has one, its 95 % interval over pairs."""
+    spans = summary.get("intervals", {})
+    lines = []
+    for k, v in summary.items():
+        if k == "intervals":
+            continue
+        text = f"{v:.4f}" if isinstance(v, float) else str(v)
+        if k in spans:
+            text += f"  [{spans[k][0]:.4f}, {spans[k][1]:.4f}]"
+        lines.append(f"{k:<20} {text}")
+    return "\n".join(lines)

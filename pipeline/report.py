@@ -76,32 +76,60 @@ def histogram_tensor(rows: list[dict[str, Any]]) -> str:
     return f"{part}.{name}"
 
 
+def with_interval(row: dict[str, Any], metric: str) -> str:
+    """'0.575 [0.52, 0.63]': a metric and its 95 % bootstrap interval over pairs (the value alone without one)."""
+    span = row.get("intervals", {}).get(metric)
+    return f"{row[metric]:.3f}" + (f" [{span[0]:.2f}, {span[1]:.2f}]" if span else "")
+
+
+def versus_dense(row: dict[str, Any], metric: str = "auc@3px") -> tuple[str, str]:
+    """(difference to dense with its paired 95 % interval, 'yes'/'no': within noise = the interval contains 0)."""
+    d = row.get("vs_dense", {}).get(metric)
+    if d is None:
+        return "—", "—"
+    low, high = d["interval"]
+    return f"{d['difference']:+.3f} [{low:+.3f}, {high:+.3f}]", "yes" if low <= 0 <= high else "no"
+
+
+def half_widths(rows: list[dict[str, Any]], metric: str = "auc@3px") -> list[float]:
+    """Half-widths of the paired intervals of each variant's difference to dense."""
+    return [(r["vs_dense"][metric]["interval"][1] - r["vs_dense"][metric]["interval"][0]) / 2
+            for r in rows if metric in r.get("vs_dense", {})]  # fmt: skip
+
+
 def report_markdown(cfg: dict[str, Any], rows: list[dict[str, Any]], figures: list[Path]) -> str:
     dense = rows[0]
     fmt = lambda v, f: "—" if v is None else format(float(v), f)  # noqa: E731
+    val = cfg["val"]
+    widths = half_widths(rows)
     lines = [
         f"# Experiment `{cfg['name']}`: what compression costs and buys",
         "",
         f"Matcher `{cfg['matcher']}`{' from ' + cfg['checkpoint'] if cfg['checkpoint'] else ''}; "
-        f"{cfg['val']['num_pairs']} fixed homography pairs of `{cfg['val']['source']}` "
-        f"({cfg['val']['split']} split, {cfg['val']['size'][0]}×{cfg['val']['size'][1]}); AUC of the corner "
-        "error, failures count as infinite error. Size = bytes of the checkpoint file on disk "
-        "(sparse + packed codes). MACs and latency: one image pair, "
+        f"{val['num_pairs']} fixed homography pairs of `{val['source']}` "
+        f"({val['split']} split, {val['size'][0]}×{val['size'][1]}); AUC of the corner "
+        f"error of the homography estimated by {val.get('estimator', 'ransac')} "
+        f"({val.get('ransac_threshold', 3.0):g} px), failures count as infinite error; [..] = 95 % bootstrap "
+        "interval over pairs. Δ AUC@3px: the "
+        "variant minus dense on the same pairs, with the paired 95 % interval (pairs resampled, both models "
+        "scored on the same draws); *within noise* = that interval contains 0. Size = bytes of the checkpoint "
+        "file on disk (sparse + packed codes). MACs and latency: one image pair, "
         f"{cfg['profile']['num_keypoints']} keypoints per image, {rows[0].get('threads', '?')} threads, "
         "median of repeats (IQR); ratios to the dense model profiled in the same run.",
         "",
         "| variant | method | finetuned | sparsity | bits | AUC@1px | AUC@3px | AUC@5px | precision | recall | "
-        "size MB | size × | GMACs pair (matcher) | latency ms pair (IQR) | matcher ms (IQR) | latency × pair "
-        "(matcher) | execution |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "Δ AUC@3px vs dense | within noise | size MB | size × | GMACs pair (matcher) | latency ms pair (IQR) | "
+        "matcher ms (IQR) | latency × pair (matcher) | execution |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         g = lambda k: r[k] / 1e9 if k in r else None  # noqa: E731
+        delta, noise = versus_dense(r)
         lines.append(
             f"| {r['name']} | {r['method']} | {'yes' if r['finetuned'] else 'no'} | {r['sparsity']:.2f} | "
             f"{r['bits']:.3g} | "
-            f"{r['auc@1px']:.3f} | {r['auc@3px']:.3f} | {r['auc@5px']:.3f} | {r['precision']:.3f} | "
-            f"{r['recall']:.3f} | {r['size_bytes'] / 1e6:.2f} | {dense['size_bytes'] / r['size_bytes']:.1f} | "
+            + " | ".join(with_interval(r, k) for k in ("auc@1px", "auc@3px", "auc@5px", "precision", "recall"))
+            + f" | {delta} | {noise} | {r['size_bytes'] / 1e6:.2f} | {dense['size_bytes'] / r['size_bytes']:.1f} | "
             f"{fmt(g('macs'), '.2f')} ({fmt(g('matcher_macs'), '.2f')}) | "
             f"{fmt(r.get('latency_ms'), '.0f')} ({fmt(r.get('latency_ms_iqr'), '.0f')}) | "
             f"{fmt(r.get('matcher_latency_ms'), '.0f')} ({fmt(r.get('matcher_latency_ms_iqr'), '.0f')}) | "
@@ -112,11 +140,18 @@ def report_markdown(cfg: dict[str, Any], rows: list[dict[str, Any]], figures: li
         "",
         "Size × is how many times smaller than the dense checkpoint. Fine-grained sparsity and k-means "
         "codes shrink the file but run on dense fp32 kernels (no speed-up on CPU); channel pruning removes "
-        "MACs and time; int8-onnxruntime runs the weighted layers in int8 kernels (attention stays fp32). "
-        "Accuracy differences of about 0.02 AUC are within the noise of this many pairs.",
-        "",
+        "MACs and time; int8-onnxruntime runs the weighted layers in int8 kernels (attention stays fp32).",
     ]
-    lines += [f"![{p.stem}]({p.as_posix()})" for p in figures]
+    if widths and "auc@3px" in dense.get("intervals", {}):
+        lines += [
+            "",
+            f"How sure: the paired AUC@3px interval of a variant's difference to dense on these {val['num_pairs']} "
+            f"pairs is ±{sorted(widths)[len(widths) // 2]:.3f} wide at the median variant (±{min(widths):.3f} to "
+            f"±{max(widths):.3f}); the dense model's own AUC@3px interval is ±"
+            f"{(dense['intervals']['auc@3px'][1] - dense['intervals']['auc@3px'][0]) / 2:.3f}"
+            " (unpaired: what a comparison with a number measured on other pairs would have to beat).",
+        ]
+    lines += ["", *[f"![{p.stem}]({p.as_posix()})" for p in figures]]
     lines += [
         "",
         f"Config: `config.yaml` in this folder (git commit {git_commit()}). Per-variant numbers: "

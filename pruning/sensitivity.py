@@ -2,6 +2,12 @@
 
 A scan takes an evaluation callable instead of importing evaluate.py. Its rows are appended to a CSV as
 they come, so a killed scan resumes where it stopped.
+
+Noise: when the evaluation also returns each metric's paired difference to the dense model with its 95 % interval
+(``diff_<metric>``, ``diff_<metric>_low``, ``diff_<metric>_high``; ``flat_differences``), a group's damage is
+the largest loss that interval allows (``-diff_low``), never the point estimate: a group that "improves" by noise
+still costs the width of its interval, so it is not read as free. The verified choice is accepted when the lower
+bound of its paired AUC difference to dense is within the budget (we are 97.5 % sure the loss is no larger).
 """
 
 from __future__ import annotations
@@ -26,6 +32,25 @@ logger = logging.getLogger(__name__)
 
 DENSE = "__dense__"
 METRICS = ("auc@1px", "auc@3px", "auc@5px", "precision", "recall", "agreement")
+DIFFERENCES = tuple(f"diff_{m}{end}" for m in METRICS for end in ("", "_low", "_high"))
+
+
+def flat_differences(vs_dense: Mapping[str, Mapping]) -> dict[str, float]:
+    """``paired_difference``'s {metric: {difference, interval}} as flat scan columns (diff_<m>, _low, _high)."""
+    out = {}
+    for m, d in vs_dense.items():
+        out.update(
+            {f"diff_{m}": d["difference"], f"diff_{m}_low": d["interval"][0], f"diff_{m}_high": d["interval"][1]}
+        )
+    return out
+
+
+def loss_bound(row: Mapping, metric: str, baseline: float) -> float:
+    """The loss of ``metric`` a row is charged: the largest its paired interval allows, or (rows without one)
+    the baseline minus its value."""
+    if row.get(f"diff_{metric}_low") not in (None, ""):
+        return -float(row[f"diff_{metric}_low"])
+    return baseline - float(row[metric])
 
 
 def groups_by_prefix(model: nn.Module, depth: int, include: Sequence[str] = ("*",)) -> dict[str, list[str]]:
@@ -84,7 +109,7 @@ def scan(
     sparsities: Sequence[float],
     evaluate_fn: Callable[[], Mapping[str, float]],
     csv_path: str | os.PathLike,
-    metrics: Sequence[str] = METRICS,
+    metrics: Sequence[str] = METRICS + DIFFERENCES,
     progress: bool = True,
     transform: Callable[[torch.Tensor, float], torch.Tensor] | None = None,
 ) -> list[dict]:
@@ -142,16 +167,17 @@ def choose_sparsities(
 ) -> dict[str, float]:
     """Per-group sparsities that remove the most parameters while the summed predicted drop stays within budget.
 
-    The drop of a group at a sparsity is the scan's baseline minus its metric there, made monotone in the
-    compression (a sparser layer never predicts less damage than a denser one; improvements count as zero);
-    drops are assumed additive. Solved exactly as a multiple-choice knapsack over a discretised budget.
+    The drop of a group at a sparsity is ``loss_bound`` (the largest loss its paired interval allows), made
+    monotone in the compression (a sparser layer never predicts less damage than a denser one) and at least zero;
+    drops are assumed additive (conservative: a sum of bounds exceeds the bound of a sum). Solved exactly as a
+    multiple-choice knapsack over a discretised budget.
     ``gain(level)`` is what a level saves per parameter (the sparsity itself; for bit widths e.g. 4 - bits).
     """
     baseline = dense_metric(rows, metric)
     options: dict[str, list[tuple[int, float, float]]] = {}
     worst: dict[str, float] = {}
     for r in sorted((r for r in rows if r["group"] != DENSE), key=lambda r: (r["group"], gain(float(r["sparsity"])))):
-        drop = worst[r["group"]] = max(worst.get(r["group"], 0.0), baseline - float(r[metric]))
+        drop = worst[r["group"]] = max(worst.get(r["group"], 0.0), loss_bound(r, metric, baseline))
         if drop <= budget and gain(float(r["sparsity"])) > 0:
             cost = int(round(drop / budget * resolution)) if budget > 0 else 0
             options.setdefault(r["group"], []).append(
@@ -188,10 +214,12 @@ def choose_verified(
     gain: Callable[[float], float] = float,
 ) -> tuple[dict[str, float], Mapping[str, float], list]:
     """Choose within a budget, evaluate the combination for real, and tighten the predicted budget while the
-    real drop of ``metric`` exceeds ``budget`` (per-layer drops do not simply add up).
+    real loss of ``metric`` (``loss_bound``: the lower end of its paired interval to dense, when the evaluation
+    gives one) exceeds ``budget`` (per-layer drops do not simply add up).
 
-    The choice may be made on a smoother scan metric (``choose_metric`` with ``choose_budget``, e.g. recall,
-    which varies less from pair to pair than a homography AUC on a few pairs). Returns (choice, result, history).
+    The choice may be made on a smoother scan metric (``choose_metric`` with ``choose_budget``, e.g. agreement
+    with the dense matches, which varies less from pair to pair than a homography AUC). Returns (choice, result,
+    history).
     """
     baseline = dense_metric(rows, metric)
     choose_metric = choose_metric or metric
@@ -200,16 +228,21 @@ def choose_verified(
     for _ in range(attempts):
         choice = choose_sparsities(rows, predicted, choose_metric, gain=gain)
         result = evaluate_choice(choice)
+        loss = loss_bound(result, metric, baseline)
         history.append(
             {
                 "predicted_budget": predicted,
                 "choose_metric": choose_metric,
                 "choice": choice,
                 metric: float(result[metric]),
+                "loss_bound": loss,
+                **{
+                    k: result[k] for k in (f"diff_{metric}", f"diff_{metric}_low", f"diff_{metric}_high") if k in result
+                },
             }
         )
-        logger.info("choice within predicted %.4f: real %s drop %.4f", predicted, metric, baseline - result[metric])
-        if baseline - float(result[metric]) <= budget:
+        logger.info("choice within predicted %.4f: %s loss bound %.4f (budget %.4f)", predicted, metric, loss, budget)
+        if loss <= budget:
             break
         predicted *= shrink
     return choice, result, history

@@ -141,3 +141,19 @@ def test_detector_settings_are_part_of_the_cache_identity():
     c = build_matcher("aliked+lightglue", {"detector": {"max_keypoints": 128}, "matcher": {"filter_threshold": 0.5}})
     assert a.detector_fingerprint() != b.detector_fingerprint()
     assert a.detector_fingerprint() == c.detector_fingerprint()  # the matcher's settings do not matter
+
+
+def test_feature_cache_survives_the_process_and_a_damaged_file_is_only_a_warning(small_pairs, tmp_path, caplog):
+    matcher = build_matcher("sift+nn")
+    cache = FeatureCache()
+    first = evaluate(matcher, small_pairs, cache, progress=False)
+    cache.save(tmp_path / "cache" / "features.pt")
+    again = FeatureCache()
+    again.load(tmp_path / "cache" / "features.pt")
+    second = evaluate(matcher, small_pairs, again, progress=False)
+    assert again.misses == 0 and again.added == 0  # nothing extracted: every image came from the file
+    assert second["summary"] == first["summary"]
+    (tmp_path / "bad.pt").write_bytes(b"not a cache")
+    damaged = FeatureCache()
+    damaged.load(tmp_path / "bad.pt")
+    assert "unreadable" in caplog.text and not damaged.items

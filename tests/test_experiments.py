@@ -83,8 +83,21 @@ def test_killed_experiment_resumes_and_reports_every_variant(tmp_path, monkeypat
     assert by_name["channel-ffn25"]["macs"] < dense["macs"]
     real_int8 = by_name["int8-onnxruntime"]  # LightGlue's graph in the checkpoint, run by ONNX Runtime
     assert real_int8["macs"] == dense["macs"] and real_int8["size_bytes"] < dense["size_bytes"] / 2
+    for r in saved:  # every accuracy with its interval; every variant judged against dense on the same pairs
+        assert all(r["intervals"][k][0] <= r[k] <= r["intervals"][k][1] for k in ("auc@3px", "precision", "recall"))
+        if r["name"] != "dense":
+            d = r["vs_dense"]["auc@3px"]
+            assert d["difference"] == pytest.approx(r["auc@3px"] - dense["auc@3px"])
+            assert d["within_noise"] == (d["interval"][0] <= 0 <= d["interval"][1])
+    assert "pairs" not in saved[0]  # the dense per-pair values stay in the baseline stage
+    assert (
+        len(json.loads((tmp_path / "stages" / "baseline.json").read_text())["result"]["pairs"])
+        == TINY["val"]["num_pairs"]
+    )
+    assert (tmp_path / "cache" / "features.pt").is_file()  # the second script matched without extracting again
     report = (tmp_path / "report.md").read_text()
     assert all(f"| {name} |" in report for name in by_name)
+    assert "| within noise |" in report and "How sure:" in report
     assert "int8 kernels (ONNX Runtime) for the matcher" in report
     assert all(
         (tmp_path / "figures" / f"{f}.png").is_file()

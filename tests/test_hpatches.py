@@ -1,5 +1,6 @@
 """HPatches without internet: a small archive laid out like the real one, served from a file:// URL."""
 
+import json
 import subprocess
 import sys
 import tarfile
@@ -109,4 +110,16 @@ def test_evaluate_command_line_on_hpatches(archive, tmp_path):
         text=True,
     )
     assert out.returncode == 0, out.stderr
-    assert "num_pairs=5" in out.stdout and (tmp_path / "out" / "pairs.csv").is_file()
+    assert "num_pairs            5" in out.stdout and (tmp_path / "out" / "pairs.csv").is_file()
+    # glue-factory's protocol: DLT, then each robust estimator at 3 px and at its best swept threshold
+    table = out.stdout.split("glue-factory's protocol", 1)[1].splitlines()[2:]
+    assert [line.split("  ")[0] for line in table] == [
+        "DLT (confidence-weighted)",
+        "OpenCV RANSAC",
+        "OpenCV RANSAC",
+        "PoseLib LO-RANSAC",
+        "PoseLib LO-RANSAC",
+    ]
+    assert "3 px fixed" in table[1] and "best of sweep" in table[2] and "34.2/57.9/69.9" in table[2]
+    saved = json.loads((tmp_path / "out" / "summary.json").read_text())["hpatches_protocol"]
+    assert {r["threshold"] for r in saved if r["setting"] == "best of sweep"} <= {0.5, 1.0, 1.5, 2.0, 2.5, 3.0}

@@ -19,7 +19,7 @@ from pruning.fine_grained import (
     remove_masks,
     sparsity_report,
 )
-from pruning.sensitivity import DENSE, choose_sparsities, expand, groups_by_prefix, scan
+from pruning.sensitivity import DENSE, choose_sparsities, choose_verified, expand, groups_by_prefix, loss_bound, scan
 
 
 def small_superglue(**kw):
@@ -150,6 +150,30 @@ def test_choose_sparsities_maximises_removed_params_within_budget():
     assert choose_sparsities(rows, budget=0.013) == {"a": 0.5, "b": 0.9, "c": 0.5}
     assert choose_sparsities(rows, budget=0.0) == {"b": 0.5}
     assert expand({"a": ["x"], "b": ["y"], "c": ["z"]}, choice) == {"x": 0.5, "y": 0.5, "z": 0.5}
+
+
+def test_a_group_that_improves_by_noise_is_charged_its_interval_not_read_as_free():
+    rows = [{"group": DENSE, "sparsity": 0.0, "params": 0, "auc@3px": 0.80, "diff_auc@3px": 0.0,
+             "diff_auc@3px_low": 0.0, "diff_auc@3px_high": 0.0}]  # fmt: skip
+    for g, (point, low, high) in (("lucky", (0.01, -0.012, 0.03)), ("solid", (-0.002, -0.004, 0.0))):
+        rows.append({"group": g, "sparsity": 0.5, "params": 1000, "auc@3px": 0.80 + point, "diff_auc@3px": point,
+                     "diff_auc@3px_low": low, "diff_auc@3px_high": high})  # fmt: skip
+    assert loss_bound(rows[1], "auc@3px", 0.80) == pytest.approx(0.012)  # its point estimate "gains" 0.01
+    assert choose_sparsities(rows, budget=0.005) == {"solid": 0.5}
+    assert choose_sparsities(rows, budget=0.02) == {"lucky": 0.5, "solid": 0.5}
+    without = [{k: v for k, v in r.items() if not k.startswith("diff_")} for r in rows]
+    assert choose_sparsities(without, budget=0.005) == {"lucky": 0.5, "solid": 0.5}  # the point estimate is fooled
+    # The verified choice is accepted on the lower bound of its real paired interval, not on its point estimate.
+    tries = []
+
+    def evaluate_choice(choice):
+        tries.append(choice)
+        bound = -0.03 if len(choice) == 2 else -0.004
+        return {"auc@3px": 0.80, "diff_auc@3px": 0.0, "diff_auc@3px_low": bound, "diff_auc@3px_high": 0.03}
+
+    choice, result, history = choose_verified(rows, 0.01, evaluate_choice, choose_budget=0.02)
+    assert tries[0] == {"lucky": 0.5, "solid": 0.5} and choice == {"solid": 0.5}
+    assert [h["loss_bound"] for h in history] == pytest.approx([0.03, 0.004])
 
 
 def test_bit_width_choice_prefers_fewer_bits_where_they_cost_nothing():
