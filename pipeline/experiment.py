@@ -275,8 +275,9 @@ class Experiment:
             self.cache.save(self.cache_file)
 
     def dense_pairs(self) -> list[dict[str, Any]]:
-        """The dense model's per-pair metrics on the val pairs (from the baseline stage), for paired comparisons."""
-        return self.baseline()["pairs"]
+        """The dense model's per-pair metrics on the val pairs (from the baseline stage), for paired comparisons.
+        Numbers as floats again: a stage record stores an infinite error (a failure) as 'inf'."""
+        return [{k: v if k in ("name0", "name1") else float(v) for k, v in r.items()} for r in self.baseline()["pairs"]]
 
     def judge(self, matcher: Matcher, desc: str) -> dict[str, Any]:
         """Evaluate on the val pairs; the summary gains ``vs_dense``: each metric's difference to the dense model
