@@ -25,9 +25,10 @@ def export(
     output_names: list[str],
     dynamic_shapes: tuple[dict, ...],
     optimize: bool = True,
+    opset: int = 18,
 ) -> Path:
     """ONNX graph of ``module`` in one file, by the torch.export-based exporter (``dynamo=True``); ``optimize``:
-    onnxscript's graph optimizer (constant folding, rewrites)."""
+    onnxscript's graph optimizer (constant folding, rewrites); ``opset``: the ONNX opset."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():  # "axis name m will not be used": inputs that share a dimension, as meant
@@ -39,7 +40,7 @@ def export(
             output_names=output_names,
             dynamic_shapes=dynamic_shapes,
             dynamo=True,
-            opset_version=18,
+            opset_version=opset,
             verbose=False,
             optimize=optimize,
         )
@@ -67,7 +68,15 @@ def export_detector(detector: nn.Module, path: str | os.PathLike, example: torch
         )
     k = adapter.multiple
     example = example[..., : example.shape[-2] // k * k, : example.shape[-1] // k * k]
-    return export(adapter.network(detector), (example,), path, ["image"], list(adapter.outputs), (_image_dims(k),))
+    return export(
+        adapter.network(detector),
+        (example,),
+        path,
+        ["image"],
+        list(adapter.outputs),
+        (_image_dims(k),),
+        opset=adapter.opset,
+    )
 
 
 def export_matcher(

@@ -35,6 +35,7 @@ class DetectorGraph:
     pad: bool = False  # the detector zero-pads images to multiples at the bottom and right (calibration must too)
     keep_float: tuple[str, ...] = ()  # convolutions that stay float under int8 (by name)
     keep_last: bool = False  # the last convolution stays float
+    opset: int = 18  # the ONNX opset the graph needs (DeformConv: 19)
 
 
 GRAPHS: dict[type, MatcherGraph | DetectorGraph] = {}

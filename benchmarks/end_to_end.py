@@ -1,0 +1,217 @@
+"""End to end on CPU: accuracy and pair latency (two detections + matching) of the stock dense pipeline, our faster
+pipelines and the speed anchors, on the demo's validation pairs (640×480 photographs warped by known homographies).
+
+    python benchmarks/end_to_end.py [--num_pairs 100] [--timed_pairs 20] [--repeats 3] [--json out.json]
+    python benchmarks/end_to_end.py --matcher superpoint+superglue --random-weights   # latency only
+
+Rows (aliked+lightglue): ``stock`` is what a user runs out of the box — kornia's ALIKED (1024 keypoints) and
+LightGlue with its shipped adaptive depth and width; ``stock, every layer`` is the demo's reference. Ours: the same
+ALIKED without its dense descriptor map (models/aliked.py, same outputs), its dense part in ONNX Runtime, fewer
+keypoints, LightGlue in int8. Anchors: xfeat+lighterglue, xfeat (mutual NN), sift+nn.
+
+Accuracy: every pipeline matches every pair once; AUC@1/3/5 px of the corner error under the demo's estimator
+(PoseLib LO-RANSAC, 2 px) with its 95 % bootstrap interval over pairs, and the paired difference to ``stock``.
+Latency: the first ``timed_pairs`` pairs, each run by every pipeline in turn (round-robin, ``repeats`` rounds, one
+process), so that the machine's drift hits all alike; the median pair time and the paired ratio to ``stock`` (the
+median over pairs of each pair's time ratio, with a bootstrap interval). Adaptive LightGlue stops earlier on easy
+pairs: timing the val pairs themselves times what the accuracy columns measure.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from data.pairs import make_pairs
+from helper import (
+    ArgumentParser,
+    InputError,
+    Timer,
+    git_commit,
+    int_in,
+    positive_int,
+    read_yaml,
+    run_cli,
+    to_tensor,
+    write_json,
+)
+from models.lightglue import EVERY_LAYER
+from models.matching import Matcher, build_matcher, to_channels
+from pipeline.evaluation import evaluate
+from pipeline.metrics import paired_difference, summarize
+from quantization.int8 import int8_detector, int8_matcher, recorded_inputs
+
+# the demo's val pairs, calibration photos (training photos, never val) and estimator
+_DEMO = read_yaml(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+VAL = {**_DEMO["val"], "source": _DEMO["source"]}
+CALIBRATION = {**_DEMO["calibration"], "source": _DEMO["source"]}
+ESTIMATOR = {"method": VAL["estimator"], "ransac_threshold": VAL["ransac_threshold"]}
+
+
+def calibration_images(channels: int) -> list[torch.Tensor]:
+    pairs = make_pairs(CALIBRATION)
+    return [to_channels(to_tensor(pairs.image(p, i)[1]), channels) for p in pairs for i in (0, 1)]
+
+
+def trace_data(matcher: Matcher) -> list[dict]:
+    """What the matching network receives on two calibration pairs (to export it)."""
+    pairs = make_pairs({**CALIBRATION, "num_pairs": 2})
+    images = [[to_tensor(pairs.image(p, i)[1]) for i in (0, 1)] for p in pairs]
+    return recorded_inputs(matcher.matcher, lambda: [matcher({"image0": a, "image1": b}) for a, b in images])
+
+
+def aliked_pipelines(folder: Path, pretrained: bool) -> dict[str, Callable[[], Matcher]]:
+    def build(detector: dict | None = None, matcher: dict | None = None) -> Matcher:
+        return build_matcher(
+            "aliked+lightglue", {"detector": detector or {}, "matcher": matcher or {}, "pretrained": pretrained}
+        )
+
+    def ort(m: Matcher, name: str) -> Matcher:
+        return int8_detector(m, calibration_images(m.channels)[:1], folder / name, quantize=False)
+
+    def ort_int8_matcher(kp: int) -> Matcher:
+        m = ort(build({"max_keypoints": kp}, EVERY_LAYER), f"int8lg{kp}")
+        return int8_matcher(m, trace_data(m), folder / f"int8lg{kp}-matcher", mode="dynamic")
+
+    return {
+        "stock": lambda: build({"dense_map": True}),
+        "stock, every layer": lambda: build({"dense_map": True}, EVERY_LAYER),
+        "no dense map": lambda: build(),
+        "no dense map, ORT detector": lambda: ort(build(), "ort"),
+        "ORT detector, 512 kp": lambda: ort(build({"max_keypoints": 512}), "ort512"),
+        "ORT detector, 512 kp, int8 LightGlue": lambda: ort_int8_matcher(512),
+        "xfeat+lighterglue": lambda: build_matcher("xfeat+lighterglue", {"pretrained": pretrained}),
+        "xfeat+lighterglue, 1024 kp": lambda: build_matcher(
+            "xfeat+lighterglue", {"pretrained": pretrained, "detector": {"max_keypoints": 1024}}
+        ),
+        "xfeat": lambda: build_matcher("xfeat", {"pretrained": pretrained}),
+        "sift+nn": lambda: build_matcher("sift+nn", {}),
+    }
+
+
+def superglue_pipelines(folder: Path, pretrained: bool) -> dict[str, Callable[[], Matcher]]:
+    weights = {} if pretrained else {"weights": None}
+
+    def build(iterations: int = 20, kp: int = 1024) -> Matcher:
+        return build_matcher(
+            "superpoint+superglue",
+            {
+                "superpoint": {**weights, "max_keypoints": kp},
+                "superglue": {**weights, "sinkhorn_iterations": iterations},
+            },
+        )
+
+    def int8(iterations: int = 20, kp: int = 1024) -> Matcher:
+        m = build(iterations, kp)
+        m = int8_detector(m, calibration_images(m.channels), folder / f"sp{iterations}-{kp}")
+        return int8_matcher(m, trace_data(m), folder / f"sg{iterations}-{kp}", mode="static")
+
+    return {
+        "stock": build,
+        "int8 detector+matcher (ORT)": int8,
+        "int8, 10 Sinkhorn iterations": lambda: int8(10),
+        "int8, 10 Sinkhorn iterations, 512 kp": lambda: int8(10, 512),
+        "sift+nn": lambda: build_matcher("sift+nn", {}),
+    }
+
+
+def pair_timer(matcher: Matcher, images: tuple[torch.Tensor, torch.Tensor]) -> Callable[[], Any]:
+    return lambda: matcher({"image0": images[0], "image1": images[1]})
+
+
+def round_robin(pipelines: dict[str, Matcher], pairs, timed: int, repeats: int) -> dict[str, np.ndarray]:
+    """Pair times (ms), pipelines × pairs: for each pair, every pipeline in turn, ``repeats`` rounds (median kept);
+    one warm-up round on the first pair."""
+    times = {name: np.zeros((timed, repeats)) for name in pipelines}
+    with torch.no_grad():
+        for k, pair in enumerate(list(pairs)[:timed]):
+            images = tuple(to_tensor(pairs.image(pair, i)[1]) for i in (0, 1))
+            fns = {name: pair_timer(m, images) for name, m in pipelines.items()}
+            if k == 0:
+                for fn in fns.values():
+                    fn()
+            for r in range(repeats):
+                for name, fn in fns.items():
+                    with Timer() as t:
+                        fn()
+                    times[name][k, r] = t.seconds * 1000
+    return {name: np.median(v, axis=1) for name, v in times.items()}
+
+
+def ratio_interval(mine: np.ndarray, base: np.ndarray, seed: int = 0) -> tuple[float, list[float]]:
+    """Median over pairs of the per-pair time ratio, with its 95 % percentile-bootstrap interval."""
+    ratios = mine / base
+    draws = np.random.default_rng(seed).integers(0, len(ratios), size=(1000, len(ratios)))
+    medians = np.median(ratios[draws], axis=1)
+    return float(np.median(ratios)), [float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--matcher", default="aliked+lightglue", choices=["aliked+lightglue", "superpoint+superglue"])
+    p.add_argument("--random-weights", "--random_weights", dest="random_weights", action="store_true",
+                   help="random weights: latency only (the accuracy of random networks means nothing)")  # fmt: skip
+    p.add_argument("--num_pairs", type=int_in(2, 10_000), default=100, help="val pairs for accuracy")
+    p.add_argument("--timed_pairs", type=int_in(1, 10_000), default=20, help="of those, timed round-robin")
+    p.add_argument("--repeats", type=positive_int, default=3)
+    p.add_argument("--only", nargs="*", default=None, help="run these rows only (names as printed)")
+    p.add_argument("--threads", type=int_in(1, 1024), default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--json", default=None, help="write every number here")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pretrained = not args.random_weights
+    if args.matcher == "superpoint+superglue" and pretrained:
+        from pipeline.evaluation import official_weights_available
+
+        if not official_weights_available():
+            raise InputError("the official SuperPoint/SuperGlue weights are not here: add --random-weights")
+    pairs = make_pairs({**VAL, "num_pairs": args.num_pairs})
+    with tempfile.TemporaryDirectory() as tmp:
+        table = (aliked_pipelines if args.matcher == "aliked+lightglue" else superglue_pipelines)(Path(tmp), pretrained)
+        if args.only is not None:
+            unknown = set(args.only) - set(table)
+            if unknown:
+                raise InputError(f"--only: unknown rows {sorted(unknown)}; rows: {list(table)}")
+            table = {k: v for k, v in table.items() if k == "stock" or k in args.only}
+        pipelines = {name: make().eval() for name, make in table.items()}
+        rows: dict[str, Any] = {}
+        if pretrained:
+            for name, m in pipelines.items():
+                result = evaluate(m, pairs, desc=name, method=ESTIMATOR["method"],
+                                  ransac_threshold=ESTIMATOR["ransac_threshold"])  # fmt: skip
+                rows[name] = [{"name0": q.name0, "name1": q.name1, **r} for q, r in zip(pairs, result["rows"])]
+        times = round_robin(pipelines, pairs, min(args.timed_pairs, len(pairs)), args.repeats)
+    report = {"matcher": args.matcher, "pretrained": pretrained, "num_pairs": len(pairs), "git_commit": git_commit(),
+              "timed_pairs": len(times["stock"]), "repeats": args.repeats, "threads": torch.get_num_threads(),
+              "val": VAL, "rows": {}}  # fmt: skip
+    print(f"{args.matcher}: {len(pairs)} val pairs at 640×480 (accuracy), {report['timed_pairs']} timed "
+          f"round-robin × {args.repeats}, {torch.get_num_threads()} threads")  # fmt: skip
+    header = f"{'pipeline':38} {'pair ms':>8} {'× stock [95 %]':>20}"
+    if pretrained:
+        header += f"  {'AUC@1/3/5 px':17} {'AUC@3px [95 %]':>19} {'Δ AUC@3px to stock [95 %]':>28}"
+    print(header)
+    for name in pipelines:
+        ratio, span = ratio_interval(times[name], times["stock"])
+        line = f"{name:38} {np.median(times[name]):8.0f} {ratio:6.2f} [{span[0]:.2f}, {span[1]:.2f}]"
+        entry: dict[str, Any] = {"pair_ms": float(np.median(times[name])), "time_ratio": ratio, "time_ratio_ci": span}
+        if pretrained:
+            s = summarize(rows[name])
+            d = paired_difference(rows[name], rows["stock"])["auc@3px"]
+            ci = s["intervals"]["auc@3px"]
+            aucs = "/".join(f"{s[f'auc@{t}px']:.3f}" for t in (1, 3, 5))
+            line += (f"  {aucs:17} {s['auc@3px']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] "
+                     f"{d['difference']:+.3f} [{d['interval'][0]:+.3f}, {d['interval'][1]:+.3f}]")  # fmt: skip
+            entry.update(summary=s, auc3_difference=d)
+        print(line)
+        report["rows"][name] = entry
+    if args.json:
+        write_json(args.json, report)
+
+
+if __name__ == "__main__":
+    run_cli(main)
