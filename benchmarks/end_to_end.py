@@ -189,8 +189,9 @@ def main(argv: list[str] | None = None) -> None:
     report = {"matcher": args.matcher, "pretrained": pretrained, "num_pairs": len(pairs), "git_commit": git_commit(),
               "timed_pairs": len(times["stock"]), "repeats": args.repeats, "threads": torch.get_num_threads(),
               "val": VAL, "rows": {}}  # fmt: skip
-    print(f"{args.matcher}: {len(pairs)} val pairs at 640×480 (accuracy), {report['timed_pairs']} timed "
-          f"round-robin × {args.repeats}, {torch.get_num_threads()} threads")  # fmt: skip
+    accuracy = f"{len(pairs)} val pairs at 640×480 (accuracy), " if pretrained else "val pairs at 640×480: "
+    print(f"{args.matcher}: {accuracy}{report['timed_pairs']} timed round-robin × {args.repeats}, "
+          f"{torch.get_num_threads()} threads" + ("" if pretrained else " (random weights: latency only)"))  # fmt: skip
     header = f"{'pipeline':38} {'pair ms':>8} {'× stock [95 %]':>20}"
     if pretrained:
         header += f"  {'AUC@1/3/5 px':17} {'AUC@3px [95 %]':>19} {'Δ AUC@3px to stock [95 %]':>28}"

@@ -18,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from helper import InputError, atomic_path, first_line, read_json, read_text  # noqa: E402
@@ -131,11 +132,33 @@ def plot_tradeoff(
             best = v[y]
     ax.plot([v[x] for v in front], [v[y] for v in front], "k:", linewidth=1, label="Pareto front")
     ax.set_xscale("log")
-    ax.set_xlabel({"size_bytes": "size on disk (bytes)", "macs": "MACs", "latency_ms": "latency (ms)"}.get(x, x))
+    readable_log_ticks(ax, {"size_bytes": (1e6, " MB"), "macs": (1e9, " G")}.get(x, (1.0, "")))
+    ax.set_xlabel({"size_bytes": "size on disk", "macs": "MACs", "latency_ms": "latency (ms)"}.get(x, x))
     ax.set_ylabel(y)
     ax.legend(fontsize=6)
     ax.grid(alpha=0.3, which="both")
     return save_figure(fig, out)
+
+
+def readable_log_ticks(ax, unit: tuple[float, str] = (1.0, ""), axis: str = "x", most: int = 7) -> None:
+    """Tick labels a reader can read on a log axis: round values of the 1-2-5 series (or 1-9, or the span cut in
+    four when that is too coarse) as plain numbers in ``unit`` (scale, suffix), no minor labels — matplotlib's own
+    labels a span shorter than a decade with overlapping "1.45×10³" minor ticks."""
+    lo, hi = (ax.get_xlim if axis == "x" else ax.get_ylim)()
+    decades = range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
+    ticks: list[float] = []
+    for series in ((1, 2, 5), tuple(range(1, 10))):
+        ticks = [m * 10.0**d for d in decades for m in series if lo <= m * 10.0**d <= hi]
+        if len(ticks) >= 3:
+            break
+    if len(ticks) < 3:
+        ticks = [float(f"{t:.2g}") for t in np.geomspace(lo, hi, 6)[1:-1]]
+    ticks = ticks[:: -(-len(ticks) // most)]
+    scale, suffix = unit
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    target.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
+    target.set_minor_locator(matplotlib.ticker.NullLocator())
+    target.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v / scale:g}{suffix}"))
 
 
 def plot_latency_vs_keypoints(sweep_csv: str | os.PathLike, out: str | os.PathLike) -> list[Path]:

@@ -242,7 +242,12 @@ def int8_matcher(
 
 def _int8_kernels(model: nn.Module) -> str | None:
     parts = graph_modules(model)
-    return f"int8 kernels (ONNX Runtime) for the {'+'.join(parts)}" if parts else None
+    if not parts:
+        return None
+    quantized = [n for n, m in parts.items() if any(op in m.graph_bytes for op in (b"QuantizeLinear", b"Integer"))]
+    plain = [n for n in parts if n not in quantized]
+    words = [f"int8 kernels (ONNX Runtime) for the {'+'.join(quantized)}"] * bool(quantized)
+    return "; ".join(words + [f"fp32 ONNX Runtime graph for the {'+'.join(plain)}"] * bool(plain))
 
 
 @register_method(
@@ -251,12 +256,13 @@ def _int8_kernels(model: nn.Module) -> str | None:
     checks={"mode": Check(choices=("auto", "dynamic", "static", "fp32"))},
     calibrated=True,
     final=True,
-    bits=lambda spec: 8,
+    bits=lambda spec: 32 if spec.get("mode") == "fp32" else 8,
     execution=_int8_kernels,
 )
 def int8_method(job: Job) -> None:
     """The part runs in real int8 kernels of ONNX Runtime, calibrated on the calibration pairs (the graph's bytes
-    go into the checkpoint)."""
+    go into the checkpoint); ``mode: fp32`` runs it as an fp32 graph (for ALIKED the faster choice: its int8 graph
+    is no faster, benchmarks/detector_runtimes.py)."""
     with tempfile.TemporaryDirectory() as tmp:
         try:
             if job.part == "matcher":
@@ -264,6 +270,7 @@ def int8_method(job: Job) -> None:
                 data = recorded_inputs(matcher.matcher, lambda: job.calibrate(matcher))
                 job.matcher = int8_matcher(matcher, data, tmp, mode=job.spec.get("mode", "auto"))
             else:
-                job.matcher = int8_detector(job.matcher, job.calibration_images(), tmp)
+                fp32 = job.spec.get("mode") == "fp32"  # the graph alone: ONNX Runtime's fusions, no quantization
+                job.matcher = int8_detector(job.matcher, job.calibration_images(), tmp, quantize=not fp32)
         except ValueError as e:  # no graph adapter for this network, or a bad mode
             raise InputError(f"variant on {job.part}: {e}") from None

@@ -59,12 +59,15 @@ def test_batch_with_image_sizes_and_the_same_state_dict(pair_of_detectors):
 @pytest.mark.slow
 def test_onnxruntime_graph_fp32_equals_pytorch_and_int8_stays_close(pair_of_detectors, tmp_path):
     from models.matching import build_matcher
-    from quantization.int8 import int8_detector
+    from quantization.int8 import _int8_kernels, int8_detector
 
     matcher = build_matcher("aliked+lightglue", {"detector": {"max_keypoints": 512}}).eval()
     calibration = [photo(n, (320, 240)) for n in ("rocket.jpg", "coffee.png")]
     fp32 = int8_detector(matcher, calibration[:1], tmp_path / "fp32", quantize=False)
     int8 = int8_detector(matcher, calibration, tmp_path / "int8")
+    # what a report's execution column says of each
+    assert _int8_kernels(fp32) == "fp32 ONNX Runtime graph for the detector"
+    assert _int8_kernels(int8) == "int8 kernels (ONNX Runtime) for the detector"
     for size in ((640, 480), (451, 299)):  # one graph, any size
         image = photo("astronaut.png", size)
         with torch.no_grad():
@@ -77,3 +80,4 @@ def test_onnxruntime_graph_fp32_equals_pytorch_and_int8_stays_close(pair_of_dete
         near = dist.values < 1
         cos = (ref["descriptors"][0][:, near] * low["descriptors"][0][:, dist.indices[near]]).sum(0)
         assert float(np.median(cos.numpy())) > 0.95
+

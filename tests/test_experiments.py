@@ -64,6 +64,7 @@ def test_killed_experiment_resumes_and_reports_every_variant(tmp_path, monkeypat
         "channel-ffn25 +ft",
         "linear-int8",
         "int8-onnxruntime",
+        "detector-onnxruntime",
         "kmeans-4bit",
         "kmeans-mixed",
         "fine-grained+kmeans-4bit",
@@ -83,6 +84,9 @@ def test_killed_experiment_resumes_and_reports_every_variant(tmp_path, monkeypat
     assert by_name["channel-ffn25"]["macs"] < dense["macs"]
     real_int8 = by_name["int8-onnxruntime"]  # LightGlue's graph in the checkpoint, run by ONNX Runtime
     assert real_int8["macs"] == dense["macs"] and real_int8["size_bytes"] < dense["size_bytes"] / 2
+    graph = by_name["detector-onnxruntime"]  # ALIKED's dense part as an fp32 graph: the same detections
+    assert graph["execution"] == "fp32 ONNX Runtime graph for the detector" and graph["bits"] == 32
+    assert graph["auc@3px"] == pytest.approx(dense["auc@3px"], abs=1e-6)
     for r in saved:  # every accuracy with its interval; every variant judged against dense on the same pairs
         assert all(r["intervals"][k][0] <= r[k] <= r["intervals"][k][1] for k in ("auc@3px", "precision", "recall"))
         if r["name"] != "dense":

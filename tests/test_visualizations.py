@@ -141,3 +141,22 @@ def test_every_figure_renders_from_files(tmp_path):
             assert (out / f"{name}.{ext}").stat().st_size > 5000, name
     gif = Image.open(out / "dense_vs_compressed.gif")
     assert gif.n_frames == 3 and gif.size == (645, 480)  # two rows of 1290×480 pairs, at half size
+
+
+def test_log_axes_carry_plain_readable_tick_labels(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from pipeline.figures import readable_log_ticks
+
+    for lo, hi, unit in ((1400, 1600, (1.0, "")), (2e5, 9e6, (1e6, " MB")), (3.0, 3000.0, (1.0, ""))):
+        fig, ax = plt.subplots()
+        ax.scatter([lo, hi], [0.5, 0.6])
+        ax.set_xscale("log")
+        readable_log_ticks(ax, unit)
+        fig.canvas.draw()
+        labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+        assert 3 <= len(labels) <= 7, labels
+        assert not any("10^" in x or "times" in x or "×" in x or "e+" in x for x in labels), labels
+        assert all(x.endswith(unit[1]) for x in labels)
+        assert not [t for t in ax.xaxis.get_minor_ticks() if t.label1.get_text()]
+        plt.close(fig)
