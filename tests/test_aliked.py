@@ -80,4 +80,3 @@ def test_onnxruntime_graph_fp32_equals_pytorch_and_int8_stays_close(pair_of_dete
         near = dist.values < 1
         cos = (ref["descriptors"][0][:, near] * low["descriptors"][0][:, dist.indices[near]]).sum(0)
         assert float(np.median(cos.numpy())) > 0.95
-
