@@ -30,7 +30,6 @@ from data.pairs import make_pairs
 from helper import (
     ArgumentParser,
     InputError,
-    Timer,
     git_commit,
     int_in,
     positive_int,
@@ -41,6 +40,7 @@ from helper import (
 )
 from models.lightglue import EVERY_LAYER
 from models.matching import Matcher, build_matcher, to_channels
+from pipeline.costs import interleaved_latency
 from pipeline.evaluation import evaluate
 from pipeline.metrics import paired_difference, summarize
 from quantization.int8 import int8_detector, int8_matcher, recorded_inputs
@@ -124,22 +124,15 @@ def pair_timer(matcher: Matcher, images: tuple[torch.Tensor, torch.Tensor]) -> C
 
 
 def round_robin(pipelines: dict[str, Matcher], pairs, timed: int, repeats: int) -> dict[str, np.ndarray]:
-    """Pair times (ms), pipelines × pairs: for each pair, every pipeline in turn, ``repeats`` rounds (median kept);
-    one warm-up round on the first pair."""
-    times = {name: np.zeros((timed, repeats)) for name in pipelines}
-    with torch.no_grad():
-        for k, pair in enumerate(list(pairs)[:timed]):
-            images = tuple(to_tensor(pairs.image(pair, i)[1]) for i in (0, 1))
-            fns = {name: pair_timer(m, images) for name, m in pipelines.items()}
-            if k == 0:
-                for fn in fns.values():
-                    fn()
-            for r in range(repeats):
-                for name, fn in fns.items():
-                    with Timer() as t:
-                        fn()
-                    times[name][k, r] = t.seconds * 1000
-    return {name: np.median(v, axis=1) for name, v in times.items()}
+    """Pair times (ms) of each pipeline on each of the first ``timed`` pairs: per pair, every pipeline in turn,
+    ``repeats`` rounds (``interleaved_latency``'s median); one warm-up round on the first pair."""
+    times = {name: np.zeros(timed) for name in pipelines}
+    for k, pair in enumerate(list(pairs)[:timed]):
+        images = tuple(to_tensor(pairs.image(pair, i)[1]) for i in (0, 1))
+        fns = {name: pair_timer(m, images) for name, m in pipelines.items()}
+        for name, t in interleaved_latency(fns, repeats, warmup=int(k == 0)).items():
+            times[name][k] = t["latency_ms"]
+    return times
 
 
 def ratio_interval(mine: np.ndarray, base: np.ndarray, seed: int = 0) -> tuple[float, list[float]]:
