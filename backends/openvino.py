@@ -1,6 +1,6 @@
 """OpenVINO as a runtime backend: the same ONNX graphs, compiled by OpenVINO for the CPU (optional: ``pip install
-openvino``). Its ONNX frontend reads ``DeformConv`` (ALIKED) and QDQ int8 graphs; benchmarks/detector_runtimes.py
-compares it with ONNX Runtime side by side."""
+openvino``). Its ONNX frontend reads the QDQ int8 graphs of SuperPoint and DISK, but has no rule for ``DeformConv``
+(ALIKED's graph is refused); benchmarks/detector_runtimes.py compares it with ONNX Runtime side by side."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ import copy
 import importlib.util
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from data.pairs import make_pairs
 from helper import ArgumentParser, Timer, positive_int, run_cli, to_tensor
 from models.graphs import DetectorGraph, graph_adapter
 from models.matching import Matcher, build_matcher, to_channels
+from pipeline.costs import interleaved_latency
 from pipeline.evaluation import official_weights_available
 from quantization.int8 import int8_detector
 
@@ -112,37 +113,26 @@ def main(argv: list[str] | None = None) -> None:
                         rows[name] = on_backend(v, "openvino")
                     except RuntimeError as e:  # e.g. an op its ONNX frontend does not convert
                         skipped[name] = next((x for x in str(e).splitlines() if "No conversion rule" in x), str(e))
-        reference = {name: rows[f"{name.split(' | ')[0].split(' (')[0]} | eager"] for name in rows}
-        refs = {}
+        # each row is compared with the PyTorch eager output of its detector ("aliked (kornia)" with ours)
+        family = {name: name.split(" | ")[0].split(" (")[0] for name in rows}
         with torch.no_grad():
-            for det in {r for r in reference.values()}:
-                refs[id(det)] = [det.extract(x) for x in photos]
-            quality = {}
-            for name, m in rows.items():
-                scores = [agreement(r, m.extract(x)) for r, x in zip(refs[id(reference[name])], photos)]
-                quality[name] = np.mean(scores, axis=0)
-            times: dict[str, list[float]] = {name: [] for name in rows}
-            image = photos[0]
-            for m in rows.values():
-                m.extract(image)
-            for _ in range(args.repeats):
-                for name, m in rows.items():
-                    with Timer() as t:
-                        m.extract(image)
-                    times[name].append(t.seconds * 1000)
-    stock = np.median(times["aliked (kornia) | eager"]) if "aliked (kornia) | eager" in times else None
+            refs = {det: [rows[f"{det} | eager"].extract(x) for x in photos] for det in set(family.values())}
+            quality = {
+                name: np.mean([agreement(r, m.extract(x)) for r, x in zip(refs[family[name]], photos)], axis=0)
+                for name, m in rows.items()
+            }
+        image = photos[0]
+        times = interleaved_latency({name: (lambda m=m: m.extract(image)) for name, m in rows.items()}, args.repeats)
+    stock = times.get("aliked (kornia) | eager", {}).get("latency_ms")
     print(f"one {photos[0].shape[-1]}×{photos[0].shape[-2]} image, {args.repeats} rounds round-robin, "
           f"{torch.get_num_threads()} threads; agreement with PyTorch eager on {len(photos)} val photos "
           f"(calibration: {CALIBRATION['num_pairs'] * 2} training photos)")  # fmt: skip
     print(f"{'detector | runtime':36} {'ms':>7} {'IQR':>6} {'× kornia ALIKED':>16} {'kp ≤1px':>8} {'desc cos':>9}")
-    out: dict[str, Any] = {}
     for name in rows:
-        med = float(np.median(times[name]))
-        q1, q3 = np.percentile(times[name], [25, 75])
-        ratio = f"{med / stock:16.2f}" if stock else f"{'':16}"
+        ms, iqr = times[name]["latency_ms"], times[name]["latency_ms_iqr"]
+        ratio = f"{ms / stock:16.2f}" if stock else f"{'':16}"
         found, cos = quality[name]
-        print(f"{name:36} {med:7.0f} {q3 - q1:6.0f} {ratio} {found:8.3f} {cos:9.4f}  {notes.get(name, '')}")
-        out[name] = {"ms": med, "iqr": float(q3 - q1), "kp_within_1px": float(found), "desc_cos": float(cos)}
+        print(f"{name:36} {ms:7.0f} {iqr:6.0f} {ratio} {found:8.3f} {cos:9.4f}  {notes.get(name, '')}")
     for name, why in skipped.items():
         print(f"{name:36} not run: {why.strip()}")
     if not openvino:

@@ -244,6 +244,7 @@ def _int8_kernels(model: nn.Module) -> str | None:
     parts = graph_modules(model)
     if not parts:
         return None
+    # op types are strings in the graph's bytes: QDQ graphs hold QuantizeLinear, dynamic ones MatMulInteger
     quantized = [n for n, m in parts.items() if any(op in m.graph_bytes for op in (b"QuantizeLinear", b"Integer"))]
     plain = [n for n in parts if n not in quantized]
     words = [f"int8 kernels (ONNX Runtime) for the {'+'.join(quantized)}"] * bool(quantized)
