@@ -40,6 +40,7 @@ from helper import (
 )
 from models.lightglue import EVERY_LAYER
 from models.matching import Matcher, build_matcher, to_channels
+from pipeline.checkpoint import load_checkpoint
 from pipeline.costs import interleaved_latency
 from pipeline.evaluation import evaluate
 from pipeline.metrics import paired_difference, summarize
@@ -64,7 +65,7 @@ def trace_data(matcher: Matcher) -> list[dict]:
     return recorded_inputs(matcher.matcher, lambda: [matcher({"image0": a, "image1": b}) for a, b in images])
 
 
-def aliked_pipelines(folder: Path, pretrained: bool) -> dict[str, Callable[[], Matcher]]:
+def aliked_pipelines(folder: Path, pretrained: bool, checkpoint: str | None = None) -> dict[str, Callable[[], Matcher]]:
     def build(detector: dict | None = None, matcher: dict | None = None) -> Matcher:
         return build_matcher(
             "aliked+lightglue", {"detector": detector or {}, "matcher": matcher or {}, "pretrained": pretrained}
@@ -77,6 +78,9 @@ def aliked_pipelines(folder: Path, pretrained: bool) -> dict[str, Callable[[], M
         m = ort(build({"max_keypoints": kp}, EVERY_LAYER), f"int8lg{kp}")
         return int8_matcher(m, trace_data(m), folder / f"int8lg{kp}-matcher", mode="dynamic")
 
+    mine = {}
+    if checkpoint:  # a compressed pipeline (benchmarks/detector_distillation.py writes one), detector in ORT
+        mine = {"checkpoint, ORT detector": lambda: ort(load_checkpoint(checkpoint), "checkpoint")}
     return {
         "stock": lambda: build({"dense_map": True}),
         "stock, every layer": lambda: build({"dense_map": True}, EVERY_LAYER),
@@ -84,6 +88,7 @@ def aliked_pipelines(folder: Path, pretrained: bool) -> dict[str, Callable[[], M
         "no dense map, ORT detector": lambda: ort(build(), "ort"),
         "ORT detector, 512 kp": lambda: ort(build({"max_keypoints": 512}), "ort512"),
         "ORT detector, 512 kp, int8 LightGlue": lambda: ort_int8_matcher(512),
+        **mine,
         "xfeat+lighterglue": lambda: build_matcher("xfeat+lighterglue", {"pretrained": pretrained}),
         "xfeat+lighterglue, 1024 kp": lambda: build_matcher(
             "xfeat+lighterglue", {"pretrained": pretrained, "detector": {"max_keypoints": 1024}}
@@ -151,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num_pairs", type=int_in(2, 10_000), default=100, help="val pairs for accuracy")
     p.add_argument("--timed_pairs", type=int_in(1, 10_000), default=20, help="of those, timed round-robin")
     p.add_argument("--repeats", type=positive_int, default=3)
+    p.add_argument("--checkpoint", default=None, help="a compressed aliked+lightglue checkpoint: its rows too")
     p.add_argument("--only", nargs="*", default=None, help="run these rows only (names as printed)")
     p.add_argument("--threads", type=int_in(1, 1024), default=None, help="CPU threads (default: torch's)")
     p.add_argument("--json", default=None, help="write every number here")
@@ -165,7 +171,10 @@ def main(argv: list[str] | None = None) -> None:
             raise InputError("the official SuperPoint/SuperGlue weights are not here: add --random-weights")
     pairs = make_pairs({**VAL, "num_pairs": args.num_pairs})
     with tempfile.TemporaryDirectory() as tmp:
-        table = (aliked_pipelines if args.matcher == "aliked+lightglue" else superglue_pipelines)(Path(tmp), pretrained)
+        if args.matcher == "aliked+lightglue":
+            table = aliked_pipelines(Path(tmp), pretrained, args.checkpoint)
+        else:
+            table = superglue_pipelines(Path(tmp), pretrained)
         if args.only is not None:
             unknown = set(args.only) - set(table)
             if unknown:

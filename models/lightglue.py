@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from kornia.feature import ALIKED, DISK, LightGlue
@@ -61,6 +62,16 @@ class LightGlueMatcher(Matcher):
 
     def detector_settings(self) -> dict[str, Any]:
         return self.config_of(self.config, "detector", DEFAULT_DETECTOR)
+
+    @contextlib.contextmanager
+    def every_layer(self) -> Iterator[None]:
+        conf = self.matcher.conf
+        kept = conf.depth_confidence, conf.width_confidence
+        conf.depth_confidence, conf.width_confidence = EVERY_LAYER["depth_confidence"], EVERY_LAYER["width_confidence"]
+        try:
+            yield
+        finally:
+            conf.depth_confidence, conf.width_confidence = kept
 
     @classmethod
     def config_schema(cls) -> dict[str, Any]:

@@ -8,8 +8,9 @@ lists over the batch of keypoints N×2 (x, y; pixel centres at integers), scores
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -49,6 +50,7 @@ class Matcher(nn.Module):
     name = "matcher"
     offline = False  # True: its pretrained weights install with the package registries (no download)
     channels = 1  # what the detector reads: 1 (gray) or 3 (RGB); other inputs are converted
+    config_parts = {"detector": "detector", "matcher": "matcher"}  # the config section of each part
     min_side = 16  # px: smaller images have no cell to detect in (SuperPoint: 8 px cells; DISK pads to 16)
 
     def __init__(self, detector: nn.Module, matcher: nn.Module, config: dict[str, Any]):
@@ -82,6 +84,23 @@ class Matcher(nn.Module):
                 f"an image of {w}×{h} px is too small for {self.name} (at least {self.min_side} px a side)"
             )
         return self.detect(to_channels(image, self.channels))
+
+    @contextlib.contextmanager
+    def every_layer(self) -> Iterator[None]:
+        """Within it the matching network computes every layer for every point (what a training loss needs);
+        adaptive matchers override it."""
+        yield
+
+    def distill_outputs(self, image: torch.Tensor, keypoints: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The detector's dense outputs on one 1×C×H×W image, as distillation compares them: its score map, and at
+        ``keypoints`` (N×2 px; by default its own) their scores and descriptors (D×N)."""
+        outputs = getattr(self.detector, "distill_outputs", None)
+        if outputs is None:
+            raise InputError(
+                f"distillation needs a detector that gives its dense outputs (SuperPoint, ALIKED without dense_map); "
+                f"{self.name}'s {type(self.detector).__name__} does not"
+            )
+        return outputs(to_channels(image, self.channels), keypoints)
 
     def match(self, data: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Match batched features (``keypoints0/1``, ``scores0/1``, ``descriptors0/1``, ``image_size0/1`` as (W, H))."""
@@ -121,6 +140,7 @@ class Matching(Matcher):
 
     name = "superpoint+superglue"
     channels = 1
+    config_parts = {"detector": "superpoint", "matcher": "superglue"}
 
     def __init__(self, config: dict[str, Any] | None = None):
         config = config or {}

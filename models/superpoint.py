@@ -121,22 +121,37 @@ class SuperPoint(nn.Module):
     def forward(self, data: dict[str, torch.Tensor]) -> dict[str, list[torch.Tensor]]:
         """{'image': B×1×H×W} -> lists over the batch of keypoints N×2 (x, y), scores N, descriptors D×N."""
         heatmap, dense_desc = self.dense(data["image"])
-        heatmap = simple_nms(heatmap, self.config["nms_radius"])
-        height, width = heatmap.shape[-2:]
-        cfg = self.config
-
         keypoints, scores, descriptors = [], [], []
-        for heat, desc in zip(heatmap, dense_desc):
-            kpts = torch.nonzero(heat > cfg["keypoint_threshold"])  # (row, col) in raster order
-            kscores = heat[tuple(kpts.t())]
-            kpts, kscores = remove_borders(kpts, kscores, cfg["remove_borders"], height, width)
-            if cfg["max_keypoints"] >= 0:
-                kpts, kscores = top_k_keypoints(kpts, kscores, cfg["max_keypoints"])
-            kpts = torch.flip(kpts, [1]).float()
+        for heat, desc in zip(simple_nms(heatmap, self.config["nms_radius"]), dense_desc):
+            kpts, kscores = self._keypoints(heat)
             keypoints.append(kpts)
             scores.append(kscores)
             descriptors.append(sample_descriptors(kpts[None], desc[None], 8)[0])
         return {"keypoints": keypoints, "scores": scores, "descriptors": descriptors}
+
+    def _keypoints(self, heat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keypoints N×2 as x y, scores N) of one H×W heatmap after non-maximum suppression."""
+        cfg = self.config
+        kpts = torch.nonzero(heat > cfg["keypoint_threshold"])  # (row, col) in raster order
+        kscores = heat[tuple(kpts.t())]
+        kpts, kscores = remove_borders(kpts, kscores, cfg["remove_borders"], *heat.shape)
+        if cfg["max_keypoints"] >= 0:
+            kpts, kscores = top_k_keypoints(kpts, kscores, cfg["max_keypoints"])
+        return torch.flip(kpts, [1]).float(), kscores
+
+    def distill_outputs(self, image: torch.Tensor, keypoints: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """What distillation compares, for one image (1×1×H×W): ``score_map`` (1×H×W, the heatmap before
+        suppression), and at ``keypoints`` (N×2 px, x y; by default its own) ``scores`` (N) and ``descriptors``
+        (D×N)."""
+        heatmap, desc = self.dense(image)
+        if keypoints is None:
+            keypoints, scores = self._keypoints(simple_nms(heatmap, self.config["nms_radius"])[0])
+        else:
+            pixel = keypoints.round().long()
+            h, w = heatmap.shape[-2:]
+            scores = heatmap[0, pixel[:, 1].clamp(0, h - 1), pixel[:, 0].clamp(0, w - 1)]
+        descriptors = sample_descriptors(keypoints[None], desc, 8)[0]
+        return {"score_map": heatmap, "keypoints": keypoints, "scores": scores, "descriptors": descriptors}
 
 
 class _DenseNetwork(nn.Module):

@@ -10,14 +10,16 @@ encodes — k-means codes packed at their bit width plus the codebook (and a bit
 pruned), integer-grid codes plus per-channel scales (and the activation quantizer) — and decoded by the state
 class registered for that kind; other weights with many zeros as a bitmask plus the non-zero values; the rest
 as they are. Parts that run in a runtime backend (backends/: a real-int8 detector or matching network) are
-stored as their graph's bytes instead of tensors. Loading gives back exactly the weights that were evaluated
-(bit-exact). Model size in this project means the bytes of this file. This module sits above the models and
-the compression toolkits: it imports both, neither imports it.
+stored as their graph's bytes instead of tensors. Then every packed stream, float tensor and graph is
+entropy-coded where that makes it smaller (compression/coding.py: version 4; older versions still load). Loading
+gives back exactly the weights that were evaluated (bit-exact). Model size in this project means the bytes of this
+file. This module sits above the models and the compression toolkits: it imports both, neither imports it.
 """
 
 from __future__ import annotations
 
 import os
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ import backends.modules
 import pruning  # noqa: F401  (registers the compression methods and the states checkpoints decode)
 import quantization  # noqa: F401
 from backends import graph_modules
+from compression import coding
 from compression.state import STATES, attach, encoder
 from compression.tensors import pack_bits, resized, unpack_bits
 from helper import atomic_path, first_line, git_commit
@@ -36,7 +39,7 @@ from models.matching import Matcher, available_matchers, build_matcher
 from models.weights import WeightsError, read_state_dict
 
 FORMAT = "efficient-feature-matching/checkpoint"
-VERSION = 3  # 1: plain state_dict; 2: compressed tensors; 3: with ONNX Runtime parts
+VERSION = 4  # 1: plain state_dict; 2: compressed tensors; 3: with ONNX Runtime parts; 4: entropy-coded
 SHAPE_ATTRS = ("num_heads", "dim", "head_dim", "embed_dim")  # ints that shapes alone do not determine
 
 
@@ -120,22 +123,41 @@ def save_checkpoint(matcher: Matcher, path: str | os.PathLike, meta: dict[str, A
         "matcher": matcher.name,
         "config": {**matcher.config},
         "attrs": {k: v for k, v in shape_attrs(matcher).items() if not any(k.startswith(g + ".") for g in graphs)},
-        "tensors": {k: encode(k, v, modules) for k, v in state.items()},
+        "tensors": {k: coding.code(encode(k, v, modules)) for k, v in state.items()},
         "meta": {"git_commit": git_commit(), **(meta or {})},
     }
     if graphs:
         # as a uint8 tensor: torch.save pickles a bytes object as latin-1 text, half again as large
         payload["onnx"] = {
-            name: {
-                "class": m.kind,
-                "backend": m.backend,
-                "graph": torch.frombuffer(bytearray(m.graph_bytes), dtype=torch.uint8),
-            }
+            name: {"class": m.kind, "backend": m.backend, **coding.code_bytes(m.graph_bytes)}
             for name, m in graphs.items()
         }
+    if any("coded" in e for e in [*payload["tensors"].values(), *payload.get("onnx", {}).values()]):
+        payload["version"] = 4
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
+
+
+def coding_summary(path: str | os.PathLike) -> dict[str, float]:
+    """How a checkpoint's bytes are spent: ``code_bytes`` (its bit-packed codes and masks as stored, entropy-coded)
+    against ``code_entropy_bytes`` (their empirical order-0 entropy: the least any coder of independent symbols
+    needs), and ``other_bytes`` (float tensors and graphs as stored)."""
+    payload = read_state_dict(path)
+    out = {"code_bytes": 0.0, "code_entropy_bytes": 0.0, "other_bytes": 0.0}
+    for entry in payload.get("tensors", {}).values():
+        plain = coding.decode(entry)
+        for field, value in entry.items():
+            if not isinstance(value, torch.Tensor):
+                continue
+            stored = value.numel() * value.element_size()
+            if coding.symbol_stream(plain, field) is not None and plain[field].dtype == torch.uint8:
+                out["code_bytes"] += stored
+                out["code_entropy_bytes"] += coding.stream_entropy_bytes(plain, field)
+            else:
+                out["other_bytes"] += stored
+    out["other_bytes"] += sum(g["graph"].numel() for g in payload.get("onnx", {}).values())
+    return out
 
 
 def is_checkpoint(obj: Any) -> bool:
@@ -155,7 +177,7 @@ def load_checkpoint(path: str | os.PathLike) -> Matcher:
         return _rebuild(payload, path)
     except WeightsError:
         raise
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, zlib.error) as e:
         detail = f"missing field {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {first_line(e)[:160]}"
         raise WeightsError(f"{path} is a damaged checkpoint ({detail})") from None
 
@@ -172,7 +194,7 @@ def _rebuild(payload: dict[str, Any], path: str | os.PathLike) -> Matcher:
         entries = payload["tensors"]
     else:  # version 1
         entries = {k: {"kind": "dense", "tensor": v} for k, v in payload["state_dict"].items()}
-    decoded = {k: decode(e) for k, e in entries.items()}
+    decoded = {k: decode(coding.decode(e)) for k, e in entries.items()}
     state = {k: t for k, (t, _) in decoded.items()}
     fit_shapes(matcher, state, payload.get("attrs", {}))
     graphs = payload.get("onnx", {})
@@ -192,7 +214,7 @@ def _rebuild(payload: dict[str, Any], path: str | os.PathLike) -> Matcher:
             module = backends.modules.restore(
                 graph["class"],
                 getattr(owner, attr),
-                graph["graph"].numpy().tobytes(),
+                coding.decode_bytes(graph),
                 graph.get("backend", "onnxruntime"),
             )
         except Exception as e:  # onnxruntime's errors (InvalidProtobuf, …) derive from Exception only

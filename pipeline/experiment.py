@@ -46,7 +46,7 @@ from helper import (
 )
 from models.lightglue import EVERY_LAYER
 from models.matching import Matcher, available_matchers, build_matcher, check_matcher_config, to_channels
-from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.checkpoint import coding_summary, load_checkpoint, save_checkpoint
 from pipeline.costs import all_macs, interleaved_latency, prepare
 from pipeline.evaluation import FeatureCache, evaluate, predict
 from pipeline.figures import make_gif
@@ -150,6 +150,14 @@ def checked_experiment(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def done_steps(base_spec: dict[str, Any] | None, spec: dict[str, Any]) -> list[Any]:
+    """The steps of ``spec`` that its base already applied: the base's, when it compressed the same part (a base
+    that compressed the other part, even into another runtime, is where this variant starts)."""
+    if base_spec is None or base_spec.get("part", "matcher") != spec.get("part", "matcher"):
+        return []
+    return steps(base_spec)
+
+
 def check_variant(spec: dict[str, Any], earlier: dict[str, dict[str, Any]]) -> None:
     """One variant of the plan, given the variants defined before it; a bad one is an InputError naming it."""
     name, method = spec.get("name"), spec.get("method")
@@ -167,7 +175,7 @@ def check_variant(spec: dict[str, Any], earlier: dict[str, dict[str, Any]]) -> N
     if base is not None and base not in earlier:
         raise InputError(f"variant {name}: its base {base!r} is not a variant defined before it")
     base_spec = earlier[base] if base else None
-    done = steps(base_spec) if base_spec else []
+    done = done_steps(base_spec, spec)
     for m in [*done, *methods[:-1]] + ([methods[-1]] if spec.get("finetune") else []):
         if m.final:
             raise InputError(
@@ -375,7 +383,7 @@ class Experiment:
         base = spec.get("base")  # the plan was checked whole (check_variant) before the baseline ran
         base_spec = variants[base]["spec"] if base else None
         base_row = (variants[base]["rows"] or [{}])[-1] if base else None  # {}: not computed (dry run)
-        done = steps(base_spec) if base_spec else []
+        done = done_steps(base_spec, spec)
         todo = [m for m in steps(spec) if m not in done]
         auto = spec.get("sparsity") == "auto" or spec.get("bits") == "auto"
         kind = "bits" if spec.get("bits") == "auto" else "sparsity"
@@ -570,6 +578,7 @@ def variant_row(
             else {}
         ),
         "size_bytes": path.stat().st_size,
+        **coding_summary(path),
         "params": params(model),
         "nonzero_params": sum(int((p != 0).sum()) for p in model.parameters()),
         "checkpoint": str(path),

@@ -113,14 +113,16 @@ def report_markdown(cfg: dict[str, Any], rows: list[dict[str, Any]], figures: li
         "interval over pairs. Δ AUC@3px: the "
         "variant minus dense on the same pairs, with the paired 95 % interval (pairs resampled, both models "
         "scored on the same draws); *within noise* = that interval contains 0. Size = bytes of the checkpoint "
-        "file on disk (sparse + packed codes). MACs and latency: one image pair, "
+        "file on disk (sparse + packed codes, entropy-coded); codes × entropy = the bytes its codes and masks take "
+        "over their empirical entropy (the least a coder of independent symbols needs). MACs and latency: one image "
+        "pair, "
         f"{cfg['profile']['num_keypoints']} keypoints per image, {rows[0].get('threads', '?')} threads, "
         "median of repeats (IQR); ratios to the dense model profiled in the same run.",
         "",
         "| variant | method | finetuned | sparsity | bits | AUC@1px | AUC@3px | AUC@5px | precision | recall | "
-        "Δ AUC@3px vs dense | within noise | size MB | size × | GMACs pair (matcher) | latency ms pair (IQR) | "
-        "matcher ms (IQR) | latency × pair (matcher) | execution |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
+        "Δ AUC@3px vs dense | within noise | size MB | size × | codes × entropy | GMACs pair (matcher) | "
+        "latency ms pair (IQR) | matcher ms (IQR) | latency × pair (matcher) | execution |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         g = lambda k: r[k] / 1e9 if k in r else None  # noqa: E731
@@ -130,6 +132,7 @@ def report_markdown(cfg: dict[str, Any], rows: list[dict[str, Any]], figures: li
             f"{r['bits']:.3g} | "
             + " | ".join(with_interval(r, k) for k in ("auc@1px", "auc@3px", "auc@5px", "precision", "recall"))
             + f" | {delta} | {noise} | {r['size_bytes'] / 1e6:.2f} | {dense['size_bytes'] / r['size_bytes']:.1f} | "
+            f"{fmt(r['code_bytes'] / r['code_entropy_bytes'] if r.get('code_entropy_bytes') else None, '.3f')} | "
             f"{fmt(g('macs'), '.2f')} ({fmt(g('matcher_macs'), '.2f')}) | "
             f"{fmt(r.get('latency_ms'), '.0f')} ({fmt(r.get('latency_ms_iqr'), '.0f')}) | "
             f"{fmt(r.get('matcher_latency_ms'), '.0f')} ({fmt(r.get('matcher_latency_ms_iqr'), '.0f')}) | "

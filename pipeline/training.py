@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from compression.state import enforce, start_training
@@ -71,6 +72,10 @@ DEFAULTS: dict[str, Any] = {
     "qat": True,
     "train_detector": False,
     "loss": {"balance": 0.5, "pos_th": 3.0, "neg_th": 5.0},
+    # distillation of the detector from the dense pretrained one (the teacher), without labels: its score map
+    # (binary cross-entropy), its descriptors at the teacher's keypoints (1 - cosine) and the matching loss of the
+    # frozen matcher on those (the loss above); only the detector trains, its batch norms frozen
+    "distill": {"enabled": False, "score": 1.0, "descriptors": 1.0, "matching": 1.0},
     "train": {
         "source": "sample",
         "split": "train",
@@ -121,6 +126,9 @@ CHECKS: dict[str, Check] = {
     "loss.balance": Check(lo=0, hi=1),
     "loss.pos_th": Check(lo=0, open=True),
     "loss.neg_th": Check(lo=0, open=True),
+    "distill.score": Check(lo=0),
+    "distill.descriptors": Check(lo=0),
+    "distill.matching": Check(lo=0),
     **{f"{part}.{k}": c for part in ("train", "val") for k, c in PAIRS_CHECKS.items()},
 }
 
@@ -174,9 +182,22 @@ class Run:
         else:
             self.matcher = build_matcher(config["matcher"], config.get("matcher_config"))
         self.matcher.to(device)
-        self.net = self.matcher.matcher
+        self.teacher = None
+        self.part = "matcher"
+        if config["distill"]["enabled"]:
+            if self.matcher.name != config["matcher"]:
+                raise InputError(
+                    f"distill: the checkpoint holds {self.matcher.name}, the config's matcher (the teacher) is "
+                    f"{config['matcher']}"
+                )
+            # the teacher: the dense pretrained model of this config, frozen
+            self.teacher = build_matcher(config["matcher"], config.get("matcher_config")).to(device).eval()
+            self.teacher.requires_grad_(False)
+            self.matcher.matcher.requires_grad_(False)
+            self.part = "detector"
+        self.net = getattr(self.matcher, self.part)  # the network that trains (its compression state kept true)
         params = self.params = list(self.net.parameters()) + (
-            list(self.matcher.detector.parameters()) if config["train_detector"] else []
+            list(self.matcher.detector.parameters()) if config["train_detector"] and self.teacher is None else []
         )
         if config["keep_zeros"] and state is not None:
             apply_masks(self.net, state["masks"])  # the masks of the run, not the zeros of its last checkpoint
@@ -203,7 +224,8 @@ class Run:
                 ) from None
             logger.info("resuming %s at step %d", self.out, self.step)
         self.ddp = None
-        if world > 1:
+        if world > 1 and self.part == "matcher":  # a distilled detector averages its gradients itself (not
+            # through its forward: distillation calls distill_outputs)
             self.ddp = torch.nn.parallel.DistributedDataParallel(self.net, find_unused_parameters=True)
         self.train_pairs = make_pairs(config["train"])
         self.val_pairs = make_pairs(config["val"]) if rank == 0 else None
@@ -213,6 +235,8 @@ class Run:
         """Loss of the pair this rank trains on at ``step`` (a seeded choice: the same on resume)."""
         rng = np.random.default_rng([self.cfg["seed"], step, self.rank])
         pair = self.train_pairs[int(rng.integers(len(self.train_pairs)))]
+        if self.teacher is not None:
+            return self.distill_loss(pair)
         if self.cfg["train_detector"]:
             data = self._extract_with_grad(pair)
         else:
@@ -222,13 +246,53 @@ class Run:
         gt0, gt1 = homography_gt(
             data["keypoints0"].double(), data["keypoints1"].double(), H, lc["pos_th"], lc["neg_th"]
         )
-        if self.ddp is not None:
-            self.matcher.matcher = self.ddp
-        try:
-            out = self.matcher.match(data)
-        finally:
-            self.matcher.matcher = self.net
+        with self.matcher.every_layer():  # on the network's settings, before DDP wraps it
+            if self.ddp is not None:
+                self.matcher.matcher = self.ddp
+            try:
+                out = self.matcher.match(data)
+            finally:
+                self.matcher.matcher = self.net
         return matching_nll(out["log_assignment"], gt0, gt1, lc["balance"])
+
+    def distill_loss(self, pair) -> torch.Tensor:
+        """Distillation of the detector on one pair: score maps, descriptors at the teacher's keypoints, and the
+        frozen matcher's loss on those keypoints with the student's descriptors (the homography gives its truth)."""
+        weights, lc = self.cfg["distill"], self.cfg["loss"]
+        score = descriptors = 0.0
+        data: dict[str, Any] = {}
+        for i in (0, 1):
+            image = self.train_pairs.image(pair, i)[1]
+            tensor = to_tensor(image, self.device)
+            with torch.no_grad():
+                teacher = self.teacher.distill_outputs(tensor)
+            mine = self.matcher.distill_outputs(tensor, teacher["keypoints"])
+            score = score + F.binary_cross_entropy(mine["score_map"].clamp(1e-6, 1 - 1e-6), teacher["score_map"]) / 2
+            descriptors = descriptors + (1 - (mine["descriptors"] * teacher["descriptors"]).sum(0)).mean() / 2
+            data.update(
+                {
+                    f"keypoints{i}": teacher["keypoints"][None],
+                    f"scores{i}": teacher["scores"][None],
+                    f"descriptors{i}": mine["descriptors"][None],
+                    f"image_size{i}": (image.shape[1], image.shape[0]),
+                }
+            )
+        loss = weights["score"] * score + weights["descriptors"] * descriptors
+        if weights["matching"] > 0:
+            H = torch.as_tensor(pair.H, dtype=torch.float64, device=self.device)[None]
+            gt0, gt1 = homography_gt(
+                data["keypoints0"].double(), data["keypoints1"].double(), H, lc["pos_th"], lc["neg_th"]
+            )
+            with self.matcher.every_layer():
+                out = self.matcher.match(data)
+            loss = loss + weights["matching"] * matching_nll(out["log_assignment"], gt0, gt1, lc["balance"])
+        return loss
+
+    def train_mode(self) -> None:
+        """The trained network in training mode; a detector under distillation keeps its batch norms' statistics
+        (one image per step is no batch to estimate them from)."""
+        if self.part == "matcher":
+            self.net.train()
 
     def _extract_with_grad(self, pair) -> dict[str, Any]:
         data: dict[str, Any] = {}
@@ -250,7 +314,7 @@ class Run:
             ransac_threshold=v["ransac_threshold"],
             progress=False,
         )["summary"]
-        self.net.train()
+        self.train_mode()
         return summary
 
     def save(self, summary: dict[str, float] | None) -> None:
@@ -405,7 +469,7 @@ def finetune(
         summary = run.validate()
         run.save(summary)  # best.pth starts as the input model: finetuning must beat it to replace it
         log_row(log_path, {"step": 0, **summary}, upto_step=-1)
-    run.net.train()
+    run.train_mode()
     use_amp = device.type == "cuda"
     bar = tqdm(total=config["steps"], initial=run.step, desc="finetune", disable=not progress or rank != 0)
     start, done_here = time.perf_counter(), 0
@@ -421,6 +485,11 @@ def finetune(
             run.optimizer.zero_grad(set_to_none=True)
             if finite.item() == 1:
                 loss.backward()
+                if world > 1 and run.ddp is None:
+                    for p in run.params:  # every rank reduces every tensor, or the collectives would hang
+                        p.grad = torch.zeros_like(p) if p.grad is None else p.grad
+                        dist.all_reduce(p.grad)
+                        p.grad /= world
                 torch.nn.utils.clip_grad_norm_(run.params, config["clip"])
                 run.optimizer.step()
                 enforce(run.net)

@@ -14,7 +14,7 @@ import math
 from typing import Callable, Mapping, Sequence, Union
 
 import torch
-from kornia.feature import LightGlue
+from kornia.feature import ALIKED, LightGlue
 from torch import nn
 
 from compression.methods import Job, register_method
@@ -159,6 +159,79 @@ def prune_superpoint_channels(sp: nn.Module, ratio: Ratio, scores: Scores | None
         setattr(sp, name, _slice(layer, out_idx=idx))
         for c in consumers:
             setattr(sp, c, _slice(getattr(sp, c), in_idx=idx))
+        kept[name] = len(idx)
+    return kept
+
+
+# ----------------------------------------------------------------------------- ALIKED (kornia's, or models/aliked.py)
+
+
+def _cut(owner: nn.Module, attr: str, out_idx: torch.Tensor | None = None, in_idx: torch.Tensor | None = None) -> None:
+    layer = getattr(owner, attr)
+    if hasattr(layer, "regular_conv"):  # a deformable conv: its outputs are regular_conv's, its inputs both read
+        if out_idx is not None:
+            _cut(layer, "regular_conv", out_idx=out_idx)
+        if in_idx is not None:
+            _cut(layer, "regular_conv", in_idx=in_idx)
+            _cut(layer, "offset_conv", in_idx=in_idx)
+        return
+    if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+        setattr(owner, attr, _slice_norm(layer, out_idx))
+    else:
+        setattr(owner, attr, _slice(layer, out_idx=out_idx, in_idx=in_idx))
+
+
+def aliked_groups(net: nn.Module) -> dict[str, tuple[list[tuple[nn.Module, str]], list[tuple[nn.Module, str]]]]:
+    """ALIKED's prunable channel groups: name -> (the layers that make the channels, those that read them).
+
+    ``blockN.mid`` is the hidden width of block N, ``blockN`` its output (for the residual blocks, the sum of its
+    second conv and its 1×1 shortcut, cut with one index). The four 1×1 projections to the descriptor map, the score
+    head and SDDH keep their widths: the map they make is what the pretrained LightGlue reads."""
+    blocks = [net.block1, net.block2, net.block3, net.block4]
+    groups = {}
+    for i, block in enumerate(blocks, start=1):
+        groups[f"block{i}.mid"] = ([(block, "conv1"), (block, "bn1")], [(block, "conv2")])
+        makers = [(block, "conv2"), (block, "bn2")] + ([(block, "downsample")] if i > 1 else [])
+        readers = [(net, f"conv{i}")]
+        if i < 4:
+            readers += [(blocks[i], "conv1"), (blocks[i], "downsample")]
+        groups[f"block{i}"] = (makers, readers)
+    return groups
+
+
+def _reader_layers(readers: list[tuple[nn.Module, str]]) -> list[nn.Module]:
+    layers = []
+    for owner, attr in readers:
+        layer = getattr(owner, attr)
+        layers += [layer.regular_conv, layer.offset_conv] if hasattr(layer, "regular_conv") else [layer]
+    return layers
+
+
+@channel_pruner(ALIKED)
+def prune_aliked_channels(net: nn.Module, ratio: Ratio, scores: Scores | None = None) -> dict[str, int]:
+    """Remove ``ratio`` of the channels of each of ALIKED's groups (``aliked_groups``), in place.
+
+    ``ratio``: one fraction for every group or a dict group -> fraction ('block2', 'block1.mid', …). A channel's
+    importance is the L2 norm of the weights that read it. Returns the kept channel count of each group."""
+    if isinstance(ratio, Mapping):
+        unknown = set(ratio) - set(aliked_groups(net))
+        if unknown:
+            raise InputError(
+                f"ALIKED has no channel group {sorted(unknown)[0]!r} (its groups: {', '.join(aliked_groups(net))})"
+            )
+    kept = {}
+    for name, (makers, readers) in aliked_groups(net).items():
+        first = getattr(*makers[0])
+        channels = (first.regular_conv if hasattr(first, "regular_conv") else first).out_channels
+        r = _ratio(ratio, name)
+        if r == 0:
+            kept[name] = channels
+            continue
+        idx = top_channels(input_importance(_reader_layers(readers), scores), keep_count(channels, r))
+        for owner, attr in makers:
+            _cut(owner, attr, out_idx=idx)
+        for owner, attr in readers:
+            _cut(owner, attr, in_idx=idx)
         kept[name] = len(idx)
     return kept
 

@@ -91,3 +91,62 @@ def test_checkpoints_written_before_compression_state_objects_load_bit_exact():
     out = m({"image0": x, "image1": x.flip(-1)})
     assert torch.equal(out["matches0"], expected["matches0"])  # runs as it was evaluated (inputs fake-quantized)
     assert torch.equal(out["matching_scores0"], expected["matching_scores0"])
+
+
+def test_entropy_coded_entries_decode_bit_exact_and_uncoded_checkpoints_still_load(tmp_path, monkeypatch):
+    from compression import coding
+    from compression.methods import Job, method
+    from compression.tensors import pack_bits
+    from models.weights import read_state_dict
+
+    g = torch.Generator().manual_seed(0)
+    skewed = torch.multinomial(torch.tensor([0.6, 0.2, 0.1, 0.05, 0.03, 0.02, 0.0, 0.0]), 5000, True, generator=g)
+    entry = {
+        "kind": "kmeans",
+        "shape": [100, 80],
+        "bits": 3,  # symbols straddle bytes
+        "count": 5000,
+        "codes": pack_bits(skewed, 3),
+        "mask": pack_bits(torch.rand(8000, generator=g) < 0.625, 1),
+        "codebook": torch.randn(8, generator=g),
+        "values": torch.randn(300, 7, generator=g).half(),
+    }
+    coded = coding.code(entry)
+    assert set(coded["coded"]) == {"codes", "values"}  # the codebook is too small to code, the mask is 1 bit/bit
+    assert coded["codes"].numel() < entry["codes"].numel()  # skewed symbols: below 3 bits each
+    back = coding.decode(coded)
+    assert back.keys() == entry.keys()
+    for k, v in entry.items():
+        assert torch.equal(back[k], v) and back[k].dtype == v.dtype if isinstance(v, torch.Tensor) else back[k] == v
+    entropy = coding.stream_entropy_bytes(entry, "codes")  # 5000 symbols of entropy 1.72 bits (of 3)
+    assert abs(entropy - 5000 * 1.72 / 8) < 40 and entropy <= coded["codes"].numel() < 1.08 * entropy + 32
+
+    m = build_matcher("aliked+lightglue", {"detector": {"max_keypoints": 128}})
+    kmeans = method("kmeans")
+    kmeans.apply(Job(m, "matcher", {**kmeans.settings, "method": "kmeans", "bits": 4}))
+    coded_file = save_checkpoint(m, tmp_path / "coded.pth")
+    assert read_state_dict(coded_file)["version"] == 4
+    monkeypatch.setattr(coding, "code", lambda e: e)  # what the previous version wrote
+    monkeypatch.setattr(
+        coding, "code_bytes", lambda data: {"graph": torch.frombuffer(bytearray(data), dtype=torch.uint8)}
+    )
+    plain_file = save_checkpoint(m, tmp_path / "plain.pth")
+    monkeypatch.undo()
+    assert read_state_dict(plain_file)["version"] == 2
+    assert coded_file.stat().st_size < 0.97 * plain_file.stat().st_size
+    coded_model, plain_model = load_checkpoint(coded_file), load_checkpoint(plain_file)
+    for k, v in m.state_dict().items():
+        assert torch.equal(coded_model.state_dict()[k], v) and torch.equal(plain_model.state_dict()[k], v)
+
+
+def test_a_damaged_entropy_coded_field_is_one_clear_error(tmp_path):
+    from models.weights import read_state_dict
+
+    m = build_matcher("superpoint+superglue", {"superpoint": {"weights": None}, "superglue": {"weights": None}})
+    payload = read_state_dict(save_checkpoint(m, tmp_path / "m.pth"))
+    name = next(k for k, e in payload["tensors"].items() if "coded" in e)
+    field = next(iter(payload["tensors"][name]["coded"]))
+    payload["tensors"][name][field] = payload["tensors"][name][field][: len(payload["tensors"][name][field]) // 2]
+    torch.save(payload, tmp_path / "damaged.pth")
+    with pytest.raises(WeightsError, match="damaged checkpoint"):
+        load_checkpoint(tmp_path / "damaged.pth")

@@ -171,15 +171,22 @@ def test_coco_preset_runs_end_to_end_with_random_weights(tmp_path):
     # the tiny fixture's keypoint budget is ALIKED's ('detector'); SuperPoint's lives under 'superpoint'
     config["matcher_config"]["superpoint"]["max_keypoints"] = config["matcher_config"].pop("detector")["max_keypoints"]
     config = experiment_config([], [], base=config)
-    config["quantization"] = [s for s in config["quantization"] if s["method"] == "int8-onnxruntime"]
+    config["quantization"] = [s for s in config["quantization"] if "int8-onnxruntime" in s["method"]]
     rows = {r["name"]: r for r in run(config, tmp_path, progress=False)}
-    assert set(rows) == {"dense", "superglue-int8-onnxruntime", "superpoint-int8-onnxruntime"} | {
+    fast = ("superglue-sinkhorn10-int8", "fast-pipeline-int8")
+    assert set(rows) == {"dense", "superglue-int8-onnxruntime", "superpoint-int8-onnxruntime", *fast} | {
         f"{n}{ft}"
         for n in ("superglue-attn80-mlp80", "superglue-auto", "superpoint-channel50", "superglue-channel50")
         for ft in ("", " +ft")
     }
     for name in ("superglue-int8-onnxruntime", "superpoint-int8-onnxruntime"):  # both parts in real int8
         assert rows[name]["macs"] == rows["dense"]["macs"] and rows[name]["size_bytes"] < rows["dense"]["size_bytes"]
+    fast_pipeline = load_checkpoint(rows["fast-pipeline-int8"]["checkpoint"])  # both parts in int8, 10 iterations
+    assert {type(fast_pipeline.detector).__name__, type(fast_pipeline.matcher).__name__} == {
+        "GraphDetector",
+        "GraphMatcher",
+    }
+    assert fast_pipeline.config["superglue"]["sinkhorn_iterations"] == 10
     pruned = sparsity_report(load_checkpoint(rows["superglue-attn80-mlp80"]["checkpoint"]).superglue)
     assert pruned["gnn.layers.0.attn.merge.weight"] == pytest.approx(0.8, abs=1e-3)  # attention and MLPs at 80 %
     assert pruned["gnn.layers.1.mlp.0.weight"] == pytest.approx(0.8, abs=1e-3) and pruned["final_proj.weight"] == 0

@@ -8,9 +8,10 @@ import torch
 from conftest import ROOT
 
 from data.pairs import make_pairs
-from helper import merge_config
+from helper import merge_config, to_tensor
 from models.lightglue import EVERY_LAYER
 from models.matching import build_matcher
+from models.superpoint import SuperPoint
 from pipeline import training as finetune
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pruning.fine_grained import prune_fine_grained, sparsity_report
@@ -195,3 +196,55 @@ def test_qat_run_resumes_with_its_float_shadows(tmp_path):
     assert not torch.equal(
         w, load_checkpoint(tmp_path / "int8.pth").matcher.state_dict()["transformers.0.self_attn.Wqkv.weight"]
     )  # QAT moved some weights to other grid points
+
+
+@pytest.mark.parametrize("name", ["aliked+lightglue", "superpoint+superglue"])
+def test_distillation_trains_only_the_pruned_detector_towards_its_teacher(tmp_path, name):
+    from pruning.channel import prune_channels
+
+    if name == "aliked+lightglue":
+        settings = TINY["matcher_config"]
+    else:  # random weights (the teacher's from a file, as the official ones would be): the wiring Colab runs
+        torch.manual_seed(0)
+        torch.save(SuperPoint({"weights": None}).state_dict(), tmp_path / "teacher.pth")
+        settings = {
+            "superpoint": {"weights": str(tmp_path / "teacher.pth"), "max_keypoints": 64},
+            "superglue": {"weights": None, "GNN_layers": ["self", "cross"]},
+        }
+    teacher = build_matcher(name, settings)
+    student = build_matcher(name, settings)
+    if name == "superpoint+superglue":  # pruning a random network changes little: start the student elsewhere
+        student.detector.load_state_dict(SuperPoint({"weights": None}).state_dict())
+    prune_channels(student.detector, {"block1": 0.5, "block2": 0.5} if name == "aliked+lightglue" else {"conv1b": 0.5})
+    save_checkpoint(student, tmp_path / "pruned.pth")
+    pairs = make_pairs({"num_pairs": 1, "size": [160, 120]})
+    image = to_tensor(pairs.image(pairs[0], 0)[1])
+
+    def gap(m):  # how far the student's dense outputs are from the teacher's, at the teacher's keypoints
+        with torch.no_grad():
+            t = teacher.distill_outputs(image)
+            s = m.distill_outputs(image, t["keypoints"])
+        cosine = (s["descriptors"] * t["descriptors"]).sum(0)
+        score = torch.nn.functional.binary_cross_entropy(s["score_map"], t["score_map"])
+        return float(score), float((1 - cosine).mean())
+
+    cfg = config(tmp_path / "run", matcher=name, checkpoint=str(tmp_path / "pruned.pth"), steps=10, lr=1e-4,
+                 distill={"enabled": True})  # fmt: skip
+    finetune.finetune(finetune.checked_config({**cfg, "matcher_config": settings}), progress=False)
+    after = load_checkpoint(tmp_path / "run" / "last.pth")
+    assert all(torch.equal(v, student.matcher.state_dict()[k]) for k, v in after.matcher.state_dict().items())
+    before_gap, after_gap = gap(student), gap(after)
+    assert after_gap[1] < before_gap[1]  # descriptors
+    if name == "aliked+lightglue":  # a random SuperPoint's heatmap is flat (1/65 per pixel): nothing to learn there
+        assert after_gap[0] < before_gap[0]
+
+
+def test_an_adaptive_lightglue_checkpoint_trains_on_every_layer_and_keeps_its_settings(tmp_path):
+    m = build_matcher("aliked+lightglue", {"detector": {"max_keypoints": 64}})  # stock: adaptive depth and width
+    save_checkpoint(m, tmp_path / "adaptive.pth")
+    finetune.finetune(config(tmp_path / "run", checkpoint=str(tmp_path / "adaptive.pth"), steps=2), progress=False)
+    after = load_checkpoint(tmp_path / "run" / "last.pth").matcher.conf
+    assert (after.depth_confidence, after.width_confidence) == (m.matcher.conf.depth_confidence, 0.99)
+    with m.every_layer():
+        assert (m.matcher.conf.depth_confidence, m.matcher.conf.width_confidence) == (-1, -1)
+    assert m.matcher.conf.depth_confidence == 0.95

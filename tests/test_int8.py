@@ -10,10 +10,11 @@ import torch
 
 from backends import graph_macs
 from backends.modules import GraphMatcher, graph_feed
+from compression import coding
 from helper import count_macs
 from models.matching import build_matcher
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.costs import module_macs, state_bytes
+from pipeline.costs import module_macs
 from quantization.int8 import coordinate_layers, int8_matcher, quantize_matcher_onnx, recorded_inputs
 
 pytestmark = pytest.mark.slow  # one ONNX export per network (about 25 s)
@@ -142,8 +143,14 @@ def test_checkpoint_stores_the_int8_graph_and_loads_it_back(graphs, tmp_path):
     path = save_checkpoint(ort["dynamic"], tmp_path / "int8.pth")
     loaded = load_checkpoint(path)
     assert type(loaded.matcher).__name__ == "GraphMatcher"
-    others = save_checkpoint(dense, tmp_path / "dense.pth").stat().st_size - state_bytes(dense.matcher)
-    assert path.stat().st_size < others + 1.02 * len(ort["dynamic"].matcher.graph_bytes)  # the graph's bytes as is
+    payload = torch.load(path, weights_only=True)
+    graph = payload["onnx"]["matcher"]
+    assert coding.decode_bytes(graph) == ort["dynamic"].matcher.graph_bytes  # bit-exact, entropy-coded when smaller
+    assert graph["graph"].numel() <= len(ort["dynamic"].matcher.graph_bytes)
+    tensors = sum(
+        v.numel() * v.element_size() for e in payload["tensors"].values() for v in e.values() if torch.is_tensor(v)
+    )
+    assert path.stat().st_size < tensors + 1.02 * graph["graph"].numel() + 100_000  # stored as bytes, not as text
     for m, n in ((30, 20), (1, 9), (0, 4)):  # one keypoint runs in the graph; none matches nothing
         data = pair(m, n, 5, dim)
         with torch.no_grad():
@@ -166,7 +173,13 @@ def test_graphs_saved_under_their_old_class_names_still_load(graphs, tmp_path):
     # before the backends registry, checkpoints named the graph part's class (OrtMatcherNet) and no backend
     dense, dim, ort = graphs
     payload = torch.load(save_checkpoint(ort["dynamic"], tmp_path / "new.pth"), weights_only=True)
-    payload["onnx"] = {name: {"class": "OrtMatcherNet", "graph": g["graph"]} for name, g in payload["onnx"].items()}
+    payload["onnx"] = {  # and stored the graph's bytes as they are
+        name: {
+            "class": "OrtMatcherNet",
+            "graph": torch.frombuffer(bytearray(coding.decode_bytes(g)), dtype=torch.uint8),
+        }
+        for name, g in payload["onnx"].items()
+    }
     torch.save(payload, tmp_path / "old.pth")
     loaded = load_checkpoint(tmp_path / "old.pth")
     data = pair(12, 10, 6, dim)

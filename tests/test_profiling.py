@@ -87,7 +87,8 @@ def test_command_line_contract(tmp_path):
     assert r["total"]["macs"] == 2 * r["detector"]["macs"] + r["matcher"]["macs"]
     assert r["detector"]["macs"] == 84_804 * 160 * 120  # SuperPoint: 84,804 MACs per pixel
     assert r["matcher"]["macs"] > r["matcher"]["macs_modules"]
-    assert r["total"]["size_bytes"] > 4 * r["total"]["params"] * 0.99
+    # the checkpoint file: float32 weights entropy-coded by byte planes (their 3 low bytes are noise, so ≥ 3 bytes each)
+    assert 3 * r["total"]["params"] < r["total"]["size_bytes"] < 4 * r["total"]["params"]
     assert "| superpoint+superglue (random weights) |" in proc.stdout
 
 

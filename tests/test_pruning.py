@@ -282,3 +282,62 @@ def test_lightglue_ffn_pruning_runs_and_round_trips(tmp_path):
     x = torch.rand(1, 3, 96, 128)
     a, b = m({"image0": x, "image1": x.flip(-1)}), loaded({"image0": x, "image1": x.flip(-1)})
     assert torch.equal(a["matches0"], b["matches0"])
+
+
+def test_aliked_channel_pruning_removes_exactly_the_unused_channels_and_round_trips(tmp_path):
+    from pruning.channel import aliked_groups, prune_aliked_channels
+
+    m = build_matcher("aliked+lightglue", {"detector": {"max_keypoints": 128}, "pretrained": False})
+    net = m.detector
+    for bn in (x for x in net.modules() if isinstance(x, torch.nn.BatchNorm2d)):  # not the identity
+        bn.running_mean.uniform_(-0.1, 0.1)
+        bn.running_var.uniform_(0.5, 1.5)
+    with torch.no_grad():  # in every group, the last 3 channels are read by nobody (deformable offsets included)
+        for _, readers in aliked_groups(net).values():
+            for owner, attr in readers:
+                layer = getattr(owner, attr)
+                for w in (
+                    [layer.regular_conv.weight, layer.offset_conv.weight]
+                    if hasattr(layer, "offset_conv")
+                    else [layer.weight]
+                ):
+                    w[:, -3:] = 0
+    image = torch.rand(1, 3, 96, 128)
+    with torch.no_grad():
+        dense = net(image)[0]
+    widths = {"block1": 16, "block1.mid": 16, "block2": 32, "block3.mid": 64, "block4": 128}
+    kept = prune_aliked_channels(net, {name: 3 / n for name, n in widths.items()})
+    assert kept["block1"] == 13 and kept["block3.mid"] == 61 and kept["block4"] == 125 and kept["block2.mid"] == 32
+    assert net.block2.conv1.in_channels == 13 and net.block3.conv1.offset_conv.in_channels == 29
+    assert net.conv4.in_channels == 125 and net.desc_head.sf_conv.in_channels == 128  # the descriptor map stays
+    with torch.no_grad():
+        pruned = net(image)[0]
+    assert torch.allclose(dense.keypoints, pruned.keypoints, atol=1e-4)
+    assert torch.allclose(dense.descriptors, pruned.descriptors, atol=1e-5)
+    loaded = load_checkpoint(save_checkpoint(m, tmp_path / "aliked.pth"))
+    assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in m.parameters())
+    with torch.no_grad():
+        assert torch.equal(loaded.detector(image)[0].descriptors, pruned.descriptors)
+
+
+def test_an_operating_point_changes_settings_keeps_weights_and_survives_the_checkpoint(tmp_path):
+    from compression.methods import Job, method
+
+    m = build_matcher(
+        "superpoint+superglue",
+        {"superpoint": {"weights": None}, "superglue": {"weights": None, "GNN_layers": ["self", "cross"]}},
+    )
+    settings = method("settings")
+    job = Job(m, "matcher", {**settings.settings, "method": "settings", "set": {"sinkhorn_iterations": 10}})
+    settings.apply(job)
+    assert job.matcher.superglue.config["sinkhorn_iterations"] == 10 and m.superglue.config["sinkhorn_iterations"] != 10
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in job.matcher.state_dict().items())
+    loaded = load_checkpoint(save_checkpoint(job.matcher, tmp_path / "fast.pth"))
+    assert loaded.superglue.config["sinkhorn_iterations"] == 10
+    detector = Job(loaded, "detector", {**settings.settings, "method": "settings", "set": {"max_keypoints": 64}})
+    settings.apply(detector)
+    assert detector.matcher.superpoint.config["max_keypoints"] == 64
+    from helper import InputError
+
+    with pytest.raises(InputError, match="sinkhorn_iteration"):
+        settings.apply(Job(m, "matcher", {"method": "settings", "set": {"sinkhorn_iteration": 10}}))
