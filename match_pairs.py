@@ -41,9 +41,9 @@ from pipeline.figures import make_matching_plot, match_colors
 from pipeline.metrics import (
     HOMOGRAPHY_THRESHOLDS,
     POSE_THRESHOLDS,
+    correct_matches,
     pair_metrics,
     summarize,
-    symmetric_reprojection_error,
 )
 
 logger = logging.getLogger("match_pairs")
@@ -193,13 +193,6 @@ def main(argv=None) -> dict:
                     output_dir / f"{stem0}_{stem1}_evaluation.npz",
                     **{k: metrics[k] for k in ("precision", "recall", "matching_score", "num_correct", "corner_error")},
                 )
-                valid = pred["matches0"] > -1
-                correct = (
-                    symmetric_reprojection_error(
-                        pred["keypoints0"][valid], pred["keypoints1"][pred["matches0"][valid]], gt.H
-                    )
-                    < 3.0
-                )
                 text.append(f"Corner error: {metrics['corner_error']:.2f} px")
             else:
                 save_npz(
@@ -209,9 +202,9 @@ def main(argv=None) -> dict:
                         for k in ("error_t", "error_R", "precision", "matching_score", "num_correct", "epipolar_errors")
                     },
                 )
-                correct = metrics["epipolar_errors"] < 5e-4
                 text.append(f"dR: {metrics['error_R']:.1f} deg  dt: {metrics['error_t']:.1f} deg")
             text.append(f"Precision: {metrics['precision']:.3f}")
+            correct = correct_matches(gt, pred, metrics)
         if args.viz:
             valid = pred["matches0"] > -1
             make_matching_plot(

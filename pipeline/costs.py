@@ -173,6 +173,40 @@ def interleaved_latency(fns: dict[str, Callable[[], Any]], repeats: int, warmup:
     return out
 
 
+def side_by_side(
+    models: dict[str, Matcher], size: tuple[int, int], num_keypoints: int, repeats: int, device: torch.device
+) -> dict[str, dict[str, Any]]:
+    """MACs and latencies (pair, and matcher alone at exactly ``num_keypoints``) of several models on one test
+    pair, timed round-robin in this process: ratios between them are measured side by side."""
+    fns, out = {}, {}
+    for name, m in models.items():
+        run = prepare(m, size, num_keypoints, device)
+        fns[name, "pair"], fns[name, "matcher"] = run["pair"], run["match"]
+        out[name] = {"macs": all_macs(m, run["pair"]), "matcher_macs": all_macs(m, run["match"])}
+    times = interleaved_latency(fns, repeats)
+    for name, entry in out.items():
+        entry.update(times[name, "pair"])
+        entry["matcher_latency_ms"] = times[name, "matcher"]["latency_ms"]
+        entry["matcher_latency_ms_iqr"] = times[name, "matcher"]["latency_ms_iqr"]
+    return out
+
+
+def side_by_side_markdown(results: dict[str, dict[str, Any]]) -> str:
+    """side_by_side()'s results as a table, with ratios to the first model (the dense one)."""
+    base = next(iter(results.values()))
+    lines = [
+        "| model | GMACs | pair ms (IQR) | matcher ms (IQR) | MACs × | pair latency × | matcher latency × |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {r['macs'] / 1e9:.2f} | {r['latency_ms']:.0f} ({r['latency_ms_iqr']:.0f}) | "
+            f"{r['matcher_latency_ms']:.0f} ({r['matcher_latency_ms_iqr']:.0f}) | {r['macs'] / base['macs']:.2f} | "
+            f"{r['latency_ms'] / base['latency_ms']:.2f} | {r['matcher_latency_ms'] / base['matcher_latency_ms']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def profile_matcher(
     matcher: Matcher,
     name: str,

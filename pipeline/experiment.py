@@ -45,9 +45,16 @@ from helper import (
     config_digest as digest,
 )
 from models.lightglue import EVERY_LAYER
-from models.matching import Matcher, available_matchers, build_matcher, check_matcher_config, to_channels
+from models.matching import (
+    Matcher,
+    available_matchers,
+    build_matcher,
+    check_matcher_config,
+    fingerprint,
+    to_channels,
+)
 from pipeline.checkpoint import coding_summary, load_checkpoint, save_checkpoint
-from pipeline.costs import all_macs, interleaved_latency, prepare
+from pipeline.costs import side_by_side
 from pipeline.evaluation import FeatureCache, evaluate, predict
 from pipeline.figures import make_gif
 from pipeline.metrics import MEANS, paired_difference
@@ -234,9 +241,8 @@ class Experiment:
         logger.info("stage %s: running", name)
         start = time.perf_counter()
         result = compute()
-        write_json(
-            path, {"key": k, "seconds": time.perf_counter() - start, "git_commit": git_commit(), "result": result}
-        )
+        record = {"key": k, "inputs": key, "seconds": time.perf_counter() - start, "git_commit": git_commit()}
+        write_json(path, {**record, "result": result})
         return json.loads(path.read_text())["result"]  # as stored (inf -> 'inf'), the same on a re-run
 
     def key(self, *parts: str) -> dict[str, Any]:
@@ -276,6 +282,15 @@ class Experiment:
             desc=desc,
             reference=reference,
         )
+
+    def calibrate(self, pipeline: Matcher) -> None:
+        """Run a pipeline over the calibration pairs (training photos): what linear and int8 quantization observe."""
+        evaluate(pipeline, make_pairs(self.cfg["calibration"]), self.cache, progress=False)
+
+    def calibration_images(self, channels: int) -> list[torch.Tensor]:
+        """The first image of each calibration pair, as a detector reading ``channels`` channels sees it."""
+        calib = make_pairs(self.cfg["calibration"])
+        return [to_channels(to_tensor(calib.image(p, 0)[1]), channels) for p in calib]
 
     def save_cache(self) -> None:
         """Keep the detector outputs computed so far for the next process (only when there are new ones)."""
@@ -398,19 +413,14 @@ class Experiment:
 
         def compute():
             m = load_checkpoint(base_row["checkpoint"]) if base else copy.deepcopy(self.dense())
-            calib = make_pairs(self.cfg["calibration"])
-
-            def images() -> list[torch.Tensor]:  # the first image of each calibration pair, as the detector reads
-                return [to_channels(to_tensor(calib.image(p, 0)[1]), job.matcher.channels) for p in calib]
-
             job = Job(
                 m.to(self.device),
                 part,
                 spec,
                 levels=chosen["levels"] if chosen else None,
                 base_bits=self.cfg["sensitivity"]["base_bits"],
-                calibration_images=images,
-                calibrate=lambda pipeline: evaluate(pipeline, calib, self.cache, progress=False),
+                calibration_images=lambda: self.calibration_images(job.matcher.channels),
+                calibrate=self.calibrate,
             )
             for step in todo:
                 step.apply(job)
@@ -442,17 +452,7 @@ class Experiment:
         """Finetune a variant (resuming a killed run of the same inputs) and evaluate its last checkpoint."""
         name = spec["name"]
         extra = spec["finetune"] if isinstance(spec["finetune"], dict) else {}
-        cfg = merge_config(
-            FINETUNE_DEFAULTS,
-            {
-                "matcher": self.cfg["matcher"],
-                "matcher_config": self.cfg["matcher_config"],
-                "seed": self.cfg["seed"],
-                "val": self.cfg["val"],
-            },
-        )
-        cfg = merge_config(merge_config(cfg, self.cfg["finetune"]), extra)
-        cfg.update(checkpoint=row["checkpoint"], out=str(self.out / "finetune" / f"{name}-{key[:8]}"))
+        cfg = self.finetune_config(row["checkpoint"], self.out / "finetune" / f"{name}-{key[:8]}", extra)
         finetune(cfg, progress=self.progress, val_cache=self.cache)  # the val pairs' detector outputs are cached
         # The last checkpoint, not the best: the best was picked on these very validation pairs.
         path = Path(cfg["out"]) / "last.pth"
@@ -470,6 +470,63 @@ class Experiment:
             finetuned=True,
         )
 
+    def finetune_config(
+        self, checkpoint: str | Path, out: str | Path, extra: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """finetune()'s config for a checkpoint of this experiment: its matcher, seed, val pairs and finetune
+        section, then ``extra`` (a variant's own finetune settings), writing to ``out``."""
+        cfg = merge_config(
+            FINETUNE_DEFAULTS,
+            {
+                "matcher": self.cfg["matcher"],
+                "matcher_config": self.cfg["matcher_config"],
+                "seed": self.cfg["seed"],
+                "val": self.cfg["val"],
+            },
+        )
+        cfg = merge_config(merge_config(cfg, self.cfg["finetune"]), extra or {})
+        cfg.update(checkpoint=str(checkpoint), out=str(out))
+        return cfg
+
+    def judged(self, model: Matcher, name: str, part: str = "matcher", bits: float = 32.0) -> dict[str, Any]:
+        """A model compressed by hand (the notebook's walk-through): saved as ``walkthrough/<name>.pth`` and judged
+        on the val pairs, as a stage keyed by its weights (the same weights again are read back, not
+        re-evaluated). The row is results.json's: AUCs with intervals, the paired difference to dense, size."""
+        weights = fingerprint(model, {**model.config})
+        key = {**self.key(), "weights": weights, "part": part, "bits": bits}
+
+        def compute():
+            same = self.judged_before(weights, part)
+            if same is not None:  # e.g. the scan's choice pruned by hand: part 1's fine-grained variant
+                logger.info("%s: the same weights as %s, judged on the same val pairs: read back", name, same["name"])
+                return {**same, "name": name, "method": "by hand", "bits": bits}
+            path = self.out / "walkthrough" / f"{name}.pth"
+            path = save_checkpoint(model, path, {"experiment": self.cfg["name"], "walkthrough": name})
+            summary = self.judge(model, name)["summary"]
+            return variant_row(name, "by hand", summary, path, model, self.dense(), part, bits)
+
+        self.baseline()  # the dense per-pair values the paired differences need
+        row = self.stage(f"walkthrough-{name}", key, compute)
+        self.save_cache()
+        return row
+
+    def judged_before(self, weights: str, part: str) -> dict[str, Any] | None:
+        """The row of a model with these very weights (``fingerprint``) that a stage of this run folder judged on
+        the current val pairs, its checkpoint intact; None if there is none."""
+        judged_on = digest(self.key())
+        for path in sorted((self.out / "stages").glob("*.json")):
+            try:
+                record = json.loads(path.read_text())
+            except (ValueError, OSError):
+                continue
+            inputs, result = record.get("inputs"), record.get("result")
+            if not (isinstance(inputs, dict) and isinstance(result, dict)) or result.get("weights") != weights:
+                continue
+            if result.get("part") == part and digest({k: inputs.get(k) for k in self.key()}) == judged_on:
+                if _files_intact(result):
+                    return result
+        return None
+
     def profile(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         """MACs of the dense model and every variant, and their latencies timed round-robin in this process (so
         machine drift hits them alike and the ratios to dense are side by side)."""
@@ -478,23 +535,13 @@ class Experiment:
         def compute():
             if pc.get("threads"):
                 torch.set_num_threads(pc["threads"])
-            models, fns = {}, {}
+            loaded, labels = {}, {}
             for r in rows:
-                m = load_checkpoint(r["checkpoint"])
-                label = execution(m, None if r["method"] == "dense" else {"method": r["method"]})
-                run = prepare(m, tuple(pc["resize"]), pc["num_keypoints"], self.device)
-                fns[r["name"], "pair"], fns[r["name"], "matcher"] = run["pair"], run["match"]
-                models[r["name"]] = {
-                    "macs": all_macs(m, run["pair"]),
-                    "matcher_macs": all_macs(m, run["match"]),
-                    "execution": label,
-                    "checkpoint_sha1": r["checkpoint_sha1"],
-                }
-            times = interleaved_latency(fns, pc["repeats"])
-            for name, entry in models.items():
-                entry.update(times[name, "pair"])
-                entry["matcher_latency_ms"] = times[name, "matcher"]["latency_ms"]
-                entry["matcher_latency_ms_iqr"] = times[name, "matcher"]["latency_ms_iqr"]
+                loaded[r["name"]] = m = load_checkpoint(r["checkpoint"])
+                labels[r["name"]] = execution(m, None if r["method"] == "dense" else {"method": r["method"]})
+            models = side_by_side(loaded, tuple(pc["resize"]), pc["num_keypoints"], pc["repeats"], self.device)
+            for r in rows:
+                models[r["name"]].update(execution=labels[r["name"]], checkpoint_sha1=r["checkpoint_sha1"])
             return {"threads": torch.get_num_threads(), "device": str(self.device), "models": models}
 
         # counter 2: attention on CPU and ONNX Runtime graphs counted (a profile from before is recomputed)
@@ -579,6 +626,7 @@ def variant_row(
         ),
         "size_bytes": path.stat().st_size,
         **coding_summary(path),
+        "weights": fingerprint(model, {**model.config}),  # what was judged: the same weights give the same row
         "params": params(model),
         "nonzero_params": sum(int((p != 0).sum()) for p in model.parameters()),
         "checkpoint": str(path),

@@ -161,6 +161,54 @@ def readable_log_ticks(ax, unit: tuple[float, str] = (1.0, ""), axis: str = "x",
     target.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v / scale:g}{suffix}"))
 
 
+def plot_finetune_log(log_csv: str | os.PathLike, out: str | os.PathLike) -> list[Path]:
+    """A finetuning run's curves from its log.csv: the training loss, and the validation AUC@3px on a second axis."""
+    rows = read_csv(log_csv, ("step", "loss"))
+    trained = [r for r in rows if isinstance(r["loss"], float) and np.isfinite(r["loss"])]
+    checked = [r for r in rows if isinstance(r.get("auc@3px"), float)]
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    ax.plot([r["step"] for r in trained], [r["loss"] for r in trained], "o-", markersize=3, label="training loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (mean since the row before)")
+    ax.grid(alpha=0.3)
+    right = ax.twinx()
+    right.plot([r["step"] for r in checked], [r["auc@3px"] for r in checked], "s--", color="C1", label="val AUC@3px")
+    right.set_ylabel("val AUC@3px (progress check)")
+    handles = [*ax.get_legend_handles_labels()[0], *right.get_legend_handles_labels()[0]]
+    ax.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="center right")
+    return save_figure(fig, out)
+
+
+def plot_pair(pairs: Any, pair: Any, pred: dict[str, Any], path: str | os.PathLike, title: str) -> Path:
+    """One pair's matches over its images (pipeline.evaluation.predict's ``pred``), green for those right under
+    the pair's ground truth and red for the wrong ones, with the pair's metrics written on it."""
+    from pipeline.metrics import correct_matches, pair_metrics
+
+    image0, image1 = pairs.image(pair, 0)[1], pairs.image(pair, 1)[1]
+    gt = pairs.ground_truth(pair)
+    metrics = pair_metrics(gt, pred, image0.shape, image1.shape)
+    valid = pred["matches0"] > -1
+    correct = correct_matches(gt, pred, metrics)
+    text = [title, f"Keypoints: {len(pred['keypoints0'])}:{len(pred['keypoints1'])}"]
+    text += [f"Matches: {int(valid.sum())}, correct: {int(correct.sum())}"]
+    if "corner_error" in metrics:
+        text.append(f"Corner error: {metrics['corner_error']:.2f} px")
+    path = Path(path)
+    make_matching_plot(
+        image0,
+        image1,
+        pred["keypoints0"],
+        pred["keypoints1"],
+        pred["keypoints0"][valid],
+        pred["keypoints1"][pred["matches0"][valid]],
+        match_colors(pred["matching_scores0"][valid], correct),
+        text,
+        path,
+        small_text=[f"{pair.name0} : {pair.name1}"],
+    )
+    return path
+
+
 def plot_latency_vs_keypoints(sweep_csv: str | os.PathLike, out: str | os.PathLike) -> list[Path]:
     """Detector and matcher latency stacked against the number of keypoints, one panel per model."""
     rows = read_csv(sweep_csv, ("model", "num_keypoints", "detector_ms", "matcher_ms"))

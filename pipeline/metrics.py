@@ -271,6 +271,16 @@ def pair_metrics(
     raise InputError(f"pair {pair.name0} {pair.name1} has no ground truth to evaluate")
 
 
+def correct_matches(pair: Pair, pred: dict[str, np.ndarray], metrics: dict[str, Any]) -> np.ndarray:
+    """Which of the predicted matches are right under the pair's ground truth (pair_metrics() gave ``metrics``):
+    within 3 px both ways for a homography, epipolar error under 5e-4 for a pose."""
+    valid = pred["matches0"] > -1
+    if pair.kind == "homography":
+        k0, k1 = pred["keypoints0"][valid], pred["keypoints1"][pred["matches0"][valid]]
+        return symmetric_reprojection_error(k0, k1, pair.H) < 3.0
+    return metrics["epipolar_errors"] < 5e-4
+
+
 def summarize(rows: list[dict[str, Any]], bootstrap: dict[str, Any] | None = BOOTSTRAP) -> dict[str, Any]:
     """Means over all pairs (failures included), the AUCs of the corner or pose errors and, unless ``bootstrap``
     is None, their 95 % intervals over pairs (``summary["intervals"][metric] = [low, high]``)."""

@@ -97,6 +97,25 @@ def half_widths(rows: list[dict[str, Any]], metric: str = "auc@3px") -> list[flo
             for r in rows if metric in r.get("vs_dense", {})]  # fmt: skip
 
 
+def variants_markdown(rows: list[dict[str, Any]]) -> str:
+    """A short table of results rows (dense first): accuracy with intervals, the paired difference to dense,
+    sparsity and size on disk (the notebook's walk-through shows one after each step)."""
+    dense = rows[0]
+    lines = [
+        "| model | sparsity | AUC@1px | AUC@3px | AUC@5px | precision | Δ AUC@3px vs dense | within noise | "
+        "size MB | size × |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for r in rows:
+        delta, noise = versus_dense(r)
+        lines.append(
+            f"| {r['name']} | {r['sparsity']:.2f} | "
+            + " | ".join(with_interval(r, k) for k in ("auc@1px", "auc@3px", "auc@5px", "precision"))
+            + f" | {delta} | {noise} | {r['size_bytes'] / 1e6:.2f} | {dense['size_bytes'] / r['size_bytes']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def report_markdown(cfg: dict[str, Any], rows: list[dict[str, Any]], figures: list[Path]) -> str:
     dense = rows[0]
     fmt = lambda v, f: "—" if v is None else format(float(v), f)  # noqa: E731

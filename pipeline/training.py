@@ -63,6 +63,7 @@ DEFAULTS: dict[str, Any] = {
     "out": "runs/finetune",
     "seed": 0,
     "steps": 300,
+    "log_every": 10,  # steps between rows of log.csv (mean loss since the row before); validations add theirs
     "lr": 1e-4,
     "weight_decay": 0.0,
     "warmup": 0.05,
@@ -118,6 +119,7 @@ CHECKS: dict[str, Check] = {
     "matcher_config": Check(kind=dict, free=True),
     "checkpoint": Check(kind=str, nullable=True),
     "steps": Check(lo=1),
+    "log_every": Check(lo=1),
     "lr": Check(lo=0, open=True),
     "weight_decay": Check(lo=0),
     "warmup": Check(lo=0, hi=1),
@@ -360,7 +362,8 @@ def read_state(path: Path) -> dict[str, Any]:
 
 
 def _config_id(config: dict[str, Any]) -> dict[str, str]:
-    return {"config_digest": config_digest({k: v for k, v in config.items() if k != "out"})}
+    # where it lives and how often it logs do not change what a run computes
+    return {"config_digest": config_digest({k: v for k, v in config.items() if k not in ("out", "log_every")})}
 
 
 def run_identity(config: dict[str, Any]) -> dict[str, Any]:
@@ -472,7 +475,7 @@ def finetune(
     run.train_mode()
     use_amp = device.type == "cuda"
     bar = tqdm(total=config["steps"], initial=run.step, desc="finetune", disable=not progress or rank != 0)
-    start, done_here = time.perf_counter(), 0
+    start, done_here, losses = time.perf_counter(), 0, []
     while run.step < config["steps"]:
         if stop_after is not None and done_here >= stop_after:
             break
@@ -484,6 +487,7 @@ def finetune(
                 dist.all_reduce(finite, op=dist.ReduceOp.MIN)
             run.optimizer.zero_grad(set_to_none=True)
             if finite.item() == 1:
+                losses.append(loss.item())
                 loss.backward()
                 if world > 1 and run.ddp is None:
                     for p in run.params:  # every rank reduces every tensor, or the collectives would hang
@@ -504,24 +508,23 @@ def finetune(
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", it_s=f"{rate:.2f}")
         last = run.step == config["steps"]
-        if run.step % config["val"]["every"] == 0 or last:
-            if rank == 0:
+        validation = run.step % config["val"]["every"] == 0 or last
+        if rank == 0 and (validation or run.step % config["log_every"] == 0):
+            row = {
+                "step": run.step,
+                "loss": float(np.mean(losses)) if losses else float("nan"),
+                "lr": lr,
+                "steps_per_s": rate,
+                "skipped": run.skipped,
+            }
+            losses = []
+            if validation:
                 summary = run.validate()
                 run.save(summary)
-                log_row(
-                    log_path,
-                    {
-                        "step": run.step,
-                        "loss": loss.item(),
-                        "lr": lr,
-                        "steps_per_s": rate,
-                        "skipped": run.skipped,
-                        **summary,
-                    },
-                    upto_step=run.step - 1,
-                )
-            if world > 1:
-                dist.barrier()
+                row.update(summary)
+            log_row(log_path, row, upto_step=run.step - 1)
+        if validation and world > 1:
+            dist.barrier()
     bar.close()
     result = {
         "step": run.step,
