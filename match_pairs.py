@@ -37,7 +37,7 @@ from helper import (
 )
 from models.matching import available_matchers
 from pipeline.evaluation import build_from_args, predict
-from pipeline.figures import make_matching_plot, match_colors
+from pipeline.figures import plot_prediction
 from pipeline.metrics import (
     HOMOGRAPHY_THRESHOLDS,
     POSE_THRESHOLDS,
@@ -206,17 +206,13 @@ def main(argv=None) -> dict:
             text.append(f"Precision: {metrics['precision']:.3f}")
             correct = correct_matches(gt, pred, metrics)
         if args.viz:
-            valid = pred["matches0"] > -1
-            make_matching_plot(
+            plot_prediction(
                 image0,
                 image1,
-                pred["keypoints0"],
-                pred["keypoints1"],
-                pred["keypoints0"][valid],
-                pred["keypoints1"][pred["matches0"][valid]],
-                match_colors(pred["matching_scores0"][valid], correct),
+                pred,
                 text,
                 output_dir / f"{stem0}_{stem1}_matches.{args.viz_extension}",
+                correct,
                 args.show_keypoints,
                 args.fast_viz,
                 [f"Image pair: {stem0}:{stem1}"],

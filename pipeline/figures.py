@@ -193,7 +193,22 @@ def plot_pair(pairs: Any, pair: Any, pred: dict[str, Any], path: str | os.PathLi
     text += [f"Matches: {int(valid.sum())}, correct: {int(correct.sum())}"]
     if "corner_error" in metrics:
         text.append(f"Corner error: {metrics['corner_error']:.2f} px")
-    path = Path(path)
+    return plot_prediction(image0, image1, pred, text, path, correct, small_text=[f"{pair.name0} : {pair.name1}"])
+
+
+def plot_prediction(
+    image0: np.ndarray,
+    image1: np.ndarray,
+    pred: dict[str, Any],
+    text: Sequence[str],
+    path: str | os.PathLike,
+    correct: np.ndarray | None = None,
+    show_keypoints: bool = False,
+    fast_viz: bool = False,
+    small_text: Sequence[str] = (),
+) -> Path:
+    """A prediction's matches over its two images: green/red by ``correct`` when given, else by confidence."""
+    valid = pred["matches0"] > -1
     make_matching_plot(
         image0,
         image1,
@@ -204,9 +219,11 @@ def plot_pair(pairs: Any, pair: Any, pred: dict[str, Any], path: str | os.PathLi
         match_colors(pred["matching_scores0"][valid], correct),
         text,
         path,
-        small_text=[f"{pair.name0} : {pair.name1}"],
+        show_keypoints,
+        fast_viz,
+        small_text,
     )
-    return path
+    return Path(path)
 
 
 def plot_latency_vs_keypoints(sweep_csv: str | os.PathLike, out: str | os.PathLike) -> list[Path]:
