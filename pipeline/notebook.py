@@ -45,22 +45,16 @@ def execute(params: dict[str, Any] | None = None, timeout: int = 3600, notebook:
     return nb
 
 
-def _last_state(text: str) -> str:
-    """A stream as a terminal leaves it: of each line rewritten with carriage returns (progress bars), the last."""
-    return "\n".join(line.rsplit("\r", 1)[-1] for line in text.split("\n"))
-
-
 def render_markdown(nb: Any, dest: str | Path) -> Path:
     """Write an executed notebook as Markdown (``dest``) with its figures as PNG files in ``<stem>_files/``."""
     from nbconvert import MarkdownExporter
+    from traitlets.config import Config
 
     dest = Path(dest)
-    for cell in nb.cells:
-        for output in cell.get("outputs", []):
-            if output.get("output_type") == "stream":
-                output["text"] = _last_state(output["text"])
     files = f"{dest.stem}_files"
-    body, resources = MarkdownExporter().from_notebook_node(nb, resources={"output_files_dir": files})
+    # A cell's stream outputs merged and each carriage-return-rewritten line (a progress bar) left in its last state
+    exporter = MarkdownExporter(config=Config(CoalesceStreamsPreprocessor={"enabled": True}))
+    body, resources = exporter.from_notebook_node(nb, resources={"output_files_dir": files})
     folder = dest.parent / files
     for old in folder.glob("*.png") if folder.is_dir() else []:
         old.unlink()  # figures of an earlier rendering

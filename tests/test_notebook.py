@@ -70,6 +70,21 @@ def test_notebook_executes_with_tiny_parameters_and_each_walkthrough_step_shows_
     figures = list((tmp_path / "docs" / "notebook_files").glob("*.png"))
     assert len(figures) >= 5 and all(f"notebook_files/{f.name}" in text for f in figures)
     assert "| pruned+ft |" in text and "\r" not in text
+    assert sum("finetune:" in line and "%|" in line for line in text.splitlines()) == 1  # the bar's last state
+
+
+def test_the_rendered_copy_shows_a_progress_bar_in_its_last_state(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("run()")
+    bar = [nbformat.v4.new_output("stream", name="stderr", text=f"\rsteps: {p}%|") for p in (0, 50, 100)]
+    cell.outputs = [
+        *bar,
+        nbformat.v4.new_output("stream", name="stderr", text="\n"),
+        nbformat.v4.new_output("stream", name="stdout", text="done\n"),
+    ]
+    nb.cells = [cell]
+    text = render_markdown(nb, tmp_path / "nb.md").read_text()
+    assert "steps: 100%|" in text and "steps: 50%" not in text and "steps: 0%" not in text and "done" in text
 
 
 def test_a_rerun_of_a_walkthrough_step_reads_its_evaluation_back(tmp_path, monkeypatch):
