@@ -509,15 +509,11 @@ def finetune(
         bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", it_s=f"{rate:.2f}")
         last = run.step == config["steps"]
         validation = run.step % config["val"]["every"] == 0 or last
-        if rank == 0 and (validation or run.step % config["log_every"] == 0):
-            row = {
-                "step": run.step,
-                "loss": float(np.mean(losses)) if losses else float("nan"),
-                "lr": lr,
-                "steps_per_s": rate,
-                "skipped": run.skipped,
-            }
-            losses = []
+        logged = validation or run.step % config["log_every"] == 0
+        if logged:
+            mean_loss, losses = float(np.mean(losses)) if losses else float("nan"), []  # on every rank: none piles up
+        if rank == 0 and logged:
+            row = {"step": run.step, "loss": mean_loss, "lr": lr, "steps_per_s": rate, "skipped": run.skipped}
             if validation:
                 summary = run.validate()
                 run.save(summary)
