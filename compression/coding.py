@@ -14,6 +14,9 @@ with Python's ``zlib`` (deflate; Huffman codes of the bytes alone, where LZ77 ma
   17 % smaller in 0.1 s, by Huffman codes alone — LZ77 matches made it larger and 17× slower; LZMA on every plane
   gained nothing more in 300× the time).
 
+A float32 tensor whose values are all float16 values (norms, biases and codebooks rounded to float16 by
+``quantization.half``) is stored in float16 first, and given back in float32 with the very same bits.
+
 A field is coded only where that makes it smaller. ``entry["coded"]`` names the coded fields and how; ``decode``
 gives back the very tensors that were coded (tests compare them bit for bit). Entries without ``coded`` (checkpoints
 of version 3 and older) pass through unchanged.
@@ -54,10 +57,20 @@ def _zlib(data: bytes, huffman: bool = False) -> torch.Tensor:
     return torch.frombuffer(bytearray(coder.compress(data) + coder.flush()), dtype=torch.uint8)
 
 
+def exactly_half(t: torch.Tensor) -> bool:
+    """Whether a float32 tensor holds float16 values only (so float16 stores its very bits)."""
+    flat = t.detach().cpu().contiguous().view(-1)
+    return t.dtype == torch.float32 and torch.equal(flat.half().float().view(torch.int32), flat.view(torch.int32))
+
+
 def code(entry: dict[str, Any]) -> dict[str, Any]:
-    """``entry`` with its bit-packed streams and float tensors entropy-coded where that makes them smaller."""
-    out, coded = dict(entry), {}
+    """``entry`` with its bit-packed streams and float tensors entropy-coded where that makes them smaller; float32
+    tensors of float16 values (``exactly_half``) are stored in float16 (``entry["half"]`` names them)."""
+    out, coded, half = dict(entry), {}, []
     for field, value in entry.items():
+        if isinstance(value, torch.Tensor) and value.numel() and exactly_half(value):
+            out[field] = value = value.half()
+            half.append(field)
         if not isinstance(value, torch.Tensor) or value.numel() * value.element_size() < _MIN_BYTES:
             continue
         raw = value.detach().cpu().contiguous().view(-1)
@@ -81,15 +94,17 @@ def code(entry: dict[str, Any]) -> dict[str, Any]:
             out.pop(f"{field}.top", None)
     if coded:
         out["coded"] = coded
+    if half:
+        out["half"] = half
     return out
 
 
 def decode(entry: dict[str, Any]) -> dict[str, Any]:
     """The entry as it was before ``code`` (bit-exact): bit-packed codes and masks, float tensors."""
-    coded = entry.get("coded")
-    if not coded:
+    coded = entry.get("coded") or {}
+    if not coded and "half" not in entry:
         return entry
-    out = {k: v for k, v in entry.items() if k != "coded"}
+    out = {k: v for k, v in entry.items() if k not in ("coded", "half")}
     for field, how in coded.items():
         stored = entry[field].numpy().tobytes()
         data = zlib.decompress(stored) if how != PLANES else b""
@@ -107,6 +122,8 @@ def decode(entry: dict[str, Any]) -> dict[str, Any]:
             out[field] = torch.from_numpy(planes.T.copy()).view(dtype).reshape(shape)
         else:
             raise ValueError(f"unknown coding {how!r} of {field}")
+    for field in entry.get("half", []):
+        out[field] = out[field].float()
     return out
 
 

@@ -8,12 +8,13 @@ needs to know the shapes.
 Tensors are stored by kind: a weight with compression state (compression/state.py) in the form its state
 encodes — k-means codes packed at their bit width plus the codebook (and a bitmask of the non-zeros when
 pruned), integer-grid codes plus per-channel scales (and the activation quantizer) — and decoded by the state
-class registered for that kind; other weights with many zeros as a bitmask plus the non-zero values; the rest
-as they are. Parts that run in a runtime backend (backends/: a real-int8 detector or matching network) are
-stored as their graph's bytes instead of tensors. Then every packed stream, float tensor and graph is
-entropy-coded where that makes it smaller (compression/coding.py: version 4; older versions still load). Loading
-gives back exactly the weights that were evaluated (bit-exact). Model size in this project means the bytes of this
-file. This module sits above the models and the compression toolkits: it imports both, neither imports it.
+class registered for that kind; other float tensors of at most 256 distinct values (shared by k-means without a
+layer state) as those values plus a code per element (version 5); other weights with many zeros as a bitmask plus
+the non-zero values; the rest as they are. Parts that run in a runtime backend (backends/: a real-int8 detector or
+matching network) are stored as their graph's bytes instead of tensors. Then every packed stream, float tensor and
+graph is entropy-coded where that makes it smaller (compression/coding.py: version 4; older versions still load).
+Loading gives back exactly the weights that were evaluated (bit-exact). Model size in this project means the bytes of
+this file. This module sits above the models and the compression toolkits: it imports both, neither imports it.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from models.matching import Matcher, available_matchers, build_matcher
 from models.weights import WeightsError, read_state_dict
 
 FORMAT = "efficient-feature-matching/checkpoint"
-VERSION = 4  # 1: plain state_dict; 2: compressed tensors; 3: with ONNX Runtime parts; 4: entropy-coded
+VERSION = 5  # 1: plain state_dict; 2: compressed tensors; 3: with ONNX Runtime parts; 4: entropy-coded;
+# 5: shared-value tensors without a layer state
 SHAPE_ATTRS = ("num_heads", "dim", "head_dim", "embed_dim")  # ints that shapes alone do not determine
 
 
@@ -79,10 +81,29 @@ def encode(name: str, tensor: torch.Tensor, modules: dict[str, nn.Module]) -> di
     entry = state.encode(layer, t) if state is not None else None
     if entry is not None:
         return entry
+    shared = _shared(t)
+    if shared is not None:
+        return shared
     if t.is_floating_point() and t.ndim >= 2 and (t == 0).float().mean() >= 0.1:
         mask = t != 0
         return {"kind": "sparse", "shape": list(t.shape), "mask": pack_bits(mask, 1), "values": t[mask]}
     return {"kind": "dense", "tensor": t}
+
+
+def _shared(t: torch.Tensor) -> dict[str, Any] | None:
+    """A float tensor of at most 256 distinct values (shared by k-means without a layer state, e.g. ALIKED's
+    aggregation weights) as its values and a code per element, when that gives back its very bits."""
+    if not t.is_floating_point() or t.ndim < 2 or t.numel() < 1024:
+        return None
+    values = torch.unique(t)
+    if values.numel() > 256:
+        return None
+    codes = torch.searchsorted(values, t.flatten())
+    if not torch.equal(values[codes].view(torch.uint8), t.flatten().contiguous().view(torch.uint8)):
+        return None  # e.g. -0.0 beside 0.0: not one value in its bits
+    bits = max(1, (values.numel() - 1).bit_length())
+    return {"kind": "shared", "shape": list(t.shape), "bits": bits, "codebook": values,
+            "codes": pack_bits(codes, bits), "count": t.numel()}  # fmt: skip
 
 
 def decode(entry: dict[str, Any]) -> tuple[torch.Tensor, list[Any]]:
@@ -96,8 +117,11 @@ def decode(entry: dict[str, Any]) -> tuple[torch.Tensor, list[Any]]:
         flat = torch.zeros(numel, dtype=entry["values"].dtype)
         flat[mask] = entry["values"]
         return flat.view(shape), []
+    if entry["kind"] == "shared":
+        codes = unpack_bits(entry["codes"], entry["bits"], entry["count"])
+        return entry["codebook"][codes.long()].view(entry["shape"]), []
     if entry["kind"] not in STATES:
-        raise WeightsError(f"unknown tensor kind {entry['kind']!r} (known: dense, sparse, {', '.join(STATES)})")
+        raise WeightsError(f"unknown tensor kind {entry['kind']!r} (known: dense, sparse, shared, {', '.join(STATES)})")
     return STATES[entry["kind"]].decode(entry)
 
 
@@ -134,6 +158,8 @@ def save_checkpoint(matcher: Matcher, path: str | os.PathLike, meta: dict[str, A
         }
     if any("coded" in e for e in [*payload["tensors"].values(), *payload.get("onnx", {}).values()]):
         payload["version"] = 4
+    if any(e["kind"] == "shared" for e in payload["tensors"].values()):  # (float16 fields: version 4 code reads
+        payload["version"] = 5  # them, loading casts them to the parameters' float32)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
@@ -158,6 +184,16 @@ def coding_summary(path: str | os.PathLike) -> dict[str, float]:
                 out["other_bytes"] += stored
     out["other_bytes"] += sum(g["graph"].numel() for g in payload.get("onnx", {}).values())
     return out
+
+
+def stored_bytes(path: str | os.PathLike, prefix: str = "") -> int:
+    """Bytes of the tensors a checkpoint stores under ``prefix`` (``detector.``, ``matcher.``; all by default: the
+    file less its header and pickling)."""
+    total = 0
+    for name, entry in read_state_dict(path).get("tensors", {}).items():
+        if name.startswith(prefix):
+            total += sum(v.numel() * v.element_size() for v in entry.values() if isinstance(v, torch.Tensor))
+    return total
 
 
 def is_checkpoint(obj: Any) -> bool:

@@ -192,6 +192,11 @@ def check_variant(spec: dict[str, Any], earlier: dict[str, dict[str, Any]]) -> N
     missing = [need for m in methods if m not in done for need in m.needs if need not in spec]
     if missing:
         raise InputError(f"variant {name}: method {method} needs '{missing[0]}'")
+    if spec.get("schedule") == "gradual" and (spec["method"] != "fine-grained" or not spec.get("finetune")):
+        raise InputError(
+            f"variant {name}: gradual pruning happens while it is finetuned: give it method fine-grained alone and "
+            "finetune (quantize it in a variant based on it)"
+        )
     if spec.get("sparsity") == "auto" and spec.get("bits") == "auto":
         raise InputError(f"variant {name}: choose either the sparsity or the bits automatically, not both")
 
@@ -440,18 +445,28 @@ class Experiment:
                 finetuned=bool(base_row and base_row.get("finetuned")),
             )
 
-        rows = [self.stage(f"variant-{name}", key, compute)]
+        prune = None
+        if spec.get("schedule") == "gradual":  # pruned while it is finetuned, from the dense model: no row before
+            dense, prune = self.baseline(), chosen["levels"] if chosen else spec["sparsity"]
+            start = {k: dense[k] for k in ("checkpoint", "checkpoint_sha1") if k in dense}
+            rows = [{}]
+        else:
+            rows = [self.stage(f"variant-{name}", key, compute)]
+            start = rows[0]
         if spec.get("finetune"):
             tuned = {**spec, "bits": rows[0]["bits"]} if rows[0] else spec  # mixed precision: the mean chosen
             # bound to the very checkpoint it starts from (a variant recomputed is finetuned again)
-            fkey = {**key, "input": rows[0].get("checkpoint_sha1") if rows[0] else None}
-            rows.append(self.stage(f"finetune-{name}", fkey, lambda: self.finetune(tuned, rows[0], digest(fkey))))
+            fkey = {**key, "input": start.get("checkpoint_sha1")}
+            rows.append(self.stage(f"finetune-{name}", fkey, lambda: self.finetune(tuned, start, digest(fkey), prune)))
         return rows
 
-    def finetune(self, spec: dict[str, Any], row: dict[str, Any], key: str) -> dict[str, Any]:
-        """Finetune a variant (resuming a killed run of the same inputs) and evaluate its last checkpoint."""
+    def finetune(self, spec: dict[str, Any], row: dict[str, Any], key: str, prune: Any = None) -> dict[str, Any]:
+        """Finetune a variant (resuming a killed run of the same inputs) and evaluate its last checkpoint;
+        ``prune``: the sparsities it is pruned to gradually while it trains (pruning/gradual.py)."""
         name = spec["name"]
         extra = spec["finetune"] if isinstance(spec["finetune"], dict) else {}
+        if prune is not None:
+            extra = merge_config(extra, {"prune": {"sparsity": prune}})
         cfg = self.finetune_config(row["checkpoint"], self.out / "finetune" / f"{name}-{key[:8]}", extra)
         finetune(cfg, progress=self.progress, val_cache=self.cache)  # the val pairs' detector outputs are cached
         # The last checkpoint, not the best: the best was picked on these very validation pairs.

@@ -53,6 +53,9 @@ from models.weights import unreadable
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.evaluation import FeatureCache, evaluate, extract_pair
 from pruning.fine_grained import apply_masks, masks, sparsity_report
+from pruning.gradual import CHECKS as PRUNE_CHECKS
+from pruning.gradual import SETTINGS as PRUNE_SETTINGS
+from pruning.gradual import gradual_pruning
 
 logger = logging.getLogger("finetune")
 
@@ -76,7 +79,11 @@ DEFAULTS: dict[str, Any] = {
     # distillation of the detector from the dense pretrained one (the teacher), without labels: its score map
     # (binary cross-entropy), its descriptors at the teacher's keypoints (1 - cosine) and the matching loss of the
     # frozen matcher on those (the loss above); only the detector trains, its batch norms frozen
-    "distill": {"enabled": False, "score": 1.0, "descriptors": 1.0, "matching": 1.0},
+    # assignment: when > 0 (matcher training), the weight of the dense pretrained matcher's assignment as soft targets
+    # beside the ground truth (its match and dustbin probabilities; the dense model is always at hand)
+    "distill": {"enabled": False, "score": 1.0, "descriptors": 1.0, "matching": 1.0, "assignment": 0.0},
+    # gradual magnitude pruning of the trained network to the targets in prune.sparsity (pruning/gradual.py)
+    "prune": PRUNE_SETTINGS,
     "train": {
         "source": "sample",
         "split": "train",
@@ -131,6 +138,8 @@ CHECKS: dict[str, Check] = {
     "distill.score": Check(lo=0),
     "distill.descriptors": Check(lo=0),
     "distill.matching": Check(lo=0),
+    "distill.assignment": Check(lo=0),
+    **PRUNE_CHECKS,
     **{f"{part}.{k}": c for part in ("train", "val") for k, c in PAIRS_CHECKS.items()},
 }
 
@@ -186,20 +195,23 @@ class Run:
         self.matcher.to(device)
         self.teacher = None
         self.part = "matcher"
-        if config["distill"]["enabled"]:
+        distill = config["distill"]
+        if distill["enabled"] or distill["assignment"] > 0:
             if self.matcher.name != config["matcher"]:
                 raise InputError(
                     f"distill: the checkpoint holds {self.matcher.name}, the config's matcher (the teacher) is "
                     f"{config['matcher']}"
                 )
-            # the teacher: the dense pretrained model of this config, frozen
+            # the teacher: the dense pretrained model of this config, frozen (enabled: its detector teaches the
+            # detector, the matcher frozen; assignment: its matching network's assignment teaches the matcher's)
             self.teacher = build_matcher(config["matcher"], config.get("matcher_config")).to(device).eval()
             self.teacher.requires_grad_(False)
+        if distill["enabled"]:
             self.matcher.matcher.requires_grad_(False)
             self.part = "detector"
         self.net = getattr(self.matcher, self.part)  # the network that trains (its compression state kept true)
         params = self.params = list(self.net.parameters()) + (
-            list(self.matcher.detector.parameters()) if config["train_detector"] and self.teacher is None else []
+            list(self.matcher.detector.parameters()) if config["train_detector"] and self.part == "matcher" else []
         )
         if config["keep_zeros"] and state is not None:
             apply_masks(self.net, state["masks"])  # the masks of the run, not the zeros of its last checkpoint
@@ -208,6 +220,7 @@ class Run:
         # every compression state prepares its layer (linear grids: QAT shadows unless qat is off); after each
         # optimizer step enforce() makes the weights obey them again (masks, shared k-means values, grids)
         start_training(self.net, config)
+        self.pruner = gradual_pruning(self.net, config["prune"], config["steps"])
         self.optimizer = torch.optim.AdamW(params, lr=config["lr"], weight_decay=config["weight_decay"])
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: schedule(s, config["steps"], config["warmup"], config["min_lr_ratio"])
@@ -237,7 +250,7 @@ class Run:
         """Loss of the pair this rank trains on at ``step`` (a seeded choice: the same on resume)."""
         rng = np.random.default_rng([self.cfg["seed"], step, self.rank])
         pair = self.train_pairs[int(rng.integers(len(self.train_pairs)))]
-        if self.teacher is not None:
+        if self.part == "detector":
             return self.distill_loss(pair)
         if self.cfg["train_detector"]:
             data = self._extract_with_grad(pair)
@@ -255,7 +268,12 @@ class Run:
                 out = self.matcher.match(data)
             finally:
                 self.matcher.matcher = self.net
-        return matching_nll(out["log_assignment"], gt0, gt1, lc["balance"])
+        loss = matching_nll(out["log_assignment"], gt0, gt1, lc["balance"])
+        if self.teacher is not None:
+            with torch.no_grad(), self.teacher.every_layer():
+                taught = self.teacher.match(data)["log_assignment"]
+            loss = loss + self.cfg["distill"]["assignment"] * soft_nll(out["log_assignment"], taught)
+        return loss
 
     def distill_loss(self, pair) -> torch.Tensor:
         """Distillation of the detector on one pair: score maps, descriptors at the teacher's keypoints, and the
@@ -322,7 +340,8 @@ class Run:
     def save(self, summary: dict[str, float] | None) -> None:
         meta = {"step": self.step, "config": self.cfg, "val": summary}
         save_checkpoint(self.matcher, self.last, meta)
-        if summary is not None and summary["auc@3px"] > self.best:
+        pruned = self.pruner is None or self.step >= self.pruner.last  # best.pth: of the final sparsity only
+        if summary is not None and pruned and summary["auc@3px"] > self.best:
             self.best = summary["auc@3px"]
             save_checkpoint(self.matcher, self.best_path, meta)
         with atomic_path(self.state_path) as tmp:
@@ -338,6 +357,13 @@ class Run:
                 },
                 tmp,
             )
+
+
+def soft_nll(log_assignment: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of a log assignment against a teacher's, dustbins included: each cell weighted by the
+    teacher's probability of it (its matches and its unmatched points), per point of the two images."""
+    b, m1, n1 = teacher.shape
+    return -(teacher.float().exp() * log_assignment.float()).sum() / max(1, b * (m1 + n1 - 2))
 
 
 def read_state(path: Path) -> dict[str, Any]:
@@ -362,8 +388,11 @@ def read_state(path: Path) -> dict[str, Any]:
 
 
 def _config_id(config: dict[str, Any]) -> dict[str, str]:
-    # where it lives and how often it logs do not change what a run computes
-    return {"config_digest": config_digest({k: v for k, v in config.items() if k not in ("out", "log_every")})}
+    # where it lives and how often it logs do not change what a run computes; nor does a prune section that prunes
+    # nothing (runs of versions before it resume)
+    unpruned = (config.get("prune") or {}).get("sparsity") is None
+    ignored = ("out", "log_every") + ("prune",) * unpruned
+    return {"config_digest": config_digest({k: v for k, v in config.items() if k not in ignored})}
 
 
 def run_identity(config: dict[str, Any]) -> dict[str, Any]:
@@ -433,7 +462,18 @@ def log_row(path: Path, row: dict[str, Any], upto_step: int | None = None) -> No
     rows.append(
         {
             k: row.get(k, "")
-            for k in ("step", "loss", "lr", "steps_per_s", "skipped", "auc@1px", "auc@3px", "precision", "recall")
+            for k in (
+                "step",
+                "loss",
+                "lr",
+                "steps_per_s",
+                "skipped",
+                "sparsity",
+                "auc@1px",
+                "auc@3px",
+                "precision",
+                "recall",
+            )
         }
     )
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
@@ -502,6 +542,8 @@ def finetune(
                 logger.warning("non-finite loss at step %d: step skipped (%d so far)", run.step, run.skipped)
         run.scheduler.step()
         run.step += 1
+        if run.pruner is not None:
+            run.pruner(run.step)
         done_here += 1
         rate = done_here / (time.perf_counter() - start)
         lr = run.scheduler.get_last_lr()[0]
@@ -514,6 +556,8 @@ def finetune(
             mean_loss, losses = float(np.mean(losses)) if losses else float("nan"), []  # on every rank: none piles up
         if rank == 0 and logged:
             row = {"step": run.step, "loss": mean_loss, "lr": lr, "steps_per_s": rate, "skipped": run.skipped}
+            if run.pruner is not None:
+                row["sparsity"] = sparsity_report(run.net)["total"]
             if validation:
                 summary = run.validate()
                 run.save(summary)

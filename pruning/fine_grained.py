@@ -133,7 +133,14 @@ def sparsity_report(model: nn.Module) -> dict[str, float]:
 SPARSITY = Check(kind=(float, dict), words=("auto",), lo=0, hi=0.99, values=Check(kind=float, lo=0, hi=0.99))
 
 
-@register_method("fine-grained", settings={"sparsity": 0.5}, checks={"sparsity": SPARSITY}, needs=("sparsity",))
+@register_method(
+    "fine-grained",
+    settings={"sparsity": 0.5, "schedule": "one-shot"},
+    checks={"sparsity": SPARSITY, "schedule": Check(choices=("one-shot", "gradual"))},
+    needs=("sparsity",),
+)
 def fine_grained_method(job: Job) -> None:
-    """Magnitude pruning of the part at the variant's sparsity (one value, per-pattern values, or the scan's)."""
-    prune_fine_grained(job.net, job.levels if job.spec["sparsity"] == "auto" else job.spec["sparsity"])
+    """Magnitude pruning of the part at the variant's sparsity (one value, per-pattern values, or the scan's);
+    with ``schedule: gradual`` the pruning happens during the variant's finetuning instead (pruning/gradual.py)."""
+    if job.spec.get("schedule") != "gradual":
+        prune_fine_grained(job.net, job.levels if job.spec["sparsity"] == "auto" else job.spec["sparsity"])

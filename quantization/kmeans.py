@@ -149,6 +149,24 @@ def quantize_kmeans(model: nn.Module, bits: BitsSpec, iters: int = 30) -> dict[s
     return applied
 
 
+def other_weights(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Float parameters of two or more dimensions that are no layer's weight (ALIKED's descriptor aggregation)."""
+    layers = set(prunable_weights(model))
+    return {n: p for n, p in model.named_parameters() if p.ndim >= 2 and p.is_floating_point() and n not in layers}
+
+
+@torch.no_grad()
+def share_other_weights(model: nn.Module, bits: int) -> dict[str, int]:
+    """k-means value sharing of ``other_weights`` in place, without a layer state (there is no layer to hold one):
+    their values stay shared until they are trained, and checkpoints store them as values plus codes."""
+    if not 1 <= bits <= 8:
+        raise ValueError(f"k-means bits must be 1..8, got {bits}")
+    found = other_weights(model)
+    for p in found.values():
+        p.copy_(kmeans_values(p, bits))
+    return {n: bits for n in found}
+
+
 def quantized_layers(model: nn.Module) -> int:
     """How many layers of ``model`` have k-means codes (e.g. restored by loading a checkpoint)."""
     return sum("kmeans" in found for _, _, found in compressed_layers(model))
@@ -157,12 +175,22 @@ def quantized_layers(model: nn.Module) -> int:
 BITS = Check(kind=(int, dict), words=("auto",), lo=1, hi=8, values=Check(kind=int, lo=1, hi=8))
 
 
-@register_method("kmeans", settings={"bits": 8}, checks={"bits": BITS}, needs=("bits",), bits=lambda spec: spec["bits"])
+@register_method(
+    "kmeans",
+    settings={"bits": 8, "other_bits": None},
+    checks={"bits": BITS, "other_bits": Check(kind=int, nullable=True, lo=1, hi=8)},
+    needs=("bits",),
+    bits=lambda spec: "auto" if isinstance(spec["bits"], dict) else spec["bits"],  # per pattern: the method counts
+)
 def kmeans_method(job: Job) -> None:
-    """k-means weight sharing of the part: one bit width, per-pattern widths, or mixed widths a scan chose."""
-    if job.spec["bits"] != "auto":
-        quantize_kmeans(job.net, job.spec["bits"])
+    """k-means weight sharing of the part: one bit width, per-pattern widths, or mixed widths a scan chose; with
+    ``other_bits``, the part's other weight tensors too (``share_other_weights``)."""
+    if job.spec.get("other_bits") is not None:
+        share_other_weights(job.net, job.spec["other_bits"])
+    bits = job.spec["bits"]
+    if not isinstance(bits, dict) and bits != "auto":
+        quantize_kmeans(job.net, bits)
         return
-    applied = quantize_kmeans(job.net, {"*": job.base_bits, **job.levels})
+    applied = quantize_kmeans(job.net, bits if isinstance(bits, dict) else {"*": job.base_bits, **job.levels})
     weights = prunable_weights(job.net)
     job.bits = sum(b * weights[n].numel() for n, b in applied.items()) / sum(weights[n].numel() for n in applied)

@@ -150,3 +150,66 @@ def test_a_damaged_entropy_coded_field_is_one_clear_error(tmp_path):
     torch.save(payload, tmp_path / "damaged.pth")
     with pytest.raises(WeightsError, match="damaged checkpoint"):
         load_checkpoint(tmp_path / "damaged.pth")
+
+
+def test_a_detector_shared_by_kmeans_is_stored_as_codes_and_loads_bit_exact(tmp_path):
+    from compression.methods import Job, method
+    from models.weights import read_state_dict
+
+    m = build_matcher("aliked+lightglue", {"detector": {"max_keypoints": 128}})
+    dense_file = save_checkpoint(m, tmp_path / "dense.pth")
+    kmeans = method("kmeans")
+    kmeans.apply(Job(m, "detector", {**kmeans.settings, "method": "kmeans", "bits": 4, "other_bits": 4}))
+    agg = m.detector.desc_head.agg_weights
+    assert torch.unique(agg).numel() <= 16  # ALIKED's aggregation weights: no layer's, shared too
+    path = save_checkpoint(m, tmp_path / "shared.pth")
+    payload = read_state_dict(path)
+    assert payload["version"] == 5 and payload["tensors"]["detector.desc_head.agg_weights"]["kind"] == "shared"
+    back = load_checkpoint(path)
+    for k, v in m.state_dict().items():  # bit for bit (signed zeros too)
+        assert torch.equal(back.state_dict()[k].reshape(-1).view(torch.uint8), v.reshape(-1).view(torch.uint8)), k
+    detector_bytes = lambda p: sum(  # noqa: E731
+        t.numel() * t.element_size()
+        for k, e in read_state_dict(p)["tensors"].items()
+        if k.startswith("detector.")
+        for t in e.values()
+        if isinstance(t, torch.Tensor)
+    )
+    assert detector_bytes(path) < detector_bytes(dense_file) / 6  # 4 bits of 32, entropy-coded
+    with torch.no_grad():
+        agg.view(-1)[:2] = torch.tensor([0.0, -0.0])  # +0 and -0 are one value but two bit patterns: stored as floats
+    assert (
+        read_state_dict(save_checkpoint(m, tmp_path / "zeros.pth"))["tensors"]["detector.desc_head.agg_weights"]["kind"]
+        != "shared"
+    )
+    back = load_checkpoint(tmp_path / "zeros.pth").detector.desc_head.agg_weights
+    assert torch.equal(back.view(torch.uint8), agg.detach().contiguous().view(torch.uint8))
+
+
+def test_biases_norms_and_codebooks_in_float16_values_are_stored_in_float16_and_load_bit_exact(tmp_path):
+    from compression import coding
+    from models.weights import read_state_dict
+    from quantization.half import half_floats
+    from quantization.kmeans import quantize_kmeans
+
+    m = build_matcher("aliked+lightglue", {"detector": {"max_keypoints": 128}})
+    quantize_kmeans(m.matcher, 2)
+    before = save_checkpoint(m, tmp_path / "fp32.pth")
+    weights = {k: v.clone() for k, v in m.state_dict().items() if v.ndim >= 2}
+    assert half_floats(m) > 0
+    after = m.state_dict()
+    for k, v in after.items():
+        if v.is_floating_point() and v.ndim <= 1:
+            assert coding.exactly_half(v), k
+    changed = [k for k, v in weights.items() if not torch.equal(after[k], v)]
+    assert changed and all(k.startswith("matcher.") for k in changed)  # k-means weights: their codebooks rounded
+    path = save_checkpoint(m, tmp_path / "fp16.pth")
+    entry = read_state_dict(path)["tensors"]["matcher.transformers.0.self_attn.ffn.1.bias"]
+    assert entry["half"] == ["tensor"]  # stored in float16 (then entropy-coded by byte planes where smaller)
+    assert entry.get("tensor.dtype", str(entry["tensor"].dtype).split(".")[-1]) == "float16"
+    assert path.stat().st_size < before.stat().st_size - 50_000  # ~50k float32 biases and norms: half the bytes
+    back = load_checkpoint(path).state_dict()
+    for k, v in after.items():
+        assert back[k].dtype == v.dtype and torch.equal(
+            back[k].reshape(-1).view(torch.uint8), v.reshape(-1).view(torch.uint8)
+        ), k

@@ -1,5 +1,6 @@
 """finetune.py: resumes exactly, keeps sparsity, skips NaN steps, runs data-parallel, fails clearly."""
 
+import csv
 import subprocess
 import sys
 
@@ -156,6 +157,8 @@ def test_two_process_gloo_run_writes_one_checkpoint(tmp_path):
     [
         ("checkpoint=/nope/pruned.pth", "checkpoint not found"),
         ("train.source=/nope/coco.zip", "image source not found"),
+        ("prune.sparsity={'nope.*': 0.5}", "prune.sparsity: sparsity pattern 'nope.*' matches no"),
+        ("prune.sparsity=1.5", "prune.sparsity"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, override, message):
@@ -248,3 +251,50 @@ def test_an_adaptive_lightglue_checkpoint_trains_on_every_layer_and_keeps_its_se
     with m.every_layer():
         assert (m.matcher.conf.depth_confidence, m.matcher.conf.width_confidence) == (-1, -1)
     assert m.matcher.conf.depth_confidence == 0.95
+
+
+def test_cubic_schedule_rises_fast_then_slow_and_reaches_the_target():
+    from pruning.gradual import cubic_sparsity
+
+    s = [cubic_sparsity(t, 100, 0.8, 0.1, 0.6) for t in range(101)]
+    assert s[:11] == [0.0] * 11 and s[60:] == [0.8] * 41
+    rises = [b - a for a, b in zip(s[10:60], s[11:61])]
+    assert all(r >= 0 for r in rises) and rises[0] > rises[-1] > 0  # Zhu & Gupta: fast first, slow last
+    assert s[35] == pytest.approx(0.8 * (1 - 0.5**3))
+
+
+def test_gradual_pruning_ramps_to_exact_targets_never_regrows_and_resumes_exactly(tmp_path):
+    from compression.tensors import prunable_weights
+
+    prune = {"sparsity": {"*transformers*": 0.8}, "start": 0.0, "end": 0.5, "every": 2}
+    ramp = merge_config(TINY, {"steps": 8, "log_every": 1, "val": {"every": 4}, "prune": prune})
+    straight = finetune.finetune(config(tmp_path / "a", **ramp), progress=False)
+    m = load_checkpoint(tmp_path / "a" / "last.pth").matcher
+    report = sparsity_report(m)
+    targets = {n: w.numel() for n, w in prunable_weights(m).items() if "transformers" in n}
+    assert all(round(report[n] * k) == round(0.8 * k) for n, k in targets.items())  # exact, as one-shot pruning
+    assert all(report[n] == 0 for n in report if n != "total" and n not in targets)
+    assert straight["sparsity"] == report["total"]
+    log = list(csv.DictReader(open(tmp_path / "a" / "log.csv")))
+    ramped = [float(r["sparsity"]) for r in log[1:]]
+    assert ramped == sorted(ramped) and ramped[0] < ramped[3] == ramped[-1]  # rising, then held from step 4
+    # killed after step 5 (between two pruning steps): resumes from step 4's checkpoint to the same weights
+    finetune.finetune(config(tmp_path / "b", **ramp), stop_after=5, progress=False)
+    finetune.finetune(config(tmp_path / "b", **ramp), progress=False)
+    a, b = weights(tmp_path / "a" / "last.pth"), weights(tmp_path / "b" / "last.pth")
+    assert all(torch.equal(a[k] == 0, b[k] == 0) and torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_gradual_pruning_of_a_quantized_model_is_refused_and_an_unpruned_config_resumes_old_runs(tmp_path):
+    from helper import InputError
+    from pruning.gradual import GradualPruning
+    from quantization.kmeans import quantize_kmeans
+
+    m = build_matcher("aliked+lightglue", TINY["matcher_config"])
+    quantize_kmeans(m.matcher, {"*transformers.0.*": 4})
+    with pytest.raises(InputError, match="already quantized"):
+        GradualPruning(m.matcher, 0.5, 10, 0.0, 0.5, 1)
+    with pytest.raises(InputError, match="prune.sparsity"):
+        GradualPruning(m.matcher, {"no-such-layer": 0.5}, 10, 0.0, 0.5, 1)
+    old = {k: v for k, v in config(tmp_path / "x").items() if k != "prune"}  # a config of an older version
+    assert finetune.run_identity(old) == finetune.run_identity(config(tmp_path / "x"))

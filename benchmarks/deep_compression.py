@@ -1,0 +1,202 @@
+"""Deep compression of a whole pipeline (Han et al. 2016): gradual pruning, trained k-means, a k-means detector and
+entropy-coded files; its size against its accuracy.
+
+    python benchmarks/deep_compression.py [--sparsity 0.8] [--bits 2] [--detector_bits 4] [--steps 500]
+        [--kmeans_steps 100] [--assignment 1.0] [--num_pairs 150] [--out runs/deep_compression]
+    python benchmarks/deep_compression.py --matcher superpoint+superglue --random-weights   # the file sizes only
+
+The recipe, on the demo's matcher (aliked+lightglue, 512 keypoints, every layer):
+
+1. the matching network pruned gradually during finetuning (pruning/gradual.py: the cubic schedule of Zhu & Gupta,
+   from 0 to ``--sparsity`` over the first 60 % of ``--steps``, then recovery at it), trained on homography pairs of
+   the training photos with the ground-truth loss plus, with ``--assignment``, the dense matcher's assignment as
+   soft targets;
+2. its non-zero weights shared by k-means at ``--bits`` and the codebooks finetuned (``--kmeans_steps``);
+3. the detector's weights shared by k-means at ``--detector_bits`` (its convolutions and ALIKED's descriptor
+   aggregation), untrained, but its tensors of fewer than ``--detector_small`` weights at 8 bits: its first layers,
+   heads and deformable offsets, 18 % of ALIKED's weights, are what 4 bits break (on 24 val pairs: its convolutions all
+   at 4 bits lose 14 points of AUC@3px, the small ones alone at 4 bits 3–6 points each, the large ones ~0);
+4. the biases, norms and codebooks in float16 values (``quantization/half.py``);
+5. each stage saved in the project's checkpoint format (entropy-coded, bit-exact on load).
+
+It prints, for each stage, the file's size and its ratio to the dense file, the matching network's share alone (the
+number the original course project reported), bits per weight of the pipeline, how far the file's coded symbol
+streams are above their empirical entropy, and on ``--num_pairs`` val pairs of the demo (640×480, PoseLib LO-RANSAC)
+AUC@1/3/5 px with 95 % intervals and the paired difference of AUC@3px to dense, and draws the size-vs-accuracy
+figure ``<out>/<matcher>/size_vs_auc.png`` (with ``--results``, an experiment's variants beside them). Finetuning runs
+and evaluations resume after a kill (under ``--out``). With ``--random-weights`` (superpoint+superglue here: the
+official weights are Colab's) the same recipe runs for a few steps and only the sizes are printed; the accuracy is
+Colab's (``configs/coco.yaml``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from end_to_end import CALIBRATION, ESTIMATOR, VAL  # a sibling script
+
+from compression.tensors import prunable_weights
+from data.pairs import make_pairs
+from helper import (
+    ArgumentParser,
+    InputError,
+    file_sha1,
+    git_commit,
+    int_in,
+    positive_int,
+    read_json,
+    run_cli,
+    write_json,
+)
+from models.lightglue import EVERY_LAYER
+from models.matching import build_matcher
+from pipeline.checkpoint import coding_summary, load_checkpoint, save_checkpoint, stored_bytes
+from pipeline.evaluation import FeatureCache, evaluate
+from pipeline.figures import plot_tradeoff
+from pipeline.metrics import paired_difference, summarize
+from pipeline.training import DEFAULTS, checked_config, finetune
+from quantization.half import half_floats
+from quantization.kmeans import quantize_kmeans, share_other_weights
+
+TRAIN = {**CALIBRATION, "num_pairs": 100, "augment": 1.0}  # training photos (never val), photometric changes
+
+
+def pipeline_config(matcher: str, pretrained: bool) -> dict[str, Any]:
+    if matcher == "aliked+lightglue":
+        return {"detector": {"max_keypoints": 512}, "matcher": dict(EVERY_LAYER)}
+    weights = {} if pretrained else {"weights": None}
+    return {"superpoint": {**weights, "max_keypoints": 512}, "superglue": weights}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--matcher", default="aliked+lightglue", choices=["aliked+lightglue", "superpoint+superglue"])
+    p.add_argument("--random-weights", "--random_weights", dest="random_weights", action="store_true",
+                   help="random weights: the recipe's wiring and file sizes only")  # fmt: skip
+    p.add_argument("--sparsity", type=float, default=0.8, help="final sparsity of the matching network's weights")
+    p.add_argument("--bits", type=int_in(1, 8), default=2, help="k-means bits of the matching network")
+    p.add_argument("--detector_bits", type=int_in(1, 8), default=4, help="k-means bits of the detector")
+    p.add_argument("--detector_small", type=int_in(0, 10**9), default=32768,
+                   help="the detector's tensors of fewer weights keep 8 bits (its first layers and heads)")  # fmt: skip
+    p.add_argument("--steps", type=positive_int, default=500, help="gradual pruning steps (one training pair each)")
+    p.add_argument("--kmeans_steps", type=positive_int, default=100, help="codebook finetuning steps")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--assignment", type=float, default=1.0, help="weight of the dense assignment as soft targets")
+    p.add_argument("--num_pairs", type=int_in(2, 10_000), default=150, help="val pairs for accuracy")
+    p.add_argument("--out", default="runs/deep_compression")
+    p.add_argument("--results", default=None, help="an experiment's results.json (e.g. runs/demo/results.json, the "
+                   "same val pairs): its variants on the size figure too")  # fmt: skip
+    p.add_argument("--json", default=None, help="write every number here")
+    args = p.parse_args(argv)
+    if not 0 < args.sparsity < 1:
+        raise InputError(f"--sparsity must be in (0, 1), got {args.sparsity}")
+    pretrained = not args.random_weights
+    demo = read_json(args.results, "--results") if args.results else []  # read first: a bad path loses no work
+    if not isinstance(demo, list) or not all(isinstance(r, dict) and "size_bytes" in r for r in demo):
+        raise InputError(f"--results: {args.results} is not an experiment's results.json (a list of variants)")
+    if args.matcher == "superpoint+superglue" and pretrained:
+        raise InputError("the official SuperPoint/SuperGlue weights are not here: add --random-weights")
+    out = Path(args.out) / args.matcher
+    out.mkdir(parents=True, exist_ok=True)
+    steps, kmeans_steps = (args.steps, args.kmeans_steps) if pretrained else (4, 2)
+    base = {
+        "matcher": args.matcher,
+        "matcher_config": pipeline_config(args.matcher, pretrained),
+        "lr": args.lr,
+        "distill": {**DEFAULTS["distill"], "assignment": args.assignment},
+        "train": TRAIN if pretrained else {**TRAIN, "num_pairs": 2, "size": [160, 120]},
+        "val": {**VAL, "num_pairs": 16} if pretrained else {**VAL, "num_pairs": 2, "size": [160, 120]},
+    }
+
+    def tuned(name: str, checkpoint: Path | None, n: int, **extra: Any) -> Path:
+        cfg = {**DEFAULTS, **base, "checkpoint": str(checkpoint) if checkpoint else None, "out": str(out / name),
+               "steps": n, "val": {**base["val"], "every": max(1, n // 3)}, **extra}  # fmt: skip
+        finetune(checked_config(cfg))
+        path = out / f"{name}.pth"
+        shutil.copyfile(out / name / "last.pth", path)  # the last, not the best: the val pairs pick that one
+        return path
+
+    dense = build_matcher(args.matcher, base["matcher_config"])
+    paths = {"dense": save_checkpoint(dense, out / "dense.pth")}
+    prune = {"sparsity": args.sparsity, "start": 0.0, "end": 0.6, "every": max(1, steps // 50)}
+    paths[f"gradual pruning {args.sparsity:.0%}"] = pruned = tuned("pruned", None, steps, prune=prune)
+    shared = out / "kmeans.pth"  # its finetuning run is bound to these bytes: made again only from other weights
+    made_from = {"source_sha1": file_sha1(pruned), "bits": args.bits}
+    record = out / "kmeans.json"
+    if not (shared.is_file() and record.is_file() and read_json(record) == made_from):
+        m = load_checkpoint(pruned)
+        quantize_kmeans(m.matcher, args.bits)
+        save_checkpoint(m, shared)
+        write_json(record, made_from)
+    paths[f"+ k-means {args.bits} bits, trained"] = kmeans = tuned("kmeans", shared, kmeans_steps)
+    m = load_checkpoint(kmeans)
+    small = {n: 8 for n, w in prunable_weights(m.detector).items() if w.numel() < args.detector_small}
+    quantize_kmeans(m.detector, {"*": args.detector_bits, **small})
+    share_other_weights(m.detector, args.detector_bits)
+    detector = f"+ detector k-means {args.detector_bits} bits"
+    paths[detector + (f" (8: {len(small)} small)" if small else "")] = save_checkpoint(m, out / "detector.pth")
+    half_floats(m)
+    paths["+ float16 biases, norms, codebooks"] = save_checkpoint(m, out / "final.pth")
+
+    weights = sum(p.numel() for p in dense.parameters())
+    dense_bytes, dense_matcher = paths["dense"].stat().st_size, stored_bytes(paths["dense"], "matcher.")
+    report: dict[str, Any] = {"args": vars(args), "git_commit": git_commit(), "weights": weights, "rows": {}}
+    rows: dict[str, list[dict]] = {}
+    if pretrained:
+        val = {**VAL, "num_pairs": args.num_pairs}
+        pairs, cache = make_pairs(val), FeatureCache()
+        for i, (name, path) in enumerate(paths.items()):
+            record, key = (
+                out / f"evaluation-{i}.json",
+                {"checkpoint_sha1": file_sha1(path), "val": val, "estimator": ESTIMATOR},
+            )
+            saved = read_json(record) if record.is_file() else None
+            if saved is not None and saved.get("key") == key:  # this very file on these pairs: read back
+                rows[name] = saved["rows"]
+                continue
+            rows[name] = evaluate(load_checkpoint(path), pairs, cache, desc=name, **ESTIMATOR)["rows"]
+            write_json(record, {"key": key, "rows": rows[name]})
+    accuracy = f"; accuracy on {args.num_pairs} val pairs at 640×480" if pretrained else " (random weights)"
+    print(f"{args.matcher}: {weights / 1e6:.2f} M weights; sizes are the checkpoint files{accuracy}")
+    header = f"{'stage':40} {'MB':>6} {'× dense':>8} {'matcher ×':>9} {'bits/w':>6} {'> entropy':>9}"
+    print(header + (f"  {'AUC@1/3/5 px':17} {'AUC@3px [95 %]':>19} {'Δ AUC@3px [95 %]':>22}" if pretrained else ""))
+    for name, path in paths.items():
+        size, coded = path.stat().st_size, coding_summary(path)
+        row = {
+            "file_bytes": size,
+            "ratio": dense_bytes / size,
+            "matcher_ratio": dense_matcher / max(1, stored_bytes(path, "matcher.")),
+            "bits_per_weight": 8 * size / weights,
+            # how far its codes and masks are above their entropy (none to speak of in a dense file)
+            "above_entropy": coded["code_bytes"] / coded["code_entropy_bytes"] - 1
+            if coded["code_bytes"] > 1024
+            else None,
+            "coding": coded,
+        }
+        above = "—" if row["above_entropy"] is None else f"{row['above_entropy']:.1%}"
+        line = (f"{name:40} {size / 1e6:6.2f} {row['ratio']:7.1f}× {row['matcher_ratio']:8.1f}× "
+                f"{row['bits_per_weight']:6.2f} {above:>9}")  # fmt: skip
+        if pretrained:
+            s, d = summarize(rows[name]), paired_difference(rows[name], rows["dense"])["auc@3px"]
+            ci, di = s["intervals"]["auc@3px"], d["interval"]
+            aucs = "/".join(f"{s[f'auc@{t}px']:.3f}" for t in (1, 3, 5))
+            line += (f"  {aucs:17} {s['auc@3px']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] "
+                     f"{d['difference']:+.3f} [{di[0]:+.3f}, {di[1]:+.3f}]")  # fmt: skip
+            row.update(summary=s, auc3_difference=d)
+        print(line)
+        report["rows"][name] = row
+    if pretrained:  # size against accuracy: these stages, and the variants of a results.json beside them
+        points = [{"name": "dense" if n == "dense" else f"deep: {n}", "method": "deep" if n != "dense" else "dense",
+                   "size_bytes": r["file_bytes"], **r["summary"]} for n, r in report["rows"].items()]  # fmt: skip
+        points += [{**r, "name": f"{r['name']} ({Path(args.results).parent.name})"}
+                   for r in demo if r.get("method") != "dense"]  # fmt: skip
+        report["figure"] = str(plot_tradeoff(points, out / "size_vs_auc")[0])
+        print(f"figure: {report['figure']}")
+    if args.json:
+        write_json(args.json, report)
+
+
+if __name__ == "__main__":
+    run_cli(main)
