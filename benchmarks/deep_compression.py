@@ -1,7 +1,7 @@
 """Deep compression of a whole pipeline (Han et al. 2016): gradual pruning, trained k-means, a k-means detector and
 entropy-coded files; its size against its accuracy.
 
-    python benchmarks/deep_compression.py [--sparsity 0.8] [--bits 2] [--detector_bits 4] [--steps 500]
+    python benchmarks/deep_compression.py [--sparsity 0.85] [--bits 2] [--detector_bits 4] [--steps 600]
         [--kmeans_steps 100] [--assignment 1.0] [--num_pairs 150] [--out runs/deep_compression]
     python benchmarks/deep_compression.py --matcher superpoint+superglue --random-weights   # the file sizes only
 
@@ -23,7 +23,8 @@ It prints, for each stage, the file's size and its ratio to the dense file, the 
 number the original course project reported), bits per weight of the pipeline, how far the file's coded symbol
 streams are above their empirical entropy, and on ``--num_pairs`` val pairs of the demo (640×480, PoseLib LO-RANSAC)
 AUC@1/3/5 px with 95 % intervals and the paired difference of AUC@3px to dense, and draws the size-vs-accuracy
-figure ``<out>/<matcher>/size_vs_auc.png`` (with ``--results``, an experiment's variants beside them). Finetuning runs
+figures ``<out>/<matcher>/size_vs_auc.png`` (the whole file; with ``--results``, an experiment's variants or another
+run's stages beside them) and ``matcher_size_vs_auc.png`` (the matching network's tensors alone). Finetuning runs
 and evaluations resume after a kill (under ``--out``). With ``--random-weights`` (superpoint+superglue here: the
 official weights are Colab's) the same recipe runs for a few steps and only the sizes are printed; the accuracy is
 Colab's (``configs/coco.yaml``).
@@ -35,7 +36,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from end_to_end import CALIBRATION, ESTIMATOR, VAL  # a sibling script
+from end_to_end import CALIBRATION, ESTIMATOR, VAL, accuracy_columns  # a sibling script
 
 from compression.tensors import prunable_weights
 from data.pairs import make_pairs
@@ -55,12 +56,30 @@ from models.matching import build_matcher
 from pipeline.checkpoint import coding_summary, load_checkpoint, save_checkpoint, stored_bytes
 from pipeline.evaluation import FeatureCache, evaluate
 from pipeline.figures import plot_tradeoff
-from pipeline.metrics import paired_difference, summarize
 from pipeline.training import DEFAULTS, checked_config, finetune
 from quantization.half import half_floats
 from quantization.kmeans import quantize_kmeans, share_other_weights
 
 TRAIN = {**CALIBRATION, "num_pairs": 100, "augment": 1.0}  # training photos (never val), photometric changes
+
+
+def stage_points(report: dict[str, Any], tag: str) -> list[dict[str, Any]]:
+    """The figure's points of a report (this run's or another's ``--json``): one per stage, dense first."""
+    return [
+        {"name": "dense" if n == "dense" else f"{tag}: {n}", "method": "dense" if n == "dense" else "deep",
+         "size_bytes": r["file_bytes"], "matcher_bytes": r["matcher_bytes"], **r["summary"]}
+        for n, r in report["rows"].items()
+    ]  # fmt: skip
+
+
+def other_points(path: str) -> list[dict[str, Any]]:
+    """Points for the size figures from an experiment's results.json or another run's ``--json``."""
+    data = read_json(path, "--results")
+    if isinstance(data, dict) and all("summary" in r and "matcher_bytes" in r for r in data.get("rows", {}).values()):
+        return stage_points(data, f"{data['args']['sparsity']:.0%}")
+    if isinstance(data, list) and all(isinstance(r, dict) and "size_bytes" in r and "name" in r for r in data):
+        return [{**r, "name": f"{r['name']} ({Path(path).parent.name})"} for r in data]
+    raise InputError(f"--results: {path} is neither an experiment's results.json nor a report of this script (--json)")
 
 
 def pipeline_config(matcher: str, pretrained: bool) -> dict[str, Any]:
@@ -75,27 +94,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--matcher", default="aliked+lightglue", choices=["aliked+lightglue", "superpoint+superglue"])
     p.add_argument("--random-weights", "--random_weights", dest="random_weights", action="store_true",
                    help="random weights: the recipe's wiring and file sizes only")  # fmt: skip
-    p.add_argument("--sparsity", type=float, default=0.8, help="final sparsity of the matching network's weights")
+    p.add_argument("--sparsity", type=float, default=0.85, help="final sparsity of the matching network's weights")
     p.add_argument("--bits", type=int_in(1, 8), default=2, help="k-means bits of the matching network")
     p.add_argument("--detector_bits", type=int_in(1, 8), default=4, help="k-means bits of the detector")
     p.add_argument("--detector_small", type=int_in(0, 10**9), default=32768,
                    help="the detector's tensors of fewer weights keep 8 bits (its first layers and heads)")  # fmt: skip
-    p.add_argument("--steps", type=positive_int, default=500, help="gradual pruning steps (one training pair each)")
+    p.add_argument("--steps", type=positive_int, default=600, help="gradual pruning steps (one training pair each)")
     p.add_argument("--kmeans_steps", type=positive_int, default=100, help="codebook finetuning steps")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--assignment", type=float, default=1.0, help="weight of the dense assignment as soft targets")
     p.add_argument("--num_pairs", type=int_in(2, 10_000), default=150, help="val pairs for accuracy")
     p.add_argument("--out", default="runs/deep_compression")
-    p.add_argument("--results", default=None, help="an experiment's results.json (e.g. runs/demo/results.json, the "
-                   "same val pairs): its variants on the size figure too")  # fmt: skip
+    p.add_argument("--results", nargs="+", default=[], metavar="JSON",
+                   help="on the size figures too: an experiment's results.json (e.g. runs/demo/results.json, the same "
+                   "val pairs) or another run's --json (e.g. another --sparsity)")  # fmt: skip
     p.add_argument("--json", default=None, help="write every number here")
     args = p.parse_args(argv)
     if not 0 < args.sparsity < 1:
         raise InputError(f"--sparsity must be in (0, 1), got {args.sparsity}")
     pretrained = not args.random_weights
-    demo = read_json(args.results, "--results") if args.results else []  # read first: a bad path loses no work
-    if not isinstance(demo, list) or not all(isinstance(r, dict) and "size_bytes" in r for r in demo):
-        raise InputError(f"--results: {args.results} is not an experiment's results.json (a list of variants)")
+    others = [other_points(path) for path in args.results]  # read first: a bad file loses no work
     if args.matcher == "superpoint+superglue" and pretrained:
         raise InputError("the official SuperPoint/SuperGlue weights are not here: add --random-weights")
     out = Path(args.out) / args.matcher
@@ -114,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = {**DEFAULTS, **base, "checkpoint": str(checkpoint) if checkpoint else None, "out": str(out / name),
                "steps": n, "val": {**base["val"], "every": max(1, n // 3)}, **extra}  # fmt: skip
         finetune(checked_config(cfg))
-        path = out / f"{name}.pth"
+        path = out / f"{name}-trained.pth"  # beside its input (kmeans.pth), never over it
         shutil.copyfile(out / name / "last.pth", path)  # the last, not the best: the val pairs pick that one
         return path
 
@@ -167,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         row = {
             "file_bytes": size,
             "ratio": dense_bytes / size,
+            "matcher_bytes": stored_bytes(path, "matcher."),
             "matcher_ratio": dense_matcher / max(1, stored_bytes(path, "matcher.")),
             "bits_per_weight": 8 * size / weights,
             # how far its codes and masks are above their entropy (none to speak of in a dense file)
@@ -179,21 +198,24 @@ def main(argv: list[str] | None = None) -> None:
         line = (f"{name:40} {size / 1e6:6.2f} {row['ratio']:7.1f}× {row['matcher_ratio']:8.1f}× "
                 f"{row['bits_per_weight']:6.2f} {above:>9}")  # fmt: skip
         if pretrained:
-            s, d = summarize(rows[name]), paired_difference(rows[name], rows["dense"])["auc@3px"]
-            ci, di = s["intervals"]["auc@3px"], d["interval"]
-            aucs = "/".join(f"{s[f'auc@{t}px']:.3f}" for t in (1, 3, 5))
-            line += (f"  {aucs:17} {s['auc@3px']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] "
-                     f"{d['difference']:+.3f} [{di[0]:+.3f}, {di[1]:+.3f}]")  # fmt: skip
+            text, s, d = accuracy_columns(rows[name], rows["dense"])
+            line += "  " + text
             row.update(summary=s, auc3_difference=d)
         print(line)
         report["rows"][name] = row
-    if pretrained:  # size against accuracy: these stages, and the variants of a results.json beside them
-        points = [{"name": "dense" if n == "dense" else f"deep: {n}", "method": "deep" if n != "dense" else "dense",
-                   "size_bytes": r["file_bytes"], **r["summary"]} for n, r in report["rows"].items()]  # fmt: skip
-        points += [{**r, "name": f"{r['name']} ({Path(args.results).parent.name})"}
-                   for r in demo if r.get("method") != "dense"]  # fmt: skip
-        report["figure"] = str(plot_tradeoff(points, out / "size_vs_auc")[0])
-        print(f"figure: {report['figure']}")
+    if pretrained:  # size against accuracy, the whole file and the matching network alone: these stages and others
+        points = stage_points(report, f"{args.sparsity:.0%}")  # dense first, then this run's stages
+        points += [p for ps in others for p in ps if p["method"] != "dense"]
+        floor = points[0]["auc@3px"] - 0.1  # a zoom on what is near dense: the far-off ones, named, are left off
+        if off := [p["name"] for p in points if p["auc@3px"] < floor]:
+            print(f"left off the figures (AUC@3px under {floor:.3f}): {', '.join(off)}")
+        points = [p for p in points if p["auc@3px"] >= floor]
+        alone = [p for p in points if "matcher_bytes" in p]  # experiments' variants record no such split
+        report["figures"] = [
+            str(plot_tradeoff(points, out / "size_vs_auc")[0]),
+            str(plot_tradeoff(alone, out / "matcher_size_vs_auc", x="matcher_bytes")[0]),
+        ]
+        print("figures: " + ", ".join(report["figures"]))
     if args.json:
         write_json(args.json, report)
 

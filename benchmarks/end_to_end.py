@@ -148,6 +148,18 @@ def ratio_interval(mine: np.ndarray, base: np.ndarray, seed: int = 0) -> tuple[f
     return float(np.median(ratios)), [float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))]
 
 
+def accuracy_columns(rows: list[dict], reference: list[dict]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """A pipeline's printed accuracy on per-pair ``rows``: AUC@1/3/5 px, AUC@3px with its interval, and its paired
+    difference to ``reference`` (the same pairs) with its interval; also the summary and the difference."""
+    s, d = summarize(rows), paired_difference(rows, reference)["auc@3px"]
+    ci, di = s["intervals"]["auc@3px"], d["interval"]
+    aucs = "/".join(f"{s[f'auc@{t}px']:.3f}" for t in (1, 3, 5))
+    text = (
+        f"{aucs:17} {s['auc@3px']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] {d['difference']:+.3f} [{di[0]:+.3f}, {di[1]:+.3f}]"
+    )
+    return text, s, d
+
+
 def main(argv: list[str] | None = None) -> None:
     p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--matcher", default="aliked+lightglue", choices=["aliked+lightglue", "superpoint+superglue"])
@@ -203,12 +215,8 @@ def main(argv: list[str] | None = None) -> None:
         line = f"{name:38} {np.median(times[name]):8.0f} {ratio:6.2f} [{span[0]:.2f}, {span[1]:.2f}]"
         entry: dict[str, Any] = {"pair_ms": float(np.median(times[name])), "time_ratio": ratio, "time_ratio_ci": span}
         if pretrained:
-            s = summarize(rows[name])
-            d = paired_difference(rows[name], rows["stock"])["auc@3px"]
-            ci = s["intervals"]["auc@3px"]
-            aucs = "/".join(f"{s[f'auc@{t}px']:.3f}" for t in (1, 3, 5))
-            line += (f"  {aucs:17} {s['auc@3px']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] "
-                     f"{d['difference']:+.3f} [{d['interval'][0]:+.3f}, {d['interval'][1]:+.3f}]")  # fmt: skip
+            text, s, d = accuracy_columns(rows[name], rows["stock"])
+            line += "  " + text
             entry.update(summary=s, auc3_difference=d)
         print(line)
         report["rows"][name] = entry

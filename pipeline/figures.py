@@ -132,10 +132,13 @@ def plot_tradeoff(
             best = v[y]
     ax.plot([v[x] for v in front], [v[y] for v in front], "k:", linewidth=1, label="Pareto front")
     ax.set_xscale("log")
-    readable_log_ticks(ax, {"size_bytes": (1e6, " MB"), "macs": (1e9, " G")}.get(x, (1.0, "")))
-    ax.set_xlabel({"size_bytes": "size on disk", "macs": "MACs", "latency_ms": "latency (ms)"}.get(x, x))
+    readable_log_ticks(
+        ax, {"size_bytes": (1e6, " MB"), "matcher_bytes": (1e6, " MB"), "macs": (1e9, " G")}.get(x, (1.0, ""))
+    )
+    labels = {"size_bytes": "size on disk", "matcher_bytes": "matching network's tensors on disk", "macs": "MACs"}
+    ax.set_xlabel({**labels, "latency_ms": "latency (ms)"}.get(x, x))
     ax.set_ylabel(y)
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: it hides no point
     ax.grid(alpha=0.3, which="both")
     return save_figure(fig, out)
 

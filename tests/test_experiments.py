@@ -172,7 +172,12 @@ def test_coco_preset_runs_end_to_end_with_random_weights(tmp_path):
     # the tiny fixture's keypoint budget is ALIKED's ('detector'); SuperPoint's lives under 'superpoint'
     config["matcher_config"]["superpoint"]["max_keypoints"] = config["matcher_config"].pop("detector")["max_keypoints"]
     config = experiment_config([], [], base=config)
-    deep = ("superglue-gradual85+kmeans-2bit", "deep-compression")
+    deep = (
+        "superglue-gradual85+kmeans-2bit",
+        "deep-compression",
+        "superglue-gradual90+kmeans-2bit",
+        "deep-compression-90",
+    )
     config["quantization"] = [
         s for s in config["quantization"] if "int8-onnxruntime" in s["method"] or s["name"] in deep
     ]
@@ -183,9 +188,9 @@ def test_coco_preset_runs_end_to_end_with_random_weights(tmp_path):
     fast = ("superglue-sinkhorn10-int8", "fast-pipeline-int8")
     assert set(rows) == {"dense", "superglue-int8-onnxruntime", "superpoint-int8-onnxruntime", *fast} | {
         f"{n}{ft}"
-        for n in ("superglue-attn80-mlp80", "superglue-auto", "superpoint-channel50", "superglue-channel50", deep[0])
+        for n in ("superglue-attn80-mlp80", "superglue-auto", "superpoint-channel50", "superglue-channel50", *deep[::2])
         for ft in ("", " +ft")
-    } | {"superglue-gradual85 +ft", "deep-compression"}  # gradual pruning has no row before its finetuning
+    } | {"superglue-gradual85 +ft", "superglue-gradual90 +ft", *deep[1::2]}  # gradual: no row before its finetuning
     gradual = load_checkpoint(rows["superglue-gradual85 +ft"]["checkpoint"]).superglue
     assert sparsity_report(gradual)["total"] == pytest.approx(0.85, abs=1e-3)  # reached while it trained
     smallest = rows["deep-compression"]
