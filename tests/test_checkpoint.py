@@ -6,7 +6,7 @@ from conftest import FIXTURES
 
 from models.matching import build_matcher
 from models.weights import WeightsError
-from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.checkpoint import load_checkpoint, save_checkpoint, stored_bytes
 
 
 def shrink_superglue_head(matcher, keep):
@@ -168,14 +168,7 @@ def test_a_detector_shared_by_kmeans_is_stored_as_codes_and_loads_bit_exact(tmp_
     back = load_checkpoint(path)
     for k, v in m.state_dict().items():  # bit for bit (signed zeros too)
         assert torch.equal(back.state_dict()[k].reshape(-1).view(torch.uint8), v.reshape(-1).view(torch.uint8)), k
-    detector_bytes = lambda p: sum(  # noqa: E731
-        t.numel() * t.element_size()
-        for k, e in read_state_dict(p)["tensors"].items()
-        if k.startswith("detector.")
-        for t in e.values()
-        if isinstance(t, torch.Tensor)
-    )
-    assert detector_bytes(path) < detector_bytes(dense_file) / 6  # 4 bits of 32, entropy-coded
+    assert stored_bytes(path, "detector.") < stored_bytes(dense_file, "detector.") / 6  # 4 bits of 32, entropy-coded
     with torch.no_grad():
         agg.view(-1)[:2] = torch.tensor([0.0, -0.0])  # +0 and -0 are one value but two bit patterns: stored as floats
     assert (
