@@ -44,7 +44,6 @@ from helper import (
 from helper import (
     config_digest as digest,
 )
-from models.lightglue import EVERY_LAYER
 from models.matching import (
     Matcher,
     available_matchers,
@@ -74,7 +73,7 @@ METRICS = ("auc@1px", "auc@3px", "auc@5px", "auc@10px", "precision", "recall", "
 DEFAULTS: dict[str, Any] = {
     "name": "experiment",
     "matcher": "aliked+lightglue",
-    "matcher_config": {"detector": {"max_keypoints": 512}, "matcher": dict(EVERY_LAYER)},
+    "matcher_config": {"detector": {"max_keypoints": 512}},  # LightGlue as shipped: adaptive depth and width
     "checkpoint": None,
     "source": None,  # when set: the images of every stage (val, calibration, finetuning), e.g. a COCO zip
     "seed": 0,
@@ -349,22 +348,25 @@ class Experiment:
             net = getattr(dense, sc["part"])
             groups = groups_by_prefix(net, sc["depth"], sc["include"])
             screen = self.val_subset(sc["num_pairs"])  # the scan screens on these; the choice is verified on all
-            reference = self.evaluate(dense, "dense", pairs=screen)
-            reference_rows = [{**r, "agreement": 1.0} for r in reference["rows"]]  # dense reproduces itself
+            # every layer runs while screening: a layer that adaptive depth skips on the screened pairs still counts
+            # (the choice is then verified as configured)
+            with dense.every_layer():
+                reference = self.evaluate(dense, "dense", pairs=screen)
+                reference_rows = [{**r, "agreement": 1.0} for r in reference["rows"]]  # dense reproduces itself
 
-            def screened():
-                result = self.evaluate(dense, "scan", reference["predictions"], pairs=screen)
-                return {**result["summary"], **flat_differences(paired_difference(result["rows"], reference_rows))}
+                def screened():
+                    result = self.evaluate(dense, "scan", reference["predictions"], pairs=screen)
+                    return {**result["summary"], **flat_differences(paired_difference(result["rows"], reference_rows))}
 
-            rows = scan(
-                net,
-                groups,
-                sc["bits"] if bits else sc["sparsities"],
-                screened,
-                scan_csv,
-                progress=self.progress,
-                transform=kmeans_values if bits else None,
-            )
+                rows = scan(
+                    net,
+                    groups,
+                    sc["bits"] if bits else sc["sparsities"],
+                    screened,
+                    scan_csv,
+                    progress=self.progress,
+                    transform=kmeans_values if bits else None,
+                )
 
             def try_choice(choice):
                 m = copy.deepcopy(dense)

@@ -12,6 +12,7 @@ from typing import Any
 
 from compression.tensors import prunable_weights
 from helper import InputError, atomic_path, git_commit, write_json
+from models.lightglue import DEFAULT_MATCHER
 from pipeline.checkpoint import load_checkpoint
 from pipeline.figures import plot_sensitivity, plot_tradeoff, plot_weight_histograms
 
@@ -116,6 +117,20 @@ def variants_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def depth_words(cfg: dict[str, Any]) -> str:
+    """How many LightGlue layers the evaluated and timed models run (nothing for other matchers)."""
+    if "lightglue" not in cfg["matcher"]:
+        return ""
+    conf = {**DEFAULT_MATCHER, **cfg["matcher_config"].get("matcher", {})}
+    if conf["depth_confidence"] <= 0 and conf["width_confidence"] <= 0:
+        return " LightGlue runs every layer for every point."
+    return (
+        f" LightGlue as shipped, adaptive (depth confidence {conf['depth_confidence']:g}, width "
+        f"{conf['width_confidence']:g}: it stops early on easy pairs), but ONNX Runtime graphs of it hold no early "
+        "exit and run every layer."
+    )
+
+
 def report_markdown(cfg: dict[str, Any], rows: list[dict[str, Any]], figures: list[Path]) -> str:
     dense = rows[0]
     fmt = lambda v, f: "—" if v is None else format(float(v), f)  # noqa: E731
@@ -136,7 +151,7 @@ def report_markdown(cfg: dict[str, Any], rows: list[dict[str, Any]], figures: li
         "over their empirical entropy (the least a coder of independent symbols needs). MACs and latency: one image "
         "pair, "
         f"{cfg['profile']['num_keypoints']} keypoints per image, {rows[0].get('threads', '?')} threads, "
-        "median of repeats (IQR); ratios to the dense model profiled in the same run.",
+        "median of repeats (IQR); ratios to the dense model profiled in the same run." + depth_words(cfg),
         "",
         "| variant | method | finetuned | sparsity | bits | AUC@1px | AUC@3px | AUC@5px | precision | recall | "
         "Δ AUC@3px vs dense | within noise | size MB | size × | codes × entropy | GMACs pair (matcher) | "
