@@ -177,7 +177,13 @@ def report_markdown(cfg: dict[str, Any], rows: list[dict[str, Any]], figures: li
         "",
         "Size × is how many times smaller than the dense checkpoint. Fine-grained sparsity and k-means "
         "codes shrink the file but run on dense fp32 kernels (no speed-up on CPU); channel pruning removes "
-        "MACs and time; int8-onnxruntime runs the weighted layers in int8 kernels (attention stays fp32).",
+        "MACs and time; int8-onnxruntime runs the weighted layers in int8 kernels (attention stays fp32)."
+        + (
+            " With adaptive depth and width, a variant's MACs and time also move with how early its confidence "
+            "lets it stop on the timed pair (one test pair: a variant less sure of its matches runs more layers)."
+            if "adaptive" in depth_words(cfg)
+            else ""
+        ),
     ]
     if widths and "auc@3px" in dense.get("intervals", {}):
         narrow = sum(w <= 0.01 for w in widths)
