@@ -84,7 +84,8 @@ def test_killed_experiment_resumes_and_reports_every_variant(tmp_path, monkeypat
     assert combined["size_bytes"] < by_name["kmeans-4bit"]["size_bytes"]
     assert by_name["channel-ffn25"]["macs"] < dense["macs"]
     real_int8 = by_name["int8-onnxruntime"]  # LightGlue's graph in the checkpoint, run by ONNX Runtime
-    assert real_int8["macs"] == dense["macs"] and real_int8["size_bytes"] < dense["size_bytes"] / 2
+    # the graph holds no early exit: every layer's MACs, at least what the adaptive dense LightGlue spends
+    assert real_int8["macs"] >= dense["macs"] and real_int8["size_bytes"] < dense["size_bytes"] / 2
     graph = by_name["detector-onnxruntime"]  # ALIKED's dense part as an fp32 graph: the same detections
     assert graph["execution"] == "fp32 ONNX Runtime graph for the detector" and graph["bits"] == 32
     assert graph["auc@3px"] == pytest.approx(dense["auc@3px"], abs=1e-6)
