@@ -22,12 +22,12 @@ The recipe, on the demo's matcher (aliked+lightglue, 512 keypoints, every layer)
 It prints, for each stage, the file's size and its ratio to the dense file, the matching network's share alone (the
 number the original course project reported), bits per weight of the pipeline, how far the file's coded symbol
 streams are above their empirical entropy, and on ``--num_pairs`` val pairs of the demo (640×480, PoseLib LO-RANSAC)
-AUC@1/3/5 px with 95 % intervals and the paired difference of AUC@3px to dense, and draws the size-vs-accuracy
-figures ``<out>/<matcher>/size_vs_auc.png`` (the whole file; with ``--results``, an experiment's variants or another
-run's stages beside them) and ``matcher_size_vs_auc.png`` (the matching network's tensors alone). Finetuning runs
-and evaluations resume after a kill (under ``--out``). With ``--random-weights`` (superpoint+superglue here: the
-official weights are Colab's) the same recipe runs for a few steps and only the sizes are printed; the accuracy is
-Colab's (``configs/coco.yaml``).
+AUC@1/3/5 px with 95 % intervals and the paired difference of AUC@3px to dense (over pairs, then photos), and draws
+the size-vs-accuracy figures ``<out>/<matcher>/size_vs_auc.png`` (the whole file; with ``--results``, an
+experiment's variants or another run's stages beside them) and ``matcher_size_vs_auc.png`` (the matching network's
+tensors alone). Finetuning runs and evaluations resume after a kill (under ``--out``). With ``--random-weights``
+(superpoint+superglue here: the official weights are Colab's) the same recipe runs for a few steps and only the
+sizes are printed; the accuracy is Colab's (``configs/coco.yaml``).
 """
 
 from __future__ import annotations
@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     accuracy = f"; accuracy on {args.num_pairs} val pairs at 640×480" if pretrained else " (random weights)"
     print(f"{args.matcher}: {weights / 1e6:.2f} M weights; sizes are the checkpoint files{accuracy}")
     header = f"{'stage':40} {'MB':>6} {'× dense':>8} {'matcher ×':>9} {'bits/w':>6} {'> entropy':>9}"
-    print(header + (f"  {'AUC@1/3/5 px':17} {'AUC@3px [95 %]':>19} {'Δ AUC@3px [95 %]':>22}" if pretrained else ""))
+    accuracy_header = f"  {'AUC@1/3/5 px':17} {'AUC@3px [95 %]':>19} {'Δ AUC@3px [95 %]':>22} {'by photo':>16}"
+    print(header + (accuracy_header if pretrained else ""))
     for name, path in paths.items():
         size, coded = path.stat().st_size, coding_summary(path)
         row = {

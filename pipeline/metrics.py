@@ -316,16 +316,33 @@ def _errors(rows: list[dict[str, Any]]) -> tuple[np.ndarray, tuple[int, ...], st
     return None
 
 
-def resampled(rows: list[dict[str, Any]], resamples: int, seed: int) -> dict[str, np.ndarray]:
-    """Each metric of ``summarize`` on ``resamples`` bootstrap resamples of the pairs (drawn with replacement,
-    the same draws for any rows of the same length and seed): {metric: array of ``resamples`` values}."""
+def _draws(rows: list[dict[str, Any]], resamples: int, seed: int, by: str | None) -> list[np.ndarray]:
+    """Bootstrap draws of row indices, as blocks of equal-length rows. ``by=None``: pairs drawn with replacement
+    (one block). ``by`` a row key (e.g. ``"name0"``, the photo a synthetic pair was made from): whole clusters of
+    rows sharing that value drawn with replacement (a cluster bootstrap: pairs of one photo are not independent),
+    one block per resample since their lengths differ."""
     n = len(rows)
-    draws = np.random.default_rng([seed, n]).integers(0, n, size=(resamples, n))
-    out = {k: np.array([r[k] for r in rows], np.float64)[draws].mean(1) for k in MEANS if k in rows[0]}
+    rng = np.random.default_rng([seed, n])
+    if by is None:
+        return [rng.integers(0, n, size=(resamples, n))]
+    clusters: dict[Any, list[int]] = {}
+    for i, r in enumerate(rows):
+        clusters.setdefault(r[by], []).append(i)
+    members = [np.array(m) for m in clusters.values()]
+    picks = rng.integers(0, len(members), size=(resamples, len(members)))
+    return [np.concatenate([members[c] for c in pick])[None] for pick in picks]
+
+
+def resampled(rows: list[dict[str, Any]], resamples: int, seed: int, by: str | None = None) -> dict[str, np.ndarray]:
+    """Each metric of ``summarize`` on ``resamples`` bootstrap resamples (the same draws for any rows of the same
+    length, seed and clusters; ``by``: see ``_draws``): {metric: array of ``resamples`` values}."""
+    blocks = _draws(rows, resamples, seed, by)
+    values = {k: np.array([r[k] for r in rows], np.float64) for k in MEANS if k in rows[0]}
+    out = {k: np.concatenate([v[d].mean(1) for d in blocks]) for k, v in values.items()}
     found = _errors(rows)
     if found is not None:
         errors, thresholds, unit = found
-        curves = auc_batch(errors[draws], thresholds)
+        curves = np.concatenate([auc_batch(errors[d], thresholds) for d in blocks])
         out.update({f"auc@{t}{unit}": curves[:, i] for i, t in enumerate(thresholds)})
     return out
 
@@ -336,10 +353,11 @@ def _bounds(values: np.ndarray, level: float) -> list[float]:
 
 
 def intervals(
-    rows: list[dict[str, Any]], resamples: int = 1000, level: float = 0.95, seed: int = 0
+    rows: list[dict[str, Any]], resamples: int = 1000, level: float = 0.95, seed: int = 0, by: str | None = None
 ) -> dict[str, list[float]]:
-    """Percentile bootstrap intervals over pairs of every summary metric: {metric: [low, high]}."""
-    return {k: _bounds(v, level) for k, v in resampled(rows, resamples, seed).items()}
+    """Percentile bootstrap intervals over pairs (``by``: over clusters of pairs) of every summary metric:
+    {metric: [low, high]}."""
+    return {k: _bounds(v, level) for k, v in resampled(rows, resamples, seed, by).items()}
 
 
 def paired_difference(
@@ -348,14 +366,16 @@ def paired_difference(
     resamples: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    by: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Each metric of ``rows`` minus the ``reference`` model's on the same pairs, with the paired bootstrap interval
-    (pairs resampled, both models scored on the same draws): {metric: {"difference", "interval", "within_noise"}}.
+    (pairs resampled, both models scored on the same draws; ``by="name0"``: whole photos resampled, the honest
+    interval when several pairs come from one photo): {metric: {"difference", "interval", "within_noise"}}.
     ``within_noise`` is exactly "the interval contains 0"."""
     names = lambda rs: [(r.get("name0"), r.get("name1")) for r in rs]  # noqa: E731
     if len(rows) != len(reference) or names(rows) != names(reference):
         raise InputError("a paired comparison needs both models evaluated on the same pairs, in the same order")
-    mine, theirs = resampled(rows, resamples, seed), resampled(reference, resamples, seed)
+    mine, theirs = resampled(rows, resamples, seed, by), resampled(reference, resamples, seed, by)
     point, base = summarize(rows, None), summarize(reference, None)
     out = {}
     for k in mine.keys() & theirs.keys():

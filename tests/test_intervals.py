@@ -94,3 +94,19 @@ def test_paired_comparison_needs_the_same_pairs():
         paired_difference(rows[:9], rows)
     with pytest.raises(InputError, match="same pairs"):
         paired_difference(rows_of([1.0] * 10, names=[f"q{i}" for i in range(10)]), rows)
+
+
+def test_photo_clustered_bootstrap_resamples_whole_photos():
+    rows = noisy(60)
+    assert intervals(rows, by="name0") == intervals(rows)  # one pair per photo: the pair bootstrap, draw for draw
+    rng = np.random.default_rng(5)
+    photos, per_photo = 30, 5
+    rows = noisy(photos * per_photo, seed=5)
+    for i, r in enumerate(rows):
+        r["name0"] = f"photo{i // per_photo}"
+    effect = np.repeat(rng.choice([0.6, 1.8], photos), per_photo)  # a photo is easier or harder for the variant
+    worse = [{**r, "corner_error": r["corner_error"] * f} for r, f in zip(rows, effect)]
+    pairs, photo = paired_difference(worse, rows)["auc@3px"], paired_difference(worse, rows, by="name0")["auc@3px"]
+    width = lambda d: d["interval"][1] - d["interval"][0]  # noqa: E731
+    assert photo["difference"] == pairs["difference"] and width(photo) > 1.5 * width(pairs)
+    assert all(d["interval"] == [0.0, 0.0] for d in paired_difference(rows, rows, by="name0").values())
