@@ -117,12 +117,25 @@ def variants_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def lightglue_settings(cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """The LightGlue settings the experiment's models run with (None for other matchers)."""
+    if "lightglue" not in cfg["matcher"]:
+        return None
+    return {**DEFAULT_MATCHER, **cfg["matcher_config"].get("matcher", {})}
+
+
+def adaptive(cfg: dict[str, Any]) -> bool:
+    """Whether the experiment's LightGlue stops early (adaptive depth or width)."""
+    conf = lightglue_settings(cfg)
+    return conf is not None and (conf["depth_confidence"] > 0 or conf["width_confidence"] > 0)
+
+
 def depth_words(cfg: dict[str, Any]) -> str:
     """How many LightGlue layers the evaluated and timed models run (nothing for other matchers)."""
-    if "lightglue" not in cfg["matcher"]:
+    conf = lightglue_settings(cfg)
+    if conf is None:
         return ""
-    conf = {**DEFAULT_MATCHER, **cfg["matcher_config"].get("matcher", {})}
-    if conf["depth_confidence"] <= 0 and conf["width_confidence"] <= 0:
+    if not adaptive(cfg):
         return " LightGlue runs every layer for every point."
     return (
         f" LightGlue as shipped, adaptive (depth confidence {conf['depth_confidence']:g}, width "
@@ -181,7 +194,7 @@ def report_markdown(cfg: dict[str, Any], rows: list[dict[str, Any]], figures: li
         + (
             " With adaptive depth and width, a variant's MACs and time also move with how early its confidence "
             "lets it stop on the timed pair (one test pair: a variant less sure of its matches runs more layers)."
-            if "adaptive" in depth_words(cfg)
+            if adaptive(cfg)
             else ""
         ),
     ]
