@@ -18,14 +18,15 @@ descriptors against kornia's ALIKED; benchmarks/detector_runtimes.py times both 
 
 from __future__ import annotations
 
-from typing import Optional
+import copy
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from kornia.color import grayscale_to_rgb
 from kornia.feature import ALIKED
-from kornia.feature.aliked.aliked import ALIKEDFeatures, DeformableConv2d, InputPadder, get_patches
+from kornia.feature.aliked.aliked import DKD, ALIKEDFeatures, DeformableConv2d, InputPadder
 from torch import nn
 
 from .graphs import DetectorGraph, register_graph
@@ -66,24 +67,60 @@ class _DeformConv(nn.Module):
         )
 
 
-def _taps(y: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The four integer neighbours (rows 4×n, columns 4×n) of float pixel positions (n,) and their bilinear
-    weights (4×n), in the order (y0, x0), (y0, x1), (y1, x0), (y1, x1)."""
+def _taps(y: torch.Tensor, x: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bilinear interpolation of an h×w map at float pixel positions (n,): the flat indices (n×4) of the four
+    integer neighbours, in the order (y0, x0), (y0, x1), (y1, x0), (y1, x1), and their weights (n×4); a
+    neighbour outside the map has weight 0 (its index is clamped into the map)."""
     y0, x0 = y.floor(), x.floor()
     wy, wx = y - y0, x - x0
-    rows = torch.stack([y0, y0, y0 + 1, y0 + 1]).long()
-    cols = torch.stack([x0, x0 + 1, x0, x0 + 1]).long()
-    weights = torch.stack([(1 - wy) * (1 - wx), (1 - wy) * wx, wy * (1 - wx), wy * wx])
-    return rows, cols, weights
+    rows = torch.stack([y0, y0, y0 + 1, y0 + 1], 1).long()
+    cols = torch.stack([x0, x0 + 1, x0, x0 + 1], 1).long()
+    weights = torch.stack([(1 - wy) * (1 - wx), (1 - wy) * wx, wy * (1 - wx), wy * wx], 1)
+    weights = weights * ((rows >= 0) & (rows < h) & (cols >= 0) & (cols < w))
+    return rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1), weights
 
 
-def _bilinear(fmap: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Values (n×C) of an H×W×C map at float pixel positions (n,) inside it, interpolated bilinearly."""
-    h, w, c = fmap.shape
-    rows, cols, weights = _taps(y, x)
-    index = rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1)  # a neighbour past the edge has weight 0
-    values = fmap.reshape(h * w, c).index_select(0, index.reshape(-1)).reshape(4, -1, c)
-    return (values * weights[..., None]).sum(0)
+def _bilinear(table: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Rows (n×C) of ``table`` (M×C) combined by ``index`` and ``weights`` (n×4): one fused gather and sum."""
+    return F.embedding_bag(index, table, per_sample_weights=weights.to(table.dtype), mode="sum")
+
+
+class _WindowDKD(DKD):
+    """kornia's DKD (the same keypoints, scores and dispersities) whose sub-pixel refinement reads the score map's
+    windows at the keypoints only: kornia unfolds the whole map first (25 values per pixel at radius 2)."""
+
+    def forward(self, scores_map, sub_pixel=True, image_size=None, return_affine=False):
+        if not sub_pixel or return_affine:
+            return super().forward(scores_map, sub_pixel, image_size, return_affine)
+        # kornia's choice of keypoints (local maxima, thresholds, limits), at their integer pixels
+        kpts_int, _, _ = super().forward(scores_map, sub_pixel=False, image_size=image_size)
+        b, _, h, w = scores_map.shape
+        r, k = self.radius, self.kernel_size
+        wh = torch.tensor(
+            [w - 1, h - 1], device=scores_map.device, dtype=torch.promote_types(scores_map.dtype, torch.float32)
+        )
+        padded = F.pad(scores_map, (r, r, r, r)).reshape(b, -1)  # zeros outside, as unfold pads
+        steps = torch.arange(k, device=scores_map.device)
+        window = (steps[:, None] * (w + 2 * r) + steps[None, :]).reshape(-1)  # unfold's order: rows, then columns
+        keypoints, scores, dispersities = [], [], []
+        for i, kpts in enumerate(kpts_int):
+            xy = ((kpts + 1) / 2 * wh).round().long()  # the integer pixels kornia normalized
+            patch = padded[i][(xy[:, 1] * (w + 2 * r) + xy[:, 0])[:, None] + window]  # n × k², windows centred there
+            weights = ((patch - patch.max(dim=1, keepdim=True).values) / self.temperature).exp()
+            total = weights.sum(dim=1, keepdim=True)
+            residual = weights @ self.hw_grid / total
+            spread = (torch.norm((self.hw_grid[None] - residual[:, None]) / self.radius, dim=-1) ** 2 * weights).sum(1)
+            refined = (xy.to(wh.dtype) + residual) / wh * 2 - 1
+            score = F.grid_sample(
+                scores_map[i : i + 1],
+                refined.view(1, 1, -1, 2).to(scores_map.dtype),
+                mode="bilinear",
+                align_corners=True,
+            )
+            keypoints.append(refined)
+            scores.append(score[0, 0, 0])
+            dispersities.append(spread / total[:, 0])
+        return keypoints, scores, dispersities
 
 
 class PyramidALIKED(ALIKED):
@@ -91,6 +128,8 @@ class PyramidALIKED(ALIKED):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        dkd = self.dkd
+        self.dkd = _WindowDKD(dkd.radius, dkd.top_k, dkd.scores_th, dkd.n_limit)
         for block in (self.block1, self.block2, self.block3, self.block4):
             for name in ("conv1", "conv2"):
                 if isinstance(getattr(block, name), DeformableConv2d):
@@ -119,18 +158,23 @@ class PyramidALIKED(ALIKED):
     def features_at(self, levels: list[torch.Tensor], pad: tuple[int, int], y: torch.Tensor, x: torch.Tensor):
         """The L2-normalized feature vectors (n×dim) of the dense map kornia would build, at integer pixels (y, x)
         of the image (levels: one image's h×w×C maps, on the padded image; pad: its top and left padding)."""
+        return F.normalize(torch.cat(self._levels_at(levels, pad, y, x), dim=1), p=2, dim=1)
+
+    def _levels_at(self, levels: list[torch.Tensor], pad: tuple[int, int], y: torch.Tensor, x: torch.Tensor):
+        """Each level's part (n×C) of the dense map's feature vectors at integer pixels (y, x), not normalized."""
         height, width = levels[0].shape[:2]
-        yp, xp = (y + pad[0]).to(levels[0].dtype), (x + pad[1]).to(levels[0].dtype)
+        yp, xp = y + pad[0], x + pad[1]
         parts = []
         for f, factor in zip(levels, _LEVELS):
             h, w = f.shape[:2]
+            table = f.reshape(h * w, -1)
             if factor == 1:
-                parts.append(f.reshape(h * w, -1).index_select(0, (y + pad[0]) * width + x + pad[1]))
+                parts.append(table.index_select(0, yp * width + xp))
             else:  # align_corners=True upsampling: output pixel i reads input position i * (h - 1) / (H - 1)
                 sy = (h - 1) / (height - 1) if height > 1 else 0.0
                 sx = (w - 1) / (width - 1) if width > 1 else 0.0
-                parts.append(_bilinear(f, yp * sy, xp * sx))
-        return F.normalize(torch.cat(parts, dim=1), p=2, dim=1)
+                parts.append(_bilinear(table, *_taps(yp.to(f.dtype) * sy, xp.to(f.dtype) * sx, h, w)))
+        return parts
 
     def describe(self, levels: list[torch.Tensor], pad: tuple[int, int], size: tuple[int, int], kpts: torch.Tensor):
         """SDDH's descriptors (n×dim) at one image's keypoints (normalized to [-1, 1]), as kornia's SDDH computes
@@ -141,15 +185,17 @@ class PyramidALIKED(ALIKED):
         wh = torch.tensor([[w - 1, h - 1]], device=kpts.device, dtype=torch.promote_types(kpts.dtype, torch.float32))
         max_offset = max(h, w) / 4.0
         kpts_wh = (kpts / 2 + 0.5) * wh
-        n = len(kpts)
-        if head.kernel_size > 1:  # the patch's pixels, in kornia's order: its indexing applied to a coordinate map
-            grid = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")).to(kpts.device)
-            pixels = get_patches(grid, kpts_wh.long(), head.kernel_size)  # n × 2 × k × k (y, x)
+        n, k = len(kpts), head.kernel_size
+        pixel = kpts_wh.long()
+        if k > 1:  # kornia's get_patches: a k×k patch whose corner is clamped k + 1 pixels from the far edges
+            corner = (pixel - k / 2 + 1).long()
+            x0, y0 = corner[:, 0].clamp(min=0, max=w - 1 - k), corner[:, 1].clamp(min=0, max=h - 1 - k)
+            steps = torch.arange(k, device=kpts.device)
+            ys = (y0[:, None, None] + steps[None, :, None]).expand(n, k, k)
+            xs = (x0[:, None, None] + steps[None, None, :]).expand(n, k, k)
         else:
-            pixels = kpts_wh.long().flip(1).reshape(n, 2, 1, 1)
-        k = pixels.shape[-1]
-        yx = pixels.permute(0, 2, 3, 1).reshape(-1, 2)
-        patch = self.features_at(levels, pad, yx[:, 0], yx[:, 1]).reshape(n, k, k, dim).permute(0, 3, 1, 2)
+            ys, xs = pixel[:, 1].view(n, 1, 1), pixel[:, 0].view(n, 1, 1)
+        patch = self.features_at(levels, pad, ys.reshape(-1), xs.reshape(-1)).reshape(n, k, k, dim).permute(0, 3, 1, 2)
         offset = head.offset_conv(patch).clamp(-max_offset, max_offset)
         mask = None
         if head.mask:
@@ -159,34 +205,39 @@ class PyramidALIKED(ALIKED):
             offset = offset[:, :, 0, 0].view(n, 2, head.n_pos).permute(0, 2, 1)
         pos = (kpts_wh.unsqueeze(1) + offset).reshape(-1, 2)  # pixels, as grid_sample(align_corners=True) reads
         pos = ((2.0 * pos / wh - 1) + 1) / 2 * wh  # kornia's round trip through [-1, 1], for the same rounding
-        features = self._sample(levels, pad, size, pos[:, 1], pos[:, 0])  # (n·n_pos)×dim
-        features = features.reshape(n, head.n_pos, dim).permute(0, 2, 1).unsqueeze(-1)  # n×dim×n_pos×1
+        features = self._sample(levels, pad, size, pos[:, 1], pos[:, 0]).reshape(n, head.n_pos, dim)
         if mask is not None:
-            features = features * mask[:, None, :, None]
-        features = torch.selu_(head.sf_conv(features)).squeeze(-1)
-        if head.conv2d:
-            descs = head.convM(features.reshape(n, -1)[:, :, None, None]).squeeze(-1).squeeze(-1)
-        else:
-            descs = torch.einsum("ncp,pcd->nd", features, head.agg_weights)  # codespell:ignore
+            features = features * mask[:, :, None]
+        # sf_conv (1×1, no bias) and the aggregation as matrix products over the n_pos samples of every keypoint
+        features = torch.selu_(features @ head.sf_conv.weight.flatten(1).t())  # n × n_pos × channels
+        width = features.shape[1] * features.shape[2]
+        if head.conv2d:  # convM reads (channel, sample)
+            descs = features.transpose(1, 2).reshape(n, width) @ head.convM.weight.flatten(1).t()
+        else:  # kornia's einsum("ncp,pcd->nd") over (sample, channel)
+            descs = features.reshape(n, width) @ head.agg_weights.flatten(0, 1)
         return F.normalize(descs, p=2.0, dim=1)
 
     def _sample(self, levels, pad, size, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``grid_sample`` (bilinear, zeros outside) of the normalized dense map at float pixels (n×dim); the
-        feature vector of each distinct pixel read is evaluated once."""
+        """``grid_sample`` (bilinear, zeros outside) of the normalized dense map at float pixels (n×dim). The
+        feature vector of each distinct pixel read is evaluated once, and its norm divides the interpolation
+        weights instead of the vector (the same sum, without a normalized copy of every vector)."""
         h, w = size
-        rows, cols, weights = _taps(y, x)
-        weights = weights * ((rows >= 0) & (rows < h) & (cols >= 0) & (cols < w))
-        index = rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1)
+        index, weights = _taps(y, x, h, w)
         unique, inverse = torch.unique(index, return_inverse=True)
-        feats = self.features_at(levels, pad, unique // w, unique % w)[inverse.reshape(-1)]
-        return (feats.reshape(4, len(y), feats.shape[-1]) * weights[..., None]).sum(0)
+        parts = self._levels_at(levels, pad, unique // w, unique % w)
+        norm = sum(torch.linalg.vector_norm(p, dim=1).square() for p in parts).sqrt().clamp_min(1e-12)  # F.normalize
+        weights = weights / norm[inverse]
+        return torch.cat([_bilinear(p, inverse, weights) for p in parts], dim=1)
 
-    def forward(self, images: torch.Tensor, image_size: Optional[torch.Tensor] = None) -> list[ALIKEDFeatures]:
+    def forward(
+        self, images: torch.Tensor, image_size: Optional[torch.Tensor] = None, dense: Optional[Callable] = None
+    ) -> list[ALIKEDFeatures]:
+        """kornia's ALIKED.forward; ``dense``: what computes ``dense`` outputs instead (a runtime's graph of it)."""
         if images.shape[1] == 1:
             images = grayscale_to_rgb(images)
         h, w = images.shape[-2:]
         pad, wh = _padding(h, w), _wh(images)
-        score_map, *levels = self.dense(images)
+        score_map, *levels = (dense or self.dense)(images)
         keypoints, scores, _ = self.dkd(score_map, image_size=image_size)
         out = []
         for i, (kpts, kpt_scores) in enumerate(zip(keypoints, scores)):
@@ -224,12 +275,40 @@ def _wh(images: torch.Tensor) -> torch.Tensor:
     return torch.tensor([w - 1, h - 1], device=images.device, dtype=torch.promote_types(images.dtype, torch.float32))
 
 
+def _without_selu_scale(aliked: PyramidALIKED) -> PyramidALIKED:
+    """A copy whose ``dense`` computes ELU where ALIKED computes SELU, and gives the same score map and the four
+    levels divided by SELU's scale, which the descriptor head's L2 normalization cancels.
+
+    SELU(x) = scale · ELU(x), and every layer that reads an activation is linear in it (convolutions, batch norm
+    after them, average pooling, the sampling and the offsets of the deformable convolutions), so the scale moves
+    into those layers' weights. A graph then has no multiplication by the scale over every activation (in ONNX
+    Runtime: Elu, then Mul over each full-resolution map; the Mul nodes took ~10 % of the graph's time).
+    """
+    if not isinstance(aliked.gate, nn.SELU):
+        return aliked
+    net = copy.deepcopy(aliked)
+    scale = 1.0507009873554804934193349852946  # torch.nn.SELU's constants
+    elu = nn.ELU(alpha=1.6732632423543772848170429916717)
+    for name, module in net.named_modules():
+        if name.startswith("desc_head"):  # not part of dense(): it reads the normalized map
+            continue
+        for child_name, child in list(module._modules.items()):  # named_children() lists a shared module once
+            if isinstance(child, nn.SELU):
+                setattr(module, child_name, elu)
+        # every convolution of dense() reads an activation, but the first one, which reads the image
+        if isinstance(module, nn.Conv2d) and name != "block1.conv1":
+            with torch.no_grad():
+                module.weight.mul_(scale)
+    net.gate = elu
+    return net
+
+
 class _Dense(nn.Module):
-    """The exported part: image -> (score map, the four levels)."""
+    """The exported part: image -> (score map, the four levels divided by SELU's scale)."""
 
     def __init__(self, aliked: PyramidALIKED):
         super().__init__()
-        self.aliked = aliked
+        self.aliked = _without_selu_scale(aliked)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self.aliked.dense(image)

@@ -7,7 +7,7 @@ release exactly, so the same weights give the same keypoints.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -118,9 +118,10 @@ class SuperPoint(nn.Module):
         descriptors = F.normalize(self.convDb(self.relu(self.convDa(x))), p=2, dim=1)
         return heatmap, descriptors
 
-    def forward(self, data: dict[str, torch.Tensor]) -> dict[str, list[torch.Tensor]]:
-        """{'image': B×1×H×W} -> lists over the batch of keypoints N×2 (x, y), scores N, descriptors D×N."""
-        heatmap, dense_desc = self.dense(data["image"])
+    def forward(self, data: dict[str, torch.Tensor], dense: Callable | None = None) -> dict[str, list[torch.Tensor]]:
+        """{'image': B×1×H×W} -> lists over the batch of keypoints N×2 (x, y), scores N, descriptors D×N.
+        ``dense``: what computes ``dense`` outputs instead (a runtime's graph of it)."""
+        heatmap, dense_desc = (dense or self.dense)(data["image"])
         keypoints, scores, descriptors = [], [], []
         for heat, desc in zip(simple_nms(heatmap, self.config["nms_radius"]), dense_desc):
             kpts, kscores = self._keypoints(heat)

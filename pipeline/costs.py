@@ -134,7 +134,8 @@ def exactly_n(feats: dict[str, torch.Tensor], n: int, size: tuple[int, int], see
 
 
 def prepare(matcher: Matcher, size: tuple[int, int], num_keypoints: int, device: torch.device) -> dict[str, Any]:
-    """Callables running one model's detector (one image), matcher (exactly N keypoints per image) and pair."""
+    """Callables running one model's detector (one image), matcher (exactly N keypoints per image) and pair (the
+    whole pipeline as a user runs it: the keypoints its detector finds)."""
     matcher = matcher.eval().to(device)
     img0, img1 = (to_tensor(im, device) for im in test_pair(size))
     with torch.no_grad():
@@ -148,7 +149,7 @@ def prepare(matcher: Matcher, size: tuple[int, int], num_keypoints: int, device:
     return {
         "extract": lambda: matcher.extract(img0),
         "match": lambda: matcher.match(data),
-        "pair": lambda: (matcher.extract(img0), matcher.extract(img1), matcher.match(data)),
+        "pair": lambda: matcher({"image0": img0, "image1": img1}),  # as run: its own keypoints, both images at once
         "keypoints_real": real,
     }
 

@@ -89,20 +89,28 @@ def extract_pair(
     device = device or next(matcher.parameters(), torch.empty(0)).device
     detector_id = detector_id or matcher.detector_fingerprint()
     data: dict[str, Any] = {"time_extract": 0.0}
-    for i in (0, 1):
-        key, image = pairs.image(pair, i)
-        cached = cache.get((detector_id, key)) if cache is not None else None
-        if cached is None:
-            start = time.perf_counter()
-            try:
-                with torch.no_grad():
-                    f = matcher.extract(to_tensor(image, device))
-            except InputError as e:  # e.g. an image too small for the detector: say which
-                raise InputError(f"{pair.name0 if i == 0 else pair.name1}: {e}") from None
-            data["time_extract"] += time.perf_counter() - start
-            cached = {k: v[0].detach().cpu() for k, v in f.items()}
+    keys, images = zip(*(pairs.image(pair, i) for i in (0, 1)))
+    features = [cache.get((detector_id, key)) if cache is not None else None for key in keys]
+    todo = [i for i in (0, 1) if features[i] is None]
+    if todo:  # both images at once where the detector can (Matcher.extract_images)
+        start = time.perf_counter()
+        try:
+            with torch.no_grad():
+                extracted = matcher.extract_images([to_tensor(images[i], device) for i in todo])
+        except InputError:  # e.g. an image too small for the detector: say which, trying one at a time
+            for i in todo:
+                try:
+                    with torch.no_grad():
+                        matcher.extract(to_tensor(images[i], device))
+                except InputError as e:
+                    raise InputError(f"{(pair.name0, pair.name1)[i]}: {e}") from None
+            raise
+        data["time_extract"] = time.perf_counter() - start
+        for i, f in zip(todo, extracted):
+            features[i] = {k: v[0].detach().cpu() for k, v in f.items()}
             if cache is not None:
-                cache.put((detector_id, key), cached)
+                cache.put((detector_id, keys[i]), features[i])
+    for i, (image, cached) in enumerate(zip(images, features)):
         data.update({f"{k}{i}": v[None].to(device) for k, v in cached.items()})
         data[f"shape{i}"] = image.shape
         data[f"image_size{i}"] = (image.shape[1], image.shape[0])

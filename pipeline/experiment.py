@@ -96,7 +96,11 @@ DEFAULTS: dict[str, Any] = {
     "animation": {"frames": 12, "photo": None},  # dense vs the smallest variant over a camera sweep; null: none
     "pruning": [],
     "quantization": [],
+    # other pipelines judged on the same pairs and timed in the same profile: the speed anchors a deployer compares
+    # with (xfeat, xfeat+lighterglue, sift+nn) and the dense model's own operating points (another keypoint budget)
+    "references": [],
 }
+REFERENCE: dict[str, Any] = {"name": "", "matcher": "", "matcher_config": {}}
 # One variant of "pruning:" / "quantization:": the settings every variant has (each method adds its own).
 VARIANT: dict[str, Any] = {"name": "", "method": "", "part": "matcher", "base": None, "finetune": False}
 FRACTION = Check(kind=float, lo=0, hi=1, open=True)
@@ -138,7 +142,16 @@ def experiment_checks() -> dict[str, Check]:
     """CHECKS with the variants' settings: the common ones and those of every registered method."""
     settings, checks = variant_settings()
     variant = Check(kind=dict, schema={**VARIANT, **settings}, checks={**VARIANT_CHECKS, **checks})
-    return {**CHECKS, **{kind: Check(each=variant) for kind in ("pruning", "quantization")}}
+    reference = Check(
+        kind=dict,
+        schema=REFERENCE,
+        checks={"matcher": Check(choices=tuple(available_matchers())), "matcher_config": Check(kind=dict, free=True)},
+    )
+    return {
+        **CHECKS,
+        **{kind: Check(each=variant) for kind in ("pruning", "quantization")},
+        "references": Check(each=reference),
+    }
 
 
 def checked_experiment(config: dict[str, Any]) -> dict[str, Any]:
@@ -153,6 +166,16 @@ def checked_experiment(config: dict[str, Any]) -> dict[str, Any]:
     for spec in specs:
         check_variant(spec, seen)
         seen[spec["name"]] = spec
+    config["references"] = [{**REFERENCE, **ref} for ref in config["references"]]
+    for ref in config["references"]:
+        name = ref["name"]
+        if not name or name == "dense" or name in seen:
+            raise InputError(f"reference {name!r}: give each reference a name of its own (not 'dense' nor a variant's)")
+        if not ref["matcher"]:
+            raise InputError(f"reference {name!r}: give its 'matcher' ({', '.join(available_matchers())})")
+        where = f"references.{name}.matcher_config"
+        ref["matcher_config"] = check_matcher_config(ref["matcher"], ref["matcher_config"], where)
+        seen[name] = ref
     return config
 
 
@@ -328,6 +351,19 @@ class Experiment:
             self._baseline = self.stage("baseline", {**self.key(), "per_pair": 1}, compute)
             self.save_cache()  # every val image's detector outputs: the next script only matches
         return self._baseline
+
+    def reference(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Another pipeline of the zoo (an anchor, an operating point) judged on the val pairs against dense."""
+
+        def compute():
+            model = build_matcher(spec["matcher"], spec["matcher_config"])
+            path = save_checkpoint(model, self.checkpoint(spec["name"]), {"experiment": self.cfg["name"]})
+            result = self.judge(model, spec["name"])
+            return variant_row(spec["name"], "reference", result["summary"], path, model)
+
+        row = self.stage(f"reference-{spec['name']}", {**self.key(), "reference": spec}, compute)
+        self.save_cache()
+        return row
 
     def sensitivity(self, kind: str = "sparsity") -> dict[str, Any]:
         """Per-parameter sparsities (``kind='sparsity'``) or k-means bit widths (``'bits'``, mixed precision) of
@@ -555,7 +591,7 @@ class Experiment:
             loaded, labels = {}, {}
             for r in rows:
                 loaded[r["name"]] = m = load_checkpoint(r["checkpoint"])
-                labels[r["name"]] = execution(m, None if r["method"] == "dense" else {"method": r["method"]})
+                labels[r["name"]] = execution(m, None if r["method"] in ("dense", "reference") else r)
             models = side_by_side(loaded, tuple(pc["resize"]), pc["num_keypoints"], pc["repeats"], self.device)
             for r in rows:
                 models[r["name"]].update(execution=labels[r["name"]], checkpoint_sha1=r["checkpoint_sha1"])
@@ -570,7 +606,10 @@ class Experiment:
         ac, vc = self.cfg.get("animation"), self.cfg["val"]
         if not ac or len(rows) < 2:
             return {}
-        shown = [rows[0], min(rows[1:], key=lambda r: (r["size_bytes"], -r["auc@3px"]))]
+        compressed = [r for r in rows[1:] if r["method"] != "reference"]
+        if not compressed:
+            return {}
+        shown = [rows[0], min(compressed, key=lambda r: (r["size_bytes"], -r["auc@3px"]))]
 
         def compute():
             source = open_source(vc["source"])
@@ -617,21 +656,24 @@ def variant_row(
     summary: dict[str, Any],
     path: Path,
     model: Matcher,
-    dense: Matcher,
-    part: str,
-    bits: float,
+    dense: Matcher | None = None,
+    part: str | None = None,
+    bits: float | None = None,
     finetuned: bool = False,
 ) -> dict[str, Any]:
-    """One variant as results.json lists it (costs that need the profiler are added by the report)."""
+    """One variant as results.json lists it (costs that need the profiler are added by the report); a reference
+    (another pipeline: no ``dense`` it was made from) has no sparsity, part or bits."""
     params = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
-    net, dense_net = getattr(model, part), getattr(dense, part)
-    nonzero = sum(int((w != 0).sum()) for w in prunable_weights(net).values())
-    removed = 1 - nonzero / max(1, sum(w.numel() for w in prunable_weights(dense_net).values()))
+    removed = None
+    if dense is not None and part is not None:
+        nonzero = sum(int((w != 0).sum()) for w in prunable_weights(getattr(model, part)).values())
+        total = sum(w.numel() for w in prunable_weights(getattr(dense, part)).values())
+        removed = round(1 - nonzero / max(1, total), 4)
     return {
         "name": name,
         "method": method,
         "part": part,
-        "sparsity": round(removed, 4),
+        "sparsity": removed,
         "bits": bits,
         "finetuned": finetuned,
         **{k: summary[k] for k in METRICS if k in summary},
@@ -691,12 +733,13 @@ def run(
             "key": digest([spec, rows[-1]["checkpoint_sha1"] if rows else None]),
         }
     exp.read_only = False
+    references = [exp.reference(spec) for spec in config["references"]]
     exp.save_cache()
     if dry_run:
         print("  then: profile, results.json, figures, report.md")
         return []
     dense = {k: v for k, v in dense.items() if k != "pairs"}  # per-pair values stay in the stage record
-    rows = [dense, *(r for v in variants.values() for r in v["rows"])]
+    rows = [dense, *(r for v in variants.values() for r in v["rows"]), *references]
     exp.profile(rows)  # every current variant, side by side in one run
     exp.animation(rows)
     return write_report(exp, rows)

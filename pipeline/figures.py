@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 from helper import InputError, atomic_path, first_line, read_json, read_text  # noqa: E402
 
 CORRECT, WRONG = (0.1, 0.8, 0.1, 1.0), (0.9, 0.1, 0.1, 1.0)
-MARKERS = "osD^v<>pPX*h"
+MARKERS = "osD^v<>pPh"  # "*" is the dense model, "X" a reference
 
 
 def save_figure(fig: "plt.Figure", out: str | os.PathLike, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
@@ -111,16 +111,16 @@ def plot_tradeoff(
     variants = [v for v in variants if v.get(x) is not None and v.get(y) is not None]
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for i, v in enumerate(variants):
-        dense = v.get("method") == "dense"
+        dense, reference = v.get("method") == "dense", v.get("method") == "reference"
         span = v.get("intervals", {}).get(y)  # 95 % bootstrap interval over pairs
         if span:
             ax.errorbar(v[x], v[y], yerr=[[v[y] - span[0]], [span[1] - v[y]]], color="0.6", linewidth=0.8, capsize=2)
         ax.scatter(
             v[x],
             v[y],
-            marker="*" if dense else MARKERS[i % len(MARKERS)],
-            s=120 if dense else 40,
-            label=v["name"],
+            marker="*" if dense else "X" if reference else MARKERS[i % len(MARKERS)],
+            s=120 if dense else 60 if reference else 40,
+            label=f"{v['name']} (reference)" if reference else v["name"],
             edgecolors="k",
             linewidths=0.5,
             zorder=3,

@@ -80,3 +80,40 @@ def test_onnxruntime_graph_fp32_equals_pytorch_and_int8_stays_close(pair_of_dete
         near = dist.values < 1
         cos = (ref["descriptors"][0][:, near] * low["descriptors"][0][:, dist.indices[near]]).sum(0)
         assert float(np.median(cos.numpy())) > 0.95
+    # both images at once (worker threads, a one-thread session each): the graphs run, never PyTorch's network
+    images = [photo("astronaut.png", (640, 480)), photo("coffee.png", (451, 299))]
+    one_by_one = [fp32.extract(x) for x in images]
+    for m in (fp32, int8):
+        m.detector.sp.dense = None  # what a worker would call if it ran the PyTorch network
+        together = m.extract_images(images)
+        del m.detector.sp.dense
+        assert [len(f["keypoints"][0]) for f in together] == [len(f["keypoints"][0]) for f in m.extract_images(images)]
+    together = fp32.extract_images(images)
+    for ref, out in zip(one_by_one, together):
+        assert torch.allclose(ref["keypoints"][0], out["keypoints"][0], atol=1e-3)
+        assert torch.allclose(ref["descriptors"][0], out["descriptors"][0], atol=1e-4)
+
+
+def test_an_image_without_keypoints_gives_empty_features(pair_of_detectors):
+    _, pyramid = pair_of_detectors
+    with torch.no_grad():
+        (out,) = pyramid(torch.zeros(1, 3, 96, 128))
+    assert out.keypoints.shape == (0, 2) and out.descriptors.shape == (0, 128) and out.keypoint_scores.shape == (0,)
+
+
+def test_dense_graph_network_moves_selu_scale_into_the_weights(pair_of_detectors):
+    """The exported network computes ELU where ALIKED computes SELU (no multiplication over every activation):
+    the same score map, the levels divided by SELU's scale (which the descriptors' normalization cancels)."""
+    from models.aliked import _without_selu_scale
+
+    _, pyramid = pair_of_detectors
+    before = {k: v.clone() for k, v in pyramid.state_dict().items()}
+    folded = _without_selu_scale(pyramid)
+    assert not any(isinstance(m, torch.nn.SELU) for n, m in folded.named_modules() if not n.startswith("desc_head"))
+    image = photo("coffee.png", (320, 256))
+    with torch.no_grad():
+        ref, out = pyramid.dense(image), folded.dense(image)
+    assert torch.allclose(ref[0], out[0], atol=1e-5)
+    for level, divided in zip(ref[1:], out[1:]):
+        assert torch.allclose(level, divided * 1.0507009873554805, atol=1e-4)
+    assert all(torch.equal(v, pyramid.state_dict()[k]) for k, v in before.items())  # the original is untouched

@@ -110,7 +110,7 @@ def test_a_new_method_in_one_file_runs_through_experiment_checkpoint_and_finetun
         },
     )
     config["pruning"] = [{"name": "ternary", "method": "toy-ternary", "threshold": 0.5, "finetune": True}]
-    config["quantization"] = []
+    config["quantization"] = config["references"] = []
     rows = {r["name"]: r for r in run(config, tmp_path, ("pruning",), progress=False)}
     assert set(rows) == {"dense", "ternary", "ternary +ft"}
     # SuperGlue (about half the file) on 2-bit codes, SuperPoint as it was

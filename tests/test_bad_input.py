@@ -327,14 +327,23 @@ CASES = [
 ]
 
 
+def is_module(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+        return True
+    except ImportError:
+        return False
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_status_2_and_changes_nothing(case, hostile, work, capsys, monkeypatch):
     _, module, argv, culprits, forbidden = case
     argv = [a.replace("{H}", str(hostile)).replace("{W}", str(work)).replace("{R}", str(ROOT)) for a in argv]
     for target in forbidden:  # "module.function" or "module.Class.method"
         parts = target.split(".")
-        owner = importlib.import_module(parts[0])
-        for part in parts[1:-1]:
+        k = next(k for k in range(len(parts) - 1, 0, -1) if is_module(".".join(parts[:k])))
+        owner = importlib.import_module(".".join(parts[:k]))  # the longest module prefix, imported if it was not
+        for part in parts[k:-1]:
             owner = getattr(owner, part)
         monkeypatch.setattr(owner, parts[-1], boom)
     main = importlib.import_module(module).main

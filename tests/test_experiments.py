@@ -66,9 +66,12 @@ def test_killed_experiment_resumes_and_reports_every_variant(tmp_path, monkeypat
         "linear-int8",
         "int8-onnxruntime",
         "detector-onnxruntime",
+        "lightglue-depth0.9",
+        "fast-pipeline",
         "kmeans-4bit",
         "kmeans-mixed",
         "fine-grained+kmeans-4bit",
+        *(r["name"] for r in TINY["references"]),  # other pipelines (anchors, operating points) beside them
     }
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [r["name"] for r in saved] == [r["name"] for r in rows]
@@ -89,12 +92,18 @@ def test_killed_experiment_resumes_and_reports_every_variant(tmp_path, monkeypat
     graph = by_name["detector-onnxruntime"]  # ALIKED's dense part as an fp32 graph: the same detections
     assert graph["execution"] == "fp32 ONNX Runtime graph for the detector" and graph["bits"] == 32
     assert graph["auc@3px"] == pytest.approx(dense["auc@3px"], abs=1e-6)
+    fast = load_checkpoint(by_name["fast-pipeline"]["checkpoint"])  # the ORT detector and LightGlue at depth 0.9
+    assert type(fast.detector).__name__ == "GraphDetector" and fast.matcher.conf.depth_confidence == 0.9
     for r in saved:  # every accuracy with its interval; every variant judged against dense on the same pairs
         assert all(r["intervals"][k][0] <= r[k] <= r["intervals"][k][1] for k in ("auc@3px", "precision", "recall"))
         if r["name"] != "dense":
             d = r["vs_dense"]["auc@3px"]
             assert d["difference"] == pytest.approx(r["auc@3px"] - dense["auc@3px"])
             assert d["within_noise"] == (d["interval"][0] <= 0 <= d["interval"][1])
+    xfeat = by_name["xfeat"]  # a reference: judged on the same pairs, timed in the same profile, no compression
+    assert xfeat["method"] == "reference" and xfeat["sparsity"] is None and xfeat["execution"] == "fp32"
+    assert load_checkpoint(xfeat["checkpoint"]).name == "xfeat" and xfeat["latency_ms"] > 0
+    assert by_name["dense-1024kp"]["weights"] != dense["weights"]  # another keypoint budget: another pipeline
     assert "pairs" not in saved[0]  # the dense per-pair values stay in the baseline stage
     assert (
         len(json.loads((tmp_path / "stages" / "baseline.json").read_text())["result"]["pairs"])
@@ -104,7 +113,7 @@ def test_killed_experiment_resumes_and_reports_every_variant(tmp_path, monkeypat
     report = (tmp_path / "report.md").read_text()
     assert all(f"| {name} |" in report for name in by_name)
     assert "| within noise |" in report and "How sure:" in report
-    assert "int8 kernels (ONNX Runtime) for the matcher" in report
+    assert "int8 kernels (ONNX Runtime) for the matcher" in report and "References are other pipelines" in report
     assert all(
         (tmp_path / "figures" / f"{f}.png").is_file()
         for f in ("auc_vs_size", "auc_vs_latency", "sensitivity", "sensitivity-bits", "weights")
@@ -141,10 +150,15 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
         ({"name": "x", "method": "kmeans"}, "needs 'bits'"),
         ({"name": "x", "method": "fine-grained+kmeans", "base": "nope", "bits": 4}, "base 'nope'"),
         ({"name": "x", "method": "int8-onnxruntime+kmeans", "bits": 4}, "last step"),
+        ({"reference": {"name": "dense", "matcher": "xfeat"}}, "reference 'dense'"),
+        ({"reference": {"name": "r", "matcher": "xfeat", "matcher_config": {"x": 3}}}, "r.matcher_config"),
     ],
 )
 def test_bad_variants_are_one_line_errors(tmp_path, variant, message):
-    config = {**TINY, "pruning": [], "quantization": [variant]}
+    if "reference" in variant:
+        config = {**TINY, "references": [variant["reference"]]}
+    else:
+        config = {**TINY, "pruning": [], "quantization": [variant]}
     with pytest.raises(InputError, match=message):
         run(config, tmp_path, ("quantization",), dry_run=True)
 
@@ -182,6 +196,7 @@ def test_coco_preset_runs_end_to_end_with_random_weights(tmp_path):
     config["quantization"] = [
         s for s in config["quantization"] if "int8-onnxruntime" in s["method"] or s["name"] in deep
     ]
+    config["references"] = []  # (the demo's test runs references)
     for s in config["quantization"]:  # the preset's own step counts are Colab's; the wiring needs the fixture's two
         if isinstance(s.get("finetune"), dict):
             s["finetune"] = {**s["finetune"], "steps": config["finetune"]["steps"]}

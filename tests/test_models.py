@@ -1,7 +1,10 @@
 """Behaviour of the SuperPoint/SuperGlue networks and the Matcher interface with random weights."""
 
+import threading
+
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from models.matching import Matching, build_matcher
 from models.superglue import SuperGlue
@@ -95,3 +98,35 @@ def test_matching_is_one_interface_with_per_component_access():
 def test_unknown_matcher_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown matcher 'superglue'.*aliked\\+lightglue"):
         build_matcher("superglue")
+
+
+def test_both_images_at_once_give_what_one_at_a_time_gives():
+    """Matcher.extract_images runs the images on worker threads: the same features, the caller's autograd mode,
+    and one at a time under a FLOP counter (which sees only its own thread)."""
+    torch.manual_seed(0)
+    matching = build_matcher("superpoint+superglue", RANDOM)
+    images = [torch.rand(1, 1, 120, 160), torch.rand(1, 1, 96, 128)]
+    one_by_one = [matching.extract(x) for x in images]
+    with torch.no_grad():
+        together = matching.extract_images(images)
+    for ref, out in zip(one_by_one, together):
+        for key in ref:
+            assert torch.equal(ref[key][0], out[key][0])
+    assert not together[0]["descriptors"][0].requires_grad  # the caller's no_grad held on the workers
+    with torch.enable_grad():  # (the tests run under no_grad)
+        assert matching.extract_images(images)[1]["descriptors"][0].requires_grad
+
+    threads = []
+    matching.superpoint.register_forward_hook(lambda *a: threads.append(threading.current_thread()))
+    with FlopCounterMode(display=False) as counter:
+        matching.extract_images(images)
+    assert counter.get_total_flops() > 0 and set(threads) == {threading.current_thread()}
+    threads.clear()
+    with torch.no_grad():
+        matching.extract_images(images)
+    if torch.get_num_threads() > 1:
+        assert threading.current_thread() not in threads  # both on workers
+    matching.concurrent = False
+    threads.clear()
+    matching.extract_images(images)
+    assert set(threads) == {threading.current_thread()}
