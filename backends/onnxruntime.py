@@ -7,7 +7,11 @@ and benchmarks/int8_matcher.py), and since 1.32 its CPU provider runs ``DeformCo
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
+from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 
@@ -28,6 +32,35 @@ def cpu_session(onnx: str | os.PathLike | bytes, threads: int | None = None):
         options.intra_op_num_threads = threads
     model = onnx if isinstance(onnx, bytes) else str(onnx)
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def op_times(onnx: bytes, feed: dict[str, np.ndarray], threads: int = 1, rounds: int = 3) -> dict[str, list[float]]:
+    """Where a graph's time goes: {operator type: [milliseconds per run, nodes]}, by ONNX Runtime's own profiler
+    (mean of ``rounds`` runs after a warm-up one), in the graph ONNX Runtime runs after its optimizations, so its
+    layout reorders (``ReorderInput``/``ReorderOutput`` around the ops its blocked NCHWc layout cannot hold) and
+    fused nodes count as operators of their own."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.intra_op_num_threads = threads
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "profile")
+        session = ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
+        session.run(None, feed)  # the warm-up run is profiled too: counted apart below
+        for _ in range(rounds):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"]
+    start = runs[0]["ts"] + runs[0]["dur"]  # after the warm-up run
+    per_op: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= start:
+            entry = per_op[e["args"]["op_name"]]
+            entry[0] += e["dur"] / 1e3 / rounds
+            entry[1] += 1 / rounds
+    return {op: [ms, round(n)] for op, (ms, n) in sorted(per_op.items(), key=lambda kv: -kv[1][0])}
 
 
 _MAC_OPS = {

@@ -2,6 +2,7 @@
 every detector × runtime timed round-robin in one process.
 
     python benchmarks/detector_runtimes.py [--detectors aliked disk superpoint] [--repeats 10] [--compile]
+        [--op_profile]
 
 Runtimes: PyTorch eager; ``torch.compile`` of the dense part (``--compile``: its compile time is printed apart);
 ONNX Runtime fp32 and static int8 (QDQ, calibrated on 8 training photos; the layers the adapter names stay float);
@@ -10,6 +11,8 @@ ALIKED's sparse descriptor head) stays in PyTorch everywhere. Accuracy is agreem
 on 8 val photos: the share of its keypoints found within 1 px and the median cosine of their descriptors.
 ``aliked (kornia)`` is kornia's ALIKED with its dense descriptor map: the stock reference of the ratio column.
 SuperPoint runs on random weights unless the official ones are here (its latency does not depend on them).
+``--op_profile``: where each ONNX Runtime fp32 graph spends its time, by operator type (ONNX Runtime's profiler, one
+thread: a pair's two images run on one thread each), layout reorders and fused nodes included.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch
 from end_to_end import CALIBRATION, VAL, calibration_images  # noqa: E402  (a sibling script)
 
 from backends.modules import GraphModule
+from backends.onnxruntime import op_times
 from data.pairs import make_pairs
 from helper import ArgumentParser, Timer, positive_int, run_cli, to_tensor
 from models.graphs import DetectorGraph, graph_adapter
@@ -73,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--repeats", type=positive_int, default=10)
     p.add_argument("--compile", action="store_true", help="also torch.compile the dense part (slow to compile)")
+    p.add_argument("--op_profile", action="store_true", help="also the ONNX Runtime fp32 graphs' time per operator")
     args = p.parse_args(argv)
     openvino = importlib.util.find_spec("openvino") is not None
     zoo = detectors()
@@ -123,6 +128,12 @@ def main(argv: list[str] | None = None) -> None:
             }
         image = photos[0]
         times = interleaved_latency({name: (lambda m=m: m.extract(image)) for name, m in rows.items()}, args.repeats)
+        profiles = {}
+        for det in args.detectors if args.op_profile else []:
+            m = rows[f"{det} | onnxruntime fp32"]
+            graph = next(part for part in m.modules() if isinstance(part, GraphModule))
+            feed = {"image": to_channels(image, m.channels).numpy()}
+            profiles[det] = op_times(graph.graph_bytes, feed, rounds=args.repeats)
     stock = times.get("aliked (kornia) | eager", {}).get("latency_ms")
     print(f"one {photos[0].shape[-1]}×{photos[0].shape[-2]} image, {args.repeats} rounds round-robin, "
           f"{torch.get_num_threads()} threads; agreement with PyTorch eager on {len(photos)} val photos "
@@ -137,6 +148,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:36} not run: {why.strip()}")
     if not openvino:
         print("(openvino is not installed: pip install openvino adds its two rows per detector)")
+    for det, ops in profiles.items():
+        total = sum(ms for ms, _ in ops.values())
+        print(f"\n{det}, ONNX Runtime fp32 graph on one thread: {total:.0f} ms by its profiler; per operator type:")
+        for op, (ms, nodes) in ops.items():
+            if ms >= 0.01 * total:
+                print(f"  {op:24} {ms:7.1f} ms {ms / total:5.0%}  ({nodes} nodes)")
+        rest = [ms for ms, _ in ops.values() if ms < 0.01 * total]
+        print(f"  {f'{len(rest)} others':24} {sum(rest):7.1f} ms {sum(rest) / total:5.0%}")
 
 
 if __name__ == "__main__":

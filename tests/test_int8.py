@@ -185,3 +185,31 @@ def test_graphs_saved_under_their_old_class_names_still_load(graphs, tmp_path):
     data = pair(12, 10, 6, dim)
     with torch.no_grad():
         assert torch.equal(loaded(data)["log_assignment"], ort["dynamic"](data)["log_assignment"])
+
+
+def test_op_times_splits_a_graph_by_operator_type():
+    """ONNX Runtime's profiler, per operator type: each node counted once per run, the warm-up run left out."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    from backends.onnxruntime import op_times
+
+    weight = onnx.numpy_helper.from_array(np.random.default_rng(0).normal(size=(16, 16, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["image", "w"], ["a"], pads=[1, 1, 1, 1]),
+            helper.make_node("Elu", ["a"], ["b"], alpha=1.6),
+            helper.make_node("Conv", ["b", "w"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("Elu", ["c"], ["out"], alpha=1.6),
+        ],
+        "two_blocks",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 16, 32, 32])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 16, 32, 32])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feed = {"image": np.random.default_rng(1).random((1, 16, 32, 32), dtype=np.float32)}
+    ops = op_times(model.SerializeToString(), feed, rounds=2)
+    assert ops["Elu"][1] == 2 and ops["Elu"][0] > 0
+    assert sum(n for op, (_, n) in ops.items() if "Conv" in op) == 2  # as Conv, or fused/reordered by ORT
+    assert list(ops) == sorted(ops, key=lambda op: -ops[op][0])  # slowest first
