@@ -18,8 +18,9 @@ import numpy as np
 from . import register_backend
 
 
-def cpu_session(onnx: str | os.PathLike | bytes, threads: int | None = None):
-    """An ONNX Runtime CPU session of a graph (a file or its bytes; ``threads``: intra-op threads, default ORT's).
+def cpu_session(onnx: str | os.PathLike | bytes, threads: int | None = None, profile_prefix: str | None = None):
+    """An ONNX Runtime CPU session of a graph (a file or its bytes; ``threads``: intra-op threads, default ORT's;
+    ``profile_prefix``: where ONNX Runtime's profiler writes its trace, none if unset).
 
     Its threads do not spin-wait after a run: the PyTorch code that runs between two graph calls (keypoint
     selection, the matcher) would otherwise share the cores with idle spinning ORT threads (measured 9 % of a
@@ -30,6 +31,9 @@ def cpu_session(onnx: str | os.PathLike | bytes, threads: int | None = None):
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     model = onnx if isinstance(onnx, bytes) else str(onnx)
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
@@ -39,15 +43,8 @@ def op_times(onnx: bytes, feed: dict[str, np.ndarray], threads: int = 1, rounds:
     (mean of ``rounds`` runs after a warm-up one), in the graph ONNX Runtime runs after its optimizations, so its
     layout reorders (``ReorderInput``/``ReorderOutput`` around the ops its blocked NCHWc layout cannot hold) and
     fused nodes count as operators of their own."""
-    import onnxruntime as ort
-
     with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.intra_op_num_threads = threads
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(tmp) / "profile")
-        session = ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
+        session = cpu_session(onnx, threads, profile_prefix=str(Path(tmp) / "profile"))
         session.run(None, feed)  # the warm-up run is profiled too: counted apart below
         for _ in range(rounds):
             session.run(None, feed)
