@@ -194,8 +194,9 @@ def test_coco_preset_runs_end_to_end_with_random_weights(tmp_path):
         "superglue-gradual90+kmeans-2bit",
         "deep-compression-90",
     )
+    deep_3bit = "deep-compression-sp3bit"  # the 85 % recipe with SuperPoint at 3 bits
     config["quantization"] = [
-        s for s in config["quantization"] if "int8-onnxruntime" in s["method"] or s["name"] in deep
+        s for s in config["quantization"] if "int8-onnxruntime" in s["method"] or s["name"] in (*deep, deep_3bit)
     ]
     config["references"] = []  # (the demo's test runs references)
     for s in config["quantization"]:  # the preset's own step counts are Colab's; the wiring needs the fixture's two
@@ -207,7 +208,7 @@ def test_coco_preset_runs_end_to_end_with_random_weights(tmp_path):
         f"{n}{ft}"
         for n in ("superglue-attn80-mlp80", "superglue-auto", "superpoint-channel50", "superglue-channel50", *deep[::2])
         for ft in ("", " +ft")
-    } | {"superglue-gradual85 +ft", "superglue-gradual90 +ft", *deep[1::2]}  # gradual: no row before its finetuning
+    } | {"superglue-gradual85 +ft", "superglue-gradual90 +ft", *deep[1::2], deep_3bit}  # gradual: no row unfinetuned
     gradual = load_checkpoint(rows["superglue-gradual85 +ft"]["checkpoint"]).superglue
     assert sparsity_report(gradual)["total"] == pytest.approx(0.85, abs=1e-3)  # reached while it trained
     smallest = rows["deep-compression"]
@@ -219,6 +220,9 @@ def test_coco_preset_runs_end_to_end_with_random_weights(tmp_path):
     assert stored_bytes(dense, "detector.") / stored_bytes(small, "detector.") > 6
     assert stored_bytes(dense, "matcher.") / stored_bytes(small, "matcher.") > 20
     assert rows["dense"]["size_bytes"] / smallest["size_bytes"] > 9
+    three = Path(rows[deep_3bit]["checkpoint"])  # the same matcher, SuperPoint's large layers at 3 bits: smaller still
+    assert stored_bytes(three, "matcher.") == stored_bytes(small, "matcher.")
+    assert stored_bytes(three, "detector.") < 0.85 * stored_bytes(small, "detector.")
     for name in ("superglue-int8-onnxruntime", "superpoint-int8-onnxruntime"):  # both parts in real int8
         assert rows[name]["macs"] == rows["dense"]["macs"] and rows[name]["size_bytes"] < rows["dense"]["size_bytes"]
     fast_pipeline = load_checkpoint(rows["fast-pipeline-int8"]["checkpoint"])  # both parts in int8, 10 iterations
