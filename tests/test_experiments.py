@@ -13,6 +13,7 @@ from pipeline import experiment as experiments
 from pipeline.checkpoint import load_checkpoint, stored_bytes
 from pipeline.experiment import DEFAULTS, experiment_config, run
 from pruning.fine_grained import sparsity_report
+from quantization.kmeans import quantized_layers
 
 TINY = experiment_config([str(ROOT / "configs" / "demo.yaml"), str(FIXTURES / "tiny_experiment.yaml")])
 KEYS = (
@@ -71,6 +72,7 @@ def test_killed_experiment_resumes_and_reports_every_variant(tmp_path, monkeypat
         "kmeans-4bit",
         "kmeans-mixed",
         "fine-grained+kmeans-4bit",
+        "kmeans-mixed+aliked-4bit",
         *(r["name"] for r in TINY["references"]),  # other pipelines (anchors, operating points) beside them
     }
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -85,6 +87,10 @@ def test_killed_experiment_resumes_and_reports_every_variant(tmp_path, monkeypat
     assert 2 <= by_name["kmeans-mixed"]["bits"] < 4  # the budget lets the scanned layers go to 2 bits
     assert by_name["kmeans-mixed"]["size_bytes"] < by_name["kmeans-4bit"]["size_bytes"]
     assert combined["size_bytes"] < by_name["kmeans-4bit"]["size_bytes"]
+    whole = by_name["kmeans-mixed+aliked-4bit"]  # ALIKED shared by k-means too: the smallest file of the run
+    assert stored_bytes(whole["checkpoint"], "detector.") < stored_bytes(dense["checkpoint"], "detector.") / 4
+    assert whole["size_bytes"] == min(r["size_bytes"] for r in saved if r["method"] != "reference")
+    assert quantized_layers(load_checkpoint(whole["checkpoint"]).detector) == 26  # all of ALIKED's layers
     assert by_name["channel-ffn25"]["macs"] < dense["macs"]
     real_int8 = by_name["int8-onnxruntime"]  # LightGlue's graph in the checkpoint, run by ONNX Runtime
     # the graph holds no early exit: every layer's MACs, at least what the adaptive dense LightGlue spends
