@@ -506,7 +506,7 @@ class Experiment:
         if prune is not None:
             extra = merge_config(extra, {"prune": {"sparsity": prune}})
         cfg = self.finetune_config(row["checkpoint"], self.out / "finetune" / f"{name}-{key[:8]}", extra)
-        finetune(cfg, progress=self.progress, val_cache=self.cache)  # the val pairs' detector outputs are cached
+        finetune(cfg, progress=self.progress, cache=self.cache)  # detector outputs of val and training pairs, shared
         # The last checkpoint, not the best: the best was picked on these very validation pairs.
         path = Path(cfg["out"]) / "last.pth"
         m = load_checkpoint(path).to(self.device)

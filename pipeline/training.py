@@ -179,7 +179,7 @@ class Run:
         device: torch.device,
         rank: int = 0,
         world: int = 1,
-        val_cache: FeatureCache | None = None,
+        cache: FeatureCache | None = None,
     ):
         self.cfg, self.device, self.rank, self.world = config, device, rank, world
         self.out = Path(config["out"])
@@ -244,7 +244,7 @@ class Run:
             self.ddp = torch.nn.parallel.DistributedDataParallel(self.net, find_unused_parameters=True)
         self.train_pairs = make_pairs(config["train"])
         self.val_pairs = make_pairs(config["val"]) if rank == 0 else None
-        self.train_cache, self.val_cache = FeatureCache(), val_cache or FeatureCache()
+        self.cache = cache or FeatureCache()  # detector outputs of training and val pairs (keyed by detector, image)
 
     def loss(self, step: int) -> torch.Tensor:
         """Loss of the pair this rank trains on at ``step`` (a seeded choice: the same on resume)."""
@@ -255,7 +255,7 @@ class Run:
         if self.cfg["train_detector"]:
             data = self._extract_with_grad(pair)
         else:
-            data = extract_pair(self.matcher, self.train_pairs, pair, self.train_cache, device=self.device)
+            data = extract_pair(self.matcher, self.train_pairs, pair, self.cache, device=self.device)
         H = torch.as_tensor(pair.H, dtype=torch.float64, device=self.device)[None]
         lc = self.cfg["loss"]
         gt0, gt1 = homography_gt(
@@ -329,7 +329,7 @@ class Run:
         summary = evaluate(
             self.matcher,
             self.val_pairs,
-            self.val_cache,
+            self.cache,
             method=v["estimator"],
             ransac_threshold=v["ransac_threshold"],
             progress=False,
@@ -486,12 +486,13 @@ def finetune(
     config: dict[str, Any],
     stop_after: int | None = None,
     progress: bool = True,
-    val_cache: FeatureCache | None = None,
+    cache: FeatureCache | None = None,
     new: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) finetuning; ``stop_after`` ends this process after that many steps without saving,
-    as a kill would (a resumed run restarts from the last validation's checkpoint). ``val_cache``: detector
-    outputs of the validation pairs already computed by the caller (keyed by detector, so always safe). A folder
+    as a kill would (a resumed run restarts from the last validation's checkpoint). ``cache``: detector outputs
+    the caller already has, and where this run adds the ones it computes (keyed by detector and image, so always
+    safe: a second finetuning on the same training pairs extracts nothing again). A folder
     started by another config is refused (``new``: the run goes beside it, see ``claim_folder``)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -503,7 +504,7 @@ def finetune(
     seed_everything(config["seed"] + rank)
     writable_location(config["out"], folder=True, what="out")
     config, fresh = claim_folder(config, new)
-    run = Run(config, device, rank, world, val_cache)
+    run = Run(config, device, rank, world, cache)
     if rank == 0 and fresh is not None:
         run.out.mkdir(parents=True, exist_ok=True)
         write_run_config(run.out, config, run=fresh)

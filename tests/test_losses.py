@@ -1,9 +1,12 @@
 """Ground truth from homographies and the matching loss that training and Taylor importance use."""
 
+import numpy as np
 import torch
 
+from data.homographies import warp_points
 from models.losses import IGNORE, homography_gt, matching_nll
 from models.superglue import SuperGlue
+from pipeline.metrics import ground_truth_matches
 from pruning.channel import prune_superglue_channels, taylor_scores
 
 
@@ -29,6 +32,32 @@ def test_ground_truth_matches_ignores_and_unmatched():
     ok[perm[0]] = False
     assert torch.equal(gt0[0, :50][ok], inv[:50][ok])
     assert (gt0[0, 50:] == -1).all()  # the outliers go to the dustbin
+
+
+def test_evaluation_ground_truth_is_the_dense_comparison():
+    """The metrics' KD-tree ground truth (candidates within twice the threshold) equals the full N×M comparison of
+    homography_gt, on scenes with noise, outliers, integer-pixel keypoints, duplicates, points sent to infinity and
+    empty sides."""
+    rng = np.random.default_rng(0)
+    as_t = lambda a: torch.from_numpy(np.asarray(a, np.float64)).reshape(1, -1, 2)  # noqa: E731
+    compared = 0
+    for t in range(60):
+        n, m = rng.integers(0, 400, 2)
+        k0 = rng.uniform(0, 640, (n, 2))
+        H = np.eye(3) + rng.normal(0, [[0.05, 0.05, 5], [0.05, 0.05, 5], [1e-3 * (t % 4 == 0), 1e-4, 0]])
+        k1 = warp_points(k0, H)[:m]
+        k1 = k1[np.isfinite(k1).all(1)]
+        k1 = np.concatenate([k1 + rng.normal(0, rng.uniform(0.1, 4), k1.shape), rng.uniform(0, 640, (40, 2))])
+        if t % 3 == 0:
+            k0, k1 = np.round(k0), np.round(k1)
+        if t % 5 == 0:
+            k1 = np.concatenate([k1, k1[:10]])
+        th = (1.0, 3.0, 5.0)[t % 3]
+        dense = homography_gt(as_t(k0), as_t(k1), torch.from_numpy(H)[None], th, th)[0][0].clamp(min=-1).numpy()
+        sparse = ground_truth_matches(k0, k1, H, th)
+        np.testing.assert_array_equal(sparse, dense)
+        compared += int((dense >= 0).sum())
+    assert compared > 1000  # true matches were there to find
 
 
 def test_loss_prefers_the_true_assignment_and_trains_superglue():
