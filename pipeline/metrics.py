@@ -80,11 +80,16 @@ def ground_truth_matches(kpts0: np.ndarray, kpts1: np.ndarray, H: np.ndarray, th
     d = 0.5 * (np.linalg.norm(w0[i] - kpts1[j], axis=1) + np.linalg.norm(kpts0[i] - w1[j], axis=1))
     keep = d < threshold  # NaN and inf (a point sent to infinity) are never below it
     i, j, d = i[keep], j[keep], d[keep]
-    nn0, nn1 = np.full(len(kpts0), -1, np.int64), np.full(len(kpts1), -1, np.int64)
-    by_row, by_col = np.lexsort((j, d, i)), np.lexsort((i, d, j))  # nearest first, then the lower index
-    first_row = by_row[np.r_[True, i[by_row][1:] != i[by_row][:-1]]] if len(i) else by_row
-    first_col = by_col[np.r_[True, j[by_col][1:] != j[by_col][:-1]]] if len(j) else by_col
-    nn0[i[first_row]], nn1[j[first_col]] = j[first_row], i[first_col]
+
+    def nearest(a: np.ndarray, b: np.ndarray, size: int) -> np.ndarray:
+        """For each index of ``a``'s side, its nearest candidate on ``b``'s (the lower index on ties), else -1."""
+        out = np.full(size, -1, np.int64)
+        order = np.lexsort((b, d, a))
+        first = order[np.r_[True, a[order][1:] != a[order][:-1]]] if len(a) else order
+        out[a[first]] = b[first]
+        return out
+
+    nn0, nn1 = nearest(i, j, len(kpts0)), nearest(j, i, len(kpts1))
     has = nn0 >= 0
     mutual = np.zeros(len(kpts0), bool)
     mutual[has] = nn1[nn0[has]] == np.flatnonzero(has)

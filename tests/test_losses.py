@@ -40,6 +40,16 @@ def test_evaluation_ground_truth_is_the_dense_comparison():
     empty sides."""
     rng = np.random.default_rng(0)
     as_t = lambda a: torch.from_numpy(np.asarray(a, np.float64)).reshape(1, -1, 2)  # noqa: E731
+    horizon = np.array([[1, 0, 0], [0, 1, 0], [-1 / 640, 0, 1]])  # sends x = 640 to infinity
+    edge = [(np.array([[640.0, 100], [320, 240]]), warp_points(np.array([[320.0, 240], [10, 10]]), horizon), horizon)]
+    edge += [
+        (np.zeros((0, 2)), rng.uniform(0, 640, (5, 2)), np.eye(3)),
+        (rng.uniform(0, 640, (5, 2)), np.zeros((0, 2)), np.eye(3)),
+    ]
+    for k0, k1, H in edge:
+        dense = homography_gt(as_t(k0), as_t(k1), torch.from_numpy(H)[None], 3.0, 3.0)[0][0].clamp(min=-1).numpy()
+        np.testing.assert_array_equal(ground_truth_matches(k0, k1, H, 3.0), dense)
+    assert ground_truth_matches(*edge[0], 3.0).tolist() == [-1, 0]  # the point at infinity matches nothing
     compared = 0
     for t in range(60):
         n, m = rng.integers(0, 400, 2)
