@@ -1,10 +1,18 @@
-"""A channel-pruned ALIKED distilled from the dense one, without labels: accuracy, agreement with its teacher, speed.
+"""A channel-pruned or ReLU ALIKED distilled from the dense one, without labels: accuracy, agreement with its teacher,
+speed.
 
     python benchmarks/detector_distillation.py [--ratio 0.5 | --ratio block1=0.5 block2=0.5] [--steps 300]
         [--num_pairs 100] [--out runs/detector_distillation]
+    python benchmarks/detector_distillation.py --ratio 0 --activation relu   # ReLU where ALIKED has SELU
 
-Prunes the channels of ALIKED-n16's blocks (``prune_channels``, pruning/channel.py; the descriptor map and its heads
-keep their widths, so the pretrained LightGlue still reads it), then finetunes the pruned detector by distillation
+The student: ALIKED-n16 with the channels of its blocks pruned (``prune_channels``, pruning/channel.py; the
+descriptor map and its heads keep their widths, so the pretrained LightGlue still reads it), or computing ReLU where
+ALIKED computes SELU (``detector: {activation: relu}``, models/aliked.py: ONNX Runtime fuses ReLU into the
+convolutions, SELU's ELU leaves its blocked layout), or both. A ReLU student moves from SELU to ReLU during the first
+``--activation_ramp`` of the steps ((1 - t)·SELU + t·ReLU, t rising linearly: it starts as the teacher's function
+and adapts on the way; swapped at once, the pretrained weights find no keypoint worth a match). ``--bn_images``
+re-estimates the student's batch-norm statistics on training photos before (for a pruned student; distillation then
+keeps them, one image a step being no batch to estimate them from). It then finetunes the student by distillation
 from the dense one (pipeline/training.py ``distill``: its score map, its descriptors at the teacher's keypoints and
 the frozen LightGlue's matching loss on them) on training photos warped by homographies. It reports, on the demo's
 val pairs (640×480) with the stock LightGlue (1024 keypoints, adaptive), for the dense, the pruned and the distilled
@@ -35,12 +43,13 @@ from end_to_end import CALIBRATION, ESTIMATOR, VAL, calibration_images  # a sibl
 
 from data.pairs import make_pairs
 from helper import ArgumentParser, InputError, git_commit, int_in, positive_int, run_cli, to_tensor, write_json
+from models.aliked import ACTIVATIONS
 from models.matching import Matcher, build_matcher
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.costs import interleaved_latency
 from pipeline.evaluation import evaluate
 from pipeline.metrics import paired_difference, summarize
-from pipeline.training import DEFAULTS, checked_config, finetune
+from pipeline.training import DEFAULTS, checked_config, finetune, recalibrate_batch_norms
 from pruning.channel import prune_channels
 from quantization.int8 import int8_detector
 
@@ -101,6 +110,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ratio", nargs="+", default=["block1=0.5", "block1.mid=0.5", "block2=0.5", "block2.mid=0.5"],
                    help="channels pruned: one fraction, or GROUP=FRACTION for the groups blockN (N = 1..4: a block's "
                         "output) and blockN.mid (its hidden width)")  # fmt: skip
+    p.add_argument("--activation", choices=sorted(ACTIVATIONS), default="selu", help="the student's (dense part)")
+    p.add_argument("--activation_ramp", type=float, default=0.5,
+                   help="share of the steps moving another activation from SELU to its own (0: at once)")  # fmt: skip
+    p.add_argument("--bn_images", type=int_in(0, 10_000), default=0,
+                   help="training photos re-estimating its batch-norm statistics (0: the teacher's)")  # fmt: skip
     p.add_argument("--steps", type=positive_int, default=300, help="distillation steps (one training pair each)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--train_size", nargs=2, type=int_in(64, 4096), default=[640, 480], metavar=("W", "H"))
@@ -114,13 +128,15 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dense = build_matcher("aliked+lightglue", {})
-    pruned = build_matcher("aliked+lightglue", {})
-    kept = prune_channels(pruned.detector, ratio)
-    save_checkpoint(pruned, out / "pruned.pth", {"ratio": ratio, "kept": kept})
+    student = build_matcher("aliked+lightglue", {"detector": {"activation": args.activation}})
+    kept = prune_channels(student.detector, ratio) if ratio else None
+    if args.bn_images:
+        recalibrate_batch_norms(student.detector, calibration_images(3, args.bn_images // 2 + 1)[: args.bn_images])
+    save_checkpoint(student, out / "student.pth", {"ratio": ratio, "kept": kept, "activation": args.activation})
     config = {
         "matcher": "aliked+lightglue",
         "matcher_config": {},
-        "checkpoint": str(out / "pruned.pth"),
+        "checkpoint": str(out / "student.pth"),
         "out": str(out / "distill"),
         "steps": args.steps,
         "lr": args.lr,
@@ -128,10 +144,15 @@ def main(argv: list[str] | None = None) -> None:
         "train": {**TRAIN, "size": args.train_size},
         "val": {**VAL, "num_pairs": 16, "every": max(1, args.steps // 4)},
     }
-    finetune(checked_config({**DEFAULTS, **config, "distill": {**DEFAULTS["distill"], "enabled": True}}))
+    ramp = args.activation_ramp if args.activation != "selu" else 0.0
+    finetune(
+        checked_config(
+            {**DEFAULTS, **config, "distill": {**DEFAULTS["distill"], "enabled": True, "activation_ramp": ramp}}
+        )
+    )
     shutil.copyfile(out / "distill" / "last.pth", out / "distilled.pth")  # the last, not the best: val picks it
     distilled = load_checkpoint(out / "distilled.pth")
-    models = {"dense": dense, "pruned": pruned.eval(), "distilled": distilled}
+    models = {"dense": dense, "student": student.eval(), "distilled": distilled}
     pairs = make_pairs({**VAL, "num_pairs": args.num_pairs})
     rows = {n: evaluate(m, pairs, desc=n, **ESTIMATOR)["rows"] for n, m in models.items()}
     agreement = detector_agreement(models, dense, make_pairs({**VAL, "num_pairs": args.agreement_pairs}))
@@ -141,21 +162,32 @@ def main(argv: list[str] | None = None) -> None:
         ort = {
             f"{n}, ORT": int8_detector(m, calib, Path(tmp) / n, quantize=False)
             for n, m in models.items()
-            if n != "pruned"
+            if n != "student"
         }
-        timed = {n: m for n, m in {**models, **ort}.items() if n != "pruned"}
+        timed = {n: m for n, m in {**models, **ort}.items() if n != "student"}
         fns = {n: (lambda m=m: m.extract(image)) for n, m in timed.items()}
         times = {n: [] for n in fns}
         for _ in range(3):  # three blocks of rounds: the ratio's spread over blocks is its uncertainty
             for n, t in interleaved_latency(fns, args.repeats).items():
                 times[n].append(t["latency_ms"])
     times = {n: np.array(v) for n, v in times.items()}
-    print(f"ALIKED-n16 channels kept: {kept}")
+    print(f"ALIKED-n16 channels kept: {kept or 'all'}; activation {args.activation}; batch norms re-estimated on "
+          f"{args.bn_images} photos")  # fmt: skip
     print(f"distilled {args.steps} steps on {args.train_size[0]}×{args.train_size[1]} training pairs; "
           f"{len(pairs)} val pairs; agreement on {args.agreement_pairs}")  # fmt: skip
     print(f"{'detector':10} {'AUC@1/3/5 px':17} {'AUC@3px [95 %]':>19} {'Δ to dense [95 %]':>22} "
           f"{'repeat.':>8} {'kp agree':>8} {'desc cos':>8}")  # fmt: skip
-    report: dict[str, Any] = {"ratio": ratio, "kept": kept, "steps": args.steps, "git_commit": git_commit(), "rows": {}}
+    report: dict[str, Any] = {
+        "ratio": ratio,
+        "kept": kept,
+        "activation": args.activation,
+        "bn_images": args.bn_images,
+        "activation_ramp": ramp,
+        "steps": args.steps,
+        "lr": args.lr,
+        "git_commit": git_commit(),
+        "rows": {},
+    }
     for n in models:
         s = summarize(rows[n])
         d = paired_difference(rows[n], rows["dense"])["auc@3px"]

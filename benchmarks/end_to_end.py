@@ -11,7 +11,9 @@ without its dense descriptor map (models/aliked.py, same outputs), its dense par
 extracted at once (``Matcher.extract_images``), LightGlue's depth confidence 0.9, its layers compiled
 (``compile_layers``), depth confidence 0.8 and width confidence 0.95 (it stops sooner and drops more points), 768
 keypoints; then, beside those, LightGlue's two knobs a step further at 1024 keypoints (depth 0.75, width 0.9), 512
-keypoints, LightGlue in int8. Anchors as their demos run them (one image
+keypoints, LightGlue in int8; with ``--checkpoint`` (a pipeline whose detector was distilled, e.g. the ReLU ALIKED of
+benchmarks/detector_distillation.py), that pipeline as saved, both images at once and its detector in ONNX Runtime,
+then with depth 0.8, width 0.95 and compiled layers, then at 768 keypoints. Anchors as their demos run them (one image
 after the other): xfeat+lighterglue, xfeat (mutual NN), sift+nn; and xfeat with both images at once, since it gains
 from that as much as ours.
 
@@ -46,7 +48,7 @@ from helper import (
     write_json,
 )
 from models.lightglue import EVERY_LAYER
-from models.matching import Matcher, build_matcher, to_channels
+from models.matching import Matcher, build_matcher, to_channels, with_settings
 from pipeline.checkpoint import load_checkpoint
 from pipeline.costs import interleaved_latency
 from pipeline.evaluation import evaluate
@@ -64,8 +66,9 @@ FAST_MATCHING = {"depth_confidence": 0.8, "width_confidence": 0.95}
 FASTER_MATCHING = {"depth_confidence": 0.75, "width_confidence": 0.9}  # the next step of both: -.002, 0.97x the time
 
 
-def calibration_images(channels: int) -> list[torch.Tensor]:
-    pairs = make_pairs(CALIBRATION)
+def calibration_images(channels: int, num_pairs: int | None = None) -> list[torch.Tensor]:
+    """The calibration pairs' images (training photos; ``num_pairs`` of them, default the demo's)."""
+    pairs = make_pairs({**CALIBRATION, "num_pairs": num_pairs or CALIBRATION["num_pairs"]})
     return [to_channels(to_tensor(pairs.image(p, i)[1]), channels) for p in pairs for i in (0, 1)]
 
 
@@ -96,9 +99,20 @@ def aliked_pipelines(folder: Path, pretrained: bool, checkpoint: str | None = No
         m = ort(build({"max_keypoints": kp}, EVERY_LAYER), f"int8lg{kp}")
         return int8_matcher(m, trace_data(m), folder / f"int8lg{kp}-matcher", mode="dynamic")
 
+    def from_checkpoint(name: str, keypoints: int | None = None) -> Matcher:
+        """The checkpoint's pipeline, its detector in ONNX Runtime, with the fastest LightGlue settings above."""
+        m = load_checkpoint(checkpoint)
+        if keypoints:
+            m = with_settings(m, "detector", {"max_keypoints": keypoints})
+        return ort(with_settings(m, "matcher", FAST_MATCHING), name).compile_layers()
+
     mine = {}
-    if checkpoint:  # a compressed pipeline (benchmarks/detector_distillation.py writes one), detector in ORT
-        mine = {"checkpoint, ORT detector": lambda: ort(load_checkpoint(checkpoint), "checkpoint")}
+    if checkpoint:  # a pipeline whose detector was distilled (benchmarks/detector_distillation.py writes one)
+        mine = {
+            "checkpoint, ORT detector": lambda: ort(load_checkpoint(checkpoint), "checkpoint"),
+            "checkpoint + depth 0.8, width 0.95": lambda: from_checkpoint("checkpoint-fast"),
+            "checkpoint + 768 kp": lambda: from_checkpoint("checkpoint-768", 768),
+        }
     return {
         "stock": lambda: build({"dense_map": True}),
         "stock, every layer": lambda: build({"dense_map": True}, EVERY_LAYER),

@@ -117,13 +117,19 @@ class AlikedLightGlue(LightGlueMatcher):
         "detection_threshold": 0.2,
         "nms_radius": 2,
         "dense_map": False,
+        "activation": "selu",
     }
 
     def __init__(self, config: dict[str, Any] | None = None):
         config = config or {}
         conf = self.config_of(config, "detector", {"model_name": "aliked-n16", **DEFAULT_DETECTOR})
         conf["max_num_keypoints"] = conf.pop("max_keypoints")
-        detector = (ALIKED if conf.pop("dense_map", False) else PyramidALIKED)(**conf)
+        if conf.pop("dense_map", False):
+            if conf.pop("activation", "selu") != "selu":
+                raise ValueError("detector.activation: kornia's ALIKED (dense_map: true) computes SELU only")
+            detector = ALIKED(**conf)
+        else:
+            detector = PyramidALIKED(**conf)
         if config.get("pretrained", True):
             state = read_state_dict(offline_weights_dir() / f"{conf['model_name']}.pth")
             missing, unexpected = detector.load_state_dict(state, strict=False)

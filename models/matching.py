@@ -242,6 +242,18 @@ def check_matcher_config(
     return check_config(config, schema, checks, f"{where}.") if schema else config
 
 
+def with_settings(matcher: Matcher, part: str, settings: dict[str, Any], where: str = "set") -> Matcher:
+    """A new pipeline of ``matcher``'s weights whose ``part`` ('detector', 'matcher') is rebuilt with ``settings``
+    changed (fewer keypoints, LightGlue's confidences); ``matcher`` itself is untouched."""
+    section = matcher.config_parts[part]
+    config = {**matcher.config, section: {**matcher.config.get(section, {}), **settings}}
+    config = check_matcher_config(matcher.name, config, where=where)
+    new = build_matcher(matcher.name, {**config, "pretrained": False} if "pretrained" in config else config)
+    new.load_state_dict(matcher.state_dict())
+    new.config = config
+    return new.to(next(matcher.parameters()).device)
+
+
 def build_matcher(name: str, config: dict[str, Any] | None = None) -> Matcher:
     """A Matcher of the zoo by name, e.g. 'superpoint+superglue', 'aliked+lightglue', 'sift+nn'. An unknown
     name or a setting the network rejects is an InputError."""

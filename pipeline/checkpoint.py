@@ -36,7 +36,7 @@ from compression import coding
 from compression.state import STATES, attach, encoder
 from compression.tensors import pack_bits, resized, unpack_bits
 from helper import atomic_path, first_line, git_commit
-from models.matching import Matcher, available_matchers, build_matcher
+from models.matching import Matcher, available_matchers, build_matcher, matcher_class
 from models.weights import WeightsError, read_state_dict
 
 FORMAT = "efficient-feature-matching/checkpoint"
@@ -224,7 +224,7 @@ def _rebuild(payload: dict[str, Any], path: str | os.PathLike) -> Matcher:
             f"{path} names the matcher {payload.get('matcher')!r}, which this code does not have "
             f"({', '.join(available_matchers())})"
         )
-    config = _without_weights(payload["config"])
+    config = _without_weights(payload["matcher"], payload["config"])
     matcher = build_matcher(payload["matcher"], config)
     if "tensors" in payload:
         entries = payload["tensors"]
@@ -264,10 +264,12 @@ def _rebuild(payload: dict[str, Any], path: str | os.PathLike) -> Matcher:
     return matcher.eval()
 
 
-def _without_weights(config: dict[str, Any]) -> dict[str, Any]:
-    """The same config with every network built randomly (the checkpoint brings the weights)."""
+def _without_weights(name: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The same config of matcher ``name`` with every network built randomly (the checkpoint brings the weights)."""
     config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    schema = matcher_class(name).config_schema()
     for part in ("superpoint", "superglue"):
-        config[part] = {**config.get(part, {}), "weights": None}
+        if part in schema:
+            config[part] = {**config.get(part, {}), "weights": None}
     config["pretrained"] = False
     return config

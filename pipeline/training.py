@@ -81,7 +81,17 @@ DEFAULTS: dict[str, Any] = {
     # frozen matcher on those (the loss above); only the detector trains, its batch norms frozen
     # assignment: when > 0 (matcher training), the weight of the dense pretrained matcher's assignment as soft targets
     # beside the ground truth (its match and dustbin probabilities; the dense model is always at hand)
-    "distill": {"enabled": False, "score": 1.0, "descriptors": 1.0, "matching": 1.0, "assignment": 0.0},
+    # activation_ramp: for a student with another activation (ALIKED's detector.activation: relu), the share of the
+    # steps over which it moves from the teacher's activation to its own (linearly: the student starts as the
+    # teacher's function and adapts on the way; 0: its own from the first step); best.pth only after it
+    "distill": {
+        "enabled": False,
+        "score": 1.0,
+        "descriptors": 1.0,
+        "matching": 1.0,
+        "assignment": 0.0,
+        "activation_ramp": 0.0,
+    },
     # gradual magnitude pruning of the trained network to the targets in prune.sparsity (pruning/gradual.py)
     "prune": PRUNE_SETTINGS,
     "train": {
@@ -139,6 +149,7 @@ CHECKS: dict[str, Check] = {
     "distill.descriptors": Check(lo=0),
     "distill.matching": Check(lo=0),
     "distill.assignment": Check(lo=0),
+    "distill.activation_ramp": Check(lo=0, hi=1),
     **PRUNE_CHECKS,
     **{f"{part}.{k}": c for part in ("train", "val") for k, c in PAIRS_CHECKS.items()},
 }
@@ -209,6 +220,17 @@ class Run:
         if distill["enabled"]:
             self.matcher.matcher.requires_grad_(False)
             self.part = "detector"
+        self.ramp, self.ramp_end = None, 0
+        if distill["activation_ramp"] > 0:
+            set_mix = getattr(self.matcher.detector, "set_activation_mix", None)
+            if not distill["enabled"] or set_mix is None:
+                raise InputError(
+                    "distill.activation_ramp: needs distill.enabled and a student detector with another activation "
+                    f"(ALIKED's detector.activation: relu); this run distils {'a' if distill['enabled'] else 'no'} "
+                    f"{type(self.matcher.detector).__name__}"
+                )
+            self.ramp_end = max(1, round(distill["activation_ramp"] * config["steps"]))
+            self.ramp = lambda step: set_mix(step / self.ramp_end)
         self.net = getattr(self.matcher, self.part)  # the network that trains (its compression state kept true)
         params = self.params = list(self.net.parameters()) + (
             list(self.matcher.detector.parameters()) if config["train_detector"] and self.part == "matcher" else []
@@ -238,6 +260,11 @@ class Run:
                     f"({first_line(e)[:120]}); delete state.pt to start the run over"
                 ) from None
             logger.info("resuming %s at step %d", self.out, self.step)
+        if self.ramp is not None:
+            try:
+                self.ramp(self.step)
+            except ValueError as e:  # a student computing the teacher's activation
+                raise InputError(f"distill.activation_ramp: {first_line(e)}") from None
         self.ddp = None
         if world > 1 and self.part == "matcher":  # a distilled detector averages its gradients itself (not
             # through its forward: distillation calls distill_outputs)
@@ -340,7 +367,8 @@ class Run:
     def save(self, summary: dict[str, float] | None) -> None:
         meta = {"step": self.step, "config": self.cfg, "val": summary}
         save_checkpoint(self.matcher, self.last, meta)
-        pruned = self.pruner is None or self.step >= self.pruner.last  # best.pth: of the final sparsity only
+        # best.pth: of the final sparsity and activation only
+        pruned = (self.pruner is None or self.step >= self.pruner.last) and self.step >= self.ramp_end
         if summary is not None and pruned and summary["auc@3px"] > self.best:
             self.best = summary["auc@3px"]
             save_checkpoint(self.matcher, self.best_path, meta)
@@ -357,6 +385,25 @@ class Run:
                 },
                 tmp,
             )
+
+
+def recalibrate_batch_norms(net: torch.nn.Module, images: list[torch.Tensor]) -> None:
+    """Re-estimate the running statistics of ``net``'s batch norms on ``images`` (their plain average over the images,
+    as ``momentum=None`` computes it), its weights untouched: for a student whose layers before them changed (another
+    activation, channels pruned), whose distillation then keeps them (``Run.train_mode``). ``net`` is called on each
+    image (1×C×H×W) and left in eval mode."""
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    net.train()
+    with torch.no_grad():
+        for image in images:
+            net(image)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    net.eval()
 
 
 def soft_nll(log_assignment: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -545,6 +592,8 @@ def finetune(
         run.step += 1
         if run.pruner is not None:
             run.pruner(run.step)
+        if run.ramp is not None:
+            run.ramp(run.step)
         done_here += 1
         rate = done_here / (time.perf_counter() - start)
         lr = run.scheduler.get_last_lr()[0]

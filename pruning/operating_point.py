@@ -10,7 +10,7 @@ from __future__ import annotations
 from compression.methods import Job, register_method
 from compression.state import states
 from helper import Check, InputError
-from models.matching import build_matcher, check_matcher_config
+from models.matching import with_settings
 
 
 @register_method("settings", settings={"set": {}}, checks={"set": Check(kind=dict, free=True)}, needs=("set",))
@@ -19,10 +19,4 @@ def settings_method(job: Job) -> None:
     old = job.matcher
     if any(states(layer) for layer in old.modules()):
         raise InputError("settings must come first in a variant's method (it rebuilds the part)")
-    section = old.config_parts[job.part]
-    config = {**old.config, section: {**old.config.get(section, {}), **job.spec["set"]}}
-    config = check_matcher_config(old.name, config, where="set")
-    new = build_matcher(old.name, {**config, "pretrained": False} if "pretrained" in config else config)
-    new.load_state_dict(old.state_dict())
-    new.config = config
-    job.matcher = new.to(next(old.parameters()).device)
+    job.matcher = with_settings(old, job.part, job.spec["set"])

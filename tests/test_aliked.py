@@ -9,7 +9,7 @@ from kornia.feature import ALIKED
 from data.homographies import crop_resize
 from data.images import open_source
 from helper import to_tensor
-from models.aliked import PyramidALIKED
+from models.aliked import PyramidALIKED, RampedReLU
 from models.weights import offline_weights_dir, read_state_dict
 
 
@@ -117,3 +117,71 @@ def test_dense_graph_network_moves_selu_scale_into_the_weights(pair_of_detectors
     for level, divided in zip(ref[1:], out[1:]):
         assert torch.allclose(level, divided * 1.0507009873554805, atol=1e-4)
     assert all(torch.equal(v, pyramid.state_dict()[k]) for k, v in before.items())  # the original is untouched
+
+
+def test_relu_student_swaps_the_dense_part_only_and_reloads(tmp_path):
+    """``detector: {activation: relu}``: ReLU wherever the dense part computed SELU (a student to distil, with the
+    pretrained weights as its start); the descriptor head keeps SELU; a checkpoint rebuilds it with its activation."""
+    from helper import InputError
+    from models.matching import build_matcher, with_settings
+    from pipeline.checkpoint import load_checkpoint, save_checkpoint
+
+    dense = build_matcher("aliked+lightglue", {"detector": {"max_keypoints": 256}})
+    relu = build_matcher("aliked+lightglue", {"detector": {"max_keypoints": 256, "activation": "relu"}})
+    gates = {
+        (n.startswith("desc_head"), type(m))
+        for n, m in relu.detector.named_modules(remove_duplicate=False)
+        if isinstance(m, (torch.nn.SELU, RampedReLU))
+    }
+    assert gates == {(False, RampedReLU), (True, torch.nn.SELU)} and isinstance(relu.detector.gate, RampedReLU)
+    assert all(torch.equal(a, b) for a, b in zip(dense.state_dict().values(), relu.state_dict().values()))
+    image = photo("coffee.png", (320, 256))
+    with torch.no_grad():
+        (score, *levels), (score_relu, *levels_relu) = dense.detector.dense(image), relu.detector.dense(image)
+    assert min(float(f.min()) for f in levels) < 0 <= min(float(f.min()) for f in levels_relu)
+    assert not torch.allclose(score, score_relu, atol=1e-2)
+    # the descriptor head reads the same map the same way: equal levels give equal descriptors
+    kpts = torch.tensor([[0.1, -0.2], [0.5, 0.5]])
+    pad, size = (0, 0), image.shape[-2:]
+    with torch.no_grad():
+        a = dense.detector.describe([f[0].contiguous() for f in levels], pad, size, kpts)
+        b = relu.detector.describe([f[0].contiguous() for f in levels], pad, size, kpts)
+    assert torch.equal(a, b)
+    save_checkpoint(relu, tmp_path / "relu.pth", {})
+    back = load_checkpoint(tmp_path / "relu.pth")
+    assert back.detector.activation == "relu" and isinstance(back.detector.gate, RampedReLU)
+    fewer = with_settings(back, "detector", {"max_keypoints": 128})  # a checkpoint's operating point: weights kept
+    assert fewer.detector.activation == "relu" and fewer.detector.dkd.n_limit == 128
+    assert all(torch.equal(v, back.state_dict()[k]) for k, v in fewer.state_dict().items())
+    with torch.no_grad():
+        ref, out = relu.extract(image), back.extract(image)
+    assert all(torch.equal(ref[k][0], out[k][0]) for k in ("keypoints", "descriptors"))
+    # a distillation's ramp: from the pretrained network's function (mix 0) to ReLU's (1)
+    relu.detector.set_activation_mix(0.0)
+    with torch.no_grad():
+        assert torch.allclose(relu.detector.dense(image)[0], score, atol=1e-6)
+        relu.detector.set_activation_mix(0.5)
+        half = relu.detector.dense(image)[0]
+        relu.detector.set_activation_mix(1.0)
+        assert not torch.allclose(half, score, atol=1e-3) and torch.equal(relu.detector.dense(image)[0], score_relu)
+    for bad, culprit in (({"activation": "gelu"}, "gelu"), ({"activation": "relu", "dense_map": True}, "SELU only")):
+        with pytest.raises(InputError, match=culprit):
+            build_matcher("aliked+lightglue", {"detector": bad})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("activation, op", [("relu", "Relu"), ("leaky_relu", "LeakyRelu")])
+def test_relu_student_graph_has_no_elu_and_equals_pytorch(tmp_path, activation, op):
+    import onnx
+
+    from models.matching import build_matcher
+    from quantization.int8 import int8_detector
+
+    relu = build_matcher("aliked+lightglue", {"detector": {"max_keypoints": 256, "activation": activation}})
+    image = photo("astronaut.png", (320, 240))
+    graph = int8_detector(relu, [image], tmp_path, quantize=False)
+    ops = {node.op_type for node in onnx.load(graph.onnx_path).graph.node}
+    assert op in ops and not ops & {"Elu", "Selu"}
+    with torch.no_grad():  # what the graph computes (an untrained student's keypoints would compare its near-ties)
+        ref, out = relu.detector.dense(image), graph.detector.dense(image)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(ref, out))

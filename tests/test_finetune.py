@@ -298,3 +298,57 @@ def test_gradual_pruning_of_a_quantized_model_is_refused_and_an_unpruned_config_
         GradualPruning(m.matcher, {"no-such-layer": 0.5}, 10, 0.0, 0.5, 1)
     old = {k: v for k, v in config(tmp_path / "x").items() if k != "prune"}  # a config of an older version
     assert finetune.run_identity(old) == finetune.run_identity(config(tmp_path / "x"))
+
+
+def test_batch_norm_statistics_are_re_estimated_as_the_average_over_images():
+    """A student's batch norms (layers before them changed) get the plain average of each image's statistics, its
+    weights and the norms' momentum untouched, and it is left in eval mode."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4, momentum=0.3))
+    net[1].running_mean.fill_(5.0)
+    weights = {k: v.clone() for k, v in net.state_dict().items() if "running" not in k and "batches" not in k}
+    images = [torch.rand(1, 3, 12, 10) * (i + 1) for i in range(3)]
+    finetune.recalibrate_batch_norms(net, images)
+    with torch.no_grad():
+        outs = [net[0](x) for x in images]
+    mean = torch.stack([o.mean((0, 2, 3)) for o in outs]).mean(0)
+    var = torch.stack([o.transpose(0, 1).flatten(1).var(1, unbiased=True) for o in outs]).mean(0)
+    assert torch.allclose(net[1].running_mean, mean, atol=1e-5) and torch.allclose(net[1].running_var, var, atol=1e-5)
+    assert not net.training and net[1].momentum == 0.3
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in weights.items())
+
+
+def test_a_relu_student_ramps_from_its_teachers_activation_and_resumes_on_the_ramp(tmp_path):
+    """distill.activation_ramp: the ReLU ALIKED starts as the teacher's function (SELU) and computes ReLU from the
+    end of the ramp on; a resumed run is where the step puts it; best.pth only after the ramp."""
+    from helper import InputError
+
+    settings = TINY["matcher_config"]
+    student = build_matcher("aliked+lightglue", merge_config(settings, {"detector": {"activation": "relu"}}))
+    save_checkpoint(student, tmp_path / "relu.pth")
+    cfg = finetune.checked_config(
+        config(
+            tmp_path / "run",
+            checkpoint=str(tmp_path / "relu.pth"),
+            steps=4,
+            distill={"enabled": True, "activation_ramp": 0.75},
+            val={"every": 1},
+        )  # fmt: skip
+    )
+    run = finetune.Run(cfg, torch.device("cpu"))
+    assert run.ramp_end == 3 and run.matcher.detector.gate.mix == 0.0
+    image = to_tensor(run.train_pairs.image(run.train_pairs[0], 0)[1])
+    with torch.no_grad():  # at mix 0 the student is its teacher's function
+        assert torch.allclose(run.matcher.distill_outputs(image)["score_map"],
+                              run.teacher.distill_outputs(image)["score_map"], atol=1e-6)  # fmt: skip
+    finetune.finetune(cfg, stop_after=2, progress=False)  # saved after steps 1 and 2 (every: 1), then killed
+    assert finetune.Run(cfg, torch.device("cpu")).matcher.detector.gate.mix == pytest.approx(2 / 3)
+    assert not (tmp_path / "run" / "best.pth").exists()  # not during the ramp
+    finetune.finetune(cfg, progress=False)
+    assert (tmp_path / "run" / "best.pth").exists()
+    assert load_checkpoint(tmp_path / "run" / "last.pth").detector.gate.mix == 1.0  # ReLU, as the config says
+    save_checkpoint(build_matcher("aliked+lightglue", settings), tmp_path / "selu.pth")
+    for bad in ({"checkpoint": str(tmp_path / "selu.pth")}, {"distill": {"enabled": False, "activation_ramp": 0.5}}):
+        bad_cfg = {**cfg, "out": str(tmp_path / "bad"), "distill": {**cfg["distill"], **bad.pop("distill", {})}, **bad}
+        with pytest.raises(InputError, match="activation_ramp"):
+            finetune.Run(bad_cfg, torch.device("cpu"))
