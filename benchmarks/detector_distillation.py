@@ -15,8 +15,8 @@ re-estimates the student's batch-norm statistics on training photos before (for 
 keeps them, one image a step being no batch to estimate them from). It then finetunes the student by distillation
 from the dense one (pipeline/training.py ``distill``: its score map, its descriptors at the teacher's keypoints and
 the frozen LightGlue's matching loss on them) on training photos warped by homographies. It reports, on the demo's
-val pairs (640×480) with the stock LightGlue (1024 keypoints, adaptive), for the dense, the pruned and the distilled
-detector:
+val pairs (640×480) with the stock LightGlue (1024 keypoints, adaptive), for the dense detector, the student (before
+distillation) and the distilled one:
 
 * AUC@1/3/5 px (PoseLib LO-RANSAC, 2 px) with 95 % intervals and the paired difference of AUC@3px to dense;
 * repeatability: the share of an image's keypoints that the true homography maps within 3 px of a keypoint of the

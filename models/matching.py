@@ -242,12 +242,12 @@ def check_matcher_config(
     return check_config(config, schema, checks, f"{where}.") if schema else config
 
 
-def with_settings(matcher: Matcher, part: str, settings: dict[str, Any], where: str = "set") -> Matcher:
+def with_settings(matcher: Matcher, part: str, settings: dict[str, Any]) -> Matcher:
     """A new pipeline of ``matcher``'s weights whose ``part`` ('detector', 'matcher') is rebuilt with ``settings``
     changed (fewer keypoints, LightGlue's confidences); ``matcher`` itself is untouched."""
     section = matcher.config_parts[part]
     config = {**matcher.config, section: {**matcher.config.get(section, {}), **settings}}
-    config = check_matcher_config(matcher.name, config, where=where)
+    config = check_matcher_config(matcher.name, config, where="set")
     new = build_matcher(matcher.name, {**config, "pretrained": False} if "pretrained" in config else config)
     new.load_state_dict(matcher.state_dict())
     new.config = config
