@@ -10,8 +10,9 @@ LightGlue with its shipped adaptive depth and width, one image after the other a
 without its dense descriptor map (models/aliked.py, same outputs), its dense part in ONNX Runtime, both images
 extracted at once (``Matcher.extract_images``), LightGlue's depth confidence 0.9, its layers compiled
 (``compile_layers``), depth confidence 0.8 and width confidence 0.95 (it stops sooner and drops more points), 768
-keypoints; then, beside those, LightGlue's two knobs a step further at 1024 keypoints (depth 0.75, width 0.9), 512
-keypoints, LightGlue in int8; with ``--checkpoint`` (a pipeline whose detector was distilled, e.g. the ReLU ALIKED of
+keypoints; then, beside those, 896 keypoints, the images detected at 480 px (``resize: 480``: the longer side, as
+LightGlue's extractors' ``resize``; keypoints back in 640×480 pixels), LightGlue's two knobs a step further at 1024
+keypoints (depth 0.75, width 0.9), 512 keypoints, LightGlue in int8; with ``--checkpoint`` (a pipeline whose detector was distilled, e.g. the ReLU ALIKED of
 benchmarks/detector_distillation.py), that pipeline as saved, both images at once and its detector in ONNX Runtime,
 then with depth 0.8, width 0.95 and compiled layers, then at 768 keypoints. Anchors as their demos run them (one image
 after the other): xfeat+lighterglue, xfeat (mutual NN), sift+nn; and xfeat with both images at once, since it gains
@@ -86,10 +87,11 @@ def one_at_a_time(m: Matcher) -> Matcher:
 
 
 def aliked_pipelines(folder: Path, pretrained: bool, checkpoint: str | None = None) -> dict[str, Callable[[], Matcher]]:
-    def build(detector: dict | None = None, matcher: dict | None = None, concurrent: bool = False) -> Matcher:
-        m = build_matcher(
-            "aliked+lightglue", {"detector": detector or {}, "matcher": matcher or {}, "pretrained": pretrained}
-        )
+    def build(
+        detector: dict | None = None, matcher: dict | None = None, concurrent: bool = False, resize: int | None = None
+    ) -> Matcher:
+        config = {"detector": detector or {}, "matcher": matcher or {}, "pretrained": pretrained, "resize": resize}
+        m = build_matcher("aliked+lightglue", config)
         return m if concurrent else one_at_a_time(m)
 
     def ort(m: Matcher, name: str) -> Matcher:
@@ -123,6 +125,10 @@ def aliked_pipelines(folder: Path, pretrained: bool, checkpoint: str | None = No
         "+ compiled LightGlue": lambda: ort(build(matcher=FAST_DEPTH, concurrent=True), "compiled").compile_layers(),
         "+ depth 0.8, width 0.95": lambda: ort(build(matcher=FAST_MATCHING, concurrent=True), "fast").compile_layers(),
         "+ 768 kp": lambda: ort(build({"max_keypoints": 768}, FAST_MATCHING, True), "768").compile_layers(),
+        "896 kp": lambda: ort(build({"max_keypoints": 896}, FAST_MATCHING, True), "896").compile_layers(),
+        "detected at 480 px (1024 kp)": lambda: ort(
+            build(matcher=FAST_MATCHING, concurrent=True, resize=480), "480"
+        ).compile_layers(),
         "depth 0.75, width 0.9 (1024 kp)": lambda: ort(
             build(matcher=FASTER_MATCHING, concurrent=True), "faster"
         ).compile_layers(),

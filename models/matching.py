@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from helper import Check, InputError, check_config, first_line
@@ -78,8 +79,15 @@ class Matcher(nn.Module):
         return dict(getattr(self.detector, "config", {}))
 
     def detector_fingerprint(self) -> str:
-        """Cache identity of the detector: its weights and settings."""
-        return fingerprint(self.detector, self.detector_settings())
+        """Cache identity of the detector: its weights and settings (the input size it detects at too)."""
+        resize = {"resize": self.resize} if self.resize else {}
+        return fingerprint(self.detector, {**self.detector_settings(), **resize})
+
+    @property
+    def resize(self) -> int | None:
+        """The config's ``resize``: the longer image side (px) the detector runs at, as LightGlue's extractors'
+        ``resize`` (None: as given). Keypoints come back in the given image's pixels."""
+        return self.config.get("resize")
 
     def detect(self, image: torch.Tensor) -> Features:
         """Run the detector on a B×channels×H×W image; subclasses adapt its outputs to the official layout."""
@@ -91,13 +99,23 @@ class Matcher(nn.Module):
         return {}
 
     def extract(self, image: torch.Tensor) -> Features:
-        """Keypoints, scores and descriptors of each image of a B×C×H×W batch in [0, 1]."""
+        """Keypoints, scores and descriptors of each image of a B×C×H×W batch in [0, 1] (detected at the config's
+        ``resize``, if any: the image scaled, antialiased, so that its longer side is that many px)."""
         h, w = image.shape[-2:]
-        if min(h, w) < self.min_side:
+        size = (h, w)
+        if self.resize and max(h, w) != self.resize:
+            size = (max(1, round(h * self.resize / max(h, w))), max(1, round(w * self.resize / max(h, w))))
+        if min(size) < self.min_side:
+            at = f" (resized to {size[1]}×{size[0]})" if size != (h, w) else ""
             raise InputError(
-                f"an image of {w}×{h} px is too small for {self.name} (at least {self.min_side} px a side)"
+                f"an image of {w}×{h} px{at} is too small for {self.name} (at least {self.min_side} px a side)"
             )
-        return self.detect(to_channels(image, self.channels))
+        if size == (h, w):
+            return self.detect(to_channels(image, self.channels))
+        small = F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=size[0] < h)
+        feats = self.detect(to_channels(small.clamp(0, 1), self.channels))
+        scale = image.new_tensor([w / size[1], h / size[0]])  # pixel centres at integers: (x + 0.5) s - 0.5
+        return {**feats, "keypoints": [(k + 0.5) * scale.to(k) - 0.5 for k in feats["keypoints"]]}
 
     @contextlib.contextmanager
     def every_layer(self) -> Iterator[None]:
@@ -227,7 +245,7 @@ def check_matcher_config(
     """``config`` of matcher ``name`` with every key known to it (else an InputError naming the nearest). Parts
     of ``inherited`` (a script's defaults, e.g. LightGlue's every-layer settings) that this matcher does not have
     are dropped when left as they are: they are the script's, not the user's."""
-    schema = matcher_class(name).config_schema()
+    schema = {**matcher_class(name).config_schema(), "resize": None}  # every matcher: Matcher.resize
     config = {
         k: v
         for k, v in (config or {}).items()
@@ -239,6 +257,7 @@ def check_matcher_config(
         if isinstance(sub, dict)
         for key in sub
     }
+    checks["resize"] = Check(kind=int, lo=Matcher.min_side, nullable=True)
     return check_config(config, schema, checks, f"{where}.") if schema else config
 
 
