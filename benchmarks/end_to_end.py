@@ -12,9 +12,10 @@ extracted at once (``Matcher.extract_images``), LightGlue's depth confidence 0.9
 (``compile_layers``), depth confidence 0.8 and width confidence 0.95 (it stops sooner and drops more points), 768
 keypoints; then, beside those, 896 keypoints, the images detected at 480 px (``resize: 480``: the longer side, as
 LightGlue's extractors' ``resize``; keypoints back in 640×480 pixels), LightGlue's two knobs a step further at 1024
-keypoints (depth 0.75, width 0.9), 512 keypoints, LightGlue in int8; with ``--checkpoint`` (a pipeline whose detector was distilled, e.g. the ReLU ALIKED of
-benchmarks/detector_distillation.py), that pipeline as saved, both images at once and its detector in ONNX Runtime,
-then with depth 0.8, width 0.95 and compiled layers, then at 768 keypoints. Anchors as their demos run them (one image
+keypoints (depth 0.75, width 0.9), 512 keypoints, LightGlue in int8; with ``--checkpoint`` (a pipeline whose
+detector was distilled, e.g. the ReLU ALIKED of benchmarks/detector_distillation.py), that pipeline as saved, both
+images at once and its detector in ONNX Runtime, then with depth 0.8, width 0.95 and compiled layers, then at 768
+keypoints. Anchors as their demos run them (one image
 after the other): xfeat+lighterglue, xfeat (mutual NN), sift+nn; and xfeat with both images at once, since it gains
 from that as much as ours.
 

@@ -19,6 +19,7 @@ this file. This module sits above the models and the compression toolkits: it im
 
 from __future__ import annotations
 
+import json
 import os
 import zlib
 from pathlib import Path
@@ -40,8 +41,8 @@ from models.matching import Matcher, available_matchers, build_matcher, matcher_
 from models.weights import WeightsError, read_state_dict
 
 FORMAT = "efficient-feature-matching/checkpoint"
-VERSION = 5  # 1: plain state_dict; 2: compressed tensors; 3: with ONNX Runtime parts; 4: entropy-coded;
-# 5: shared-value tensors without a layer state
+VERSION = 6  # 1: plain state_dict; 2: compressed tensors; 3: with ONNX Runtime parts; 4: entropy-coded;
+# 5: shared-value tensors without a layer state; 6: the entries packed into one byte stream
 SHAPE_ATTRS = ("num_heads", "dim", "head_dim", "embed_dim")  # ints that shapes alone do not determine
 
 
@@ -160,9 +161,70 @@ def save_checkpoint(matcher: Matcher, path: str | os.PathLike, meta: dict[str, A
         payload["version"] = 4
     if any(e["kind"] == "shared" for e in payload["tensors"].values()):  # (float16 fields: version 4 code reads
         payload["version"] = 5  # them, loading casts them to the parameters' float32)
+    packed = _pack(payload["tensors"])
+    if packed is not None:
+        del payload["tensors"]
+        payload.update(version=6, packed=packed)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
+
+
+def _pack(entries: dict[str, dict[str, Any]]) -> dict[str, torch.Tensor] | None:
+    """The entries as one byte stream (``data``: every tensor's bytes, one after the other) and a zlib-compressed
+    JSON ``index`` of each entry's fields in order: a tensor's dtype, shape and place in the stream, any other value
+    as it is. None when a value would not come back from JSON as it was (a tuple, a key that is not a string)."""
+    index, chunks, offset = {}, [], 0
+    for name, entry in entries.items():
+        fields = []
+        for field, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                raw = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+                fields.append([field, "tensor", [str(value.dtype).split(".")[-1], list(value.shape), offset, len(raw)]])
+                chunks.append(raw)
+                offset += len(raw)
+            elif json.loads(json.dumps(value)) == value:
+                fields.append([field, "value", value])
+            else:
+                return None
+        index[name] = fields
+    text = zlib.compress(json.dumps(index, separators=(",", ":")).encode(), 9)
+    return {
+        "index": torch.frombuffer(bytearray(text), dtype=torch.uint8),
+        "data": torch.frombuffer(bytearray(b"".join(chunks) or b"\0"), dtype=torch.uint8)[:offset],
+    }
+
+
+def _unpack(packed: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
+    """The entries ``_pack`` packed, each tensor with its very bytes (a ValueError if the stream is short)."""
+    index = json.loads(zlib.decompress(packed["index"].numpy().tobytes()))
+    data = packed["data"].numpy().tobytes()
+    entries = {}
+    for name, fields in index.items():
+        entry = {}
+        for field, kind, value in fields:
+            if kind != "tensor":
+                entry[field] = value
+                continue
+            dtype, shape, offset, size = value
+            if offset + size > len(data):
+                raise ValueError(f"{name}.{field} lies past the end of the packed tensors")
+            if not size:  # torch.frombuffer takes no empty buffer
+                entry[field] = torch.empty(shape, dtype=getattr(torch, dtype))
+                continue
+            flat = torch.frombuffer(bytearray(data[offset : offset + size]), dtype=torch.uint8)
+            entry[field] = flat.view(getattr(torch, dtype)).reshape(shape)
+        entries[name] = entry
+    return entries
+
+
+def checkpoint_entries(payload: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A checkpoint's tensor entries as ``save_checkpoint`` encoded and coded them, whatever its version."""
+    if "packed" in payload:
+        return _unpack(payload["packed"])
+    if "tensors" in payload:
+        return payload["tensors"]
+    return {k: {"kind": "dense", "tensor": v} for k, v in payload["state_dict"].items()}  # version 1
 
 
 def coding_summary(path: str | os.PathLike) -> dict[str, float]:
@@ -171,7 +233,7 @@ def coding_summary(path: str | os.PathLike) -> dict[str, float]:
     needs), and ``other_bytes`` (float tensors and graphs as stored)."""
     payload = read_state_dict(path)
     out = {"code_bytes": 0.0, "code_entropy_bytes": 0.0, "other_bytes": 0.0}
-    for entry in payload.get("tensors", {}).values():
+    for entry in checkpoint_entries(payload).values():
         plain = coding.decode(entry)
         for field, value in entry.items():
             if not isinstance(value, torch.Tensor):
@@ -190,7 +252,7 @@ def stored_bytes(path: str | os.PathLike, prefix: str = "") -> int:
     """Bytes of the tensors a checkpoint stores under ``prefix`` (``detector.``, ``matcher.``; all by default: the
     file less its header and pickling)."""
     total = 0
-    for name, entry in read_state_dict(path).get("tensors", {}).items():
+    for name, entry in checkpoint_entries(read_state_dict(path)).items():
         if name.startswith(prefix):
             total += sum(v.numel() * v.element_size() for v in entry.values() if isinstance(v, torch.Tensor))
     return total
@@ -226,11 +288,7 @@ def _rebuild(payload: dict[str, Any], path: str | os.PathLike) -> Matcher:
         )
     config = _without_weights(payload["matcher"], payload["config"])
     matcher = build_matcher(payload["matcher"], config)
-    if "tensors" in payload:
-        entries = payload["tensors"]
-    else:  # version 1
-        entries = {k: {"kind": "dense", "tensor": v} for k, v in payload["state_dict"].items()}
-    decoded = {k: decode(coding.decode(e)) for k, e in entries.items()}
+    decoded = {k: decode(coding.decode(e)) for k, e in checkpoint_entries(payload).items()}
     state = {k: t for k, (t, _) in decoded.items()}
     fit_shapes(matcher, state, payload.get("attrs", {}))
     graphs = payload.get("onnx", {})

@@ -29,7 +29,7 @@ def _png(image: np.ndarray) -> bytes:
 def hostile(tmp_path_factory):
     """A folder of bad inputs (and the few good ones they are mixed with)."""
     from models.matching import build_matcher
-    from pipeline.checkpoint import save_checkpoint
+    from pipeline.checkpoint import checkpoint_entries, save_checkpoint
 
     h = tmp_path_factory.mktemp("hostile")
     rng = np.random.default_rng(0)
@@ -55,7 +55,12 @@ def hostile(tmp_path_factory):
     torch.save(Payload(), h / "pickle.pth")
     ckpt = save_checkpoint(build_matcher("aliked+lightglue", TINY_MATCHER), h / "tiny.pth")
     (h / "truncated.pth").write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
-    payload = torch.load(ckpt, weights_only=True)
+    packed = torch.load(ckpt, weights_only=True)  # crafted below as version 5 (entries pickled one by one)
+    payload = {
+        **{k: v for k, v in packed.items() if k != "packed"},
+        "version": 5,
+        "tensors": checkpoint_entries(packed),
+    }
 
     def crafted(name, change):
         p = {**payload, "tensors": dict(payload["tensors"])}

@@ -6,7 +6,8 @@ from conftest import FIXTURES
 
 from models.matching import build_matcher
 from models.weights import WeightsError
-from pipeline.checkpoint import load_checkpoint, save_checkpoint, stored_bytes
+from pipeline import checkpoint
+from pipeline.checkpoint import checkpoint_entries, load_checkpoint, save_checkpoint, stored_bytes
 
 
 def shrink_superglue_head(matcher, keep):
@@ -124,9 +125,12 @@ def test_entropy_coded_entries_decode_bit_exact_and_uncoded_checkpoints_still_lo
     m = build_matcher("aliked+lightglue", {"detector": {"max_keypoints": 128}})
     kmeans = method("kmeans")
     kmeans.apply(Job(m, "matcher", {**kmeans.settings, "method": "kmeans", "bits": 4}))
+    packed_file = save_checkpoint(m, tmp_path / "packed.pth")
+    assert read_state_dict(packed_file)["version"] == 6
+    monkeypatch.setattr(checkpoint, "_pack", lambda entries: None)  # what version 4 wrote: entries pickled one by one
     coded_file = save_checkpoint(m, tmp_path / "coded.pth")
     assert read_state_dict(coded_file)["version"] == 4
-    monkeypatch.setattr(coding, "code", lambda e: e)  # what the previous version wrote
+    monkeypatch.setattr(coding, "code", lambda e: e)  # what version 2 wrote
     monkeypatch.setattr(
         coding, "code_bytes", lambda data: {"graph": torch.frombuffer(bytearray(data), dtype=torch.uint8)}
     )
@@ -134,9 +138,12 @@ def test_entropy_coded_entries_decode_bit_exact_and_uncoded_checkpoints_still_lo
     monkeypatch.undo()
     assert read_state_dict(plain_file)["version"] == 2
     assert coded_file.stat().st_size < 0.97 * plain_file.stat().st_size
-    coded_model, plain_model = load_checkpoint(coded_file), load_checkpoint(plain_file)
-    for k, v in m.state_dict().items():
-        assert torch.equal(coded_model.state_dict()[k], v) and torch.equal(plain_model.state_dict()[k], v)
+    assert packed_file.stat().st_size < coded_file.stat().st_size - 100 * len(m.state_dict())  # no per-tensor headers
+    assert stored_bytes(packed_file) == stored_bytes(coded_file)  # the same coded tensors
+    for path in (packed_file, coded_file, plain_file):
+        back = load_checkpoint(path).state_dict()
+        for k, v in m.state_dict().items():
+            assert torch.equal(back[k], v), (path.name, k)
 
 
 def test_a_damaged_entropy_coded_field_is_one_clear_error(tmp_path):
@@ -144,12 +151,18 @@ def test_a_damaged_entropy_coded_field_is_one_clear_error(tmp_path):
 
     m = build_matcher("superpoint+superglue", {"superpoint": {"weights": None}, "superglue": {"weights": None}})
     payload = read_state_dict(save_checkpoint(m, tmp_path / "m.pth"))
-    name = next(k for k, e in payload["tensors"].items() if "coded" in e)
-    field = next(iter(payload["tensors"][name]["coded"]))
-    payload["tensors"][name][field] = payload["tensors"][name][field][: len(payload["tensors"][name][field]) // 2]
-    torch.save(payload, tmp_path / "damaged.pth")
+    entries = checkpoint_entries(payload)
+    name = next(k for k, e in entries.items() if "coded" in e)
+    field = next(iter(entries[name]["coded"]))
+    entries[name][field] = entries[name][field][: len(entries[name][field]) // 2]
+    unpacked = {k: v for k, v in payload.items() if k != "packed"}
+    torch.save({**unpacked, "version": 5, "tensors": entries}, tmp_path / "damaged.pth")
     with pytest.raises(WeightsError, match="damaged checkpoint"):
         load_checkpoint(tmp_path / "damaged.pth")
+    short = {**payload["packed"], "data": payload["packed"]["data"][:-100].clone()}  # the packed stream cut short
+    torch.save({**payload, "packed": short}, tmp_path / "short.pth")
+    with pytest.raises(WeightsError, match="damaged checkpoint.*past the end"):
+        load_checkpoint(tmp_path / "short.pth")
 
 
 def test_a_detector_shared_by_kmeans_is_stored_as_codes_and_loads_bit_exact(tmp_path):
@@ -164,7 +177,7 @@ def test_a_detector_shared_by_kmeans_is_stored_as_codes_and_loads_bit_exact(tmp_
     assert torch.unique(agg).numel() <= 16  # ALIKED's aggregation weights: no layer's, shared too
     path = save_checkpoint(m, tmp_path / "shared.pth")
     payload = read_state_dict(path)
-    assert payload["version"] == 5 and payload["tensors"]["detector.desc_head.agg_weights"]["kind"] == "shared"
+    assert payload["version"] == 6 and checkpoint_entries(payload)["detector.desc_head.agg_weights"]["kind"] == "shared"
     back = load_checkpoint(path)
     for k, v in m.state_dict().items():  # bit for bit (signed zeros too)
         assert torch.equal(back.state_dict()[k].reshape(-1).view(torch.uint8), v.reshape(-1).view(torch.uint8)), k
@@ -172,7 +185,9 @@ def test_a_detector_shared_by_kmeans_is_stored_as_codes_and_loads_bit_exact(tmp_
     with torch.no_grad():
         agg.view(-1)[:2] = torch.tensor([0.0, -0.0])  # +0 and -0 are one value but two bit patterns: stored as floats
     assert (
-        read_state_dict(save_checkpoint(m, tmp_path / "zeros.pth"))["tensors"]["detector.desc_head.agg_weights"]["kind"]
+        checkpoint_entries(read_state_dict(save_checkpoint(m, tmp_path / "zeros.pth")))[
+            "detector.desc_head.agg_weights"
+        ]["kind"]
         != "shared"
     )
     back = load_checkpoint(tmp_path / "zeros.pth").detector.desc_head.agg_weights
@@ -197,7 +212,7 @@ def test_biases_norms_and_codebooks_in_float16_values_are_stored_in_float16_and_
     changed = [k for k, v in weights.items() if not torch.equal(after[k], v)]
     assert changed and all(k.startswith("matcher.") for k in changed)  # k-means weights: their codebooks rounded
     path = save_checkpoint(m, tmp_path / "fp16.pth")
-    entry = read_state_dict(path)["tensors"]["matcher.transformers.0.self_attn.ffn.1.bias"]
+    entry = checkpoint_entries(read_state_dict(path))["matcher.transformers.0.self_attn.ffn.1.bias"]
     assert entry["half"] == ["tensor"]  # stored in float16 (then entropy-coded by byte planes where smaller)
     assert entry.get("tensor.dtype", str(entry["tensor"].dtype).split(".")[-1]) == "float16"
     assert path.stat().st_size < before.stat().st_size - 50_000  # ~50k float32 biases and norms: half the bytes

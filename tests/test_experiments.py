@@ -111,6 +111,7 @@ def test_killed_experiment_resumes_and_reports_every_variant(tmp_path, monkeypat
     assert xfeat["method"] == "reference" and xfeat["sparsity"] is None and xfeat["execution"] == "fp32"
     assert load_checkpoint(xfeat["checkpoint"]).name == "xfeat" and xfeat["latency_ms"] > 0
     assert by_name["dense-1024kp"]["weights"] != dense["weights"]  # another keypoint budget: another pipeline
+    assert load_checkpoint(by_name["dense-480px"]["checkpoint"]).resize == 480  # detected at 480 px: its file says so
     assert "pairs" not in saved[0]  # the dense per-pair values stay in the baseline stage
     assert (
         len(json.loads((tmp_path / "stages" / "baseline.json").read_text())["result"]["pairs"])

@@ -13,7 +13,7 @@ from backends.modules import GraphMatcher, graph_feed
 from compression import coding
 from helper import count_macs
 from models.matching import build_matcher
-from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.checkpoint import checkpoint_entries, load_checkpoint, save_checkpoint
 from pipeline.costs import module_macs
 from quantization.int8 import coordinate_layers, int8_matcher, quantize_matcher_onnx, recorded_inputs
 
@@ -148,7 +148,10 @@ def test_checkpoint_stores_the_int8_graph_and_loads_it_back(graphs, tmp_path):
     assert coding.decode_bytes(graph) == ort["dynamic"].matcher.graph_bytes  # bit-exact, entropy-coded when smaller
     assert graph["graph"].numel() <= len(ort["dynamic"].matcher.graph_bytes)
     tensors = sum(
-        v.numel() * v.element_size() for e in payload["tensors"].values() for v in e.values() if torch.is_tensor(v)
+        v.numel() * v.element_size()
+        for e in checkpoint_entries(payload).values()
+        for v in e.values()
+        if torch.is_tensor(v)
     )
     assert path.stat().st_size < tensors + 1.02 * graph["graph"].numel() + 100_000  # stored as bytes, not as text
     for m, n in ((30, 20), (1, 9), (0, 4)):  # one keypoint runs in the graph; none matches nothing

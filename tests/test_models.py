@@ -130,3 +130,38 @@ def test_both_images_at_once_give_what_one_at_a_time_gives():
     threads.clear()
     matching.extract_images(images)
     assert set(threads) == {threading.current_thread()}
+
+
+def test_resize_detects_at_the_longer_side_and_gives_keypoints_in_the_given_pixels():
+    """The config's ``resize`` (LightGlue's extractors' convention): the detector sees the image scaled so that its
+    longer side is that many px; keypoints come back in the given image's pixels, pixel centres at integers."""
+    import torch.nn.functional as F
+
+    from helper import InputError
+    from models.matching import check_matcher_config
+
+    torch.manual_seed(0)
+    image = torch.rand(1, 1, 120, 160)
+    plain = build_matcher("superpoint+superglue", RANDOM)
+    half = build_matcher("superpoint+superglue", {**RANDOM, "resize": 80})
+    half.load_state_dict(plain.state_dict())
+    small = F.interpolate(image, size=(60, 80), mode="bilinear", align_corners=False, antialias=True)
+    expected = plain.extract(small)
+    got = half.extract(image)
+    assert len(got["keypoints"][0]) > 0
+    torch.testing.assert_close(got["keypoints"][0], (expected["keypoints"][0] + 0.5) * 2 - 0.5)
+    assert torch.equal(got["descriptors"][0], expected["descriptors"][0])
+    assert torch.equal(got["scores"][0], expected["scores"][0])
+    # an image already at that size is detected as it is; the setting is part of the detector's cache identity
+    same = build_matcher("superpoint+superglue", {**RANDOM, "resize": 160})
+    same.load_state_dict(plain.state_dict())
+    assert torch.equal(same.extract(image)["keypoints"][0], plain.extract(image)["keypoints"][0])
+    assert half.detector_fingerprint() != plain.detector_fingerprint()
+    # whole pairs: matches index the keypoints given back
+    out = half({"image0": image, "image1": image.flip(-1)})
+    assert out["keypoints0"][0].shape == got["keypoints"][0].shape
+    # bad settings and images too small once resized: one-line errors naming the culprit
+    with pytest.raises(InputError, match="matcher_config.resize"):
+        check_matcher_config("aliked+lightglue", {"resize": 8})
+    with pytest.raises(InputError, match="resized to 16×12.*too small"):
+        build_matcher("superpoint+superglue", {**RANDOM, "resize": 16}).extract(image)
