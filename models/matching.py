@@ -87,7 +87,7 @@ class Matcher(nn.Module):
     def resize(self) -> int | None:
         """The config's ``resize``: the longer image side (px) the detector runs at, as LightGlue's extractors'
         ``resize`` (None: as given). Keypoints come back in the given image's pixels."""
-        return self.config.get("resize")
+        return (self.config or {}).get("resize")
 
     def detect(self, image: torch.Tensor) -> Features:
         """Run the detector on a B×channels×H×W image; subclasses adapt its outputs to the official layout."""

@@ -183,7 +183,7 @@ def _pack(entries: dict[str, dict[str, Any]]) -> dict[str, torch.Tensor] | None:
                 fields.append([field, "tensor", [str(value.dtype).split(".")[-1], list(value.shape), offset, len(raw)]])
                 chunks.append(raw)
                 offset += len(raw)
-            elif json.loads(json.dumps(value)) == value:
+            elif _json_exact(value):
                 fields.append([field, "value", value])
             else:
                 return None
@@ -193,6 +193,13 @@ def _pack(entries: dict[str, dict[str, Any]]) -> dict[str, torch.Tensor] | None:
         "index": torch.frombuffer(bytearray(text), dtype=torch.uint8),
         "data": torch.frombuffer(bytearray(b"".join(chunks) or b"\0"), dtype=torch.uint8)[:offset],
     }
+
+
+def _json_exact(value: Any) -> bool:
+    try:
+        return json.loads(json.dumps(value)) == value
+    except (TypeError, ValueError):  # e.g. a NumPy number
+        return False
 
 
 def _unpack(packed: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:

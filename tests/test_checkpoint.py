@@ -221,3 +221,28 @@ def test_biases_norms_and_codebooks_in_float16_values_are_stored_in_float16_and_
         assert back[k].dtype == v.dtype and torch.equal(
             back[k].reshape(-1).view(torch.uint8), v.reshape(-1).view(torch.uint8)
         ), k
+
+
+def test_packed_entries_give_back_every_field_and_fall_back_when_json_cannot():
+    """Version 6 packs every tensor into one stream (dtype, shape, bytes kept: empty, 0-d and bool ones too); an entry
+    with a value JSON would change (a tuple, a NumPy number) leaves the file in the one-entry-per-tensor layout."""
+    import numpy as np
+
+    entries = {
+        "w": {"kind": "sparse", "shape": [2, 3], "mask": torch.tensor([True, False]), "values": torch.arange(6.0)},
+        "e": {"kind": "dense", "tensor": torch.zeros(0, 4, dtype=torch.int8), "coded": {"tensor": "zlib"}},
+        "s": {"kind": "dense", "tensor": torch.tensor(-0.0, dtype=torch.float16), "half": ["tensor"]},
+    }
+    back = checkpoint._unpack(checkpoint._pack(entries))
+    assert list(back) == list(entries)
+    for name, entry in entries.items():
+        assert list(back[name]) == list(entry)
+        for field, value in entry.items():
+            got = back[name][field]
+            if torch.is_tensor(value):
+                assert got.dtype == value.dtype and got.shape == value.shape
+                assert torch.equal(got.reshape(-1).view(torch.uint8), value.reshape(-1).view(torch.uint8))
+            else:
+                assert got == value
+    assert checkpoint._pack({"w": {"kind": "x", "shape": (2, 3)}}) is None
+    assert checkpoint._pack({"w": {"kind": "x", "scale": np.float32(0.5)}}) is None
