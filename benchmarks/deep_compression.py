@@ -1,8 +1,9 @@
 """Deep compression of a whole pipeline (Han et al. 2016): gradual pruning, trained k-means, a k-means detector and
 entropy-coded files; its size against its accuracy.
 
-    python benchmarks/deep_compression.py [--sparsity 0.85] [--bits 2] [--detector_bits 4] [--steps 600]
-        [--kmeans_steps 100] [--assignment 1.0] [--num_pairs 150] [--out runs/deep_compression]
+    python benchmarks/deep_compression.py [--sparsity 0.83] [--bits 2] [--detector_bits auto] [--target 20]
+        [--steps 1200] [--kmeans_steps 100] [--assignment 1.0] [--seed 0] [--num_pairs 150]
+        [--out runs/deep_compression]
     python benchmarks/deep_compression.py --matcher superpoint+superglue --random-weights   # the file sizes only
 
 The recipe, on the demo's matcher (aliked+lightglue, 512 keypoints, every layer):
@@ -15,7 +16,12 @@ The recipe, on the demo's matcher (aliked+lightglue, 512 keypoints, every layer)
 3. the detector's weights shared by k-means at ``--detector_bits`` (its convolutions and ALIKED's descriptor
    aggregation), untrained, but its tensors of fewer than ``--detector_small`` weights at 8 bits: its first layers,
    heads and deformable offsets, 18 % of ALIKED's weights, are what 4 bits break (on 24 val pairs: its convolutions all
-   at 4 bits lose 14 points of AUC@3px, the small ones alone at 4 bits 3–6 points each, the large ones ~0);
+   at 4 bits lose 14 points of AUC@3px, the small ones alone at 4 bits 3–6 points each, the large ones ~0).
+   ``--detector_bits auto`` (the default) gives the detector the most bits (8 down to 2) whose finished file is still
+   ``--target`` times smaller than the dense one: what the size budget leaves after the matching network, since
+   the detector is untrained and every bit it keeps is accuracy (at 83 % and 2 bits: ALIKED's 0.7 M weights get 5
+   bits, SuperPoint's 1.3 M 3 bits; on 500 val pairs the finished aliked+lightglue file lost −.003 [−.010, +.004]
+   AUC@3px with ALIKED at 4 bits, −.000 [−.008, +.007] at 5);
 4. the biases, norms and codebooks in float16 values (``quantization/half.py``);
 5. each stage saved in the project's checkpoint format (entropy-coded, bit-exact on load).
 
@@ -27,12 +33,15 @@ the size-vs-accuracy figures ``<out>/<matcher>/size_vs_auc.png`` (the whole file
 experiment's variants or another run's stages beside them) and ``matcher_size_vs_auc.png`` (the matching network's
 tensors alone). Finetuning runs and evaluations resume after a kill (under ``--out``). With ``--random-weights``
 (superpoint+superglue here: the official weights are Colab's) the same recipe runs for a few steps and only the
-sizes are printed; the accuracy is Colab's (``configs/coco.yaml``).
+sizes are printed (the detector's bit width chosen by the same rule); the accuracy is Colab's (``configs/coco.yaml``).
 """
 
 from __future__ import annotations
 
+import argparse
+import copy
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +91,16 @@ def other_points(path: str) -> list[dict[str, Any]]:
     raise InputError(f"--results: {path} is neither an experiment's results.json nor a report of this script (--json)")
 
 
+def detector_bits(text: str) -> int | None:
+    """``--detector_bits``: 1 to 8, or auto (None)."""
+    if text == "auto":
+        return None
+    try:
+        return int_in(1, 8)(text)
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"auto or {e}") from None
+
+
 def pipeline_config(matcher: str, pretrained: bool) -> dict[str, Any]:
     if matcher == "aliked+lightglue":
         return {"detector": {"max_keypoints": 512}, "matcher": dict(EVERY_LAYER)}
@@ -94,15 +113,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--matcher", default="aliked+lightglue", choices=["aliked+lightglue", "superpoint+superglue"])
     p.add_argument("--random-weights", "--random_weights", dest="random_weights", action="store_true",
                    help="random weights: the recipe's wiring and file sizes only")  # fmt: skip
-    p.add_argument("--sparsity", type=float, default=0.85, help="final sparsity of the matching network's weights")
+    p.add_argument("--sparsity", type=float, default=0.83, help="final sparsity of the matching network's weights")
     p.add_argument("--bits", type=int_in(1, 8), default=2, help="k-means bits of the matching network")
-    p.add_argument("--detector_bits", type=int_in(1, 8), default=4, help="k-means bits of the detector")
+    p.add_argument("--detector_bits", type=detector_bits, default=None,
+                   help="k-means bits of the detector; auto: the most bits that keep --target")  # fmt: skip
+    p.add_argument("--target", type=float, default=20.0, help="size ratio to dense that --detector_bits auto keeps")
     p.add_argument("--detector_small", type=int_in(0, 10**9), default=32768,
                    help="the detector's tensors of fewer weights keep 8 bits (its first layers and heads)")  # fmt: skip
-    p.add_argument("--steps", type=positive_int, default=600, help="gradual pruning steps (one training pair each)")
+    p.add_argument("--steps", type=positive_int, default=1200, help="gradual pruning steps (one training pair each)")
     p.add_argument("--kmeans_steps", type=positive_int, default=100, help="codebook finetuning steps")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--assignment", type=float, default=1.0, help="weight of the dense assignment as soft targets")
+    p.add_argument("--seed", type=int_in(0, 2**31 - 1), default=0, help="of the training pairs' order and changes")
     p.add_argument("--num_pairs", type=int_in(2, 10_000), default=150, help="val pairs for accuracy")
     p.add_argument("--out", default="runs/deep_compression")
     p.add_argument("--results", nargs="+", default=[], metavar="JSON",
@@ -112,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if not 0 < args.sparsity < 1:
         raise InputError(f"--sparsity must be in (0, 1), got {args.sparsity}")
+    if not args.target > 1:
+        raise InputError(f"--target must be a size ratio above 1, got {args.target}")
     pretrained = not args.random_weights
     others = [other_points(path) for path in args.results]  # read first: a bad file loses no work
     if args.matcher == "superpoint+superglue" and pretrained:
@@ -123,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         "matcher": args.matcher,
         "matcher_config": pipeline_config(args.matcher, pretrained),
         "lr": args.lr,
+        "seed": args.seed,
         "distill": {**DEFAULTS["distill"], "assignment": args.assignment},
         "train": TRAIN if pretrained else {**TRAIN, "num_pairs": 2, "size": [160, 120]},
         "val": {**VAL, "num_pairs": 16} if pretrained else {**VAL, "num_pairs": 2, "size": [160, 120]},
@@ -151,16 +176,37 @@ def main(argv: list[str] | None = None) -> None:
     paths[f"+ k-means {args.bits} bits, trained"] = kmeans = tuned("kmeans", shared, kmeans_steps)
     m = load_checkpoint(kmeans)
     small = {n: 8 for n, w in prunable_weights(m.detector).items() if w.numel() < args.detector_small}
-    quantize_kmeans(m.detector, {"*": args.detector_bits, **small})
-    share_other_weights(m.detector, args.detector_bits)
-    detector = f"+ detector k-means {args.detector_bits} bits"
+
+    def with_detector(bits: int) -> Any:  # the pipeline with its detector's weights shared at ``bits``
+        d = copy.deepcopy(m)
+        quantize_kmeans(d.detector, {"*": bits, **small})
+        share_other_weights(d.detector, bits)
+        return d
+
+    dense_bytes = paths["dense"].stat().st_size
+    bits, trials = args.detector_bits, {}
+    if bits is None:  # the most bits whose finished file (float16 values too) keeps the target ratio
+        with tempfile.TemporaryDirectory() as folder:
+            for bits in range(8, 1, -1):
+                d = with_detector(bits)
+                half_floats(d)
+                trials[bits] = dense_bytes / save_checkpoint(d, Path(folder) / "trial.pth").stat().st_size
+                if trials[bits] >= args.target:
+                    break
+        tried = ", ".join(f"{b}: {r:.1f}×" for b, r in trials.items())
+        print(f"detector bits: {bits}, the most that keep the file {args.target:g}× smaller ({tried})")
+        if trials[bits] < args.target:
+            print(f"  (no detector bit width reaches {args.target:g}×: the matching network's share is too large)")
+    m = with_detector(bits)
+    detector = f"+ detector k-means {bits} bits"
     paths[detector + (f" (8: {len(small)} small)" if small else "")] = save_checkpoint(m, out / "detector.pth")
     half_floats(m)
     paths["+ float16 biases, norms, codebooks"] = save_checkpoint(m, out / "final.pth")
 
     weights = sum(p.numel() for p in dense.parameters())
-    dense_bytes, dense_matcher = paths["dense"].stat().st_size, stored_bytes(paths["dense"], "matcher.")
-    report: dict[str, Any] = {"args": vars(args), "git_commit": git_commit(), "weights": weights, "rows": {}}
+    dense_matcher = stored_bytes(paths["dense"], "matcher.")
+    report: dict[str, Any] = {"args": vars(args), "git_commit": git_commit(), "weights": weights,
+                              "detector_bits": bits, "detector_bits_trials": trials, "rows": {}}  # fmt: skip
     rows: dict[str, list[dict]] = {}
     if pretrained:
         val = {**VAL, "num_pairs": args.num_pairs}

@@ -708,8 +708,10 @@ def run(
     kinds: tuple[str, ...] = ("pruning", "quantization"),
     dry_run: bool = False,
     progress: bool = True,
+    report: bool = True,
 ) -> list[dict[str, Any]]:
-    """Run (or resume) the experiment's variants of ``kinds``, then write results.json, figures and report.md."""
+    """Run (or resume) the experiment's variants of ``kinds``, then write results.json, figures and report.md
+    (``report=False``: the stages only, no profile, animation or report; returns [] as a dry run does)."""
     config = checked_experiment(config)  # the whole plan, before the baseline runs
     writable_location(out, folder=True, what="run folder")
     seed_everything(config["seed"])
@@ -736,7 +738,9 @@ def run(
     references = [exp.reference(spec) for spec in config["references"]]
     exp.save_cache()
     if dry_run:
-        print("  then: profile, results.json, figures, report.md")
+        print("  then: profile, results.json, figures, report.md" if report else "  then: stop (no report)")
+        return []
+    if not report:  # e.g. the main job's first script: the second profiles every variant side by side
         return []
     dense = {k: v for k, v in dense.items() if k != "pairs"}  # per-pair values stay in the stage record
     rows = [dense, *(r for v in variants.values() for r in v["rows"]), *references]
@@ -781,12 +785,24 @@ def main(kinds: tuple[str, ...], description: str, argv: list[str] | None = None
         action="store_true",
         help="copy the report's table and figures into README.md (for the demo run)",
     )
+    p.add_argument(
+        "--no-report",
+        "--no_report",
+        dest="report",
+        action="store_false",
+        help="run the stages only, without profile, animation or report (the README's main job passes it to the "
+        "first script: the second profiles every variant side by side and writes the report)",
+    )
     args = p.parse_args(argv)
+    if args.update_readme and not args.report:
+        raise InputError("--update-readme needs the report: leave out --no-report")
     config = experiment_config(args.config, args.set)
     out = Path(args.out or Path("runs") / config["name"])
     if args.update_readme:
         writable_location(ROOT / "README.md", what="--update-readme")
-    rows = run(config, out, kinds, args.dry_run)
+    rows = run(config, out, kinds, args.dry_run, report=args.report)
+    if not rows and not args.report and not args.dry_run:
+        print(f"stages done in {out} (--no-report: no profile or report)")
     if rows:
         print((out / "report.md").read_text())
         print(f"written: {out / 'report.md'}, {out / 'results.json'}")

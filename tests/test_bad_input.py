@@ -215,6 +215,13 @@ CASES = [
     ("finetune out is a file", F, ["--set", "out={H}/a_file"], ["a_file"], [RUN]),
     ("experiment --out is a file", X, ["--out", "{H}/a_file"], ["a_file"], ["pipeline.experiment.Experiment.baseline"]),
     (
+        "experiment --update-readme without a report",
+        X,
+        ["--no-report", "--update-readme"],
+        ["--update-readme", "--no-report"],
+        ["pipeline.experiment.Experiment.baseline"],
+    ),
+    (
         "visualizations --out is a file",
         "visualizations",
         ["--out", "{H}/a_file", "--results", "{H}/broken.json"],

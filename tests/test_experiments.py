@@ -51,10 +51,11 @@ def test_killed_experiment_resumes_and_reports_every_variant(tmp_path, monkeypat
     assert {"baseline.json", "sensitivity.json", "variant-fine-grained.json"} <= set(done)
 
     monkeypatch.setattr(experiments, "finetune", real_finetune)
-    run(TINY, tmp_path, ("pruning",), progress=False)
+    assert run(TINY, tmp_path, ("pruning",), progress=False, report=False) == []  # as the README's main job does
     after = stage_times(tmp_path)
     assert all(after[name] == t for name, t in done.items())  # finished stages were not redone
     assert "finetune-fine-grained.json" in after
+    assert "profile.json" not in after and not (tmp_path / "report.md").exists()  # the next script profiles all
 
     rows = run(TINY, tmp_path, ("quantization",), progress=False)
     by_name = {r["name"]: r for r in rows}
