@@ -19,9 +19,10 @@ The recipe, on the demo's matcher (aliked+lightglue, 512 keypoints, every layer)
    at 4 bits lose 14 points of AUC@3px, the small ones alone at 4 bits 3–6 points each, the large ones ~0).
    ``--detector_bits auto`` (the default) gives the detector the most bits (8 down to 2) whose finished file is still
    ``--target`` times smaller than the dense one: what the size budget leaves after the matching network, since
-   the detector is untrained and every bit it keeps is accuracy (at 83 % and 2 bits: ALIKED's 0.7 M weights get 5
-   bits, SuperPoint's 1.3 M 3 bits; on 500 val pairs the finished aliked+lightglue file lost −.003 [−.010, +.004]
-   AUC@3px with ALIKED at 4 bits, −.000 [−.008, +.007] at 5);
+   the detector is untrained and every bit it keeps is accuracy (at 83 % and 2 bits: ALIKED's 0.7 M weights get 6
+   bits, SuperPoint's 1.3 M 3 bits; on 500 val pairs the finished aliked+lightglue file of the seed-0 training lost
+   −.003 [−.010, +.004] AUC@3px with ALIKED at 4 bits, −.000 [−.008, +.007] at 5; see the README for 6 bits and a
+   second seed);
 4. the biases, norms and codebooks in float16 values (``quantization/half.py``);
 5. each stage saved in the project's checkpoint format (entropy-coded, bit-exact on load).
 
@@ -81,13 +82,20 @@ def stage_points(report: dict[str, Any], tag: str) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+def run_tag(args: dict[str, Any]) -> str:
+    """A run's name on the figures: its sparsity, and its seed if not the first."""
+    return f"{args['sparsity']:.0%}" + (f" seed {args['seed']}" if args.get("seed") else "")
+
+
 def other_points(path: str) -> list[dict[str, Any]]:
     """Points for the size figures from an experiment's results.json or another run's ``--json``."""
     data = read_json(path, "--results")
     if isinstance(data, dict) and all("summary" in r and "matcher_bytes" in r for r in data.get("rows", {}).values()):
-        return stage_points(data, f"{data['args']['sparsity']:.0%}")
+        return stage_points(data, run_tag(data["args"]))
     if isinstance(data, list) and all(isinstance(r, dict) and "size_bytes" in r and "name" in r for r in data):
-        return [{**r, "name": f"{r['name']} ({Path(path).parent.name})"} for r in data]
+        # its variants (the references, other pipelines' weight files, are the latency figure's anchors)
+        variants = [r for r in data if r.get("method") != "reference"]
+        return [{**r, "name": f"{r['name']} ({Path(path).parent.name})"} for r in variants]
     raise InputError(f"--results: {path} is neither an experiment's results.json nor a report of this script (--json)")
 
 
@@ -251,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
         print(line)
         report["rows"][name] = row
     if pretrained:  # size against accuracy, the whole file and the matching network alone: these stages and others
-        points = stage_points(report, f"{args.sparsity:.0%}")  # dense first, then this run's stages
+        points = stage_points(report, run_tag(vars(args)))  # dense first, then this run's stages
         points += [p for ps in others for p in ps if p["method"] != "dense"]
         floor = points[0]["auc@3px"] - 0.1  # a zoom on what is near dense: the far-off ones, named, are left off
         if off := [p["name"] for p in points if p["auc@3px"] < floor]:
