@@ -196,16 +196,19 @@ def main(argv: list[str] | None = None) -> None:
     if bits is None:  # the most bits whose finished file (float16 values too) keeps the target ratio
         with tempfile.TemporaryDirectory() as folder:
             for bits in range(8, 1, -1):
-                d = with_detector(bits)
-                half_floats(d)
-                trials[bits] = dense_bytes / save_checkpoint(d, Path(folder) / "trial.pth").stat().st_size
+                shared_detector = with_detector(bits)
+                finished = copy.deepcopy(shared_detector)
+                half_floats(finished)
+                trials[bits] = dense_bytes / save_checkpoint(finished, Path(folder) / "trial.pth").stat().st_size
                 if trials[bits] >= args.target:
                     break
         tried = ", ".join(f"{b}: {r:.1f}×" for b, r in trials.items())
         print(f"detector bits: {bits}, the most that keep the file {args.target:g}× smaller ({tried})")
         if trials[bits] < args.target:
             print(f"  (no detector bit width reaches {args.target:g}×: the matching network's share is too large)")
-    m = with_detector(bits)
+        m = shared_detector  # the last trial's k-means, not computed again
+    else:
+        m = with_detector(bits)
     detector = f"+ detector k-means {bits} bits"
     paths[detector + (f" (8: {len(small)} small)" if small else "")] = save_checkpoint(m, out / "detector.pth")
     half_floats(m)

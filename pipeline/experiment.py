@@ -801,7 +801,7 @@ def main(kinds: tuple[str, ...], description: str, argv: list[str] | None = None
     if args.update_readme:
         writable_location(ROOT / "README.md", what="--update-readme")
     rows = run(config, out, kinds, args.dry_run, report=args.report)
-    if not rows and not args.report and not args.dry_run:
+    if not args.report and not args.dry_run:
         print(f"stages done in {out} (--no-report: no profile or report)")
     if rows:
         print((out / "report.md").read_text())
