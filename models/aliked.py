@@ -80,6 +80,16 @@ def _taps(y: torch.Tensor, x: torch.Tensor, h: int, w: int) -> tuple[torch.Tenso
     return rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1), weights
 
 
+def _pixels(f: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The vectors (n×C) of an h×w×C map at flat pixel indices, read in the map's storage: rows of a channels-last
+    map, or each channel's plane of a channel-planar one (a permuted C×h×w map, as the OpenVINO backend returns
+    ALIKED's levels: reading its planes is cheaper than making the map channels-last first)."""
+    h, w, c = f.shape
+    if f.is_contiguous():
+        return f.reshape(h * w, c).index_select(0, index)
+    return f.permute(2, 0, 1).reshape(c, h * w).index_select(1, index).t()
+
+
 def _bilinear(table: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Rows (n×C) of ``table`` (M×C) combined by ``index`` and ``weights`` (n×4): one fused gather and sum."""
     return F.embedding_bag(index, table, per_sample_weights=weights.to(table.dtype), mode="sum")
@@ -212,10 +222,10 @@ class PyramidALIKED(ALIKED):
         parts = []
         for f, factor in zip(levels, _LEVELS):
             h, w = f.shape[:2]
-            table = f.reshape(h * w, -1)
             if factor == 1:
-                parts.append(table.index_select(0, yp * width + xp))
+                parts.append(_pixels(f, yp * width + xp))
             else:  # align_corners=True upsampling: output pixel i reads input position i * (h - 1) / (H - 1)
+                table = f.reshape(h * w, -1)
                 sy = (h - 1) / (height - 1) if height > 1 else 0.0
                 sx = (w - 1) / (width - 1) if width > 1 else 0.0
                 parts.append(_bilinear(table, *_taps(yp.to(f.dtype) * sy, xp.to(f.dtype) * sx, h, w)))
@@ -286,7 +296,7 @@ class PyramidALIKED(ALIKED):
         keypoints, scores, _ = self.dkd(score_map, image_size=image_size)
         out = []
         for i, (kpts, kpt_scores) in enumerate(zip(keypoints, scores)):
-            descs = self.describe([f[i].contiguous() for f in levels], pad, (h, w), kpts)
+            descs = self.describe(_one_image(levels, i), pad, (h, w), kpts)
             out.append(ALIKEDFeatures(wh * (kpts + 1) / 2.0, descs, kpt_scores))
         return out
 
@@ -304,8 +314,14 @@ class PyramidALIKED(ALIKED):
             kpts = keypoints / wh * 2 - 1
             pixel = keypoints.round().long()
             scores = score_map[0, 0, pixel[:, 1].clamp(0, h - 1), pixel[:, 0].clamp(0, w - 1)]
-        descs = self.describe([f[0].contiguous() for f in levels], _padding(h, w), (h, w), kpts)
+        descs = self.describe(_one_image(levels, 0), _padding(h, w), (h, w), kpts)
         return {"score_map": score_map[:, 0], "keypoints": keypoints, "scores": scores, "descriptors": descs.t()}
+
+
+def _one_image(levels: list[torch.Tensor], i: int) -> list[torch.Tensor]:
+    """Image ``i``'s h×w×C levels as the descriptor head reads them: the full-resolution one in its storage (read
+    pixel by pixel, ``_pixels``), the coarser ones channels-last (read as interpolation tables)."""
+    return [f[i] if k == 0 else f[i].contiguous() for k, f in enumerate(levels)]
 
 
 def _padding(h: int, w: int) -> tuple[int, int]:

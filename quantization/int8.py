@@ -170,11 +170,13 @@ def int8_detector(
     folder: str | os.PathLike,
     threads: int | None = None,
     quantize: bool = True,
+    backend_name: str = "onnxruntime",
 ) -> nn.Module:
-    """A copy of ``matcher`` whose detector network runs as an ONNX graph, int8 (or fp32 with ``quantize=False``).
+    """A copy of ``matcher`` whose detector network runs as an ONNX graph, int8 (or fp32 with ``quantize=False``),
+    in ``backend_name``'s runtime (backends/).
 
-    Any detector with a graph adapter (models/graphs.py: SuperPoint's dense network, DISK's U-Net);
-    post-processing stays in PyTorch. ``calibration``: images as the detector sees them (1×C×H×W in [0, 1]).
+    Any detector with a graph adapter (models/graphs.py: SuperPoint's dense network, DISK's U-Net, ALIKED's dense
+    part); post-processing stays in PyTorch. ``calibration``: images as the detector sees them (1×C×H×W in [0, 1]).
     """
     m = copy.deepcopy(matcher).eval()
     det = m.detector
@@ -194,9 +196,9 @@ def int8_detector(
             adapter.keep_last,
         )
     if adapter.submodule is None:
-        m.detector = GraphDetector(det, path, threads)
+        m.detector = GraphDetector(det, path, threads, backend_name)
     else:
-        setattr(det, adapter.submodule, GraphNetwork(None, path, threads))
+        setattr(det, adapter.submodule, GraphNetwork(None, path, threads, backend_name))
     m.onnx_path = path
     return m
 
@@ -240,21 +242,26 @@ def int8_matcher(
     return m
 
 
+RUNTIMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}  # backends a variant's graph may run in
+
+
 def _int8_kernels(model: nn.Module) -> str | None:
     parts = graph_modules(model)
     if not parts:
         return None
     # op types are strings in the graph's bytes: QDQ graphs hold QuantizeLinear, dynamic ones MatMulInteger
-    quantized = [n for n, m in parts.items() if any(op in m.graph_bytes for op in (b"QuantizeLinear", b"Integer"))]
-    plain = [n for n in parts if n not in quantized]
-    words = [f"int8 kernels (ONNX Runtime) for the {'+'.join(quantized)}"] * bool(quantized)
-    return "; ".join(words + [f"fp32 ONNX Runtime graph for the {'+'.join(plain)}"] * bool(plain))
+    groups: dict[str, list[str]] = {}
+    for n, m in parts.items():
+        int8 = any(op in m.graph_bytes for op in (b"QuantizeLinear", b"Integer"))
+        label = f"int8 kernels ({RUNTIMES[m.backend]})" if int8 else f"fp32 {RUNTIMES[m.backend]} graph"
+        groups.setdefault(label, []).append(n)
+    return "; ".join(f"{label} for the {'+'.join(names)}" for label, names in sorted(groups.items(), reverse=True))
 
 
 @register_method(
     "int8-onnxruntime",
-    settings={"mode": "auto"},
-    checks={"mode": Check(choices=("auto", "dynamic", "static", "fp32"))},
+    settings={"mode": "auto", "runtime": "onnxruntime"},
+    checks={"mode": Check(choices=("auto", "dynamic", "static", "fp32")), "runtime": Check(choices=tuple(RUNTIMES))},
     calibrated=True,
     final=True,
     bits=lambda spec: 32 if spec.get("mode") == "fp32" else 8,
@@ -263,7 +270,12 @@ def _int8_kernels(model: nn.Module) -> str | None:
 def int8_method(job: Job) -> None:
     """The part runs in real int8 kernels of ONNX Runtime, calibrated on the calibration pairs (the graph's bytes
     go into the checkpoint); ``mode: fp32`` runs it as an fp32 graph (for ALIKED the faster choice: its int8 graph
-    is no faster, benchmarks/detector_runtimes.py)."""
+    is no faster, benchmarks/detector_runtimes.py). ``runtime: openvino`` runs a detector's graph in OpenVINO
+    instead (the same graph; for ALIKED's fp32 graph 0.85x ONNX Runtime's time, two images at once on 2 cores:
+    benchmarks/end_to_end.py)."""
+    runtime = job.spec.get("runtime", "onnxruntime")
+    if runtime != "onnxruntime" and job.part == "matcher":
+        raise InputError(f"runtime: {runtime} runs detector graphs; the matcher's int8 graph runs in ONNX Runtime")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             if job.part == "matcher":
@@ -271,7 +283,8 @@ def int8_method(job: Job) -> None:
                 data = recorded_inputs(matcher.matcher, lambda: job.calibrate(matcher))
                 job.matcher = int8_matcher(matcher, data, tmp, mode=job.spec.get("mode", "auto"))
             else:
-                fp32 = job.spec.get("mode") == "fp32"  # the graph alone: ONNX Runtime's fusions, no quantization
-                job.matcher = int8_detector(job.matcher, job.calibration_images(), tmp, quantize=not fp32)
+                fp32 = job.spec.get("mode") == "fp32"  # the graph alone: the runtime's fusions, no quantization
+                images = job.calibration_images()
+                job.matcher = int8_detector(job.matcher, images, tmp, quantize=not fp32, backend_name=runtime)
         except ValueError as e:  # no graph adapter for this network, or a bad mode
             raise InputError(f"variant on {job.part}: {e}") from None

@@ -94,6 +94,52 @@ def test_onnxruntime_graph_fp32_equals_pytorch_and_int8_stays_close(pair_of_dete
         assert torch.allclose(ref["descriptors"][0], out["descriptors"][0], atol=1e-4)
 
 
+@pytest.mark.slow
+def test_openvino_runs_the_same_graph_deformable_convolutions_included(tmp_path):
+    """OpenVINO reads the ONNX graph once its DeformConv nodes are its own op (zero-padded bilinear sampling at the
+    border, as DeformConv computes it: the 451×299 image is padded, so samples fall outside), and returns the
+    channels-last levels as views of its planar outputs, which the descriptor head reads as they are."""
+    from backends.onnxruntime import cpu_session
+    from backends.openvino import OpenVino, _openvino_onnx
+    from models.matching import build_matcher
+    from quantization.int8 import int8_detector
+
+    matcher = build_matcher("aliked+lightglue", {"detector": {"max_keypoints": 512}}).eval()
+    calibration = [photo("rocket.jpg", (320, 240))]
+    ort = int8_detector(matcher, calibration, tmp_path / "ort", quantize=False)
+    ov = int8_detector(matcher, calibration, tmp_path / "ov", quantize=False, backend_name="openvino")
+    assert (ov.detector.backend, ort.detector.backend) == ("openvino", "onnxruntime")
+    assert ov.detector.graph_bytes == ort.detector.graph_bytes  # one stored graph, two runtimes
+    rewritten = _openvino_onnx(ov.detector.graph_bytes)
+    assert b"DeformConv" in ov.detector.graph_bytes and b"DeformableConv2D" in rewritten
+    for size in ((640, 480), (451, 299)):
+        image = photo("astronaut.png", size)
+        feed = {"image": image.numpy()}
+        ref_outputs = cpu_session(ort.detector.graph_bytes, 1).run(None, feed)
+        outputs = OpenVino().session(ov.detector.graph_bytes, 1).run(None, feed)
+        for a, b in zip(ref_outputs, outputs):
+            assert a.shape == b.shape
+            assert np.abs(a - b).max() < 1e-4
+        assert not outputs[1].flags["C_CONTIGUOUS"]  # level 1: a channels-last view of the planar map
+        with torch.no_grad():
+            ref, out = matcher.detect(image), ov.detect(image)
+        # the same keypoints, most to 1e-3 px: the sub-pixel refinement puts some 1/8 px apart (ONNX Runtime's graph
+        # against PyTorch too, on 11 % of the val photos' keypoints)
+        dist = torch.cdist(ref["keypoints"][0], out["keypoints"][0]).min(1)
+        assert (dist.values < 0.5).all() and (dist.values < 1e-3).float().mean() > 0.8
+        near = dist.values < 1e-3
+        assert torch.allclose(ref["descriptors"][0][:, near], out["descriptors"][0][:, dist.indices[near]], atol=1e-4)
+    # two images at once: each worker thread compiles its own model and runs it, never PyTorch's network
+    images = [photo("astronaut.png", (640, 480)), photo("coffee.png", (451, 299))]
+    one_by_one = [ov.extract(x) for x in images]
+    ov.detector.sp.dense = None
+    together = ov.extract_images(images)
+    del ov.detector.sp.dense
+    for a, b in zip(one_by_one, together):
+        assert torch.allclose(a["keypoints"][0], b["keypoints"][0], atol=1e-3)
+        assert torch.allclose(a["descriptors"][0], b["descriptors"][0], atol=1e-4)
+
+
 def test_an_image_without_keypoints_gives_empty_features(pair_of_detectors):
     _, pyramid = pair_of_detectors
     with torch.no_grad():

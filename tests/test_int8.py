@@ -170,6 +170,12 @@ def test_bad_mode_and_unsupported_network_are_clear_errors():
         int8_matcher(dense, [{}], "unused", mode="int4")
     with pytest.raises(ValueError, match="no graph adapter for a MutualNearestNeighbour"):
         int8_matcher(dense, [{}], "unused")
+    from compression.methods import Job
+    from helper import InputError
+    from quantization.int8 import int8_method
+
+    with pytest.raises(InputError, match="runtime: openvino runs detector graphs"):  # LightGlue's int8 graph is ORT's
+        int8_method(Job(dense, "matcher", {"runtime": "openvino"}))
 
 
 def test_graphs_saved_under_their_old_class_names_still_load(graphs, tmp_path):
