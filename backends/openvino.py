@@ -81,23 +81,30 @@ def _host_permutations(model) -> dict[int, tuple[int, ...]]:
 
 
 class _Session:
-    """``run(None, feed)`` (ONNX Runtime's calling convention) over a model OpenVINO compiles once per thread that
-    runs it: a compiled model runs one request at a time, and ``Matcher.extract_images`` runs two images at once.
-    Requests run asynchronously (then waited for): a synchronous request ran in the caller's thread, 1.3x slower
-    for two images at once on 2 cores."""
+    """``run(None, feed)`` (ONNX Runtime's calling convention) over the model compiled for the feed's shapes by the
+    thread that runs it (a compiled model runs one inference at a time; ``Matcher.extract_images`` runs two images
+    at once). Measured on the Intel VM, two images at once: compiled for dynamic shapes (any image size), 3 of 16
+    pairs took 2-3x their usual time, and so did some with one model of two streams (pinned to the cores) shared by
+    the two threads; a model per thread and shape, unpinned, had no such runs. Compiling for one size takes ~0.1 s;
+    each thread keeps its last 8 sizes."""
 
     def __init__(self, core, model, config: dict, perms: dict[int, tuple[int, ...]]):
         self.core, self.model, self.config, self.perms = core, model, config, perms
         self.local = threading.local()
-        self.request()  # compile now: errors at opening, and the first run does not pay it
 
-    def request(self):
-        if getattr(self.local, "request", None) is None:
-            self.local.request = self.core.compile_model(self.model, "CPU", self.config).create_infer_request()
-        return self.local.request
+    def request(self, feed: dict[str, np.ndarray]):
+        shapes = tuple((name, x.shape) for name, x in sorted(feed.items()))
+        requests = self.local.__dict__.setdefault("requests", {})
+        if shapes not in requests:
+            model = self.model.clone()
+            model.reshape({name: list(shape) for name, shape in shapes})
+            requests[shapes] = self.core.compile_model(model, "CPU", self.config).create_infer_request()
+            while len(requests) > 8:
+                del requests[next(iter(requests))]
+        return requests[shapes]
 
     def run(self, _outputs, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        request = self.request()
+        request = self.request(feed)
         request.start_async(feed)
         request.wait()
         outputs = [request.get_output_tensor(i).data for i in range(len(request.model_outputs))]
@@ -119,12 +126,13 @@ class OpenVino:
         for op in model.get_ops():
             if op.get_type_name() == "DeformableConvolution":
                 op.set_attribute("bilinear_interpolation_pad", True)
-        # f32: OpenVINO otherwise computes in bf16 on CPUs that have it, another precision. No pinning: two
-        # sessions of one thread each (two images at once) were otherwise pinned to the same core (2x the time)
+        perms = _host_permutations(model)
+        # f32: OpenVINO otherwise computes in bf16 on CPUs that have it, another precision. Unpinned: a thread's
+        # model of one thread (one image of two at once) was otherwise pinned to the core of the other's
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": False}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        return _Session(core, model, config, _host_permutations(model))
+        return _Session(core, model, config, perms)
 
     def probe(self, graph: bytes):
         from .onnxruntime import MacProbe  # shapes of the same graph: ONNX Runtime counts them
