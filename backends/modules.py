@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.graphs import MatcherGraph, graph_adapter
+from models.graphs import DetectorGraph, MatcherGraph, graph_adapter
 from models.matching import extraction_share
 
 from . import backend
@@ -109,6 +109,13 @@ class GraphDetector(GraphModule):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.sp(*args, **kwargs, dense=self.dense)  # its post-processing of the graph's outputs
+
+    def python_state(self) -> dict[str, torch.Tensor]:
+        """The weights that still run in PyTorch after the graph (e.g. ALIKED's descriptor head), named as in the
+        detector itself: a checkpoint keeps them, and loads them into the detector before the graph wraps it."""
+        adapter = graph_adapter(self.sp, DetectorGraph)
+        after = tuple(f"{m}." for m in (adapter.after if adapter else ()))
+        return {k: v for k, v in self.sp.state_dict().items() if k.startswith(after)} if after else {}
 
 
 @register_module

@@ -391,5 +391,6 @@ register_graph(
         multiple=1,
         keep_float=("score_head", "offset_conv"),
         opset=19,
+        after=("desc_head",),  # the descriptor head reads the levels at the keypoints
     ),
 )

@@ -36,6 +36,7 @@ class DetectorGraph:
     keep_float: tuple[str, ...] = ()  # convolutions that stay float under int8 (by name)
     keep_last: bool = False  # the last convolution stays float
     opset: int = 18  # the ONNX opset the graph needs (DeformConv: 19)
+    after: tuple[str, ...] = ()  # the detector's modules that run after the graph, in PyTorch (their weights are kept)
 
 
 GRAPHS: dict[type, MatcherGraph | DetectorGraph] = {}

@@ -102,6 +102,7 @@ def test_openvino_runs_the_same_graph_deformable_convolutions_included(tmp_path)
     from backends.onnxruntime import cpu_session
     from backends.openvino import OpenVino, _openvino_onnx
     from models.matching import build_matcher
+    from pipeline.checkpoint import load_checkpoint, save_checkpoint
     from quantization.int8 import int8_detector
 
     matcher = build_matcher("aliked+lightglue", {"detector": {"max_keypoints": 512}}).eval()
@@ -129,6 +130,12 @@ def test_openvino_runs_the_same_graph_deformable_convolutions_included(tmp_path)
         assert (dist.values < 0.5).all() and (dist.values < 1e-3).float().mean() > 0.8
         near = dist.values < 1e-3
         assert torch.allclose(ref["descriptors"][0][:, near], out["descriptors"][0][:, dist.indices[near]], atol=1e-4)
+    # stored with its runtime, reloaded in it
+    loaded = load_checkpoint(save_checkpoint(ov, tmp_path / "ov.pth"))
+    assert loaded.detector.backend == "openvino" and loaded.detector.graph_bytes == ov.detector.graph_bytes
+    image = photo("coffee.png", (451, 299))
+    with torch.no_grad():
+        assert torch.equal(loaded.detect(image)["descriptors"][0], ov.detect(image)["descriptors"][0])
     # two images at once: each worker thread compiles its own model and runs it, never PyTorch's network
     images = [photo("astronaut.png", (640, 480)), photo("coffee.png", (451, 299))]
     one_by_one = [ov.extract(x) for x in images]
