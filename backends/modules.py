@@ -70,6 +70,10 @@ class GraphModule(nn.Module):
                 sessions[threads] = backend(self.backend).session(self.graph_bytes, threads)
         return sessions[threads]
 
+    def python_state(self) -> dict[str, torch.Tensor]:
+        """The weights that still run in PyTorch around the graph (a checkpoint keeps them): none by default."""
+        return {}
+
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k not in ("session", "_probe", "_shared")}
 

@@ -1,5 +1,6 @@
-"""OpenVINO as a runtime backend: the same ONNX graphs, compiled by OpenVINO for the CPU (optional: ``pip install
-openvino``). benchmarks/detector_runtimes.py and benchmarks/end_to_end.py compare it with ONNX Runtime side by side.
+"""OpenVINO as a runtime backend: the same ONNX graphs, compiled by OpenVINO for the CPU (``openvino`` is in
+requirements.txt; without it only this backend is missing). benchmarks/detector_runtimes.py and
+benchmarks/end_to_end.py compare it with ONNX Runtime side by side.
 
 Two things its ONNX frontend does not do as ONNX Runtime does, handled here when a graph is opened:
 - it has no rule for the standard ``DeformConv`` (ALIKED's deformable convolutions): the nodes become OpenVINO's

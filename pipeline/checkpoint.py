@@ -133,8 +133,7 @@ def save_checkpoint(matcher: Matcher, path: str | os.PathLike, meta: dict[str, A
     graphs = graph_modules(matcher)
     state = {}
     for name, graph in graphs.items():  # what runs in PyTorch after a graph, as the part's own weights
-        python_state = getattr(graph, "python_state", dict)()
-        state.update({f"{name}.{k}": v for k, v in python_state.items()})
+        state.update({f"{name}.{k}": v for k, v in graph.python_state().items()})
     for key, value in matcher.state_dict().items():
         if any(key.startswith(name + ".") for name in graphs):  # the graph holds these weights
             continue
