@@ -119,7 +119,7 @@ class GraphDetector(GraphModule):
         detector itself: a checkpoint keeps them, and loads them into the detector before the graph wraps it."""
         adapter = graph_adapter(self.sp, DetectorGraph)
         after = tuple(f"{m}." for m in (adapter.after if adapter else ()))
-        return {k: v for k, v in self.sp.state_dict().items() if k.startswith(after)} if after else {}
+        return {k: v for k, v in self.sp.state_dict().items() if k.startswith(after)}  # none if nothing runs after
 
 
 @register_module

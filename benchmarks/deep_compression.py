@@ -12,7 +12,8 @@ The recipe, on the demo's matcher (aliked+lightglue, 512 keypoints, every layer)
    from 0 to ``--sparsity`` over the first 60 % of ``--steps``, then recovery at it), trained on ``--train_pairs``
    homography pairs of the training photos with the ground-truth loss plus, with ``--assignment``, the dense
    matcher's assignment as soft targets (4 × beside the ground truth on 400 pairs: on 500 val pairs both seeds'
-   finished files −.001 AUC@3px [−.008, +.007]; 1 × on 100 pairs: seed 0 −.002, seed 1 −.005 [−.013, +.002]);
+   finished files −.001 AUC@3px [−.0085, +.007] and [−.008, +.006]; 1 × on 100 pairs: seed 0 −.002, seed 1 −.005
+   [−.013, +.002]);
 2. its non-zero weights shared by k-means at ``--bits`` and the codebooks finetuned (``--kmeans_steps``);
 3. the detector's weights shared by k-means at ``--detector_bits`` (its convolutions and ALIKED's descriptor
    aggregation), untrained, but its tensors of fewer than ``--detector_small`` weights at 8 bits: its first layers,
@@ -23,7 +24,7 @@ The recipe, on the demo's matcher (aliked+lightglue, 512 keypoints, every layer)
    the detector is untrained and every bit it keeps is accuracy (at 83 % and 2 bits: ALIKED's 0.7 M weights get 6
    bits, SuperPoint's 1.3 M 3 bits; on 500 val pairs the finished aliked+lightglue file of a seed-0 training (1 ×, 100
    pairs) lost −.003 [−.010, +.004] AUC@3px with ALIKED at 4 bits, −.000 [−.008, +.007] at 5, and with the default
-   recipe's trainings ALIKED at 8 bits (18.8×) narrowed the interval over photos from 2.4 to 1.5 points; see the
+   recipe's trainings ALIKED at 8 bits (18.8×) narrowed the interval over photos from 2.4 to 1.4–1.7 points; see the
    README);
 4. the biases, norms and codebooks in float16 values (``quantization/half.py``);
 5. each stage saved in the project's checkpoint format (entropy-coded, bit-exact on load).
