@@ -56,6 +56,7 @@ from data.pairs import make_pairs
 from helper import (
     ArgumentParser,
     InputError,
+    config_digest,
     file_sha1,
     git_commit,
     int_in,
@@ -133,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="the detector's tensors of fewer weights keep 8 bits (its first layers and heads)")  # fmt: skip
     p.add_argument("--steps", type=positive_int, default=1200, help="gradual pruning steps (one training pair each)")
     p.add_argument("--kmeans_steps", type=positive_int, default=100, help="codebook finetuning steps")
+    p.add_argument("--detector_steps", type=int_in(0, 10**6), default=0,
+                   help="steps distilling the detector's codebooks from the dense one (0: untrained)")  # fmt: skip
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--assignment", type=float, default=4.0, help="weight of the dense assignment as soft targets")
     p.add_argument("--train_pairs", type=int_in(1, 100_000), default=400, help="training pairs (homographies of the "
@@ -217,7 +220,12 @@ def main(argv: list[str] | None = None) -> None:
     else:
         m = with_detector(bits)
     detector = f"+ detector k-means {bits} bits"
-    paths[detector + (f" (8: {len(small)} small)" if small else "")] = save_checkpoint(m, out / "detector.pth")
+    paths[detector + (f" (8: {len(small)} small)" if small else "")] = shared = save_checkpoint(m, out / "detector.pth")
+    if args.detector_steps:  # its codebooks distilled from the dense detector, the matching network frozen
+        n = args.detector_steps if pretrained else 2
+        m = load_checkpoint(tuned("detector", shared, n, distill={**base["distill"], "enabled": True}))
+        share_other_weights(m.detector, bits)  # those trained as floats (no layer state keeps them shared): again
+        paths[f"+ detector distilled {n} steps"] = save_checkpoint(m, out / "detector-distilled.pth")
     half_floats(m)
     paths["+ float16 biases, norms, codebooks"] = save_checkpoint(m, out / "final.pth")
 
@@ -229,11 +237,9 @@ def main(argv: list[str] | None = None) -> None:
     if pretrained:
         val = {**VAL, "num_pairs": args.num_pairs}
         pairs, cache = make_pairs(val), FeatureCache()
-        for i, (name, path) in enumerate(paths.items()):
-            record, key = (
-                out / f"evaluation-{i}.json",
-                {"checkpoint_sha1": file_sha1(path), "val": val, "estimator": ESTIMATOR},
-            )
+        for name, path in paths.items():
+            key = {"checkpoint_sha1": file_sha1(path), "val": val, "estimator": ESTIMATOR}
+            record = out / f"evaluation-{config_digest(key)}.json"  # by what it measured: stages come and go
             saved = read_json(record) if record.is_file() else None
             if saved is not None and saved.get("key") == key:  # this very file on these pairs: read back
                 rows[name] = saved["rows"]

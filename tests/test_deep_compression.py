@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from compression.tensors import prunable_weights
 from pipeline.checkpoint import load_checkpoint
@@ -24,17 +25,24 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_the_recipe_makes_superpoint_superglue_20x_smaller(tmp_path):
-    proc = run("--matcher", "superpoint+superglue", "--random-weights", "--out", str(tmp_path / "out"),
-               "--json", str(tmp_path / "report.json"))  # fmt: skip
+    proc = run("--matcher", "superpoint+superglue", "--random-weights", "--detector_steps", "1",
+               "--out", str(tmp_path / "out"), "--json", str(tmp_path / "report.json"))  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((tmp_path / "report.json").read_text())
+    distilled = report["rows"].pop("+ detector distilled 2 steps")  # the detector's codebooks trained: no smaller
     rows = list(report["rows"].values())
     sizes = [r["file_bytes"] for r in rows]
     assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)  # each stage makes the file smaller
+    assert distilled["file_bytes"] == pytest.approx(rows[-2]["file_bytes"], rel=0.01)
+    out = tmp_path / "out" / "superpoint+superglue"
+    shared, trained = (load_checkpoint(out / f).superpoint for f in ("detector.pth", "detector-distilled.pth"))
+    before, after = prunable_weights(shared), prunable_weights(trained)
+    assert any(not torch.equal(before[n], after[n]) for n in before)  # distillation moved its shared values
+    assert all(len(after[n].unique()) <= len(before[n].unique()) for n in before)  # and kept them shared
     # the detector gets the most bits that keep the target: 3 for SuperPoint (4 bits measured 19.3x)
     assert report["detector_bits"] == 3 and report["detector_bits_trials"]["4"] < 20 <= rows[-1]["ratio"]
     assert all(r["above_entropy"] < 0.05 for r in rows[1:])  # codes and masks coded within 5 % of their entropy
-    final = load_checkpoint(tmp_path / "out" / "superpoint+superglue" / "final.pth")
+    final = load_checkpoint(out / "final.pth")
     assert sparsity_report(final.superglue)["total"] == pytest.approx(0.83, abs=0.01)
     large = [w for w in prunable_weights(final.superpoint).values() if w.numel() >= 32768]
     assert large and all(len(w.unique()) <= 2**3 for w in large)  # its large layers at 3 bits: 8 values each
