@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     detector = f"+ detector k-means {bits} bits"
     paths[detector + (f" (8: {len(small)} small)" if small else "")] = shared = save_checkpoint(m, out / "detector.pth")
     if args.detector_steps:  # its codebooks distilled from the dense detector, the matching network frozen
-        n = args.detector_steps if pretrained else 2
+        n = args.detector_steps if pretrained else min(args.detector_steps, 2)
         m = load_checkpoint(tuned("detector", shared, n, distill={**base["distill"], "enabled": True}))
         share_other_weights(m.detector, bits)  # those trained as floats (no layer state keeps them shared): again
         paths[f"+ detector distilled {n} steps"] = save_checkpoint(m, out / "detector-distilled.pth")
