@@ -2,18 +2,19 @@
 entropy-coded files; its size against its accuracy.
 
     python benchmarks/deep_compression.py [--sparsity 0.83] [--bits 2] [--detector_bits auto] [--target 20]
-        [--steps 1200] [--kmeans_steps 100] [--detector_steps 0] [--assignment 4.0] [--train_pairs 400] [--seed 0]
-        [--num_pairs 150] [--out runs/deep_compression]
+        [--steps 1200] [--prune_end 0.6] [--kmeans_steps 100] [--detector_steps 0] [--assignment 4.0]
+        [--train_pairs 400] [--seed 0] [--num_pairs 150] [--out runs/deep_compression]
     python benchmarks/deep_compression.py --matcher superpoint+superglue --random-weights   # the file sizes only
 
 The recipe, on the demo's matcher (aliked+lightglue, 512 keypoints, every layer):
 
 1. the matching network pruned gradually during finetuning (pruning/gradual.py: the cubic schedule of Zhu & Gupta,
-   from 0 to ``--sparsity`` over the first 60 % of ``--steps``, then recovery at it), trained on ``--train_pairs``
-   homography pairs of the training photos with the ground-truth loss plus, with ``--assignment``, the dense
-   matcher's assignment as soft targets (4 × beside the ground truth on 400 pairs: on 500 val pairs both seeds'
-   finished files −.001 AUC@3px [−.0085, +.007] and [−.008, +.006]; 1 × on 100 pairs: seed 0 −.002, seed 1 −.005
-   [−.013, +.002]);
+   from 0 to ``--sparsity`` over the first 60 % of ``--steps``, ``--prune_end``, then recovery at it: 0.4 at 86 %
+   ended no closer to dense, see the README), trained on
+   ``--train_pairs`` homography pairs of the training photos with the ground-truth loss plus, with ``--assignment``,
+   the dense matcher's assignment as soft targets (4 × beside the ground truth on 400 pairs: on 500 val pairs both
+   seeds' finished files −.001 AUC@3px [−.0085, +.007] and [−.008, +.006]; 1 × on 100 pairs: seed 0 −.002, seed 1
+   −.005 [−.013, +.002]);
 2. its non-zero weights shared by k-means at ``--bits`` and the codebooks finetuned (``--kmeans_steps``);
 3. the detector's weights shared by k-means at ``--detector_bits`` (its convolutions and ALIKED's descriptor
    aggregation), untrained, but its tensors of fewer than ``--detector_small`` weights at 8 bits: its first layers,
@@ -37,9 +38,11 @@ streams are above their empirical entropy, and on ``--num_pairs`` val pairs of t
 AUC@1/3/5 px with 95 % intervals and the paired difference of AUC@3px to dense (over pairs, then photos), and draws
 the size-vs-accuracy figures ``<out>/<matcher>/size_vs_auc.png`` (the whole file; with ``--results``, an
 experiment's variants or another run's stages beside them) and ``matcher_size_vs_auc.png`` (the matching network's
-tensors alone). Finetuning runs and evaluations resume after a kill (under ``--out``). With ``--random-weights``
-(superpoint+superglue here: the official weights are Colab's) the same recipe runs for a few steps and only the
-sizes are printed (the detector's bit width chosen by the same rule); the accuracy is Colab's (``configs/coco.yaml``).
+tensors alone), and writes every number to ``<out>/<matcher>/report.json`` (an experiment's report.md shows its
+stages: ``deep_compression`` in the experiment's config, as configs/demo.yaml). Finetuning runs and evaluations resume
+after a kill (under ``--out``). With ``--random-weights`` (superpoint+superglue here: the official weights are
+Colab's) the same recipe runs for a few steps and only the sizes are printed (the detector's bit width chosen by the
+same rule); the accuracy is Colab's (``configs/coco.yaml``).
 """
 
 from __future__ import annotations
@@ -135,6 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--detector_small", type=int_in(0, 10**9), default=32768,
                    help="the detector's tensors of fewer weights keep 8 bits (its first layers and heads)")  # fmt: skip
     p.add_argument("--steps", type=positive_int, default=1200, help="gradual pruning steps (one training pair each)")
+    p.add_argument("--prune_end", type=float, default=0.6,
+                   help="share of --steps where the sparsity reaches --sparsity (the rest recovers at it)")  # fmt: skip
     p.add_argument("--kmeans_steps", type=positive_int, default=100, help="codebook finetuning steps")
     p.add_argument("--detector_steps", type=int_in(0, 10**6), default=0,
                    help="steps distilling the detector's codebooks from the dense one (0: untrained)")  # fmt: skip
@@ -148,10 +153,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--results", nargs="+", default=[], metavar="JSON",
                    help="on the size figures too: an experiment's results.json (e.g. runs/demo/results.json, the same "
                    "val pairs) or another run's --json (e.g. another --sparsity)")  # fmt: skip
-    p.add_argument("--json", default=None, help="write every number here")
+    p.add_argument("--json", default=None, help="write every number here too")
     args = p.parse_args(argv)
     if not 0 < args.sparsity < 1:
         raise InputError(f"--sparsity must be in (0, 1), got {args.sparsity}")
+    if not 0 < args.prune_end <= 1:
+        raise InputError(f"--prune_end must be in (0, 1], got {args.prune_end}")
     if not args.target > 1:
         raise InputError(f"--target must be a size ratio above 1, got {args.target}")
     pretrained = not args.random_weights
@@ -183,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
 
     dense = build_matcher(args.matcher, base["matcher_config"])
     paths = {"dense": save_checkpoint(dense, out / "dense.pth")}
-    prune = {"sparsity": args.sparsity, "start": 0.0, "end": 0.6, "every": max(1, steps // 50)}
+    prune = {"sparsity": args.sparsity, "start": 0.0, "end": args.prune_end, "every": max(1, steps // 50)}
     paths[f"gradual pruning {args.sparsity:.0%}"] = pruned = tuned("pruned", None, steps, prune=prune)
     shared = out / "kmeans.pth"  # its finetuning run is bound to these bytes: made again only from other weights
     made_from = {"source_sha1": file_sha1(pruned), "bits": args.bits}
@@ -233,7 +240,8 @@ def main(argv: list[str] | None = None) -> None:
 
     weights = sum(p.numel() for p in dense.parameters())
     dense_matcher = stored_bytes(paths["dense"], "matcher.")
-    report: dict[str, Any] = {"args": vars(args), "git_commit": git_commit(), "weights": weights,
+    report: dict[str, Any] = {"args": vars(args), "git_commit": git_commit(), "matcher": args.matcher,
+                              "val": {**VAL, "num_pairs": args.num_pairs} if pretrained else None, "weights": weights,
                               "detector_bits": bits, "detector_bits_trials": trials, "rows": {}}  # fmt: skip
     rows: dict[str, list[dict]] = {}
     if pretrained:
@@ -289,6 +297,7 @@ def main(argv: list[str] | None = None) -> None:
             str(plot_tradeoff(alone, out / "matcher_size_vs_auc", x="matcher_bytes")[0]),
         ]
         print("figures: " + ", ".join(report["figures"]))
+    write_json(out / "report.json", report)  # an experiment's report.md shows it (its config's deep_compression)
     if args.json:
         write_json(args.json, report)
 

@@ -99,6 +99,9 @@ DEFAULTS: dict[str, Any] = {
     # other pipelines judged on the same pairs and timed in the same profile: the speed anchors a deployer compares
     # with (xfeat, xfeat+lighterglue, sift+nn) and the dense model's own operating points (another keypoint budget)
     "references": [],
+    # a benchmarks/deep_compression.py report (<its --out>/<matcher>/report.json): its stages in report.md (the
+    # recipe's hour of training is run on its own); null: none
+    "deep_compression": None,
 }
 REFERENCE: dict[str, Any] = {"name": "", "matcher": "", "matcher_config": {}}
 # One variant of "pruning:" / "quantization:": the settings every variant has (each method adds its own).
@@ -129,6 +132,7 @@ CHECKS: dict[str, Check] = {
     "profile.resize": SIZE,
     "profile.repeats": Check(lo=1),
     "profile.threads": Check(kind=int, nullable=True, lo=1),
+    "deep_compression": Check(kind=str, nullable=True),
     "animation": Check(
         kind=dict,
         nullable=True,

@@ -6,6 +6,7 @@ Reads the stage records the experiment engine wrote (pipeline/experiment.py); ne
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,7 @@ def write_report(exp: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         made += plot_weight_histograms(
             [r["checkpoint"] for r in shown.values()], histogram_tensor(list(shown.values())), figures / "weights"
         )[:1]
-    text = report_markdown(exp.cfg, rows, [p.relative_to(exp.out) for p in made])
+    text = report_markdown(exp.cfg, rows, [p.relative_to(exp.out) for p in made], exp.out)
     with atomic_path(exp.out / "report.md") as tmp:
         tmp.write_text(text)
     return rows
@@ -145,7 +146,59 @@ def depth_words(cfg: dict[str, Any]) -> str:
     )
 
 
-def report_markdown(cfg: dict[str, Any], rows: list[dict[str, Any]], figures: list[Path]) -> str:
+def deep_compression_markdown(cfg: dict[str, Any], out: Path) -> list[str]:
+    """The section on the deep-compression recipe: the stages of benchmarks/deep_compression.py's report at the
+    config's ``deep_compression`` path (its own run, on its own val pairs and LightGlue at every layer), or how to
+    run it."""
+    path = Path(cfg["deep_compression"])
+    lines = ["", "## Deep compression (benchmarks/deep_compression.py)", ""]
+    try:
+        report = json.loads(path.read_text())
+        rows = report["rows"]
+        ok = report["matcher"] == cfg["matcher"] and all("ratio" in r and "file_bytes" in r for r in rows.values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        ok = False
+    if not ok:
+        what = "not a report of the script on" if path.is_file() else "no report of the script on"
+        return lines + [
+            f"`{path}`: {what} {cfg['matcher']}. Gradual pruning, trained k-means, the detector's k-means and entropy "
+            "coding (1200 training steps) take about an hour on 2 cores, more than an experiment's budget: "
+            f"`python benchmarks/deep_compression.py --matcher {cfg['matcher']}` writes it (`--out`: its folder).",
+        ]
+    val, args = report.get("val"), report.get("args", {})
+    same = val == {k: v for k, v in cfg["val"].items() if k in (val or {})} and val is not None
+    which = " (these)" if same else " (not the same set as above)"
+    pairs = (
+        "no accuracy (random weights)"
+        if val is None
+        else f"{val['num_pairs']} val pairs{which}, LightGlue at every layer (its dense row is its own)"
+    )
+    lines += [
+        f"The whole file's recipe, run on its own (`{path}`, git commit {report.get('git_commit', '?')}; sparsity "
+        f"{args.get('sparsity', '?')}, {args.get('bits', '?')} bits, the detector {report.get('detector_bits', '?')} "
+        f"bits; {pairs}). Δ AUC@3px: paired 95 % interval over pairs, then over photos.",
+        "",
+        "| stage | size MB | size × | matcher × | bits/weight | AUC@3px | Δ AUC@3px vs dense | by photo |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in rows.items():
+        d = r.get("auc3_difference")
+        auc = r.get("summary", {}).get("auc@3px")
+        delta, photo = "—", "—"
+        if d and name != "dense":
+            (lo, hi), (plo, phi) = d["interval"], d["interval_by_photo"]
+            delta, photo = f"{d['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}]", f"[{plo:+.3f}, {phi:+.3f}]"
+        lines.append(
+            f"| {name} | {r['file_bytes'] / 1e6:.2f} | {r['ratio']:.1f} | {r.get('matcher_ratio', 0):.1f} | "
+            f"{r.get('bits_per_weight', 0):.2f} | {'—' if auc is None else f'{auc:.3f}'} | {delta} | {photo} |"
+        )
+    for figure in report.get("figures", [])[:1]:  # the whole file's size against accuracy, beside report.json
+        where = Path(os.path.relpath((path.parent / Path(figure).name).resolve(), out.resolve()))
+        lines += ["", f"![deep compression]({where.as_posix()})"]
+    return lines
+
+
+def report_markdown(cfg: dict[str, Any], rows: list[dict[str, Any]], figures: list[Path], out: Path) -> str:
     dense = rows[0]
     fmt = lambda v, f: "—" if v is None else format(float(v), f)  # noqa: E731
     val = cfg["val"]
@@ -221,6 +274,8 @@ def report_markdown(cfg: dict[str, Any], rows: list[dict[str, Any]], figures: li
             "comparison with a number measured on other pairs would have to beat).",
         ]
     lines += ["", *[f"![{p.stem}]({p.as_posix()})" for p in figures]]
+    if cfg.get("deep_compression"):
+        lines += deep_compression_markdown(cfg, out)
     lines += [
         "",
         f"Config: `config.yaml` in this folder (git commit {git_commit()}). Per-variant numbers: "

@@ -13,6 +13,7 @@ import torch
 
 from compression.tensors import prunable_weights
 from pipeline.checkpoint import load_checkpoint
+from pipeline.report import deep_compression_markdown
 from pruning.fine_grained import sparsity_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +30,8 @@ def test_the_recipe_makes_superpoint_superglue_20x_smaller(tmp_path):
                "--out", str(tmp_path / "out"), "--json", str(tmp_path / "report.json"))  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((tmp_path / "report.json").read_text())
-    distilled = report["rows"].pop("+ detector distilled 2 steps")  # the detector's codebooks trained: no smaller
+    distilled_name = "+ detector distilled 2 steps"
+    distilled = report["rows"].pop(distilled_name)  # the detector's codebooks trained: no smaller
     rows = list(report["rows"].values())
     sizes = [r["file_bytes"] for r in rows]
     assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)  # each stage makes the file smaller
@@ -46,6 +48,20 @@ def test_the_recipe_makes_superpoint_superglue_20x_smaller(tmp_path):
     assert sparsity_report(final.superglue)["total"] == pytest.approx(0.83, abs=0.01)
     large = [w for w in prunable_weights(final.superpoint).values() if w.numel() >= 32768]
     assert large and all(len(w.unique()) <= 2**3 for w in large)  # its large layers at 3 bits: 8 values each
+    # its report beside its files, as an experiment's report.md shows it (deep_compression in the config)
+    assert json.loads((out / "report.json").read_text())["rows"].keys() == {*report["rows"], distilled_name}
+    cfg = {"matcher": "superpoint+superglue", "deep_compression": str(out / "report.json"), "val": {}}
+    table = "\n".join(deep_compression_markdown(cfg, tmp_path))
+    for name, r in report["rows"].items():
+        assert f"| {name} | {r['file_bytes'] / 1e6:.2f} | {r['ratio']:.1f} |" in table
+    assert "random weights" in table and "git commit" in table
+    missing = "\n".join(deep_compression_markdown({**cfg, "deep_compression": str(tmp_path / "none.json")}, tmp_path))
+    assert (
+        "no report of the script on superpoint+superglue" in missing
+        and "python benchmarks/deep_compression.py" in missing
+    )
+    other = "\n".join(deep_compression_markdown({**cfg, "matcher": "aliked+lightglue"}, tmp_path))  # not its matcher
+    assert "not a report of the script on aliked+lightglue" in other
 
 
 @pytest.mark.slow
@@ -53,6 +69,7 @@ def test_bad_arguments_are_one_line_and_write_nothing(tmp_path):
     for args, culprit in (
         (["--sparsity", "1.5"], "--sparsity"),
         (["--target", "1"], "--target"),
+        (["--prune_end", "0"], "--prune_end"),
         (["--matcher", "superpoint+superglue"], "--random-weights"),  # the official weights are not here
         (["--results", str(tmp_path / "none.json")], "none.json"),
     ):
