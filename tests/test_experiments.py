@@ -123,6 +123,8 @@ def test_killed_experiment_resumes_and_reports_every_variant(tmp_path, monkeypat
     assert all(f"| {name} |" in report for name in by_name)
     assert "| within noise |" in report and "How sure:" in report
     assert "int8 kernels (ONNX Runtime) for the matcher" in report and "References are other pipelines" in report
+    assert "## Deep compression (benchmarks/deep_compression.py)" in report  # the demo's deep_compression report
+    assert report.index("## Deep compression") > report.index("![")  # after the figures: the README's cut omits it
     assert all(
         (tmp_path / "figures" / f"{f}.png").is_file()
         for f in ("auc_vs_size", "auc_vs_latency", "sensitivity", "sensitivity-bits", "weights")
