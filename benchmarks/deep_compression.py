@@ -3,14 +3,15 @@ entropy-coded files; its size against its accuracy.
 
     python benchmarks/deep_compression.py [--sparsity 0.83] [--bits 2] [--detector_bits auto] [--target 20]
         [--steps 1200] [--prune_end 0.6] [--kmeans_steps 100] [--detector_steps 0] [--assignment 4.0]
-        [--train_pairs 400] [--seed 0] [--num_pairs 150] [--out runs/deep_compression]
+        [--spread uniform] [--train_pairs 400] [--seed 0] [--num_pairs 150] [--out runs/deep_compression]
     python benchmarks/deep_compression.py --matcher superpoint+superglue --random-weights   # the file sizes only
 
 The recipe, on the demo's matcher (aliked+lightglue, 512 keypoints, every layer):
 
 1. the matching network pruned gradually during finetuning (pruning/gradual.py: the cubic schedule of Zhu & Gupta,
    from 0 to ``--sparsity`` over the first 60 % of ``--steps``, ``--prune_end``, then recovery at it: 0.4 at 86 %
-   ended no closer to dense, see the README), trained on
+   ended no closer to dense, see the README), each weight tensor to ``--sparsity`` or, with ``--spread global``, to
+   its share of one magnitude ranking of the dense network's weights (``--sparsity`` overall), trained on
    ``--train_pairs`` homography pairs of the training photos with the ground-truth loss plus, with ``--assignment``,
    the dense matcher's assignment as soft targets (4 × beside the ground truth on 400 pairs: on 500 val pairs both
    seeds' finished files −.001 AUC@3px [−.0085, +.007] and [−.008, +.006]; 1 × on 100 pairs: seed 0 −.002, seed 1
@@ -76,6 +77,7 @@ from pipeline.checkpoint import coding_summary, load_checkpoint, save_checkpoint
 from pipeline.evaluation import FeatureCache, evaluate
 from pipeline.figures import plot_tradeoff
 from pipeline.training import DEFAULTS, checked_config, finetune
+from pruning.fine_grained import global_sparsities
 from quantization.half import half_floats
 from quantization.kmeans import quantize_kmeans, share_other_weights
 
@@ -92,8 +94,9 @@ def stage_points(report: dict[str, Any], tag: str) -> list[dict[str, Any]]:
 
 
 def run_tag(args: dict[str, Any]) -> str:
-    """A run's name on the figures: its sparsity, and its seed if not the first."""
-    return f"{args['sparsity']:.0%}" + (f" seed {args['seed']}" if args.get("seed") else "")
+    """A run's name on the figures: its sparsity (and spread), and its seed if not the first."""
+    spread = " global" if args.get("spread") == "global" else ""
+    return f"{args['sparsity']:.0%}{spread}" + (f" seed {args['seed']}" if args.get("seed") else "")
 
 
 def other_points(path: str) -> list[dict[str, Any]]:
@@ -131,6 +134,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--random-weights", "--random_weights", dest="random_weights", action="store_true",
                    help="random weights: the recipe's wiring and file sizes only")  # fmt: skip
     p.add_argument("--sparsity", type=float, default=0.83, help="final sparsity of the matching network's weights")
+    p.add_argument("--spread", choices=["uniform", "global"], default="uniform",
+                   help="the sparsity of each weight tensor: --sparsity each, or one magnitude ranking of the dense "
+                   "matching network's weights over all its tensors (--sparsity overall)")  # fmt: skip
     p.add_argument("--bits", type=int_in(1, 8), default=2, help="k-means bits of the matching network")
     p.add_argument("--detector_bits", type=detector_bits, default=None,
                    help="k-means bits of the detector; auto: the most bits that keep --target")  # fmt: skip
@@ -190,8 +196,10 @@ def main(argv: list[str] | None = None) -> None:
 
     dense = build_matcher(args.matcher, base["matcher_config"])
     paths = {"dense": save_checkpoint(dense, out / "dense.pth")}
-    prune = {"sparsity": args.sparsity, "start": 0.0, "end": args.prune_end, "every": max(1, steps // 50)}
-    paths[f"gradual pruning {args.sparsity:.0%}"] = pruned = tuned("pruned", None, steps, prune=prune)
+    targets = global_sparsities(dense.matcher, args.sparsity) if args.spread == "global" else args.sparsity
+    prune = {"sparsity": targets, "start": 0.0, "end": args.prune_end, "every": max(1, steps // 50)}
+    spread = " (global ranking)" if args.spread == "global" else ""
+    paths[f"gradual pruning {args.sparsity:.0%}{spread}"] = pruned = tuned("pruned", None, steps, prune=prune)
     shared = out / "kmeans.pth"  # its finetuning run is bound to these bytes: made again only from other weights
     made_from = {"source_sha1": file_sha1(pruned), "bits": args.bits}
     record = out / "kmeans.json"

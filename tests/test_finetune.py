@@ -300,6 +300,27 @@ def test_gradual_pruning_of_a_quantized_model_is_refused_and_an_unpruned_config_
     assert finetune.run_identity(old) == finetune.run_identity(config(tmp_path / "x"))
 
 
+def test_gradual_pruning_to_a_global_ranking_prunes_each_tensor_to_its_own_share():
+    """deep_compression.py --spread global: the dense matching network's one magnitude ranking gives each tensor its
+    target (per-name levels), which the ramp reaches exactly, LightGlue's and SuperGlue's names alike."""
+    from compression.tensors import prunable_weights
+    from pruning.fine_grained import global_sparsities
+    from pruning.gradual import GradualPruning
+
+    pipelines = {"aliked+lightglue": TINY["matcher_config"],
+                 "superpoint+superglue": {"superpoint": {"weights": None}, "superglue": {"weights": None}}}  # fmt: skip
+    for name, cfg in pipelines.items():
+        net = build_matcher(name, cfg).matcher
+        targets = global_sparsities(net, 0.83)
+        assert len({round(s, 2) for s in targets.values()}) > 5  # a spread, not one sparsity
+        pruner = GradualPruning(net, targets, 10, 0.0, 0.5, 1)
+        assert pruner.targets == {n: s for n, s in targets.items() if s > 0}
+        pruner(5)  # the ramp's end: every target reached
+        report, sizes = sparsity_report(net), {n: w.numel() for n, w in prunable_weights(net).items()}
+        assert all(round(report[n] * k) == round(targets[n] * k) for n, k in sizes.items())
+        assert report["total"] == pytest.approx(0.83, abs=1e-4)
+
+
 def test_batch_norm_statistics_are_re_estimated_as_the_average_over_images():
     """A student's batch norms (layers before them changed) get the plain average of each image's statistics, its
     weights and the norms' momentum untouched, and it is left in eval mode."""
