@@ -61,7 +61,7 @@ from pipeline.report import update_readme, write_report
 from pipeline.training import CHECKS as FINETUNE_CHECKS
 from pipeline.training import DEFAULTS as FINETUNE_DEFAULTS
 from pipeline.training import PAIRS_CHECKS, SIZE, finetune
-from pruning.fine_grained import prune_fine_grained
+from pruning.fine_grained import global_sparsities, prune_fine_grained
 from pruning.sensitivity import choose_verified, expand, flat_differences, groups_by_prefix, scan
 from quantization.kmeans import kmeans_values, quantize_kmeans
 
@@ -222,6 +222,10 @@ def check_variant(spec: dict[str, Any], earlier: dict[str, dict[str, Any]]) -> N
         raise InputError(
             f"variant {name}: gradual pruning happens while it is finetuned: give it method fine-grained alone and "
             "finetune (quantize it in a variant based on it)"
+        )
+    if spec.get("ranking") == "global" and not isinstance(spec.get("sparsity"), (int, float)):
+        raise InputError(
+            f"variant {name}: ranking global spreads one overall sparsity over the tensors: give sparsity a number"
         )
     if spec.get("sparsity") == "auto" and spec.get("bits") == "auto":
         raise InputError(f"variant {name}: choose either the sparsity or the bits automatically, not both")
@@ -490,6 +494,8 @@ class Experiment:
         prune = None
         if spec.get("schedule") == "gradual":  # pruned while it is finetuned, from the dense model: no row before
             dense, prune = self.baseline(), chosen["levels"] if chosen else spec["sparsity"]
+            if spec.get("ranking") == "global":  # each tensor's share of one ranking of the dense part's weights
+                prune = global_sparsities(getattr(self.dense(), part), spec["sparsity"])
             start = {k: dense[k] for k in ("checkpoint", "checkpoint_sha1") if k in dense}
             rows = [{}]
         else:

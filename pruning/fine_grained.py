@@ -135,12 +135,18 @@ SPARSITY = Check(kind=(float, dict), words=("auto",), lo=0, hi=0.99, values=Chec
 
 @register_method(
     "fine-grained",
-    settings={"sparsity": 0.5, "schedule": "one-shot"},
-    checks={"sparsity": SPARSITY, "schedule": Check(choices=("one-shot", "gradual"))},
+    settings={"sparsity": 0.5, "schedule": "one-shot", "ranking": "layer"},
+    checks={
+        "sparsity": SPARSITY,
+        "schedule": Check(choices=("one-shot", "gradual")),
+        "ranking": Check(choices=("layer", "global")),
+    },
     needs=("sparsity",),
 )
 def fine_grained_method(job: Job) -> None:
-    """Magnitude pruning of the part at the variant's sparsity (one value, per-pattern values, or the scan's);
-    with ``schedule: gradual`` the pruning happens during the variant's finetuning instead (pruning/gradual.py)."""
+    """Magnitude pruning of the part at the variant's sparsity (one value, per-pattern values, or the scan's; with
+    ``ranking: global`` one value spread over the tensors by one magnitude ranking of them all); with ``schedule:
+    gradual`` the pruning happens during the variant's finetuning instead (pruning/gradual.py)."""
     if job.spec.get("schedule") != "gradual":
-        prune_fine_grained(job.net, job.levels if job.spec["sparsity"] == "auto" else job.spec["sparsity"])
+        spec = job.levels if job.spec["sparsity"] == "auto" else job.spec["sparsity"]
+        prune_fine_grained(job.net, spec, global_ranking=job.spec.get("ranking") == "global")

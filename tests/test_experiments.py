@@ -161,6 +161,8 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
         ({"name": "x", "method": "kmeans"}, "needs 'bits'"),
         ({"name": "x", "method": "fine-grained+kmeans", "base": "nope", "bits": 4}, "base 'nope'"),
         ({"name": "x", "method": "int8-onnxruntime+kmeans", "bits": 4}, "last step"),
+        ({"name": "x", "method": "fine-grained", "sparsity": {"*attn*": 0.5}, "ranking": "global"}, "one overall"),
+        ({"name": "x", "method": "fine-grained", "sparsity": 0.5, "ranking": "best"}, "ranking"),
         ({"reference": {"name": "dense", "matcher": "xfeat"}}, "reference 'dense'"),
         ({"reference": {"name": "r", "matcher": "xfeat", "matcher_config": {"x": 3}}}, "r.matcher_config"),
     ],
@@ -218,9 +220,12 @@ def test_coco_preset_runs_end_to_end_with_random_weights(tmp_path):
         f"{n}{ft}"
         for n in ("superglue-attn80-mlp80", "superglue-auto", "superpoint-channel50", "superglue-channel50", *deep[::2])
         for ft in ("", " +ft")
-    } | {"superglue-gradual83 +ft", "superglue-gradual90 +ft", *deep[1::2], deep_4bit}  # gradual: no row unfinetuned
+    } | {f"superglue-gradual{n} +ft" for n in ("83", "90", "83-global")} | {*deep[1::2], deep_4bit}  # gradual: no row
     gradual = load_checkpoint(rows["superglue-gradual83 +ft"]["checkpoint"]).superglue
     assert sparsity_report(gradual)["total"] == pytest.approx(0.83, abs=1e-3)  # reached while it trained
+    spread = sparsity_report(load_checkpoint(rows["superglue-gradual83-global +ft"]["checkpoint"]).superglue)
+    assert spread["total"] == pytest.approx(0.83, abs=1e-3)  # 83 % overall, each tensor its share of the ranking:
+    assert max(spread.values()) - min(s for s in spread.values() if s > 0) > 0.1  # not one sparsity
     smallest = rows["deep-compression"]
     assert smallest["sparsity"] == 0 and smallest["part"] == "detector"  # its detector's weights: k-means, not pruned
     # each part shrinks by what its bits allow: SuperPoint at 3 bits (8 for two small layers) at most ~10x, SuperGlue

@@ -64,6 +64,20 @@ def test_patterns_and_global_ranking():
     assert len(set(round(v, 3) for v in g.values())) > 1  # layers get different sparsities
 
 
+def test_the_fine_grained_method_spreads_one_sparsity_by_a_global_ranking():
+    """A variant's ``ranking: global``: each tensor pruned to its share of one magnitude ranking of them all."""
+    from types import SimpleNamespace
+
+    from compression.methods import Job, method
+
+    sg = small_superglue()
+    expected = global_sparsities(sg, 0.7)
+    method("fine-grained").apply(Job(SimpleNamespace(matcher=sg), "matcher", {"sparsity": 0.7, "ranking": "global"}))
+    report, sizes = sparsity_report(sg), {n: p.numel() for n, p in sg.named_parameters() if n in expected}
+    assert all(round(report[n] * k) == round(expected[n] * k) for n, k in sizes.items())
+    assert report["total"] == pytest.approx(0.7, abs=1e-4) and len({round(report[n], 2) for n in sizes}) > 1
+
+
 def test_80_percent_sparsity_stays_exact_through_finetuning():
     sg = small_superglue().train()
     prune_fine_grained(sg, {"*attn*": 0.8, "*mlp*": 0.8})
