@@ -3,19 +3,20 @@ entropy-coded files; its size against its accuracy.
 
     python benchmarks/deep_compression.py [--sparsity 0.83] [--bits 2] [--detector_bits auto] [--target 20]
         [--steps 1200] [--prune_end 0.6] [--kmeans_steps 100] [--detector_steps 0] [--assignment 4.0]
-        [--spread uniform] [--train_pairs 400] [--seed 0] [--num_pairs 150] [--out runs/deep_compression]
+        [--ranking layer] [--train_pairs 400] [--seed 0] [--num_pairs 150] [--out runs/deep_compression]
     python benchmarks/deep_compression.py --matcher superpoint+superglue --random-weights   # the file sizes only
 
 The recipe, on the demo's matcher (aliked+lightglue, 512 keypoints, every layer):
 
 1. the matching network pruned gradually during finetuning (pruning/gradual.py: the cubic schedule of Zhu & Gupta,
    from 0 to ``--sparsity`` over the first 60 % of ``--steps``, ``--prune_end``, then recovery at it: 0.4 at 86 %
-   ended no closer to dense, see the README), each weight tensor to ``--sparsity`` or, with ``--spread global``, to
-   its share of one magnitude ranking of the dense network's weights (``--sparsity`` overall), trained on
-   ``--train_pairs`` homography pairs of the training photos with the ground-truth loss plus, with ``--assignment``,
-   the dense matcher's assignment as soft targets (4 × beside the ground truth on 400 pairs: on 500 val pairs both
-   seeds' finished files −.001 AUC@3px [−.0085, +.007] and [−.008, +.006]; 1 × on 100 pairs: seed 0 −.002, seed 1
-   −.005 [−.013, +.002]);
+   ended no closer to dense, see the README), each weight tensor to ``--sparsity`` by its own magnitude ranking or,
+   with ``--ranking global``, to its share of one ranking of the dense network's weights (``--sparsity`` overall),
+   trained on ``--train_pairs`` homography pairs of the training photos with the ground-truth loss plus, with
+   ``--assignment``, the dense matcher's assignment as soft targets (4 × beside the ground truth on 400 pairs: on 500
+   val pairs both seeds' finished files −.001 AUC@3px [−.0085, +.007] and [−.008, +.006]; 1 × on 100 pairs: seed 0
+   −.002, seed 1 −.005 [−.013, +.002]; with ``--ranking global`` −.0007 [−.0077, +.0064] and −.0022 [−.0091,
+   +.0052] at 20.3×, photo intervals 0.5–0.6 points narrower, see the README);
 2. its non-zero weights shared by k-means at ``--bits`` and the codebooks finetuned (``--kmeans_steps``);
 3. the detector's weights shared by k-means at ``--detector_bits`` (its convolutions and ALIKED's descriptor
    aggregation), untrained, but its tensors of fewer than ``--detector_small`` weights at 8 bits: its first layers,
@@ -94,9 +95,9 @@ def stage_points(report: dict[str, Any], tag: str) -> list[dict[str, Any]]:
 
 
 def run_tag(args: dict[str, Any]) -> str:
-    """A run's name on the figures: its sparsity (and spread), and its seed if not the first."""
-    spread = " global" if args.get("spread") == "global" else ""
-    return f"{args['sparsity']:.0%}{spread}" + (f" seed {args['seed']}" if args.get("seed") else "")
+    """A run's name on the figures: its sparsity (and ranking), and its seed if not the first."""
+    ranking = " global" if args.get("ranking") == "global" else ""
+    return f"{args['sparsity']:.0%}{ranking}" + (f" seed {args['seed']}" if args.get("seed") else "")
 
 
 def other_points(path: str) -> list[dict[str, Any]]:
@@ -134,9 +135,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--random-weights", "--random_weights", dest="random_weights", action="store_true",
                    help="random weights: the recipe's wiring and file sizes only")  # fmt: skip
     p.add_argument("--sparsity", type=float, default=0.83, help="final sparsity of the matching network's weights")
-    p.add_argument("--spread", choices=["uniform", "global"], default="uniform",
-                   help="the sparsity of each weight tensor: --sparsity each, or one magnitude ranking of the dense "
-                   "matching network's weights over all its tensors (--sparsity overall)")  # fmt: skip
+    p.add_argument("--ranking", choices=["layer", "global"], default="layer",
+                   help="the magnitude ranking that prunes: each weight tensor's own (--sparsity each), or one of the "
+                   "dense matching network's weights over all its tensors (--sparsity overall)")  # fmt: skip
     p.add_argument("--bits", type=int_in(1, 8), default=2, help="k-means bits of the matching network")
     p.add_argument("--detector_bits", type=detector_bits, default=None,
                    help="k-means bits of the detector; auto: the most bits that keep --target")  # fmt: skip
@@ -196,10 +197,10 @@ def main(argv: list[str] | None = None) -> None:
 
     dense = build_matcher(args.matcher, base["matcher_config"])
     paths = {"dense": save_checkpoint(dense, out / "dense.pth")}
-    targets = global_sparsities(dense.matcher, args.sparsity) if args.spread == "global" else args.sparsity
+    targets = global_sparsities(dense.matcher, args.sparsity) if args.ranking == "global" else args.sparsity
     prune = {"sparsity": targets, "start": 0.0, "end": args.prune_end, "every": max(1, steps // 50)}
-    spread = " (global ranking)" if args.spread == "global" else ""
-    paths[f"gradual pruning {args.sparsity:.0%}{spread}"] = pruned = tuned("pruned", None, steps, prune=prune)
+    ranking = " (global ranking)" if args.ranking == "global" else ""
+    paths[f"gradual pruning {args.sparsity:.0%}{ranking}"] = pruned = tuned("pruned", None, steps, prune=prune)
     shared = out / "kmeans.pth"  # its finetuning run is bound to these bytes: made again only from other weights
     made_from = {"source_sha1": file_sha1(pruned), "bits": args.bits}
     record = out / "kmeans.json"

@@ -301,7 +301,7 @@ def test_gradual_pruning_of_a_quantized_model_is_refused_and_an_unpruned_config_
 
 
 def test_gradual_pruning_to_a_global_ranking_prunes_each_tensor_to_its_own_share():
-    """deep_compression.py --spread global: the dense matching network's one magnitude ranking gives each tensor its
+    """deep_compression.py --ranking global: the dense matching network's one magnitude ranking gives each tensor its
     target (per-name levels), which the ramp reaches exactly, LightGlue's and SuperGlue's names alike."""
     from compression.tensors import prunable_weights
     from pruning.fine_grained import global_sparsities
