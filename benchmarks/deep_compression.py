@@ -73,7 +73,7 @@ from helper import (
     write_json,
 )
 from models.lightglue import EVERY_LAYER
-from models.matching import build_matcher
+from models.matching import build_matcher, fingerprint
 from pipeline.checkpoint import coding_summary, load_checkpoint, save_checkpoint, stored_bytes
 from pipeline.evaluation import FeatureCache, evaluate
 from pipeline.figures import plot_tradeoff
@@ -257,13 +257,15 @@ def main(argv: list[str] | None = None) -> None:
         val = {**VAL, "num_pairs": args.num_pairs}
         pairs, cache = make_pairs(val), FeatureCache()
         for name, path in paths.items():
-            key = {"checkpoint_sha1": file_sha1(path), "val": val, "estimator": ESTIMATOR}
+            model = load_checkpoint(path)
+            # keyed by its weights, as an experiment's stages, not by the file's bytes (they hold the git commit)
+            key = {"weights": fingerprint(model, {**model.config}), "val": val, "estimator": ESTIMATOR}
             record = out / f"evaluation-{config_digest(key)}.json"  # by what it measured: stages come and go
             saved = read_json(record) if record.is_file() else None
-            if saved is not None and saved.get("key") == key:  # this very file on these pairs: read back
+            if saved is not None and saved.get("key") == key:  # these very weights on these pairs: read back
                 rows[name] = saved["rows"]
                 continue
-            rows[name] = evaluate(load_checkpoint(path), pairs, cache, desc=name, **ESTIMATOR)["rows"]
+            rows[name] = evaluate(model, pairs, cache, desc=name, **ESTIMATOR)["rows"]
             write_json(record, {"key": key, "rows": rows[name]})
     accuracy = f"; accuracy on {args.num_pairs} val pairs at 640×480" if pretrained else " (random weights)"
     print(f"{args.matcher}: {weights / 1e6:.2f} M weights; sizes are the checkpoint files{accuracy}")
