@@ -173,10 +173,12 @@ def deep_compression_markdown(cfg: dict[str, Any], out: Path) -> list[str]:
         if val is None
         else f"{val['num_pairs']} val pairs{which}, LightGlue at every layer (its dense row is its own)"
     )
+    detector = report.get("detector") or {"bits": report.get("detector_bits", "?")}  # older reports: k-means bits
+    detector_text = f"on a grid {detector['step']:.3g} × RMS" if "step" in detector else f"{detector['bits']} bits"
     lines += [
         f"The whole file's recipe, run on its own (`{path}`, git commit {report.get('git_commit', '?')}; sparsity "
-        f"{args.get('sparsity', '?')}, {args.get('bits', '?')} bits, the detector {report.get('detector_bits', '?')} "
-        f"bits; {pairs}). Δ AUC@3px: paired 95 % interval over pairs, then over photos.",
+        f"{args.get('sparsity', '?')}, {args.get('bits', '?')} bits, the detector {detector_text}; {pairs}). "
+        "Δ AUC@3px: paired 95 % interval over pairs, then over photos.",
         "",
         "| stage | size MB | size × | matcher × | bits/weight | AUC@3px | Δ AUC@3px vs dense | by photo |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",

@@ -30,6 +30,9 @@ def half_floats(model: nn.Module) -> int:
             codebook.codebook.copy_(codebook.codebook.half().float())
             layer.weight.copy_(codebook.values(layer.weight))
             rounded += 1
+        grid = found.get("linear")
+        if grid is not None:  # its scales in float16: the weight on that grid again (the same codes)
+            grid.snap(layer)
     return rounded
 
 

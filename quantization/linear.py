@@ -25,6 +25,7 @@ from compression.methods import Job, register_method
 from compression.state import LayerState, attach, compressed_layers, detach, get, register_state
 from compression.tensors import int_grid, owner, pack_bits, prunable_weights, resolve_levels, unpack_bits
 from helper import Check
+from quantization.kmeans import other_weights
 
 logger = logging.getLogger(__name__)
 BitsSpec = Union[int, Mapping[str, int]]
@@ -146,6 +147,56 @@ def enable_qat(model: nn.Module) -> int:
     return len(found)
 
 
+def step_scales(weight: torch.Tensor, step: float, bits: int = 8) -> torch.Tensor:
+    """Per-output-channel scales of a grid ``step`` times each channel's RMS apart, coarser only where the channel's
+    max |w| would need more than ``bits``-bit codes."""
+    w = weight.detach().reshape(weight.shape[0], -1)
+    return torch.maximum(step * w.pow(2).mean(1).sqrt(), w.abs().amax(1) / int_grid(bits)).clamp(min=1e-12)
+
+
+@torch.no_grad()
+def quantize_grid(model: nn.Module, step: float, bits: int = 8) -> float:
+    """Every weight of ``model`` on a uniform grid ``step`` times its RMS apart (per output channel; per tensor for
+    ``other_weights``, which have no layer to hold a state and are stored as shared values), weights only, in place;
+    returns the empirical entropy of the codes, in bits per weight (what the checkpoint's coder comes close to).
+
+    The entropy-constrained scalar quantizer: with an entropy coder behind it a uniform grid's codes cost their
+    entropy, and at equal bytes it errs less than k-means codebooks of a fixed bit width, whose codes are used about
+    evenly and leave the coder nothing to gain (Gish & Pierce 1968). ALIKED in the 20x file of
+    benchmarks/deep_compression.py, measured: k-means at 6 bits (8 for its small tensors) 32.3 dB signal-to-error, at
+    8 bits 38.4 dB but the file 19.0x; this grid at 0.0156 x RMS 40.9 dB, the file 20.0x. ``step`` moves the size
+    continuously, where a bit width moves it by a bit per weight. Less weight error did not make that pipeline more
+    accurate (its finished files lost more AUC@3px than with k-means; README, "Much smaller").
+    """
+    codes = []
+    for name, w in prunable_weights(model).items():
+        layer = owner(model, name)
+        scale = step_scales(w, step, bits)
+        attach(layer, Grid(scale, bits)).snap(layer)
+        codes.append(torch.round(w / _channels(scale, w.ndim)).flatten())
+    codes += grid_other_weights(model, step, bits)
+    return sum(_entropy_bits(c) for c in codes) / max(1, sum(c.numel() for c in codes))
+
+
+@torch.no_grad()
+def grid_other_weights(model: nn.Module, step: float, bits: int = 8) -> list[torch.Tensor]:
+    """``other_weights`` on a grid ``step`` times each tensor's RMS apart, in place, without a layer state (they
+    stay on it until they are trained; checkpoints store them as shared values and codes); returns their codes."""
+    q, codes = int_grid(bits), []
+    for p in other_weights(model).values():
+        scale = max(step * float(p.pow(2).mean().sqrt()), float(p.abs().max()) / q, 1e-12)
+        codes.append(torch.round(p / scale).clamp(-q, q).flatten())
+        p.copy_(codes[-1].view_as(p) * scale + 0.0)  # + 0.0: no -0.0 beside 0.0 (one value in the codebook)
+    return codes
+
+
+def _entropy_bits(codes: torch.Tensor) -> float:
+    """The empirical order-0 entropy of integer codes, in bits for all of them."""
+    counts = torch.unique(codes, return_counts=True)[1].double()
+    p = counts / counts.sum()
+    return float(-(p * p.log2()).sum() * counts.sum())
+
+
 def weight_scales(weight: torch.Tensor, bits: int) -> torch.Tensor:
     """Symmetric per-output-channel scales: max |w| of each channel maps to 2^(bits-1) - 1."""
     return (weight.detach().reshape(weight.shape[0], -1).abs().amax(1) / int_grid(bits)).clamp(min=1e-12)
@@ -230,3 +281,15 @@ def linear_method(job: Job) -> None:
         job.spec.get("activation_bits", 8),
         job.spec.get("calibration_method", "minmax"),
     )
+
+
+@register_method(
+    "grid",
+    settings={"step": 0.03},
+    checks={"step": Check(kind=float, lo=0, open=True)},
+    needs=("step",),
+)
+def grid_method(job: Job) -> None:
+    """The part's weights on a uniform grid ``step`` times each channel's RMS apart, weights only (the entropy-coded
+    file pays each weight its codes' entropy: ``job.bits``); e.g. the detector of benchmarks/deep_compression.py."""
+    job.bits = quantize_grid(job.net, job.spec["step"])

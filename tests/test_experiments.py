@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES, ROOT
 
+from compression.state import get
+from compression.tensors import owner, prunable_weights
 from helper import InputError, load_config
 from pipeline import experiment as experiments
 from pipeline.checkpoint import load_checkpoint, stored_bytes
@@ -207,8 +209,10 @@ def test_coco_preset_runs_end_to_end_with_random_weights(tmp_path):
         "deep-compression-90",
     )
     deep_4bit = "deep-compression-sp4bit"  # the 83 % recipe with SuperPoint at 4 bits instead of 3
+    deep_grid = "deep-compression-grid"  # ... or on the entropy-coded grid
+    kept = (*deep, deep_4bit, deep_grid)
     config["quantization"] = [
-        s for s in config["quantization"] if "int8-onnxruntime" in s["method"] or s["name"] in (*deep, deep_4bit)
+        s for s in config["quantization"] if "int8-onnxruntime" in s["method"] or s["name"] in kept
     ]
     config["references"] = []  # (the demo's test runs references)
     for s in config["quantization"]:  # the preset's own step counts are Colab's; the wiring needs the fixture's two
@@ -220,7 +224,7 @@ def test_coco_preset_runs_end_to_end_with_random_weights(tmp_path):
         f"{n}{ft}"
         for n in ("superglue-attn80-mlp80", "superglue-auto", "superpoint-channel50", "superglue-channel50", *deep[::2])
         for ft in ("", " +ft")
-    } | {f"superglue-gradual{n} +ft" for n in ("83", "90", "83-global")} | {*deep[1::2], deep_4bit}  # gradual: no row
+    } | {f"superglue-gradual{n} +ft" for n in ("83", "90", "83-global")} | {*deep[1::2], *kept[4:]}  # gradual: no row
     gradual = load_checkpoint(rows["superglue-gradual83 +ft"]["checkpoint"]).superglue
     assert sparsity_report(gradual)["total"] == pytest.approx(0.83, abs=1e-3)  # reached while it trained
     spread = sparsity_report(load_checkpoint(rows["superglue-gradual83-global +ft"]["checkpoint"]).superglue)
@@ -238,6 +242,10 @@ def test_coco_preset_runs_end_to_end_with_random_weights(tmp_path):
     four = Path(rows[deep_4bit]["checkpoint"])  # the same matcher, SuperPoint's large layers at 4 bits: larger
     assert stored_bytes(four, "matcher.") == stored_bytes(small, "matcher.")
     assert stored_bytes(small, "detector.") < 0.85 * stored_bytes(four, "detector.")
+    grid = load_checkpoint(rows[deep_grid]["checkpoint"])  # the same matcher, SuperPoint on its grids
+    assert stored_bytes(Path(rows[deep_grid]["checkpoint"]), "matcher.") == stored_bytes(small, "matcher.")
+    assert all(get(owner(grid.superpoint, n), "linear") is not None for n in prunable_weights(grid.superpoint))
+    assert 1 < rows[deep_grid]["bits"] < 8  # its codes' entropy per weight
     for name in ("superglue-int8-onnxruntime", "superpoint-int8-onnxruntime"):  # both parts in real int8
         assert rows[name]["macs"] == rows["dense"]["macs"] and rows[name]["size_bytes"] < rows["dense"]["size_bytes"]
     fast_pipeline = load_checkpoint(rows["fast-pipeline-int8"]["checkpoint"])  # both parts in int8, 10 iterations
