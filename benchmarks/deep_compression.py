@@ -35,10 +35,12 @@ The recipe, on the demo's matcher (aliked+lightglue, 512 keypoints, every layer)
    than k-means (ALIKED in the 20× file 40.9 dB from its dense weights, against 32.3 dB at 6 bits and 38.4 dB at 8
    bits, 19.0×), but not more accurate: on 500 val pairs three global-ranking trainings' finished files lost −.0056,
    −.0075 and −.0065 AUC@3px at auto's 0.0156 × RMS (two at 0.03: −.003, −.003), where k-means at 6 bits lost
-   −.0007, −.0022 and −.0034 (the README). With ``--detector_steps N`` the detector is then distilled from the
-   dense one for N steps, the matching network frozen (k-means: its codebooks; the grid: float shadows, QAT; 300
-   steps of k-means codebooks made its per-photo effect 3× narrower, but the two finished files lost −.008 and −.009
-   [−.015, −.003], where untrained they were −.001: the untrained k-means' gain is luck, see the README);
+   −.0007, −.0022 and −.0034 (one comparison three times: ALIKED is untrained, the same in all three; alone beside
+   the dense LightGlue k-means +.002, the grid −.004, each within its photo interval; the README). With
+   ``--detector_steps N`` the detector is then distilled from the dense one for N steps, the matching network frozen
+   (k-means: its codebooks; the grid: float shadows, QAT; 300 steps of k-means codebooks made its per-photo effect 3×
+   narrower, but the two finished files lost −.008 and −.009 [−.015, −.003], where untrained they were −.001: the
+   untrained k-means' gain is luck, see the README);
 4. the biases, norms and codebooks in float16 values (``quantization/half.py``);
 5. each stage saved in the project's checkpoint format (entropy-coded, bit-exact on load).
 
