@@ -15,6 +15,8 @@ from typing import Any, Callable, Iterator
 
 from torch import nn
 
+from helper import first_line
+
 BACKENDS: dict[str, Any] = {}
 
 
@@ -36,6 +38,41 @@ def backend(name: str) -> Any:
     if name not in BACKENDS:
         raise ValueError(f"unknown runtime backend {name!r} (known: {', '.join(BACKENDS)})")
     return BACKENDS[name]
+
+
+def self_contained(graph: bytes) -> None:
+    """Refuse (ValueError) an ONNX graph that is not one, or that names external data: its weights must lie in its own
+    bytes. ONNX Runtime and OpenVINO would open an external-data file relative to the working directory, so a graph
+    from a checkpoint could make the process read any file there."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.ModelProto.FromString(graph)
+    except (DecodeError, RuntimeWarning, ValueError) as e:
+        raise ValueError(f"not an ONNX graph ({first_line(e)[:120]})") from None
+    if not model.HasField("graph"):
+        raise ValueError("not an ONNX graph (no graph in it)")
+
+    def tensors(nodes: Any, graph: Any = None) -> Iterator[Any]:
+        if graph is not None:
+            yield from graph.initializer
+            for sparse in graph.sparse_initializer:
+                yield from (sparse.values, sparse.indices)
+        for node in nodes:
+            for a in node.attribute:
+                yield from (a.t, *a.tensors)
+                for sparse in (a.sparse_tensor, *a.sparse_tensors):
+                    yield from (sparse.values, sparse.indices)
+                for sub in (a.g, *a.graphs):
+                    yield from tensors(sub.node, sub)
+
+    everything = [tensors(model.graph.node, model.graph), *(tensors(f.node) for f in model.functions)]
+    for found in everything:
+        for t in found:
+            if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data):
+                where = next((e.value for e in t.external_data if e.key == "location"), "?")
+                raise ValueError(f"its tensor {t.name!r} refers to external data ({where!r}); refused")
 
 
 def graph_modules(model: nn.Module) -> dict[str, nn.Module]:

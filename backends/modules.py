@@ -20,7 +20,7 @@ from torch import nn
 from models.graphs import DetectorGraph, MatcherGraph, graph_adapter
 from models.matching import extraction_share
 
-from . import backend
+from . import backend, self_contained
 
 MODULES: dict[str, type[GraphModule]] = {}
 _OPENING = threading.Lock()  # extraction workers open a shared session once
@@ -43,6 +43,7 @@ class GraphModule(nn.Module):
 
     def _open(self, graph: str | os.PathLike | bytes, threads: int | None, backend_name: str) -> None:
         self.graph_bytes = graph if isinstance(graph, bytes) else Path(graph).read_bytes()
+        self_contained(self.graph_bytes)
         self.threads, self.backend = threads, backend_name
         self.session = backend(backend_name).session(self.graph_bytes, threads)
         # the graph's hash in the state_dict, so detector fingerprints (feature caches) tell graphs apart

@@ -40,6 +40,50 @@ _MIN_BYTES = 256  # smaller tensors are not worth it
 _LEVEL = 6
 
 
+MAX_BYTES = 1 << 30  # the most one decoded field may take: 20x the largest matcher of the zoo in float32
+
+
+DTYPES = {str(d).split(".")[-1]: d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.uint8,
+          torch.int8, torch.int16, torch.int32, torch.int64, torch.bool)}  # fmt: skip
+
+
+def dtype_named(name: Any, what: str) -> torch.dtype:
+    """The tensor dtype a checkpoint names (ValueError for any other name)."""
+    if not isinstance(name, str) or name not in DTYPES:
+        raise ValueError(f"{what} declares the dtype {name!r}")
+    return DTYPES[name]
+
+
+def inflate(data: bytes, size: int | None, what: str, most: int = MAX_BYTES) -> bytes:
+    """``data`` decompressed, refused (ValueError naming ``what``) unless it gives exactly ``size`` bytes (at most
+    ``most`` where no size is declared): a damaged or crafted stream never grows past what its entry declares."""
+    cap = most if size is None else size
+    if cap > most:
+        raise ValueError(f"{what} declares {cap} bytes, more than the {most} any matcher needs")
+    inflater = zlib.decompressobj()
+    out = inflater.decompress(data, cap + 1)
+    if len(out) > cap or inflater.unconsumed_tail:
+        declared = "it declares" if size is not None else "it may take"
+        raise ValueError(f"{what} decompresses to more than the {cap} bytes {declared}")
+    if size is not None and len(out) != size:
+        raise ValueError(f"{what} decompresses to {len(out)} bytes, not the {size} it declares")
+    return out
+
+
+def declared_bytes(entry: dict[str, Any], field: str) -> int | None:
+    """How many bytes the coded ``field`` of ``entry`` decodes to, by what the entry declares (None: not declared)."""
+    how = (entry.get("coded") or {}).get(field)
+    stream = symbol_stream(entry, field)
+    if how == SYMBOLS and stream is not None:
+        return stream[1]
+    if how == BYTES and stream is not None:
+        return (stream[0] * stream[1] + 7) // 8
+    if how == PLANES:
+        dtype = dtype_named(entry[f"{field}.dtype"], field)
+        return math.prod(int(d) for d in entry[f"{field}.shape"]) * torch.empty((), dtype=dtype).element_size()
+    return None
+
+
 def symbol_stream(entry: dict[str, Any], field: str) -> tuple[int, int] | None:
     """(bits, count) of a bit-packed symbol field of ``entry``, or None if the field is not one."""
     if field == "codes" and "bits" in entry and "count" in entry:
@@ -107,22 +151,29 @@ def decode(entry: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in entry.items() if k not in ("coded", "half")}
     for field, how in coded.items():
         stored = entry[field].numpy().tobytes()
-        data = zlib.decompress(stored) if how != PLANES else b""
+        data = inflate(stored, declared_bytes(entry, field), field) if how in (BYTES, SYMBOLS) else b""
         if how == BYTES:
             out[field] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         elif how == SYMBOLS:
             symbols = torch.from_numpy(np.frombuffer(data, dtype=np.uint8).astype(np.int64))
             out[field] = pack_bits(symbols, symbol_stream(entry, field)[0])
         elif how == PLANES:
-            dtype = getattr(torch, out.pop(f"{field}.dtype"))
+            dtype = dtype_named(out.pop(f"{field}.dtype"), field)
             shape = out.pop(f"{field}.shape")
             size = torch.empty((), dtype=dtype).element_size()
             top = out.pop(f"{field}.top")
-            planes = np.frombuffer(stored[top:] + zlib.decompress(stored[:top]), dtype=np.uint8).reshape(size, -1)
+            count = math.prod(shape)
+            if len(stored) - top != (size - 1) * count:
+                raise ValueError(
+                    f"{field} holds {len(stored) - top} plain bytes, not {(size - 1) * count} as its shape"
+                )
+            planes = np.frombuffer(stored[top:] + inflate(stored[:top], count, field), dtype=np.uint8).reshape(size, -1)
             out[field] = torch.from_numpy(planes.T.copy()).view(dtype).reshape(shape)
         else:
             raise ValueError(f"unknown coding {how!r} of {field}")
     for field in entry.get("half", []):
+        if out[field].dtype != torch.float16:
+            raise ValueError(f"{field} is stored as {out[field].dtype}, not as the float16 it declares")
         out[field] = out[field].float()
     return out
 
@@ -138,7 +189,7 @@ def code_bytes(data: bytes) -> dict[str, Any]:
 def decode_bytes(fields: dict[str, Any]) -> bytes:
     """The graph bytes that ``code_bytes`` stored."""
     data = fields["graph"].numpy().tobytes()
-    return zlib.decompress(data) if fields.get("coded") == BYTES else data
+    return inflate(data, None, "graph") if fields.get("coded") == BYTES else data
 
 
 def stream_entropy_bytes(entry: dict[str, Any], field: str) -> float:

@@ -19,7 +19,9 @@ this file. This module sits above the models and the compression toolkits: it im
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import zlib
 from pathlib import Path
@@ -41,9 +43,11 @@ from models.matching import Matcher, available_matchers, build_matcher, matcher_
 from models.weights import WeightsError, read_state_dict
 
 FORMAT = "efficient-feature-matching/checkpoint"
-VERSION = 6  # 1: plain state_dict; 2: compressed tensors; 3: with ONNX Runtime parts; 4: entropy-coded;
-# 5: shared-value tensors without a layer state; 6: the entries packed into one byte stream
+VERSION = 7  # 1: plain state_dict; 2: compressed tensors; 3: with ONNX Runtime parts; 4: entropy-coded;
+# 5: shared-value tensors without a layer state; 6: the entries packed into one byte stream; 7: with digests
 SHAPE_ATTRS = ("num_heads", "dim", "head_dim", "embed_dim")  # ints that shapes alone do not determine
+MAX_INDEX_BYTES = 64 << 20  # a packed index is a few kB per hundred tensors
+MAX_DECODED_BYTES = 4 << 30  # all tensors of a checkpoint, decoded: far above any matcher of the zoo
 
 
 def shape_attrs(model: nn.Module) -> dict[str, dict[str, int]]:
@@ -56,8 +60,10 @@ def shape_attrs(model: nn.Module) -> dict[str, dict[str, int]]:
     return found
 
 
-def fit_shapes(model: nn.Module, state: dict[str, torch.Tensor], attrs: dict[str, dict[str, int]]) -> None:
-    """Replace every layer whose stored weight has another shape by one of the stored shape; set shape attrs."""
+def fit_shapes(model: nn.Module, state: dict[str, torch.Tensor], attrs: dict[str, dict[str, int]]) -> bool:
+    """Replace every layer whose stored weight has another shape by one of the stored shape; set shape attrs (only
+    those of ``SHAPE_ATTRS`` that the module has, to a positive int). True if the network changed."""
+    changed = False
     for name, module in list(model.named_modules()):
         weight = state.get(f"{name}.weight" if name else "weight")
         own = getattr(module, "weight", None)
@@ -68,9 +74,22 @@ def fit_shapes(model: nn.Module, state: dict[str, torch.Tensor], attrs: dict[str
             raise WeightsError(f"cannot resize {name} ({type(module).__name__}) to {tuple(weight.shape)}")
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, new)
+        changed = True
+    if not isinstance(attrs, dict):
+        raise WeightsError(f"its shape attributes are a {type(attrs).__name__}, not a mapping")
+    modules = dict(model.named_modules())
     for name, values in attrs.items():
+        if name not in modules or not isinstance(values, dict):
+            raise WeightsError(f"it sets attributes of {name!r}, which {type(model).__name__} does not have")
         for attr, value in values.items():
-            setattr(model.get_submodule(name), attr, value)
+            own = getattr(modules[name], attr, None)
+            if attr not in SHAPE_ATTRS or not isinstance(own, int):
+                raise WeightsError(f"it sets {name}.{attr}, which is not a shape attribute ({', '.join(SHAPE_ATTRS)})")
+            if type(value) is not int or not 0 < value <= 1 << 16:
+                raise WeightsError(f"it sets {name}.{attr} to {value!r}, not a positive int")
+            changed |= own != value
+            setattr(modules[name], attr, value)
+    return changed
 
 
 def encode(name: str, tensor: torch.Tensor, modules: dict[str, nn.Module]) -> dict[str, Any]:
@@ -166,7 +185,9 @@ def save_checkpoint(matcher: Matcher, path: str | os.PathLike, meta: dict[str, A
     packed = _pack(payload["tensors"])
     if packed is not None:
         del payload["tensors"]
-        payload.update(version=6, packed=packed)
+        payload.update(version=7, packed=packed)
+        for graph in payload.get("onnx", {}).values():
+            graph["sha256"] = hashlib.sha256(graph["graph"].numpy().tobytes()).hexdigest()
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
@@ -178,22 +199,24 @@ def _pack(entries: dict[str, dict[str, Any]]) -> dict[str, torch.Tensor] | None:
     as it is. None when a value would not come back from JSON as it was (a tuple, a key that is not a string)."""
     index, chunks, offset = {}, [], 0
     for name, entry in entries.items():
-        fields = []
+        fields, digest = [], hashlib.sha256()
         for field, value in entry.items():
             if isinstance(value, torch.Tensor):
                 raw = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
                 fields.append([field, "tensor", [str(value.dtype).split(".")[-1], list(value.shape), offset, len(raw)]])
                 chunks.append(raw)
+                digest.update(raw)
                 offset += len(raw)
             elif _json_exact(value):
                 fields.append([field, "value", value])
             else:
                 return None
-        index[name] = fields
+        index[name] = [*fields, ["sha256", "digest", digest.hexdigest()]]
     text = zlib.compress(json.dumps(index, separators=(",", ":")).encode(), 9)
     return {
         "index": torch.frombuffer(bytearray(text), dtype=torch.uint8),
         "data": torch.frombuffer(bytearray(b"".join(chunks) or b"\0"), dtype=torch.uint8)[:offset],
+        "index_sha256": hashlib.sha256(text).hexdigest(),
     }
 
 
@@ -204,33 +227,53 @@ def _json_exact(value: Any) -> bool:
         return False
 
 
-def _unpack(packed: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
-    """The entries ``_pack`` packed, each tensor with its very bytes (a ValueError if the stream is short)."""
-    index = json.loads(zlib.decompress(packed["index"].numpy().tobytes()))
+def _unpack(packed: dict[str, Any], digests: bool = True) -> dict[str, dict[str, Any]]:
+    """The entries ``_pack`` packed, each tensor with its very bytes. A ValueError names what is damaged: a digest
+    that does not match (version 7), an index that is not one, a tensor whose declared dtype, shape and size
+    disagree or that lies past the end of the stream."""
+    text = packed["index"].numpy().tobytes()
+    if digests and hashlib.sha256(text).hexdigest() != packed["index_sha256"]:
+        raise ValueError("its index does not match its digest")
+    index = json.loads(coding.inflate(text, None, "its index", most=MAX_INDEX_BYTES))
+    if not isinstance(index, dict):
+        raise ValueError("its index is not a mapping")
     data = packed["data"].numpy().tobytes()
     entries = {}
     for name, fields in index.items():
-        entry = {}
+        entry, digest, expected = {}, hashlib.sha256(), None
         for field, kind, value in fields:
-            if kind != "tensor":
+            if kind == "digest":
+                expected = value
+            elif kind != "tensor":
                 entry[field] = value
-                continue
-            dtype, shape, offset, size = value
-            if offset + size > len(data):
-                raise ValueError(f"{name}.{field} lies past the end of the packed tensors")
-            if not size:  # torch.frombuffer takes no empty buffer
-                entry[field] = torch.empty(shape, dtype=getattr(torch, dtype))
-                continue
-            flat = torch.frombuffer(bytearray(data[offset : offset + size]), dtype=torch.uint8)
-            entry[field] = flat.view(getattr(torch, dtype)).reshape(shape)
+            else:
+                entry[field] = _tensor_at(data, f"{name}.{field}", value)
+                digest.update(data[value[2] : value[2] + value[3]])
+        if digests and digest.hexdigest() != expected:
+            raise ValueError(f"the bytes of {name} do not match its digest")
         entries[name] = entry
     return entries
+
+
+def _tensor_at(data: bytes, what: str, declared: Any) -> torch.Tensor:
+    """The tensor an index entry ``[dtype, shape, offset, size]`` declares in the packed stream ``data``."""
+    dtype, shape, offset, size = declared
+    dtype = coding.dtype_named(dtype, what)
+    if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+        raise ValueError(f"{what} declares the shape {shape!r}")
+    if type(offset) is not int or type(size) is not int or offset < 0 or size != math.prod(shape) * dtype.itemsize:
+        raise ValueError(f"{what} declares {size!r} bytes at {offset!r} for its shape {shape}")
+    if offset + size > len(data):
+        raise ValueError(f"{what} lies past the end of the packed tensors")
+    if not size:  # torch.frombuffer takes no empty buffer
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(bytearray(data[offset : offset + size]), dtype=torch.uint8).view(dtype).reshape(shape)
 
 
 def checkpoint_entries(payload: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """A checkpoint's tensor entries as ``save_checkpoint`` encoded and coded them, whatever its version."""
     if "packed" in payload:
-        return _unpack(payload["packed"])
+        return _unpack(payload["packed"], digests=payload.get("version", 0) >= 7)
     if "tensors" in payload:
         return payload["tensors"]
     return {k: {"kind": "dense", "tensor": v} for k, v in payload["state_dict"].items()}  # version 1
@@ -285,7 +328,8 @@ def load_checkpoint(path: str | os.PathLike) -> Matcher:
     except WeightsError:
         raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, zlib.error) as e:
-        detail = f"missing field {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {first_line(e)[:160]}"
+        detail = {KeyError: f"missing field {e}", ValueError: first_line(e)[:200]}.get(type(e))
+        detail = detail or f"{type(e).__name__}: {first_line(e)[:160]}"
         raise WeightsError(f"{path} is a damaged checkpoint ({detail})") from None
 
 
@@ -297,10 +341,31 @@ def _rebuild(payload: dict[str, Any], path: str | os.PathLike) -> Matcher:
         )
     config = _without_weights(payload["matcher"], payload["config"])
     matcher = build_matcher(payload["matcher"], config)
-    decoded = {k: decode(coding.decode(e)) for k, e in checkpoint_entries(payload).items()}
-    state = {k: t for k, (t, _) in decoded.items()}
-    fit_shapes(matcher, state, payload.get("attrs", {}))
+    entries = checkpoint_entries(payload)
+    declared = sum(_declared_bytes(e) for e in entries.values())
+    if declared > MAX_DECODED_BYTES:
+        raise WeightsError(f"{path} declares {declared} bytes of tensors, more than any matcher has: refused")
     graphs = payload.get("onnx", {})
+    for name, graph in graphs.items():
+        if payload["version"] >= 7 and hashlib.sha256(graph["graph"].numpy().tobytes()).hexdigest() != graph["sha256"]:
+            raise ValueError(f"the graph of {name} does not match its digest")
+    decoded = {}
+    for key, entry in entries.items():
+        try:
+            decoded[key] = decode(coding.decode(entry))
+        except ValueError as e:
+            raise ValueError(f"{key}: {first_line(e)}") from None
+    state = {k: t for k, (t, _) in decoded.items()}
+    try:
+        changed = fit_shapes(matcher, state, payload.get("attrs", {}))
+    except WeightsError as e:
+        raise WeightsError(f"{path} does not fit {payload['matcher']}: {e}") from None
+    own = matcher.state_dict()
+    for key, tensor in state.items():  # a float stored as integers (or the reverse) would load cast, silently
+        mine = own.get(key)
+        if mine is not None and (mine.is_floating_point() != tensor.is_floating_point() or
+                                 (not mine.is_floating_point() and mine.dtype != tensor.dtype)):  # fmt: skip
+            raise WeightsError(f"{path} stores {key} as {tensor.dtype}, where {payload['matcher']} has {mine.dtype}")
     try:
         missing, unexpected = matcher.load_state_dict(state, strict=not graphs)
     except RuntimeError as e:
@@ -328,7 +393,33 @@ def _rebuild(payload: dict[str, Any], path: str | os.PathLike) -> Matcher:
         layer = modules.get(name.rsplit(".", 1)[0])
         for state in found:  # codes and scales stay with the layer (finetuning, re-saving, running as evaluated)
             attach(layer, state)
-    return matcher.eval()
+    matcher.eval()
+    if changed:
+        _trial_run(matcher, path)
+    return matcher
+
+
+def _declared_bytes(entry: dict[str, Any]) -> int:
+    """The bytes an entry decodes to, by its declared shapes and counts (before anything is decompressed)."""
+    total = sum(v.numel() * v.element_size() for v in entry.values() if isinstance(v, torch.Tensor))
+    total += sum(coding.declared_bytes(entry, field) or 0 for field in entry.get("coded") or {})
+    for key in ("shape", "count"):
+        value = entry.get(key)
+        if value is not None:
+            total += 8 * (math.prod(int(d) for d in value) if isinstance(value, list) else int(value))
+    return total
+
+
+def _trial_run(matcher: Matcher, path: str | os.PathLike) -> None:
+    """Run a network whose shapes the checkpoint changed once on two small random images: shapes that load but do
+    not chain (a layer resized to fit a damaged file) fail here, as a WeightsError, not in the user's run."""
+    side = max(matcher.min_side, 32) * 2
+    images = [torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(i)) for i in (0, 1)]
+    try:
+        with torch.inference_mode():
+            matcher({"image0": images[0], "image1": images[1]})
+    except (RuntimeError, ValueError, IndexError, TypeError) as e:
+        raise WeightsError(f"{path} loads but its network does not run ({first_line(e)[:160]})") from None
 
 
 def _without_weights(name: str, config: dict[str, Any]) -> dict[str, Any]:

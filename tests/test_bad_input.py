@@ -74,6 +74,7 @@ def hostile(tmp_path_factory):
     crafted("wrong_shape.pth", lambda p: p["tensors"].update({first: {"kind": "dense", "tensor": torch.zeros(3, 3)}}))
     crafted("future.pth", lambda p: p.update(version=99))
     save_checkpoint(build_matcher("sift+nn"), h / "sift.pth")
+    tampered_checkpoints(h, torch.load(ckpt, weights_only=True))
     (h / "broken.yaml").write_text("steps: 3\nlr: [1e-4\nseed: 1\n")
     (h / "list.yaml").write_text("- steps\n")
     (h / "broken.json").write_text('[{"name": "dense", "auc@3px": 0.5,\n')
@@ -82,6 +83,69 @@ def hostile(tmp_path_factory):
     (h / "bad_variant_key.yaml").write_text("quantization:\n  - {name: q, method: kmeans, bitz: 4}\n")
     (h / "bad_base.yaml").write_text("quantization:\n  - {name: q, method: fine-grained+kmeans, base: p, bits: 4}\n")
     return h
+
+
+def tampered_checkpoints(h: Path, packed: dict) -> None:
+    """Checkpoints crafted by someone who knows the format (digests recomputed): each must be refused on load."""
+    import hashlib
+    import zlib
+
+    from onnx import TensorProto, helper
+
+    from pipeline.checkpoint import _pack, checkpoint_entries
+
+    def save(name, change=lambda e: None, **fields):
+        entries = {k: dict(v) for k, v in checkpoint_entries(packed).items()}
+        change(entries)
+        torch.save({**packed, "packed": _pack(entries), **fields}, h / name)
+
+    def half_as_int16(entries):
+        name = next(k for k, e in entries.items() if e.get("half"))
+        field = entries[name]["half"][0]
+        entries[name][field] = entries[name][field].view(torch.int16)
+
+    def linear_halved(entries):  # a layer (weight and bias) of another width: it loads, the next layer cannot take it
+        from compression.coding import decode
+
+        def is_linear(k):
+            return k.startswith("matcher.") and k.endswith(".weight") and f"{k[:-7]}.bias" in entries
+
+        name = next(
+            k[:-7] for k in entries if is_linear(k) and decode(entries[k]).get("tensor", torch.zeros(0)).ndim == 2
+        )
+        w = decode(entries[f"{name}.weight"])["tensor"]
+        entries[f"{name}.weight"] = {"kind": "dense", "tensor": torch.zeros(w.shape[0] // 2, w.shape[1])}
+        entries[f"{name}.bias"] = {"kind": "dense", "tensor": torch.zeros(w.shape[0] // 2)}
+
+    save("int16_for_float16.pth", half_as_int16)
+    save("linear_halved.pth", linear_halved)
+    save("huge_shape.pth", lambda e: e.update(x={"kind": "sparse", "shape": [1 << 40], "mask": torch.zeros(1),
+                                                  "values": torch.zeros(1)}))  # fmt: skip
+    save("attrs_forward.pth", attrs={"matcher": {"forward": 0}})
+    bomb = zlib.compress(b" " * (80 << 20), 9)  # an index of 80 MB of spaces, 80 kB on disk
+    torch.save(
+        {**packed, "packed": {**packed["packed"], "index": torch.frombuffer(bytearray(bomb), dtype=torch.uint8),
+                              "index_sha256": hashlib.sha256(bomb).hexdigest()}},
+        h / "index_bomb.pth",
+    )  # fmt: skip
+    flipped = packed["packed"]["data"].clone()
+    flipped[len(flipped) // 2] ^= 1
+    torch.save({**packed, "packed": {**packed["packed"], "data": flipped}}, h / "bit_flip.pth")
+    secret = helper.make_tensor("w", TensorProto.FLOAT, [1], [0.0])
+    secret.ClearField("float_data")
+    secret.data_location = TensorProto.EXTERNAL
+    secret.external_data.add(key="location", value="secret.txt")
+    graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g", [],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], [secret])  # fmt: skip
+    data = helper.make_model(graph).SerializeToString()
+    raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    onnx_part = {
+        "class": "GraphMatcher",
+        "backend": "onnxruntime",
+        "graph": raw,
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    save("external_data.pth", onnx={"matcher": onnx_part}, version=7)
 
 
 # What work already begun shows before its input turns out bad: tqdm bars, and log records (from a shell)
@@ -249,6 +313,32 @@ CASES = [
         [],
     ),
     ("checkpoint entry of another shape", E, ["--checkpoint", "{H}/wrong_shape.pth"], ["wrong_shape.pth"], []),
+    # checkpoints crafted with their digests recomputed
+    (
+        "int16 where float16 is declared",
+        E,
+        ["--checkpoint", "{H}/int16_for_float16.pth"],
+        ["int16_for_float16.pth", "float16"],
+        [],
+    ),
+    (
+        "a layer that loads but does not chain",
+        E,
+        ["--checkpoint", "{H}/linear_halved.pth"],
+        ["linear_halved.pth", "does not run"],
+        [],
+    ),
+    ("a declared shape past any matcher", E, ["--checkpoint", "{H}/huge_shape.pth"], ["huge_shape.pth", "refused"], []),
+    ("attrs that set a method", E, ["--checkpoint", "{H}/attrs_forward.pth"], ["attrs_forward.pth", "forward"], []),
+    ("zlib bomb as the index", E, ["--checkpoint", "{H}/index_bomb.pth"], ["index_bomb.pth", "index"], []),
+    ("one bit flipped", P, ["--checkpoint", "{H}/bit_flip.pth"], ["bit_flip.pth", "digest"], []),
+    (
+        "graph with external data",
+        E,
+        ["--checkpoint", "{H}/external_data.pth"],
+        ["external_data.pth", "external data"],
+        [],
+    ),
     (
         "checkpoint of a newer version",
         F,

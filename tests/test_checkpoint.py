@@ -1,5 +1,6 @@
 """Checkpoints written by this project rebuild pruned networks without the caller knowing their shapes."""
 
+import numpy as np
 import pytest
 import torch
 from conftest import FIXTURES
@@ -126,7 +127,7 @@ def test_entropy_coded_entries_decode_bit_exact_and_uncoded_checkpoints_still_lo
     kmeans = method("kmeans")
     kmeans.apply(Job(m, "matcher", {**kmeans.settings, "method": "kmeans", "bits": 4}))
     packed_file = save_checkpoint(m, tmp_path / "packed.pth")
-    assert read_state_dict(packed_file)["version"] == 6
+    assert read_state_dict(packed_file)["version"] == 7
     monkeypatch.setattr(checkpoint, "_pack", lambda entries: None)  # what version 4 wrote: entries pickled one by one
     coded_file = save_checkpoint(m, tmp_path / "coded.pth")
     assert read_state_dict(coded_file)["version"] == 4
@@ -177,7 +178,7 @@ def test_a_detector_shared_by_kmeans_is_stored_as_codes_and_loads_bit_exact(tmp_
     assert torch.unique(agg).numel() <= 16  # ALIKED's aggregation weights: no layer's, shared too
     path = save_checkpoint(m, tmp_path / "shared.pth")
     payload = read_state_dict(path)
-    assert payload["version"] == 6 and checkpoint_entries(payload)["detector.desc_head.agg_weights"]["kind"] == "shared"
+    assert payload["version"] == 7 and checkpoint_entries(payload)["detector.desc_head.agg_weights"]["kind"] == "shared"
     back = load_checkpoint(path)
     for k, v in m.state_dict().items():  # bit for bit (signed zeros too)
         assert torch.equal(back.state_dict()[k].reshape(-1).view(torch.uint8), v.reshape(-1).view(torch.uint8)), k
@@ -246,3 +247,36 @@ def test_packed_entries_give_back_every_field_and_fall_back_when_json_cannot():
                 assert got == value
     assert checkpoint._pack({"w": {"kind": "x", "shape": (2, 3)}}) is None
     assert checkpoint._pack({"w": {"kind": "x", "scale": np.float32(0.5)}}) is None
+
+
+def test_a_fuzzed_checkpoint_loads_as_saved_or_is_one_line_naming_the_file(tmp_path):
+    """Bit flips, truncations and overwritten byte runs anywhere in the file (a seeded loop): loading gives back the
+    saved weights or a WeightsError of one line that names the file; never another exception, never other weights."""
+    m = build_matcher(
+        "aliked+lightglue", {"pretrained": False, "matcher": {"n_layers": 1}, "detector": {"max_keypoints": 64}}
+    )
+    good = save_checkpoint(m, tmp_path / "good.pth").read_bytes()
+    saved = m.state_dict()
+    rng = np.random.default_rng(0)
+    outcomes = {"refused": 0, "loaded": 0}
+    for trial in range(40):
+        data = bytearray(good)
+        if trial % 4 == 0:
+            data = data[: rng.integers(1, len(data))]
+        elif trial % 4 == 1:
+            start = rng.integers(0, len(data) - 64)
+            data[start : start + 64] = rng.bytes(64)
+        else:
+            for at in rng.integers(0, len(data), 1 + trial % 3):
+                data[at] ^= 1 << rng.integers(0, 8)
+        path = tmp_path / f"fuzzed{trial}.pth"
+        path.write_bytes(bytes(data))
+        try:
+            back = load_checkpoint(path).state_dict()
+        except WeightsError as e:
+            assert str(path) in str(e) and "\n" not in str(e), str(e)
+            outcomes["refused"] += 1
+            continue
+        assert all(torch.equal(back[k], v) for k, v in saved.items()), trial  # a flip in unused bytes changes nothing
+        outcomes["loaded"] += 1
+    assert outcomes["refused"] >= 30, outcomes
