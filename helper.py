@@ -11,6 +11,7 @@ import glob
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -55,11 +56,13 @@ def pick_device(force_cpu: bool = False) -> torch.device:
 
 
 def decode_image(data: bytes, what: str) -> np.ndarray:
-    """Decode encoded image bytes to an RGB uint8 array; ``what`` names the source in the error."""
+    """Decode encoded image bytes to an RGB uint8 array, as its pixels are stored: an EXIF orientation tag is not
+    applied, so that detection and ground truth (homographies, intrinsics) see the same pixels. ``what`` names the
+    source in the error."""
     if not data:
         raise InputError(f"image {what} is empty (0 bytes)")
     try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     except cv2.error as e:
         raise InputError(f"cannot decode image {what}: {first_line(e)}") from None
     if image is None:
@@ -164,11 +167,41 @@ def file_sha1(path: str | os.PathLike) -> str:
     return hashlib.sha1(Path(path).read_bytes()).hexdigest()
 
 
+def safe_name(value: Any, what: str) -> str:
+    """``value`` as a name that becomes one file or folder name inside its run folder: a non-empty string of at most
+    100 characters without path separators, control characters or a leading dot ('..' would climb out of the folder);
+    anything else is an InputError naming ``what`` and the value."""
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value) > 100
+        or value.startswith(".")
+        or any(c in "/\\" or ord(c) < 32 or ord(c) == 127 for c in value)
+    ):
+        raise InputError(
+            f"{what} {value!r} cannot name a file: use at most 100 characters, no '/', '\\', control characters "
+            "or leading '.'"
+        )
+    return value
+
+
+def regular_output(path: str | os.PathLike) -> Path:
+    """``path`` if it is a regular file or does not exist yet; a symlink, FIFO, device or socket there is an
+    InputError: results are written as a new regular file that replaces the old one, never through a link or into a
+    device (as root, ``/dev/stdout`` would otherwise be replaced)."""
+    path = Path(path)
+    if os.path.lexists(path) and (path.is_symlink() or not (path.is_file() or path.is_dir())):
+        kind = "a symlink" if path.is_symlink() else "not a regular file (a FIFO, device or socket)"
+        raise InputError(f"{path} is {kind}: give a new path or a regular file to replace")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; it replaces ``path`` only if the block finishes. Temp files that
-    killed processes left for ``path`` are removed first."""
-    path = Path(path)
+    """Yield a temporary path next to ``path``; it replaces ``path`` only if the block finishes (an existing symlink
+    or special file there is refused: ``regular_output``). Temp files that killed processes left for ``path`` are
+    removed first."""
+    path = regular_output(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path.parent, path.name)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
@@ -370,6 +403,8 @@ def _checked(value: Any, default: Any, check: Check | None, name: str) -> Any:
     else:
         words = "".join(f" or '{w}'" for w in check.words)
         raise InputError(f"setting '{name}' must be {_describe(kind)}{words}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):  # no setting means anything at inf or NaN
+        raise InputError(f"setting '{name}' must be a finite number, got {value!r}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         low = check.lo is not None and (value <= check.lo if check.open else value < check.lo)
         high = check.hi is not None and (value >= check.hi if check.open else value > check.hi)
@@ -431,13 +466,33 @@ def _yaml_error(where: str, e: Exception) -> InputError:
     return InputError(f"{where}{at}: invalid YAML ({problem})")
 
 
+MAX_CONFIG_VALUES = 100_000  # a config's values with its YAML aliases expanded: real ones have a few hundred
+
+
+def _bounded(value: Any, where: str) -> Any:
+    """``value`` unless, with its aliases expanded, it holds more than ``MAX_CONFIG_VALUES`` values (an alias bomb:
+    a few lines that expand to billions of values in whatever walks them), an InputError then."""
+    todo, count = [value], 0
+    while todo:
+        item = todo.pop()
+        count += 1
+        if count > MAX_CONFIG_VALUES:
+            raise InputError(f"{where}: more than {MAX_CONFIG_VALUES} values once its YAML aliases are expanded")
+        if isinstance(item, dict):
+            todo.extend(item.keys())
+            todo.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            todo.extend(item)
+    return value
+
+
 def read_yaml(path: str | os.PathLike) -> Any:
-    """A YAML file; a syntax error keeps its line and column."""
+    """A YAML file; a syntax error keeps its line and column; aliases bounded (``_bounded``)."""
     import yaml
 
     text = read_text(path, "config file")
     try:
-        return yaml.safe_load(text)
+        return _bounded(yaml.safe_load(text), str(path))
     except yaml.YAMLError as e:
         raise _yaml_error(str(path), e) from None
 
@@ -450,7 +505,7 @@ def parse_override(item: str) -> dict[str, Any]:
     if not sep or not key.strip():
         raise InputError(f"override must look like key.sub=value, got '{item}'")
     try:
-        parsed = yaml.safe_load(value)
+        parsed = _bounded(yaml.safe_load(value), f"--set {key}")
     except yaml.YAMLError as e:
         raise _yaml_error(f"--set {item}", e) from None
     node: dict[str, Any] = {}
@@ -570,6 +625,11 @@ def writable_location(path: str | os.PathLike, folder: bool = False, what: str |
     nothing is created. A bad location is an InputError naming it (and ``what`` asked for it)."""
     path = Path(path).expanduser()
     label = f"{what}: " if what else ""
+    if not folder:
+        try:
+            regular_output(path)
+        except InputError as e:
+            raise InputError(f"{label}{e}") from None
     if path.exists() and folder and not path.is_dir():
         raise InputError(f"{label}{path} is a file, not a folder")
     if path.is_dir() and not folder:

@@ -6,7 +6,8 @@
 
 Pairs files take the official pose format or the homography format (see data/pairs.py). Outputs per pair
 are named as the official script names them: {stem0}_{stem1}_matches.npz and, with --eval,
-{stem0}_{stem1}_evaluation.npz.
+{stem0}_{stem1}_evaluation.npz; two different pairs that would share a name (images of one base name in two folders)
+get a digest of their line after it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from data.images import open_source
-from data.pairs import FilePairs, SequencePairs, make_pairs, read_pairs
+from data.pairs import FilePairs, SequencePairs, make_pairs, output_stems, read_pairs
 from helper import (
     ArgumentParser,
     InputError,
@@ -159,9 +160,9 @@ def main(argv=None) -> dict:
     print(f"Matching {len(pairs)} pairs from {pairs_file} with {matcher.name} on {device}; writing to {output_dir}")
 
     rows = {"homography": [], "pose": []}
-    for pair in tqdm(pairs, desc="pairs"):
+    for pair, stem in zip(tqdm(pairs, desc="pairs"), output_stems(pairs)):
         stem0, stem1 = pair.stems
-        matches_path = output_dir / f"{stem0}_{stem1}_matches.npz"
+        matches_path = output_dir / f"{stem}_matches.npz"
         pred = cached_matches(matches_path) if args.cache else None
         if pred is None:
             pred = predict(matcher, pairset, pair, device=device)
@@ -190,13 +191,13 @@ def main(argv=None) -> dict:
             rows[gt.kind].append(metrics)
             if gt.kind == "homography":
                 save_npz(
-                    output_dir / f"{stem0}_{stem1}_evaluation.npz",
+                    output_dir / f"{stem}_evaluation.npz",
                     **{k: metrics[k] for k in ("precision", "recall", "matching_score", "num_correct", "corner_error")},
                 )
                 text.append(f"Corner error: {metrics['corner_error']:.2f} px")
             else:
                 save_npz(
-                    output_dir / f"{stem0}_{stem1}_evaluation.npz",
+                    output_dir / f"{stem}_evaluation.npz",
                     **{
                         k: metrics[k]
                         for k in ("error_t", "error_R", "precision", "matching_score", "num_correct", "epipolar_errors")
@@ -211,7 +212,7 @@ def main(argv=None) -> dict:
                 image1,
                 pred,
                 text,
-                output_dir / f"{stem0}_{stem1}_matches.{args.viz_extension}",
+                output_dir / f"{stem}_matches.{args.viz_extension}",
                 correct,
                 args.show_keypoints,
                 args.fast_viz,

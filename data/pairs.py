@@ -8,10 +8,13 @@ Pairs file lines:
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -59,6 +62,37 @@ class Pair:
         if self.kind == "pose":
             return f"{self.name0} {self.name1} {self.rot0} {self.rot1} {fmt(self.K0)} {fmt(self.K1)} {fmt(self.T_0to1)}"
         return f"{self.name0} {self.name1}"
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", text).lstrip(".") or "_"
+
+
+def unique_file_names(names: Iterable[str], suffix: str = ".png") -> dict[str, str]:
+    """Each image name as one plain file name (letters, digits, ``._+-``: a pairs file reads it back, whatever the
+    original held — spaces, newlines, folders), with ``suffix``; names that would coincide (``x/a.png``, ``y/a.png``)
+    are told apart by a digest of the original name."""
+    names = list(dict.fromkeys(names))
+    plain = {n: _plain(Path(n).stem) for n in names}
+    taken = Counter(plain.values())
+    return {
+        n: (p if taken[p] == 1 else f"{p}-{hashlib.sha1(n.encode()).hexdigest()[:8]}") + suffix
+        for n, p in plain.items()
+    }
+
+
+def output_stems(pairs: Sequence[Pair]) -> list[str]:
+    """Per pair, the stem of its output files: the official ``{stem0}_{stem1}``, and where two different pairs would
+    share it (images of one base name in two folders), a digest of the pair's line after it: one pair's matches are
+    never written over, or read back from the cache as, another's."""
+    official = [f"{a}_{b}" for a, b in (p.stems for p in pairs)]
+    lines: dict[str, set[str]] = {}
+    for stem, pair in zip(official, pairs):
+        lines.setdefault(stem, set()).add(pair.line())
+    return [
+        stem if len(lines[stem]) == 1 else f"{stem}-{hashlib.sha1(pair.line().encode()).hexdigest()[:8]}"
+        for stem, pair in zip(official, pairs)
+    ]
 
 
 def parse_pair_line(line: str, where: str) -> Pair:
@@ -196,17 +230,17 @@ class SyntheticPairs(PairSet):
         """Write the images and a homography pairs file, so ``match_pairs.py`` reproduces any result."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        names = unique_file_names(n for pair in self.pairs for n in (pair.name0, pair.name1))
         written = set()
         for pair in self.pairs:
             for i, name in enumerate((pair.name0, pair.name1)):
-                out = folder / Path(name).with_suffix(".png").name
-                if out.name in written:
+                if names[name] in written:
                     continue
-                with atomic_path(out) as tmp:
+                with atomic_path(folder / names[name]) as tmp:
                     ok, buf = cv2.imencode(".png", cv2.cvtColor(self.image(pair, i)[1], cv2.COLOR_RGB2BGR))
                     tmp.write_bytes(buf.tobytes())
-                written.add(out.name)
-        exported = [Pair(Path(p.name0).with_suffix(".png").name, p.name1, H=p.H) for p in self.pairs]
+                written.add(names[name])
+        exported = [Pair(names[p.name0], names[p.name1], H=p.H) for p in self.pairs]
         write_pairs(folder / pairs_file, exported)
         return folder / pairs_file
 

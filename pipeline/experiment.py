@@ -34,6 +34,7 @@ from helper import (
     load_config,
     merge_config,
     pick_device,
+    safe_name,
     save_npz,
     seed_everything,
     to_tensor,
@@ -162,6 +163,11 @@ def checked_experiment(config: dict[str, Any]) -> dict[str, Any]:
     """An experiment config checked whole before any stage runs: every setting against DEFAULTS (keys, types,
     ranges), the matcher's own settings, and the plan of variants (methods, bases, what each method needs)."""
     config = check_config(config, DEFAULTS, experiment_checks())
+    safe_name(config["name"], "experiment name")  # names that become file names, refused before any work
+    for kind in ("pruning", "quantization", "references"):
+        for spec in config.get(kind) or []:
+            if spec.get("name"):
+                safe_name(spec["name"], f"{kind} name")
     config["matcher_config"] = check_matcher_config(
         config["matcher"], config["matcher_config"], inherited=DEFAULTS["matcher_config"]
     )
@@ -251,7 +257,7 @@ class Experiment:
 
     # -- bookkeeping
     def stage(self, name: str, key: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        path = self.out / "stages" / f"{name}.json"
+        path = self.out / "stages" / f"{safe_name(name, 'stage')}.json"
         k = digest(key)
         if path.exists():
             try:
@@ -345,7 +351,7 @@ class Experiment:
         return result
 
     def checkpoint(self, name: str) -> Path:
-        return self.out / "variants" / f"{name}.pth"
+        return self.out / "variants" / f"{safe_name(name, 'variant')}.pth"
 
     # -- stages
     def baseline(self) -> dict[str, Any]:
@@ -563,7 +569,7 @@ class Experiment:
             if same is not None:  # e.g. the scan's choice pruned by hand: part 1's fine-grained variant
                 logger.info("%s: the same weights as %s, judged on the same val pairs: read back", name, same["name"])
                 return {**same, "name": name, "method": "by hand", "bits": bits}
-            path = self.out / "walkthrough" / f"{name}.pth"
+            path = self.out / "walkthrough" / f"{safe_name(name, 'walk-through variant')}.pth"
             path = save_checkpoint(model, path, {"experiment": self.cfg["name"], "walkthrough": name})
             summary = self.judge(model, name)["summary"]
             return variant_row(name, "by hand", summary, path, model, self.dense(), part, bits)

@@ -59,6 +59,8 @@ from pruning.gradual import gradual_pruning
 
 logger = logging.getLogger("finetune")
 
+MAX_SKIPPED_IN_A_ROW = 10  # non-finite losses in a row that stop a run: it diverged, it will not recover
+
 DEFAULTS: dict[str, Any] = {
     "matcher": "aliked+lightglue",
     "matcher_config": {"matcher": dict(EVERY_LAYER)},
@@ -137,7 +139,7 @@ CHECKS: dict[str, Check] = {
     "checkpoint": Check(kind=str, nullable=True),
     "steps": Check(lo=1),
     "log_every": Check(lo=1),
-    "lr": Check(lo=0, open=True),
+    "lr": Check(lo=0, hi=1, open=True),
     "weight_decay": Check(lo=0),
     "warmup": Check(lo=0, hi=1),
     "min_lr_ratio": Check(lo=0, hi=1),
@@ -563,7 +565,7 @@ def finetune(
     run.train_mode()
     use_amp = device.type == "cuda"
     bar = tqdm(total=config["steps"], initial=run.step, desc="finetune", disable=not progress or rank != 0)
-    start, done_here, losses = time.perf_counter(), 0, []
+    start, done_here, losses, in_a_row = time.perf_counter(), 0, [], 0
     while run.step < config["steps"]:
         if stop_after is not None and done_here >= stop_after:
             break
@@ -585,9 +587,22 @@ def finetune(
                 torch.nn.utils.clip_grad_norm_(run.params, config["clip"])
                 run.optimizer.step()
                 enforce(run.net)
+                bad = next((n for n, p in run.net.named_parameters() if not torch.isfinite(p).all()), None)
+                if bad is not None:
+                    raise InputError(
+                        f"finetuning diverged at step {run.step + 1}: {bad} is no longer finite (lr {config['lr']:g} "
+                        f"too high?); {run.last} keeps the weights of the last validation before it"
+                    )
+                in_a_row = 0
             else:
                 run.skipped += 1
+                in_a_row += 1
                 logger.warning("non-finite loss at step %d: step skipped (%d so far)", run.step, run.skipped)
+                if in_a_row == MAX_SKIPPED_IN_A_ROW:
+                    raise InputError(
+                        f"finetuning diverged: the loss was not finite for {in_a_row} steps in a row (up to step "
+                        f"{run.step + 1}); {run.last} keeps the weights of the last validation before it"
+                    )
         run.scheduler.step()
         run.step += 1
         if run.pruner is not None:

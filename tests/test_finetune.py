@@ -9,7 +9,7 @@ import torch
 from conftest import ROOT
 
 from data.pairs import make_pairs
-from helper import merge_config, to_tensor
+from helper import InputError, merge_config, to_tensor
 from models.lightglue import EVERY_LAYER
 from models.matching import build_matcher
 from models.superpoint import SuperPoint
@@ -120,6 +120,26 @@ def test_nan_loss_is_skipped_and_counted(tmp_path, monkeypatch):
     assert all(torch.isfinite(v).all() for v in weights(tmp_path / "n" / "last.pth").values())
 
 
+def test_a_run_that_diverges_stops_there_and_keeps_its_last_good_checkpoint(tmp_path, monkeypatch):
+    real = finetune.enforce
+
+    def blow_up(net):  # after the optimizer's step 3: one weight no longer finite
+        real(net)
+        if len(calls) == 2:
+            next(iter(net.parameters())).data[0] = float("inf")
+        calls.append(1)
+
+    calls = []
+    monkeypatch.setattr(finetune, "enforce", blow_up)
+    with pytest.raises(InputError, match=r"diverged at step 3: input_proj\.weight is no longer finite"):
+        finetune.finetune(config(tmp_path / "w"), progress=False)
+    back = weights(tmp_path / "w" / "last.pth")  # step 2's, validated
+    assert all(torch.isfinite(v).all() for v in back.values()) and load_checkpoint(tmp_path / "w" / "last.pth")
+    monkeypatch.setattr(finetune, "matching_nll", lambda *args, **kwargs: torch.tensor(float("nan")))
+    with pytest.raises(InputError, match="not finite for 10 steps in a row"):
+        finetune.finetune(config(tmp_path / "n", steps=20, val={"every": 5}), progress=False)
+
+
 @pytest.mark.slow
 def test_two_process_gloo_run_writes_one_checkpoint(tmp_path):
     cfg = tmp_path / "tiny.yaml"
@@ -159,6 +179,7 @@ def test_two_process_gloo_run_writes_one_checkpoint(tmp_path):
         ("train.source=/nope/coco.zip", "image source not found"),
         ("prune.sparsity={'nope.*': 0.5}", "prune.sparsity: sparsity pattern 'nope.*' matches no"),
         ("prune.sparsity=1.5", "prune.sparsity"),
+        ("lr=.inf", "lr' must be a finite number"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, override, message):
