@@ -75,6 +75,15 @@ def hostile(tmp_path_factory):
     crafted("future.pth", lambda p: p.update(version=99))
     save_checkpoint(build_matcher("sift+nn"), h / "sift.pth")
     tampered_checkpoints(h, torch.load(ckpt, weights_only=True))
+    (h / "escaping_reference.yaml").write_text("references:\n  - {name: ../../../escaped-ref, matcher: sift+nn}\n")
+    (h / "escaping_variant.yaml").write_text("quantization:\n  - {name: ../v, method: kmeans, bits: 4}\n")
+    lol = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 9))
+    (h / "alias_bomb.yaml").write_text(
+        f"l0: &l0 [x]\n{lol}quantization:\n  - {{name: q, method: kmeans, bits: 4, set: *l8}}\n"
+    )
+    (h / "target.json").write_text("{}\n")
+    (h / "link.json").symlink_to(h / "target.json")
+    os.mkfifo(h / "fifo.json")
     (h / "broken.yaml").write_text("steps: 3\nlr: [1e-4\nseed: 1\n")
     (h / "list.yaml").write_text("- steps\n")
     (h / "broken.json").write_text('[{"name": "dense", "auc@3px": 0.5,\n')
@@ -409,6 +418,31 @@ CASES = [
         ["base", "'p'"],
         ["pipeline.experiment.Experiment.baseline"],
     ),
+    # names from a config that would become paths outside the run folder
+    (
+        "reference named ../../../escaped-ref",
+        X,
+        ["--config", "{R}/configs/demo.yaml", "{H}/escaping_reference.yaml", "--out", "{W}/a/b/run"],
+        ["references name", "escaped-ref"],
+        ["pipeline.experiment.Experiment.baseline"],
+    ),
+    (
+        "variant named ../v",
+        X,
+        ["--config", "{R}/configs/demo.yaml", "{H}/escaping_variant.yaml", "--out", "{W}/run"],
+        ["quantization name", "../v"],
+        ["pipeline.experiment.Experiment.baseline"],
+    ),
+    ("YAML alias bomb", X, ["--config", "{H}/alias_bomb.yaml", "--out", "{W}/run"], ["alias_bomb.yaml", "aliases"], []),
+    (
+        "--json is a symlink",
+        P,
+        ["--json", "{H}/link.json", *SIFT],
+        ["link.json", "symlink"],
+        ["profiling.profile_matcher"],
+    ),
+    ("--json is a FIFO", P, ["--json", "{H}/fifo.json", *SIFT], ["fifo.json", "FIFO"], ["profiling.profile_matcher"]),
+    ("--set lr=.inf", F, ["--set", "lr=.inf", "--set", "out={W}/ft"], ["lr", "finite"], [RUN]),
     # result files given to visualizations.py
     ("broken JSON", "visualizations", ["--results", "{H}/broken.json", "--out", "{W}/fig"], ["broken.json:2:"], []),
     (
@@ -670,3 +704,48 @@ def test_bad_cached_matches_are_recomputed(tmp_path, caplog):
     assert "unreadable" in caplog.text
     again = dict(np.load(cached))
     assert all(np.array_equal(good[k], again[k]) for k in good)
+
+
+def test_an_exif_rotated_jpeg_is_read_as_stored_so_its_ground_truth_holds():
+    import struct
+
+    from helper import decode_image
+
+    image = np.zeros((40, 60, 3), np.uint8)
+    image[:10, :20] = 255
+    jpeg = cv2.imencode(".jpg", image)[1].tobytes()
+    tiff = b"MM\x00\x2a\x00\x00\x00\x08" + struct.pack(">HHHII", 1, 0x0112, 3, 1, 6 << 16) + b"\x00" * 4
+    app1 = b"Exif\x00\x00" + tiff  # one tag: Orientation = 6 (shown rotated 90° clockwise)
+    tagged = jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:]
+    assert cv2.imdecode(np.frombuffer(tagged, np.uint8), cv2.IMREAD_COLOR).shape == (60, 40, 3)  # the tag is there
+    np.testing.assert_array_equal(decode_image(tagged, "tagged.jpg"), decode_image(jpeg, "plain.jpg"))
+
+
+def test_images_of_one_base_name_in_two_folders_keep_their_own_outputs_and_exports(tmp_path):
+    import match_pairs
+    from data.pairs import make_pairs, read_pairs, unique_file_names
+
+    rng = np.random.default_rng(3)
+    for folder in ("x", "y"):
+        (tmp_path / folder).mkdir()
+        for name in ("a.png", "b.png"):
+            (tmp_path / folder / name).write_bytes(_png(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)))
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("x/a.png x/b.png\ny/a.png y/b.png\n")
+    out = tmp_path / "out"
+    run = ["--input_pairs", str(pairs), "--input_dir", str(tmp_path), *SIFT, "--output_dir", str(out)]
+    match_pairs.main([*run, "--resize", "160", "120"])
+    written = sorted(out.glob("*_matches.npz"))
+    assert len(written) == 2 and all(w.name.startswith("a_b-") for w in written)
+    first = {k: v.copy() for k, v in np.load(written[0]).items()}
+    match_pairs.main([*run, "--resize", "160", "120", "--cache"])  # each pair reads back its own matches
+    assert all(np.array_equal(first[k], np.load(written[0])[k]) for k in first)
+    assert not np.array_equal(np.load(written[0])["keypoints0"], np.load(written[1])["keypoints0"])
+
+    names = unique_file_names(["x/a.png", "y/a.png", "with space.png", "new\nline.jpg"])
+    assert len(set(names.values())) == 4 and all(" " not in n and "\n" not in n for n in names.values())
+    assert names["x/a.png"] != names["y/a.png"] and names["with space.png"] == "with_space.png"
+    synthetic = make_pairs(num_pairs=3, size=(96, 64))
+    back = read_pairs(synthetic.export(tmp_path / "export"))  # what match_pairs.py reads: every image is there
+    assert [p.line().split()[2:] for p in back] == [p.line().split()[2:] for p in synthetic.pairs]
+    assert all((tmp_path / "export" / n).is_file() for p in back for n in (p.name0, p.name1))
