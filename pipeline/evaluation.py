@@ -266,11 +266,24 @@ def official_weights_available(superglue: str = "indoor") -> bool:
         return False
 
 
+# The detector's and matcher's flags of the official command line, and their defaults (the flags default to None, so
+# that a flag given beside --checkpoint, whose config fixes these settings, is refused instead of silently ignored)
+SETTING_FLAGS = {"max_keypoints": 1024, "keypoint_threshold": 0.005, "nms_radius": 4, "sinkhorn_iterations": 20,
+                 "match_threshold": 0.2}  # fmt: skip
+
+
 def build_from_args(args: argparse.Namespace) -> Matcher:
     """The matcher the flags ask for; superpoint+superglue by default when its weights are local."""
+    given = [f for f in SETTING_FLAGS if getattr(args, f, None) is not None]
+    flag = {f: SETTING_FLAGS[f] if getattr(args, f, None) is None else getattr(args, f) for f in SETTING_FLAGS}
     if getattr(args, "checkpoint", None):
         from pipeline.checkpoint import load_checkpoint
 
+        if given:
+            raise InputError(
+                f"--{given[0]} does not apply with --checkpoint {args.checkpoint}: the checkpoint's own config sets "
+                "its detector and matcher (the settings it was evaluated with); drop the flag"
+            )
         matcher = load_checkpoint(args.checkpoint)
         if args.matcher is not None and args.matcher != matcher.name:
             raise InputError(
@@ -289,18 +302,18 @@ def build_from_args(args: argparse.Namespace) -> Matcher:
     if name == "superpoint+superglue":
         config = {
             "superpoint": {
-                "nms_radius": getattr(args, "nms_radius", 4),
-                "keypoint_threshold": getattr(args, "keypoint_threshold", 0.005),
-                "max_keypoints": args.max_keypoints,
+                "nms_radius": flag["nms_radius"],
+                "keypoint_threshold": flag["keypoint_threshold"],
+                "max_keypoints": flag["max_keypoints"],
             },
             "superglue": {
                 "weights": superglue,
-                "sinkhorn_iterations": getattr(args, "sinkhorn_iterations", 20),
-                "match_threshold": getattr(args, "match_threshold", 0.2),
+                "sinkhorn_iterations": flag["sinkhorn_iterations"],
+                "match_threshold": flag["match_threshold"],
             },
         }
     else:
-        config = {"detector": {"max_keypoints": args.max_keypoints}}
+        config = {"detector": {"max_keypoints": flag["max_keypoints"]}}
     return build_matcher(name, config)
 
 
@@ -314,4 +327,4 @@ def add_matcher_args(parser: argparse.ArgumentParser) -> None:
         help="matcher of the zoo (default: superpoint+superglue if its weights are local, else aliked+lightglue)",
     )
     parser.add_argument("--checkpoint", default=None, help="a pruned/quantized checkpoint written by this project")
-    parser.add_argument("--max_keypoints", type=keypoint_limit, default=1024, help="per image (-1: all)")
+    parser.add_argument("--max_keypoints", type=keypoint_limit, default=None, help="per image (-1: all; default 1024)")

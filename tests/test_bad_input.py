@@ -322,6 +322,27 @@ CASES = [
         [],
     ),
     ("checkpoint entry of another shape", E, ["--checkpoint", "{H}/wrong_shape.pth"], ["wrong_shape.pth"], []),
+    (
+        "--max_keypoints beside --checkpoint",
+        M,
+        ["--checkpoint", "{H}/tiny.pth", "--max_keypoints", "256", "--output_dir", "{W}/o"],
+        ["--max_keypoints", "--checkpoint"],
+        ["pipeline.checkpoint.load_checkpoint", "match_pairs.read_pairs"],
+    ),
+    (
+        "--match_threshold beside --checkpoint",
+        M,
+        ["--checkpoint", "{H}/tiny.pth", "--match_threshold", "0.5", "--output_dir", "{W}/o"],
+        ["--match_threshold", "does not apply"],
+        ["pipeline.checkpoint.load_checkpoint"],
+    ),
+    (
+        "--max_keypoints beside --checkpoint (evaluate)",
+        E,
+        ["--checkpoint", "{H}/tiny.pth", "--max_keypoints", "256"],
+        ["--max_keypoints", "does not apply"],
+        ["pipeline.checkpoint.load_checkpoint", "evaluate.evaluate"],
+    ),
     # checkpoints crafted with their digests recomputed
     (
         "int16 where float16 is declared",
