@@ -24,6 +24,7 @@ from tqdm import tqdm
 from data.images import open_source
 from data.pairs import FilePairs, SequencePairs, make_pairs, output_stems, read_pairs
 from helper import (
+    MAX_SIDE,
     ArgumentParser,
     InputError,
     check_resize,
@@ -120,6 +121,11 @@ def cached_matches(path: Path) -> dict[str, np.ndarray] | None:
             pred["keypoints1"]
         ):
             raise ValueError("matches do not index its keypoints")
+        for k in ("keypoints0", "keypoints1"):  # pixels of an image of at most MAX_SIDE px a side
+            if pred[k].ndim != 2 or pred[k].shape[1] != 2 or not np.all((pred[k] >= -1) & (pred[k] <= MAX_SIDE)):
+                raise ValueError(f"its {k} are not pixels of an image (N×2, within 0-{MAX_SIDE})")
+        if pred["matches0"].min(initial=-1) < -1 or not np.all(np.isfinite(pred["matching_scores0"])):
+            raise ValueError("its matches or confidences are not valid (index below -1, or not finite)")
         return pred
     except Exception as e:  # a cache: whatever is wrong with it (truncated zip, foreign file), it is redone
         logger.warning("cached matches %s are unreadable (%s): matching this pair again", path, first_line(e))

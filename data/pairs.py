@@ -95,6 +95,33 @@ def output_stems(pairs: Sequence[Pair]) -> list[str]:
     ]
 
 
+def checked_homography(H: np.ndarray) -> np.ndarray:
+    """``H`` if it is a finite, well-conditioned homography (ValueError otherwise): its condition number, scale
+    aside, below 1e10 — a nearly singular one sends points to infinity or rounds them away."""
+    if not np.all(np.isfinite(H)) or not np.abs(H).max() > 0:
+        raise ValueError("the homography is not finite")
+    if np.linalg.cond(H / np.abs(H).max()) > 1e10:
+        raise ValueError("the homography is singular or nearly so (condition number above 1e10)")
+    return H
+
+
+def checked_intrinsics(K: np.ndarray) -> np.ndarray:
+    """``K`` if it is a camera matrix: finite, positive focal lengths, last row 0 0 1 (ValueError otherwise)."""
+    if not np.all(np.isfinite(K)) or not (K[0, 0] > 0 and K[1, 1] > 0) or not np.allclose(K[2], [0, 0, 1]):
+        raise ValueError("intrinsics must be finite with positive focal lengths and a last row 0 0 1")
+    return K
+
+
+def checked_pose(T: np.ndarray) -> np.ndarray:
+    """``T`` if it is a rigid motion: finite, a rotation (orthonormal, determinant 1), last row 0 0 0 1."""
+    if not np.all(np.isfinite(T)) or not np.allclose(T[3], [0, 0, 0, 1]):
+        raise ValueError("the pose must be finite with a last row 0 0 0 1")
+    R = T[:3, :3]
+    if not np.allclose(R @ R.T, np.eye(3), atol=1e-3) or np.linalg.det(R) < 0:
+        raise ValueError("the pose's rotation is not a rotation (R R^T != I or det < 0)")
+    return T
+
+
 def parse_pair_line(line: str, where: str) -> Pair:
     """One pairs-file line -> Pair; a malformed line raises InputError naming ``where`` (file:line)."""
     parts = line.split()
@@ -102,19 +129,19 @@ def parse_pair_line(line: str, where: str) -> Pair:
         if len(parts) == 2:
             return Pair(parts[0], parts[1])
         if len(parts) == 11:
-            H = np.array(parts[2:], np.float64).reshape(3, 3)
-            if not np.all(np.isfinite(H)) or abs(np.linalg.det(H)) < 1e-12:
-                raise ValueError("the homography is not finite and invertible")
-            return Pair(parts[0], parts[1], H=H)
+            return Pair(parts[0], parts[1], H=checked_homography(np.array(parts[2:], np.float64).reshape(3, 3)))
         if len(parts) == 38:
+            rot0, rot1 = int(parts[2]), int(parts[3])
+            if not {rot0, rot1} <= {0, 1, 2, 3}:
+                raise ValueError("rotations are quarter turns 0-3")
             return Pair(
                 parts[0],
                 parts[1],
-                rot0=int(parts[2]),
-                rot1=int(parts[3]),
-                K0=np.array(parts[4:13], np.float64).reshape(3, 3),
-                K1=np.array(parts[13:22], np.float64).reshape(3, 3),
-                T_0to1=np.array(parts[22:], np.float64).reshape(4, 4),
+                rot0=rot0,
+                rot1=rot1,
+                K0=checked_intrinsics(np.array(parts[4:13], np.float64).reshape(3, 3)),
+                K1=checked_intrinsics(np.array(parts[13:22], np.float64).reshape(3, 3)),
+                T_0to1=checked_pose(np.array(parts[22:], np.float64).reshape(4, 4)),
             )
     except ValueError as e:
         raise InputError(f"{where}: malformed pair line ({e})") from None

@@ -725,6 +725,16 @@ def test_bad_cached_matches_are_recomputed(tmp_path, caplog):
     assert "unreadable" in caplog.text
     again = dict(np.load(cached))
     assert all(np.array_equal(good[k], again[k]) for k in good)
+    rerun = ["--input_pairs", "sample", *SIFT, "--max_length", "1", "--output_dir", str(out), "--resize", "160", "120"]
+    for damage, why in (
+        ({"keypoints0": good["keypoints0"] * 1e9}, "not pixels"),
+        ({"match_confidence": good["match_confidence"] * np.nan}, "not finite"),
+    ):
+        np.savez(cached, **{**good, **damage})
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            match_pairs.main([*rerun, "--cache"])
+        assert why in caplog.text and all(np.array_equal(good[k], np.load(cached)[k]) for k in good)
 
 
 def test_an_exif_rotated_jpeg_is_read_as_stored_so_its_ground_truth_holds():

@@ -118,7 +118,8 @@ def test_synthetic_pairs_are_fixed_and_export_in_full_precision(tmp_path):
 
 
 def test_pairs_file_formats_and_errors(tmp_path):
-    pose = "a.jpg b.jpg 0 1 " + " ".join(["1"] * 9) + " " + " ".join(["2"] * 9) + " " + " ".join(["0"] * 16)
+    K, T = "500 0 320 0 500 240 0 0 1", "1 0 0 0.5 0 1 0 0 0 0 1 0 0 0 0 1"
+    pose = f"a.jpg b.jpg 0 1 {K} {K} {T}"
     assert parse_pair_line(pose, "f:1").kind == "pose" and parse_pair_line(pose, "f:1").rot1 == 1
     assert parse_pair_line("a.png b.png", "f:1").kind == "none"
     H = parse_pair_line("a b 1 0 5 0 1 0 0 0 1", "f:1")
@@ -131,6 +132,15 @@ def test_pairs_file_formats_and_errors(tmp_path):
     path.write_text("a b 1 0 0 0 1 0 0 0 zero\n")
     with pytest.raises(InputError, match=r"pairs.txt:1: malformed"):
         read_pairs(path)
-    path.write_text("a b 0 0 0 0 0 0 0 0 0\n")
-    with pytest.raises(InputError, match="not finite and invertible"):
-        read_pairs(path)
+    for line, why in (
+        ("a b 0 0 0 0 0 0 0 0 0", "homography is not finite"),
+        ("a b 1e200 0 0 0 1e200 0 0 0 1", "nearly so"),  # finite, but points under it overflow or round away
+        (f"a b 0 0 {K.replace('500', '0')} {K} {T}", "intrinsics"),
+        (f"a b 0 0 {K} {K.replace('500', 'nan')} {T}", "intrinsics"),
+        (f"a b 0 0 {K} {K} {T.replace('0.5', 'inf')}", "pose must be finite"),
+        (f"a b 0 0 {K} {K} {T.replace('1 0 0 0.5', '2 0 0 0.5')}", "not a rotation"),
+        (f"a b 0 5 {K} {K} {T}", "quarter turns"),
+    ):
+        path.write_text(line + "\n")
+        with pytest.raises(InputError, match=f"pairs.txt:1: malformed pair line .*{why}"):
+            read_pairs(path)
