@@ -38,8 +38,12 @@ class InputError(ValueError):
 
 
 def first_line(error: BaseException) -> str:
-    """The first non-empty line of an exception's message, or its type name when it has none."""
-    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    """The first non-empty line of an exception's message (with the next one when it ends in ':', as torch's
+    "Error(s) in loading state_dict for X:"), or its type name when it has none."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
 
 
 MAX_SIDE = 8192  # px: larger images do not fit a detector's activations in a CPU machine's memory

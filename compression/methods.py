@@ -48,9 +48,28 @@ class Method:
     final: bool = False  # moves the part into another runtime: the last step, never finetuned or compressed further
     bits: Callable[[dict[str, Any]], float] | None = None  # bits per weight it leaves, from the settings
     execution: Callable[[nn.Module], str | None] | None = None  # prepares a loaded model for timing; its label
+    check: Callable[[dict[str, Any], nn.Module], None] | None = None  # a variant's settings against the dense
+    # pipeline it starts from, before any work (an InputError naming the setting)
 
 
 METHODS: dict[str, Method] = {}
+
+
+def pattern_check(key: str) -> Callable[[dict[str, Any], nn.Module], None]:
+    """A ``Method.check`` for a setting given per weight (a dict of names or glob patterns to levels, as
+    ``resolve_levels`` reads it): each pattern must name a weight of the part."""
+    from compression.tensors import resolve_levels
+
+    def check(spec: dict[str, Any], matcher: nn.Module) -> None:
+        if isinstance(spec.get(key), dict):
+            try:
+                resolve_levels(
+                    getattr(matcher, spec.get("part", "matcher")), spec[key], f"variant {spec['name']}: {key}"
+                )
+            except ValueError as e:
+                raise InputError(str(e)) from None
+
+    return check
 
 
 def register_method(name: str, **properties: Any) -> Callable[[Callable[[Job], None]], Callable[[Job], None]]:

@@ -12,10 +12,12 @@ import contextlib
 import hashlib
 import os
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
 import torch
+from kornia.core.exceptions import BaseError as KorniaError
 from torch import nn
 from torch.nn import functional as F
 from torch.utils._python_dispatch import _get_current_dispatch_mode
@@ -278,6 +280,35 @@ def build_matcher(name: str, config: dict[str, Any] | None = None) -> Matcher:
     name or a setting the network rejects is an InputError."""
     cls = matcher_class(name)
     try:
-        return cls(config or {}).eval()
-    except ValueError as e:  # a constructor's check of its settings
-        raise InputError(f"matcher {name}: {first_line(e)}") from None
+        with warnings.catch_warnings():  # e.g. "Initializing zero-element tensors is a no-op" before the error
+            warnings.simplefilter("ignore", UserWarning)
+            return cls(config or {}).eval()
+    except (ValueError, RuntimeError, AssertionError, KorniaError) as e:  # settings it cannot be built with (kornia's
+        # errors derive from Exception only)
+        raise InputError(f"matcher {name}: {first_line(e)[:200]}") from None
+
+
+TRIAL_ERRORS = (RuntimeError, ValueError, IndexError, TypeError, AssertionError)
+
+
+def trial_run(matcher: Matcher) -> None:
+    """Run ``matcher`` once on two small random images (raising what it raises): settings or shapes that build but
+    do not run (a negative NMS radius, a layer that does not chain with the next) fail here, before any work."""
+    side = max(matcher.min_side, 32) * 2
+    images = [torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(i)) for i in (0, 1)]
+    with torch.inference_mode():
+        matcher({"image0": images[0], "image1": images[1]})
+
+
+def checked_matcher_config(name: str, config: dict[str, Any], where: str = "matcher_config") -> Matcher:
+    """Matcher ``name`` built with ``config`` and run once (``trial_run``): a config it cannot run with is an
+    InputError naming ``where``, raised before any work starts."""
+    try:
+        matcher = build_matcher(name, config)
+    except InputError as e:
+        raise InputError(f"{where}: {e}") from None
+    try:
+        trial_run(matcher)
+    except (*TRIAL_ERRORS, KorniaError) as e:
+        raise InputError(f"{where}: {name} does not run with these settings ({first_line(e)[:200]})") from None
+    return matcher

@@ -39,7 +39,7 @@ from compression import coding
 from compression.state import STATES, attach, encoder
 from compression.tensors import pack_bits, resized, unpack_bits
 from helper import atomic_path, first_line, git_commit
-from models.matching import Matcher, available_matchers, build_matcher, matcher_class
+from models.matching import TRIAL_ERRORS, Matcher, available_matchers, build_matcher, matcher_class, trial_run
 from models.weights import WeightsError, read_state_dict
 
 FORMAT = "efficient-feature-matching/checkpoint"
@@ -411,14 +411,11 @@ def _declared_bytes(entry: dict[str, Any]) -> int:
 
 
 def _trial_run(matcher: Matcher, path: str | os.PathLike) -> None:
-    """Run a network whose shapes the checkpoint changed once on two small random images: shapes that load but do
-    not chain (a layer resized to fit a damaged file) fail here, as a WeightsError, not in the user's run."""
-    side = max(matcher.min_side, 32) * 2
-    images = [torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(i)) for i in (0, 1)]
+    """``trial_run`` of a network whose shapes the checkpoint changed: shapes that load but do not chain (a layer
+    resized to fit a damaged file) fail here, as a WeightsError, not in the user's run."""
     try:
-        with torch.inference_mode():
-            matcher({"image0": images[0], "image1": images[1]})
-    except (RuntimeError, ValueError, IndexError, TypeError) as e:
+        trial_run(matcher)
+    except TRIAL_ERRORS as e:
         raise WeightsError(f"{path} loads but its network does not run ({first_line(e)[:160]})") from None
 
 

@@ -50,6 +50,7 @@ from models.matching import (
     available_matchers,
     build_matcher,
     check_matcher_config,
+    checked_matcher_config,
     fingerprint,
     to_channels,
 )
@@ -61,7 +62,7 @@ from pipeline.metrics import MEANS, paired_difference
 from pipeline.report import update_readme, write_report
 from pipeline.training import CHECKS as FINETUNE_CHECKS
 from pipeline.training import DEFAULTS as FINETUNE_DEFAULTS
-from pipeline.training import PAIRS_CHECKS, SIZE, finetune
+from pipeline.training import PAIRS_CHECKS, SEED, SIZE, finetune
 from pruning.fine_grained import global_sparsities, prune_fine_grained
 from pruning.sensitivity import choose_verified, expand, flat_differences, groups_by_prefix, scan
 from quantization.kmeans import kmeans_values, quantize_kmeans
@@ -114,6 +115,7 @@ VARIANT_CHECKS: dict[str, Check] = {
     "finetune": Check(kind=(bool, dict), schema=FINETUNE_DEFAULTS, checks=FINETUNE_CHECKS),
 }
 CHECKS: dict[str, Check] = {
+    "seed": SEED,
     "matcher": Check(choices=tuple(available_matchers())),
     "matcher_config": Check(kind=dict, free=True),
     "checkpoint": Check(kind=str, nullable=True),
@@ -176,6 +178,9 @@ def checked_experiment(config: dict[str, Any]) -> dict[str, Any]:
     for spec in specs:
         check_variant(spec, seen)
         seen[spec["name"]] = spec
+    dense = checked_matcher_config(config["matcher"], config["matcher_config"])
+    for spec in specs:
+        check_against(spec, dense)
     config["references"] = [{**REFERENCE, **ref} for ref in config["references"]]
     for ref in config["references"]:
         name = ref["name"]
@@ -185,8 +190,17 @@ def checked_experiment(config: dict[str, Any]) -> dict[str, Any]:
             raise InputError(f"reference {name!r}: give its 'matcher' ({', '.join(available_matchers())})")
         where = f"references.{name}.matcher_config"
         ref["matcher_config"] = check_matcher_config(ref["matcher"], ref["matcher_config"], where)
+        checked_matcher_config(ref["matcher"], ref["matcher_config"], where)
         seen[name] = ref
     return config
+
+
+def check_against(spec: dict[str, Any], dense: Matcher) -> None:
+    """A variant's settings against the dense pipeline, before any work: each method checks its own
+    (``Method.check``: the layers a sparsity dict names, the keys of a ``set``)."""
+    for m in steps(spec):
+        if m.check is not None:
+            m.check(spec, dense)
 
 
 def done_steps(base_spec: dict[str, Any] | None, spec: dict[str, Any]) -> list[Any]:

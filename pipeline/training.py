@@ -48,7 +48,7 @@ from helper import (
 )
 from models.lightglue import EVERY_LAYER
 from models.losses import homography_gt, matching_nll
-from models.matching import available_matchers, build_matcher, check_matcher_config
+from models.matching import available_matchers, build_matcher, check_matcher_config, checked_matcher_config
 from models.weights import unreadable
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.evaluation import FeatureCache, evaluate, extract_pair
@@ -122,7 +122,9 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 SIZE = Check(kind=list, length=2, each=Check(kind=int, lo=16, hi=MAX_SIDE))  # W H of the pairs' images
+SEED = Check(kind=int, lo=0, hi=2**31 - 1)  # NumPy's seeds: 0 to 2**32 - 1, less one per data-parallel rank
 PAIRS_CHECKS: dict[str, Check] = {  # a section of pairs: "train", "val" (and the experiments' "calibration")
+    "seed": SEED,
     "split": Check(choices=("all", "train", "val")),
     "val_fraction": Check(lo=0, hi=1, open=True),
     "num_pairs": Check(lo=1),
@@ -137,6 +139,7 @@ CHECKS: dict[str, Check] = {
     "matcher": Check(choices=tuple(available_matchers())),
     "matcher_config": Check(kind=dict, free=True),
     "checkpoint": Check(kind=str, nullable=True),
+    "seed": SEED,
     "steps": Check(lo=1),
     "log_every": Check(lo=1),
     "lr": Check(lo=0, hi=1, open=True),
@@ -163,6 +166,8 @@ def checked_config(config: dict[str, Any]) -> dict[str, Any]:
     config["matcher_config"] = check_matcher_config(
         config["matcher"], config.get("matcher_config"), inherited=DEFAULTS["matcher_config"]
     )
+    if config["checkpoint"] is None:  # a checkpoint brings its own settings, checked when it loads
+        checked_matcher_config(config["matcher"], config["matcher_config"])
     return config
 
 

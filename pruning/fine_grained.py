@@ -14,7 +14,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from compression.methods import Job, register_method
+from compression.methods import Job, pattern_check, register_method
 from compression.state import LayerState, attach, compressed_layers, detach, get, register_state, trained_weight
 from compression.tensors import Levels, owner, prunable_weights, resolve_levels
 from helper import Check
@@ -142,6 +142,7 @@ SPARSITY = Check(kind=(float, dict), words=("auto",), lo=0, hi=0.99, values=Chec
         "ranking": Check(choices=("layer", "global")),
     },
     needs=("sparsity",),
+    check=pattern_check("sparsity"),
 )
 def fine_grained_method(job: Job) -> None:
     """Magnitude pruning of the part at the variant's sparsity (one value, per-pattern values, or the scan's; with

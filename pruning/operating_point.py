@@ -7,13 +7,28 @@ the pipeline's config (the checkpoint rebuilds the part with them), so this is t
 
 from __future__ import annotations
 
+from typing import Any
+
 from compression.methods import Job, register_method
 from compression.state import states
 from helper import Check, InputError
-from models.matching import with_settings
+from models.matching import Matcher, check_matcher_config, with_settings
 
 
-@register_method("settings", settings={"set": {}}, checks={"set": Check(kind=dict, free=True)}, needs=("set",))
+def check_settings(spec: dict[str, Any], matcher: Matcher) -> None:
+    """The variant's ``set`` against the settings its part takes (unknown keys, wrong types), before any work."""
+    section = matcher.config_parts[spec.get("part", "matcher")]
+    config = {**matcher.config, section: {**matcher.config.get(section, {}), **spec["set"]}}
+    check_matcher_config(matcher.name, config, where=f"variant {spec['name']}: set")
+
+
+@register_method(
+    "settings",
+    settings={"set": {}},
+    checks={"set": Check(kind=dict, free=True)},
+    needs=("set",),
+    check=check_settings,
+)
 def settings_method(job: Job) -> None:
     """Rebuild the pipeline with the part's settings changed (``set``) and the same weights."""
     old = job.matcher

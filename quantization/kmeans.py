@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from compression.methods import Job, register_method
+from compression.methods import Job, pattern_check, register_method
 from compression.state import LayerState, attach, compressed_layers, register_state
 from compression.tensors import owner, pack_bits, prunable_weights, resolve_levels, unpack_bits
 from helper import Check
@@ -181,6 +181,7 @@ BITS = Check(kind=(int, dict), words=("auto",), lo=1, hi=8, values=Check(kind=in
     checks={"bits": BITS, "other_bits": Check(kind=int, nullable=True, lo=1, hi=8)},
     needs=("bits",),
     bits=lambda spec: "auto" if isinstance(spec["bits"], dict) else spec["bits"],  # per pattern: the method counts
+    check=pattern_check("bits"),
 )
 def kmeans_method(job: Job) -> None:
     """k-means weight sharing of the part: one bit width, per-pattern widths, or mixed widths a scan chose; with

@@ -81,6 +81,10 @@ def hostile(tmp_path_factory):
     (h / "alias_bomb.yaml").write_text(
         f"l0: &l0 [x]\n{lol}quantization:\n  - {{name: q, method: kmeans, bits: 4, set: *l8}}\n"
     )
+    (h / "bad_set_key.yaml").write_text(
+        "quantization:\n  - {name: q, method: settings, part: detector, set: {max_keypointz: 5}}\n"
+    )
+    (h / "bad_pattern.yaml").write_text("pruning:\n  - {name: p, method: fine-grained, sparsity: {nope.*: 0.5}}\n")
     (h / "target.json").write_text("{}\n")
     (h / "link.json").symlink_to(h / "target.json")
     os.mkfifo(h / "fifo.json")
@@ -464,6 +468,44 @@ CASES = [
     ),
     ("--json is a FIFO", P, ["--json", "{H}/fifo.json", *SIFT], ["fifo.json", "FIFO"], ["profiling.profile_matcher"]),
     ("--set lr=.inf", F, ["--set", "lr=.inf", "--set", "out={W}/ft"], ["lr", "finite"], [RUN]),
+    ("negative seed", F, ["--set", "seed=-5", "--set", "out={W}/ft"], ["seed", "-5"], [RUN]),
+    ("seed past NumPy's", X, ["--set", "val.seed=99999999999", "--out", "{W}/run"], ["val.seed"], []),
+    # settings a matcher cannot be built or run with
+    (
+        "heads that do not divide the width",
+        F,
+        ["--set", "matcher_config.matcher.num_heads=3", "--set", "out={W}/ft"],
+        ["matcher_config", "num_heads"],
+        [RUN],
+    ),
+    (
+        "layers the pretrained weights do not have",
+        F,
+        ["--set", "matcher_config.matcher.n_layers=3", "--set", "out={W}/ft"],
+        ["matcher_config", "transformers.3"],
+        [RUN],
+    ),
+    (
+        "negative NMS radius",
+        X,
+        ["--set", "matcher_config.detector.nms_radius=-1", "--out", "{W}/run"],
+        ["matcher_config", "number of steps must be non-negative"],
+        ["pipeline.experiment.Experiment.baseline"],
+    ),
+    (
+        "a variant's set: key its part does not have",
+        X,
+        ["--config", "{H}/bad_set_key.yaml", "--out", "{W}/run"],
+        ["max_keypointz", "max_keypoints"],
+        ["pipeline.experiment.Experiment.baseline"],
+    ),
+    (
+        "a sparsity pattern that names no layer",
+        X,
+        ["--config", "{H}/bad_pattern.yaml", "--out", "{W}/run"],
+        ["variant p", "nope.*"],
+        ["pipeline.experiment.Experiment.baseline"],
+    ),
     # result files given to visualizations.py
     ("broken JSON", "visualizations", ["--results", "{H}/broken.json", "--out", "{W}/fig"], ["broken.json:2:"], []),
     (
