@@ -16,6 +16,8 @@ from torch import nn
 
 from helper import Check, InputError
 
+from .tensors import resolve_levels
+
 
 @dataclass
 class Job:
@@ -58,7 +60,6 @@ METHODS: dict[str, Method] = {}
 def pattern_check(key: str) -> Callable[[dict[str, Any], nn.Module], None]:
     """A ``Method.check`` for a setting given per weight (a dict of names or glob patterns to levels, as
     ``resolve_levels`` reads it): each pattern must name a weight of the part."""
-    from compression.tensors import resolve_levels
 
     def check(spec: dict[str, Any], matcher: nn.Module) -> None:
         if isinstance(spec.get(key), dict):
