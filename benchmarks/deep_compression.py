@@ -81,6 +81,7 @@ from helper import (
     positive_int,
     read_json,
     run_cli,
+    writable_location,
     write_json,
 )
 from models.lightglue import EVERY_LAYER
@@ -153,7 +154,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--matcher", default="aliked+lightglue", choices=["aliked+lightglue", "superpoint+superglue"])
     p.add_argument("--random-weights", "--random_weights", dest="random_weights", action="store_true",
                    help="random weights: the recipe's wiring and file sizes only")  # fmt: skip
-    p.add_argument("--sparsity", type=float, default=0.83, help="final sparsity of the matching network's weights")
+    p.add_argument(
+        "--sparsity", type=float_in(0, 1), default=0.83, help="final sparsity of the matching network's weights"
+    )
     p.add_argument("--ranking", choices=["layer", "global"], default="layer",
                    help="the magnitude ranking that prunes: each weight tensor's own (--sparsity each), or one of the "
                    "dense matching network's weights over all its tensors (--sparsity overall)")  # fmt: skip
@@ -169,17 +172,21 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--detector_bits", type=auto_or(int_in(1, 8)), default=None,
                    help="--detector kmeans: its bits; auto: the most that keep --target")  # fmt: skip
-    p.add_argument("--target", type=float, default=20.0, help="size ratio to dense that the detector's auto keeps")
+    p.add_argument(
+        "--target", type=float_in(1, 1e6), default=20.0, help="size ratio to dense that the detector's auto keeps"
+    )
     p.add_argument("--detector_small", type=int_in(0, 10**9), default=32768,
                    help="--detector kmeans: its tensors of fewer weights keep 8 bits (first layers)")  # fmt: skip
     p.add_argument("--steps", type=positive_int, default=1200, help="gradual pruning steps (one training pair each)")
-    p.add_argument("--prune_end", type=float, default=0.6,
+    p.add_argument("--prune_end", type=float_in(0, 1), default=0.6,
                    help="share of --steps where the sparsity reaches --sparsity (the rest recovers at it)")  # fmt: skip
     p.add_argument("--kmeans_steps", type=positive_int, default=100, help="codebook finetuning steps")
     p.add_argument("--detector_steps", type=int_in(0, 10**6), default=0,
                    help="steps distilling the detector's codebooks from the dense one (0: untrained)")  # fmt: skip
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--assignment", type=float, default=4.0, help="weight of the dense assignment as soft targets")
+    p.add_argument("--lr", type=float_in(1e-12, 1), default=1e-4)
+    p.add_argument(
+        "--assignment", type=float_in(0, 1e6), default=4.0, help="weight of the dense assignment as soft targets"
+    )
     p.add_argument("--train_pairs", type=int_in(1, 100_000), default=400, help="training pairs (homographies of the "
                    "training photos, each with its own seeded photometric changes)")  # fmt: skip
     p.add_argument("--seed", type=int_in(0, 2**31 - 1), default=0, help="of the training pairs' order")
@@ -200,8 +207,9 @@ def main(argv: list[str] | None = None) -> None:
     others = [other_points(path) for path in args.results]  # read first: a bad file loses no work
     if args.matcher == "superpoint+superglue" and pretrained:
         raise InputError("the official SuperPoint/SuperGlue weights are not here: add --random-weights")
-    out = Path(args.out) / args.matcher
-    out.mkdir(parents=True, exist_ok=True)
+    if args.json:  # where the numbers go, checked before an hour of work
+        writable_location(args.json, what="--json")
+    out = writable_location(Path(args.out) / args.matcher, folder=True, what="--out")
     steps, kmeans_steps = (args.steps, args.kmeans_steps) if pretrained else (4, 2)
     base = {
         "matcher": args.matcher,
@@ -223,6 +231,8 @@ def main(argv: list[str] | None = None) -> None:
         shutil.copyfile(out / name / "last.pth", path)  # the last, not the best: the val pairs pick that one
         return path
 
+    checked_config({**DEFAULTS, **base, "out": str(out / "pruned"), "steps": steps})  # every setting, before any work
+    out.mkdir(parents=True, exist_ok=True)
     dense = build_matcher(args.matcher, base["matcher_config"])
     paths = {"dense": save_checkpoint(dense, out / "dense.pth")}
     targets = global_sparsities(dense.matcher, args.sparsity) if args.ranking == "global" else args.sparsity

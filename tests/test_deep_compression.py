@@ -83,6 +83,7 @@ def test_the_recipe_makes_superpoint_superglue_20x_smaller(tmp_path):
 
 @pytest.mark.slow
 def test_bad_arguments_are_one_line_and_write_nothing(tmp_path):
+    (tmp_path / "a_file").write_text("not a folder\n")
     for args, culprit in (
         (["--sparsity", "1.5"], "--sparsity"),
         (["--target", "1"], "--target"),
@@ -91,6 +92,8 @@ def test_bad_arguments_are_one_line_and_write_nothing(tmp_path):
         (["--detector_bits", "9"], "--detector_bits"),
         (["--matcher", "superpoint+superglue"], "--random-weights"),  # the official weights are not here
         (["--results", str(tmp_path / "none.json")], "none.json"),
+        (["--random-weights", "--lr", "nan"], "--lr"),  # before dense.pth is written
+        (["--random-weights", "--json", str(tmp_path / "a_file" / "r.json")], "a_file"),  # before an hour of work
     ):
         proc = run(*args, "--out", str(tmp_path / "out"))
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
