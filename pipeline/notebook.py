@@ -11,12 +11,13 @@ notebook's parameter cell, as papermill does.
 from __future__ import annotations
 
 import ast
+import difflib
 import re
 import time
 from pathlib import Path
 from typing import Any
 
-from helper import ArgumentParser, InputError, atomic_path, run_cli, writable_location
+from helper import ArgumentParser, InputError, atomic_path, first_line, int_in, run_cli, writable_location
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "efficient_feature_matching.ipynb"
@@ -24,10 +25,18 @@ RENDERED = ROOT / "docs" / "demo" / "notebook.md"
 
 
 def with_parameters(nb: Any, params: dict[str, Any]) -> Any:
-    """The notebook with ``NAME = value`` lines appended to its parameter cell (the cell tagged 'parameters')."""
+    """The notebook with ``NAME = value`` lines appended to its parameter cell (the cell tagged 'parameters'); a
+    name that cell does not set is an InputError naming the nearest one it does."""
     cell = next((c for c in nb.cells if "parameters" in c.metadata.get("tags", [])), None)
     if cell is None:
         raise InputError("the notebook has no cell tagged 'parameters'")
+    known = [t.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign) for t in node.targets
+             if isinstance(t, ast.Name)]  # fmt: skip
+    for name in params:
+        if name not in known:
+            near = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {near[0]}?" if near else f"known: {', '.join(known)}"
+            raise InputError(f"--param {name}: the notebook has no such parameter ({hint})")
     cell.source += "".join(f"\n{name} = {value!r}" for name, value in params.items())
     return nb
 
@@ -80,12 +89,17 @@ def main(argv: list[str] | None = None) -> None:
     p = ArgumentParser(description="Execute the master notebook and write its rendered copy with outputs")
     p.add_argument("--dest", default=str(RENDERED), help="the Markdown file to write (figures go beside it)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="set a parameter")
-    p.add_argument("--timeout", type=int, default=3600, help="seconds one cell may run")
+    p.add_argument("--timeout", type=int_in(1, 10**6), default=3600, help="seconds one cell may run")
     args = p.parse_args(argv)
     params = dict(_param(item) for item in args.param)
     dest = writable_location(args.dest, what="--dest")
     start = time.perf_counter()
-    nb = execute(params, args.timeout)
+    from nbclient.exceptions import CellExecutionError
+
+    try:
+        nb = execute(params, args.timeout)
+    except CellExecutionError as e:  # a cell failed: its error in one line (its traceback is in the kernel's output)
+        raise InputError(f"the notebook stopped: {e.ename}: {first_line(Exception(e.evalue))[:200]}") from None
     minutes = (time.perf_counter() - start) / 60
     print(f"executed in {minutes:.1f} min; rendered copy: {render_markdown(nb, dest)}")
 

@@ -107,12 +107,23 @@ def test_render_command_names_a_bad_parameter_in_one_line(tmp_path):
     import subprocess
     import sys
 
-    for bad in ("PRESET", "PRESET=demo", "1X=2"):
+    for bad in ("PRESET", "PRESET=demo", "1X=2", "PRESETT='demo'", "--timeout=-1"):
         done = subprocess.run(
-            [sys.executable, "-m", "pipeline.notebook", "--param", bad, "--dest", str(tmp_path / "nb.md")],
+            [
+                sys.executable,
+                "-m",
+                "pipeline.notebook",
+                *(["--param"] if bad[0] != "-" else []),
+                bad,
+                "--dest",
+                str(tmp_path / "nb.md"),
+            ],
             cwd=ROOT,
             capture_output=True,
             text=True,
         )
-        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and bad in done.stderr
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert bad.split("=")[0].lstrip("-") in done.stderr
+        if bad.startswith("PRESETT"):
+            assert "did you mean PRESET?" in done.stderr
     assert not (tmp_path / "nb.md").exists()
