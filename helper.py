@@ -237,17 +237,17 @@ def download(url: str, dest: str | os.PathLike, verify: Callable[[Path], None] |
     return dest
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
     if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, (np.floating, float)):
         return float(x) if np.isfinite(x) else str(float(x))  # JSON has no inf/nan
     if isinstance(x, (np.integer,)):
         return int(x)
     if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
+        return jsonable(x.tolist())
     if isinstance(x, Path):
         return str(x)
     return x
@@ -255,7 +255,7 @@ def _jsonable(x: Any) -> Any:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_jsonable(obj), indent=2) + "\n")
+        tmp.write_text(json.dumps(jsonable(obj), indent=2) + "\n")
 
 
 def save_npz(path: str | os.PathLike, **arrays: Any) -> None:

@@ -21,6 +21,7 @@ from helper import (
     ArgumentParser,
     InputError,
     atomic_path,
+    first_line,
     git_commit,
     image_side,
     int_in,
@@ -98,12 +99,11 @@ def main(argv: list[str] | None = None) -> None:
     tmp = tempfile.TemporaryDirectory()
     parts = ("detector",) * args.int8_detector + ("matcher",) * args.int8_matcher
     for i, (name, m) in enumerate(list(models) if parts else []):
-        models.append(
-            (
-                f"{name} (int8 {'+'.join(parts)}, onnxruntime)",
-                int8_copy(m, size, Path(tmp.name) / str(i), args.threads, parts),
-            )
-        )
+        try:
+            copied = int8_copy(m, size, Path(tmp.name) / str(i), args.threads, parts)
+        except ValueError as e:  # no graph adapter for this network
+            raise InputError(f"--int8_{'/--int8_'.join(parts)} with {name}: {first_line(e)}") from None
+        models.append((f"{name} (int8 {'+'.join(parts)}, onnxruntime)", copied))
     meta = {"device": str(device), "threads": torch.get_num_threads(), "git_commit": git_commit(), "args": vars(args)}
     results = []
     for i, (name, matcher) in enumerate(models):

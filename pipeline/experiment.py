@@ -31,6 +31,7 @@ from helper import (
     file_sha1,
     first_line,
     git_commit,
+    jsonable,
     load_config,
     merge_config,
     pick_device,
@@ -277,6 +278,8 @@ class Experiment:
             try:
                 saved = json.loads(path.read_text())
                 done = saved.get("key") == k and "result" in saved
+                if done and saved.get("result_digest") != digest(saved["result"]):
+                    raise ValueError("its result does not match its digest")
             except (ValueError, AttributeError, OSError) as e:  # truncated, foreign, not UTF-8: a cache, redone
                 logger.warning("stage %s: its record %s is unreadable (%s): recomputing", name, path, first_line(e))
                 saved, done = None, False
@@ -297,7 +300,7 @@ class Experiment:
         start = time.perf_counter()
         result = compute()
         record = {"key": k, "inputs": key, "seconds": time.perf_counter() - start, "git_commit": git_commit()}
-        write_json(path, {**record, "result": result})
+        write_json(path, {**record, "result": result, "result_digest": digest(jsonable(result))})
         return json.loads(path.read_text())["result"]  # as stored (inf -> 'inf'), the same on a re-run
 
     def key(self, *parts: str) -> dict[str, Any]:

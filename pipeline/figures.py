@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import difflib
 import io
+import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -109,6 +110,10 @@ def plot_tradeoff(
     if not isinstance(variants, list) or not all(isinstance(v, dict) and "name" in v for v in variants):
         raise InputError(f"{results} is not a results.json (a list of variants with a 'name')")
     variants = [v for v in variants if v.get(x) is not None and v.get(y) is not None]
+    for v in variants:
+        for key in (x, y):
+            if not isinstance(v[key], (int, float)) or isinstance(v[key], bool) or not math.isfinite(v[key]):
+                raise InputError(f"{results}: variant {v['name']!r} has {key} {v[key]!r}, not a finite number")
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for i, v in enumerate(variants):
         dense, reference = v.get("method") == "dense", v.get("method") == "reference"

@@ -243,7 +243,13 @@ class Run:
             list(self.matcher.detector.parameters()) if config["train_detector"] and self.part == "matcher" else []
         )
         if config["keep_zeros"] and state is not None:
-            apply_masks(self.net, state["masks"])  # the masks of the run, not the zeros of its last checkpoint
+            try:
+                apply_masks(self.net, state["masks"])  # the masks of the run, not the zeros of its last checkpoint
+            except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+                raise InputError(
+                    f"cannot resume {self.out}: the masks in {self.state_path} do not fit its last.pth "
+                    f"({first_line(e)[:120]}); delete state.pt to start the run over"
+                ) from None
         elif config["keep_zeros"]:
             keep_zeros(self.net)
         # every compression state prepares its layer (linear grids: QAT shadows unless qat is off); after each
@@ -261,7 +267,7 @@ class Run:
                 self.optimizer.load_state_dict(state["optimizer"])
                 self.scheduler.load_state_dict(state["scheduler"])
                 self.step, self.best, self.skipped = state["step"], state["best"], state["skipped"]
-            except (KeyError, ValueError, RuntimeError) as e:
+            except (KeyError, ValueError, RuntimeError, TypeError, AttributeError, IndexError) as e:
                 raise InputError(
                     f"cannot resume {self.out}: {self.state_path} does not fit its last.pth "
                     f"({first_line(e)[:120]}); delete state.pt to start the run over"
@@ -438,6 +444,15 @@ def read_state(path: Path) -> dict[str, Any]:
             f"cannot resume: {path} is not a finetuning state (no {missing[0]!r}); delete it (and "
             "last.pth) to start the run over"
         )
+    kinds = {"step": int, "skipped": int, "best": (int, float), "net": dict, "masks": dict, "optimizer": dict,
+             "scheduler": dict}  # fmt: skip
+    for key, kind in kinds.items():
+        value = state[key]
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            raise InputError(
+                f"cannot resume: {path} is damaged ({key} is {type(value).__name__} {str(value)[:40]!r}); delete it "
+                "(and last.pth) to start the run over"
+            )
     return state
 
 

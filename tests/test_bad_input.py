@@ -2,6 +2,7 @@
 no traceback, nothing half-written and no other file changed; output locations are checked before any work."""
 
 import importlib
+import json
 import os
 import re
 import shutil
@@ -85,6 +86,7 @@ def hostile(tmp_path_factory):
         "quantization:\n  - {name: q, method: settings, part: detector, set: {max_keypointz: 5}}\n"
     )
     (h / "bad_pattern.yaml").write_text("pruning:\n  - {name: p, method: fine-grained, sparsity: {nope.*: 0.5}}\n")
+    (h / "string_auc.json").write_text('[{"name": "dense", "auc@3px": "high", "size_bytes": 5}]\n')
     (h / "target.json").write_text("{}\n")
     (h / "link.json").symlink_to(h / "target.json")
     os.mkfifo(h / "fifo.json")
@@ -522,6 +524,20 @@ CASES = [
         ["matcher.transformers.0.fnn", "did you mean"],
         [],
     ),
+    (
+        "a string where a number belongs",
+        "visualizations",
+        ["--results", "{H}/string_auc.json", "--out", "{W}/fig"],
+        ["string_auc.json", "auc@3px", "'high'"],
+        [],
+    ),
+    (
+        "--int8_matcher without a graph",
+        P,
+        ["--int8_matcher", *SIFT],
+        ["--int8_matcher", "graph adapter"],
+        ["profiling.profile_matcher"],
+    ),
     ("missing results file", "visualizations", ["--sweep", "{H}/nothing.csv", "--out", "{W}/fig"], ["nothing.csv"], []),
 ]
 
@@ -686,6 +702,12 @@ def test_unreadable_stage_record_is_recomputed_and_said(tmp_path, caplog):
         assert exp.stage("x", {"a": 1}, lambda: {"value": 3}) == {"value": 3}
     assert "unreadable" in caplog.text
     assert exp.stage("x", {"a": 1}, boom) == {"value": 3}  # now stored
+    record = json.loads((tmp_path / "stages" / "x.json").read_text())
+    (tmp_path / "stages" / "x.json").write_text(json.dumps({**record, "result": {"value": "garbage"}}))  # its key kept
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert exp.stage("x", {"a": 1}, lambda: {"value": 3}) == {"value": 3}
+    assert "does not match its digest" in caplog.text
     ckpt = tmp_path / "v.pth"
     ckpt.write_bytes(b"weights")
     row = {"checkpoint": str(ckpt), "checkpoint_sha1": file_sha1(ckpt)}

@@ -1,6 +1,7 @@
 """finetune.py: resumes exactly, keeps sparsity, skips NaN steps, runs data-parallel, fails clearly."""
 
 import csv
+import io
 import subprocess
 import sys
 
@@ -91,6 +92,11 @@ def test_unreadable_resume_state_is_reported(tmp_path):
     (out / "state.pt").write_bytes(state[: len(state) // 3])
     with pytest.raises(InputError, match="state.pt"):
         finetune.finetune(config(out), progress=False)
+    good = torch.load(io.BytesIO(state), weights_only=True)
+    for field, value in (("step", "abc"), ("step", -3), ("best", None), ("masks", [1, 2]), ("optimizer", {"x": 1})):
+        torch.save({**good, field: value}, out / "state.pt")
+        with pytest.raises(InputError, match=f"cannot resume.*state.pt.*{field if field != 'optimizer' else 'fit'}"):
+            finetune.finetune(config(out), progress=False)
     (out / "state.pt").write_bytes(state)  # nothing else was changed: the run still resumes
     assert finetune.finetune(config(out), progress=False)["step"] == 4
 
