@@ -74,13 +74,25 @@ def decode_image(data: bytes, what: str) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+MAX_IMAGE_BYTES = 4 * MAX_SIDE * MAX_SIDE + (1 << 20)  # an uncompressed RGBA image of MAX_SIDE px a side
+
+
+def image_bytes(path: Path) -> bytes:
+    """The bytes of an image file; one larger than any image file of ``MAX_SIDE`` px a side is an OSError naming it
+    (read whole, it would only exhaust memory)."""
+    size = path.stat().st_size
+    if size > MAX_IMAGE_BYTES:
+        raise OSError(errno.EFBIG, f"{size} bytes, more than an image file of {MAX_SIDE} px a side", str(path))
+    return path.read_bytes()
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as RGB uint8; missing or corrupt files raise InputError naming the file."""
+    """Read an image file as RGB uint8; missing, oversized or corrupt files raise InputError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"image not found: {path}")
     try:
-        data = path.read_bytes()
+        data = image_bytes(path)
     except OSError as e:
         raise InputError(f"cannot read image {path}: {e.strerror}") from None
     return decode_image(data, str(path))
@@ -216,6 +228,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; results are ordinary files
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        raise OSError(e.errno, e.strerror or first_line(e), str(path)) from None  # a write to a file object: named
+    except RuntimeError as e:  # torch.save's writer ("file write failed"): a full disk or quota, named
+        if "write" not in str(e).lower():
+            raise
+        full = shutil.disk_usage(path.parent).free < (64 << 20)
+        raise OSError(errno.ENOSPC if full else errno.EIO, os.strerror(errno.ENOSPC if full else errno.EIO),
+                      str(path)) from None  # fmt: skip
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -653,6 +675,8 @@ def writable_location(path: str | os.PathLike, folder: bool = False, what: str |
 
 
 _FILE_ERRORS = {
+    errno.EIO,
+    errno.EFBIG,
     errno.ENOENT,
     errno.EACCES,
     errno.EPERM,
@@ -680,7 +704,12 @@ def run_cli(main: Callable[..., Any], argv: Sequence[str] | None = None) -> None
         if e.errno not in _FILE_ERRORS:
             raise
         where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
-        _fail(f"{where + ': ' if where else ''}{e.strerror or first_line(e)}")
+        advice = {
+            errno.ENOSPC: "free some space or write elsewhere",
+            errno.EDQUOT: "free some space or write elsewhere",
+        }
+        hint = f" ({advice[e.errno]})" if e.errno in advice else ""
+        _fail(f"{where + ': ' if where else ''}{e.strerror or first_line(e)}{hint}")
     except MemoryError as e:
         _fail(f"out of memory ({first_line(e)}): use smaller images (--size/--resize) or fewer keypoints")
     except RuntimeError as e:

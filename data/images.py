@@ -12,7 +12,7 @@ from typing import Iterator
 
 import numpy as np
 
-from helper import InputError, decode_image, first_line
+from helper import MAX_IMAGE_BYTES, MAX_SIDE, InputError, decode_image, first_line, image_bytes
 
 from . import photos
 
@@ -93,7 +93,7 @@ class FolderSource(ImageSource):
         super().__init__(str(self.root.resolve()), names)
 
     def read_bytes(self, name: str) -> bytes:
-        return (self.root / name).read_bytes()
+        return image_bytes(self.root / name)
 
 
 class ZipSource(ImageSource):
@@ -113,6 +113,9 @@ class ZipSource(ImageSource):
         super().__init__(str(self.path.resolve()), names)
 
     def read_bytes(self, name: str) -> bytes:
+        size = self.zip.getinfo(name).file_size  # what it may unpack to: the member's reader stops there
+        if size > MAX_IMAGE_BYTES:
+            raise OSError(f"the member declares {size} bytes, more than an image file of {MAX_SIDE} px a side")
         try:
             return self.zip.read(name)
         except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:

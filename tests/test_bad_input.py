@@ -844,3 +844,63 @@ def test_images_of_one_base_name_in_two_folders_keep_their_own_outputs_and_expor
     back = read_pairs(synthetic.export(tmp_path / "export"))  # what match_pairs.py reads: every image is there
     assert [p.line().split()[2:] for p in back] == [p.line().split()[2:] for p in synthetic.pairs]
     assert all((tmp_path / "export" / n).is_file() for p in back for n in (p.name0, p.name1))
+
+
+@pytest.mark.parametrize("writer", ["npz", "torch"])
+def test_a_full_disk_is_one_line_naming_the_file_and_leaves_no_half_written_output(
+    tmp_path, capsys, monkeypatch, writer
+):
+    """ENOSPC from a write to a file object (no file name in the error) and torch.save's writer error (a
+    RuntimeError) both end as one line that names the output and says what to do."""
+    import errno as errno_
+
+    import match_pairs
+    import pipeline.checkpoint
+
+    def full(*args, **kwargs):
+        if writer == "npz":
+            raise OSError(errno_.ENOSPC, os.strerror(errno_.ENOSPC))
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0: file write failed")
+
+    monkeypatch.setattr(np, "savez", full)
+    monkeypatch.setattr(pipeline.checkpoint.torch, "save", full)
+    monkeypatch.setattr("helper.shutil.disk_usage", lambda p: shutil._ntuple_diskusage(100, 100, 0))
+    argv = ["--input_pairs", "sample", *SIFT, "--max_length", "1", "--resize", "160", "120"]
+    with pytest.raises(SystemExit) as exit_:
+        if writer == "npz":
+            run_cli(match_pairs.main, [*argv, "--output_dir", str(tmp_path / "o")])
+        else:
+            from models.matching import build_matcher
+            from pipeline.checkpoint import save_checkpoint
+
+            run_cli(lambda _: save_checkpoint(build_matcher("sift+nn"), tmp_path / "m.pth"), [])
+    err = shown(capsys.readouterr().err)
+    assert exit_.value.code == 2 and len(err) == 1, err
+    assert ("_matches.npz" if writer == "npz" else "m.pth") in err[0] and "No space left" in err[0], err
+    assert "write elsewhere" in err[0]
+    assert not list(tmp_path.rglob("*.tmp")) and not (tmp_path / "m.pth").exists()
+
+
+def test_an_image_file_past_any_image_size_is_refused_before_it_is_read(tmp_path, monkeypatch, caplog):
+    import data.images
+    import helper
+    from data.images import open_source, readable_images
+
+    good = _png(np.random.default_rng(2).integers(0, 255, (40, 50, 3), dtype=np.uint8))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(good)
+    (folder / "huge.png").write_bytes(good + b"\0" * 5000)  # past the (lowered) limit
+    with zipfile.ZipFile(tmp_path / "photos.zip", "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("a.png", good)
+        z.writestr("huge.png", good + b"\0" * 5000)  # 5 kB that deflate to a few bytes: a small zip bomb
+    monkeypatch.setattr(helper, "MAX_IMAGE_BYTES", len(good) + 100)
+    monkeypatch.setattr(data.images, "MAX_IMAGE_BYTES", len(good) + 100)
+    for spec in (folder, tmp_path / "photos.zip"):
+        source = open_source(spec)
+        with caplog.at_level("WARNING"):
+            assert [name for name, _ in readable_images(source, source.names)] == ["a.png"]
+        assert "skipped 1 unreadable image(s)" in caplog.text
+        caplog.clear()
+    with pytest.raises(helper.InputError, match="huge.png.*more than an image file"):
+        helper.read_image(folder / "huge.png")
