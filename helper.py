@@ -688,7 +688,8 @@ _FILE_ERRORS = {
     errno.EEXIST,
     errno.ENAMETOOLONG,
 }
-_NO_MEMORY = ("can't allocate memory", "not enough memory", "out of memory", "bad_alloc")
+_NO_MEMORY = ("can't allocate memory", "not enough memory", "out of memory", "bad_alloc", "insufficient memory",
+              "failed to allocate")  # fmt: skip
 
 
 def run_cli(main: Callable[..., Any], argv: Sequence[str] | None = None) -> None:
@@ -712,7 +713,7 @@ def run_cli(main: Callable[..., Any], argv: Sequence[str] | None = None) -> None
         _fail(f"{where + ': ' if where else ''}{e.strerror or first_line(e)}{hint}")
     except MemoryError as e:
         _fail(f"out of memory ({first_line(e)}): use smaller images (--size/--resize) or fewer keypoints")
-    except RuntimeError as e:
+    except (RuntimeError, cv2.error) as e:  # torch's and OpenCV's allocation failures
         if not any(m in str(e).lower() for m in _NO_MEMORY):
             raise
         _fail(f"out of memory ({first_line(e)[:200]}): use smaller images (--size/--resize) or fewer keypoints")

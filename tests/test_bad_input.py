@@ -904,3 +904,15 @@ def test_an_image_file_past_any_image_size_is_refused_before_it_is_read(tmp_path
         caplog.clear()
     with pytest.raises(helper.InputError, match="huge.png.*more than an image file"):
         helper.read_image(folder / "huge.png")
+
+
+def test_opencv_out_of_memory_is_one_line_with_advice(capsys):
+    def main(_):
+        raise cv2.error(
+            "OpenCV(5.0.0) alloc.cpp:73: error: (-4:Insufficient memory) Failed to allocate 805306368 bytes"
+        )
+
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main, [])
+    err = shown(capsys.readouterr().err)
+    assert exit_.value.code == 2 and len(err) == 1 and "out of memory" in err[0] and "--resize" in err[0], err
