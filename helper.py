@@ -618,7 +618,7 @@ def float_in(lo: float | None = None, hi: float | None = None) -> Callable[[str]
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if value != value or (lo is not None and value < lo) or (hi is not None and value > hi):
+        if not math.isfinite(value) or (lo is not None and value < lo) or (hi is not None and value > hi):
             raise argparse.ArgumentTypeError(f"expected a number in [{lo}, {hi}], got {text}")
         return value
 

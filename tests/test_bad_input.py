@@ -273,6 +273,7 @@ CASES = [
         ["evaluate.evaluate", "data.hpatches.download"],
     ),
     ("--num_pairs 0", E, ["--num_pairs", "0", *SIFT], ["--num_pairs"], ["evaluate.make_pairs"]),
+    ("--threshold inf", E, ["--threshold", "inf", *SIFT], ["--threshold", "inf"], ["evaluate.make_pairs"]),
     ("--max_keypoints 0", M, ["--max_keypoints", "0", *SIFT], ["--max_keypoints"], ["match_pairs.read_pairs"]),
     ("--max_keypoints -5", E, ["--max_keypoints", "-5", *SIFT], ["--max_keypoints"], ["evaluate.make_pairs"]),
     ("--num_keypoints 0", P, ["--num_keypoints", "0", *SIFT], ["--num_keypoints"], ["profiling.profile_matcher"]),
