@@ -13,13 +13,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from data.hpatches import HPatchesPairs, fetch_hpatches
-from data.pairs import FilePairs, SyntheticPairs, make_pairs, read_pairs
+from data.pairs import TIERS, FilePairs, SyntheticPairs, make_pairs, read_pairs
 from helper import (
     ArgumentParser,
     InputError,
     check_resize,
     float_in,
     image_side,
+    int_in,
     pick_device,
     positive_int,
     run_cli,
@@ -50,7 +51,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", default="all", choices=["all", "train", "val"])
     parser.add_argument("--num_pairs", type=positive_int, default=100)
     parser.add_argument("--size", type=image_side, nargs=2, default=[640, 480], metavar=("W", "H"))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int_in(0, 2**31 - 1), default=0)
+    parser.add_argument(
+        "--tier",
+        default="easy",
+        choices=list(TIERS),
+        help="synthetic pairs' tier: easy (the seed's mild warps) or hard (HPatches-like viewpoint and light change)",
+    )
     parser.add_argument("--difficulty", type=float_in(0, 1), default=0.7)
     parser.add_argument("--augment", type=float_in(0, 10), default=0.0, help="photometric change strength (0: none)")
     parser.add_argument("--input_pairs", default=None, help="evaluate a pairs file instead of synthetic pairs")
@@ -104,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
             num_pairs=args.num_pairs,
             size=args.size,
             seed=args.seed,
+            tier=args.tier,
             difficulty=args.difficulty,
             augment=args.augment,
         )

@@ -35,6 +35,16 @@ class HomographyConfig:
         return asdict(self)
 
 
+# Viewpoint amplitudes at difficulty 1 (the pairs' ``difficulty``, 0.7 by default, scales them). "easy": the seed's
+# COCO protocol (at 0.7: in-plane rotation within ±17.5°, scale ×0.84-1.19). "hard": HPatches-like viewpoint change
+# (at 0.7: perspective 0.35, scale ×0.38-2.6, rotation within ±45°: the range upright detectors and LightGlue's
+# homography training see, glue-factory's max_angle); the patch may leave the image (black borders, as real views).
+VIEWPOINTS = {
+    "easy": HomographyConfig(),
+    "hard": HomographyConfig(perspective=0.5, rotation=45 / 0.7, scale=np.log(2.6) / 0.7, allow_artifacts=True),
+}
+
+
 def _corners(w: float, h: float) -> np.ndarray:
     """Outer corners of a w×h image in the pixel-centre convention (pixel (0, 0) covers [-0.5, 0.5]²)."""
     return np.array([[-0.5, -0.5], [w - 0.5, -0.5], [w - 0.5, h - 0.5], [-0.5, h - 0.5]], np.float64)
@@ -61,9 +71,8 @@ def sample_patch(rng: np.random.Generator, cfg: HomographyConfig) -> np.ndarray:
         if np.all(margin_lo <= margin_hi):
             t = rng.uniform(margin_lo, margin_hi) * cfg.translation
             return patch + t
-    # No valid draw (extreme settings): fall back to the undistorted central patch.
-    r = cfg.patch_ratio
-    return np.array([[0, 0], [1, 0], [1, 1], [0, 1]], np.float64) * r + (1 - r) / 2
+    # No silent fallback to an easy warp: a tier's pairs are all of its difficulty, or it is an error
+    raise ValueError(f"no patch fits the image in 100 draws with {cfg.as_dict()}: lower the amplitudes")
 
 
 def sample_homography(rng: np.random.Generator, size: tuple[int, int], cfg: HomographyConfig) -> np.ndarray:
@@ -125,6 +134,31 @@ def photometric_augment(image: np.ndarray, rng: np.random.Generator, strength: f
         img = cv2.GaussianBlur(img, (k, k), 0)
     img = img + rng.normal(0, 5 * strength, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def photometric_change(image: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
+    """The same scene under other light and another camera (an evaluation tier's second image): a colour cast and
+    gain per channel, gamma, a shading gradient across the frame, then sensor noise, defocus blur and JPEG
+    compression; ``strength`` scales every amplitude (1: gain ×0.6-1.4, gamma 0.5-2, shading ×0.5-1.5 across the
+    frame, noise σ up to 6 grey levels, blur σ up to 1.2 px, JPEG quality 35-95)."""
+    s = float(strength)
+    h, w = image.shape[:2]
+    img = image.astype(np.float32) / 255
+    gain = np.exp(rng.uniform(-np.log(1.4), np.log(1.4)) * s)
+    cast = np.exp(rng.uniform(-0.15, 0.15, 3) * s)  # colour temperature / white balance
+    img = img * gain * cast
+    img = np.clip(img, 0, 1) ** np.exp(rng.uniform(-np.log(2), np.log(2)) * s)
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = np.cos(angle) * (np.arange(w)[None, :] / w - 0.5) + np.sin(angle) * (np.arange(h)[:, None] / h - 0.5)
+    img = img * (1 + rng.uniform(0.2, 0.5) * s * 2 * ramp)[..., None]
+    sigma = rng.uniform(0, 1.2) * s
+    if sigma > 0.3:
+        img = cv2.GaussianBlur(img, (0, 0), sigma)
+    img = img + rng.normal(0, rng.uniform(0, 6) * s / 255, img.shape).astype(np.float32)
+    out = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
+    quality = int(round(95 - rng.uniform(0, 60) * min(s, 1)))
+    ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
 
 
 def interpolate_homography(H: np.ndarray, size: tuple[int, int], t: float) -> np.ndarray:

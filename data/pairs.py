@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -22,10 +22,12 @@ import numpy as np
 from helper import InputError, atomic_path, read_image, read_text, resize_to
 
 from .homographies import (
+    VIEWPOINTS,
     HomographyConfig,
     crop_resize,
     interpolate_homography,
     photometric_augment,
+    photometric_change,
     sample_homography,
     warp_image,
 )
@@ -224,8 +226,10 @@ class SyntheticPairs(PairSet):
         seed: int = 0,
         homography: HomographyConfig | None = None,
         augment: float = 0.0,
+        photometric: float = 0.0,
     ):
         self.source, self.size, self.seed, self.augment = source, tuple(size), seed, augment
+        self.photometric = photometric
         self.homography = homography or HomographyConfig()
         self._images: dict[str, np.ndarray] = {}
         for name, image in readable_images(source, names):
@@ -243,11 +247,15 @@ class SyntheticPairs(PairSet):
             self.pairs.append(Pair(name, warped, H=H, meta={"index": i}))
         self.ident = (
             f"synthetic:{source.ident}:{self.size}:{seed}:{augment}:{sorted(self.homography.as_dict().items())}"
-        )
+        ) + (f":photometric={photometric}" if photometric else "")
 
     def image(self, pair: Pair, i: int) -> tuple[str, np.ndarray]:
         base = self._images[pair.name0]
         image = base if i == 0 else warp_image(base, pair.H, self.size)
+        if i == 1 and self.photometric > 0:  # the tier's other light and camera, seeded per pair
+            image = photometric_change(
+                image, np.random.default_rng([self.seed, pair.meta["index"], 11]), self.photometric
+            )
         if self.augment > 0:
             rng = np.random.default_rng([self.seed, pair.meta["index"], i, 7])
             return f"{self.ident}:{pair.name1}:{i}", photometric_augment(image, rng, self.augment)
@@ -360,8 +368,17 @@ class FilePairs(PairSet):
         return pair
 
 
+# Evaluation tiers of synthetic pairs: the viewpoint amplitudes (data/homographies.py VIEWPOINTS) and the strength of
+# the second image's photometric change. "easy" is the seed's protocol (where a dense pipeline is saturated);
+# "hard" is where a small loss can show.
+TIERS: dict[str, dict[str, Any]] = {
+    "easy": {"viewpoint": "easy", "photometric": 0.0},
+    "hard": {"viewpoint": "hard", "photometric": 1.0},
+}
+
 # One section of pairs settings (a config's "val", "train", "calibration"), with the defaults of a plain evaluation.
 PAIRS: dict[str, Any] = {
+    "tier": "easy",
     "source": "sample",
     "split": "all",
     "val_fraction": 0.2,
@@ -378,6 +395,9 @@ def make_pairs(settings: Mapping[str, Any] | None = None, **overrides: Any) -> S
     every machine for the same settings; ``augment`` > 0 adds seeded photometric changes to both images. Keys that
     are not about pairs (e.g. a val section's ``every``) are ignored."""
     cfg = {**PAIRS, **(settings or {}), **overrides}
+    if cfg["tier"] not in TIERS:
+        raise InputError(f"unknown tier {cfg['tier']!r} (choose from {', '.join(TIERS)})")
+    tier = TIERS[cfg["tier"]]
     source = open_source(cfg["source"])
     names = split_names(source.names, cfg["split"], cfg["val_fraction"])
     return SyntheticPairs(
@@ -386,8 +406,9 @@ def make_pairs(settings: Mapping[str, Any] | None = None, **overrides: Any) -> S
         cfg["num_pairs"],
         tuple(cfg["size"]),
         cfg["seed"],
-        HomographyConfig(difficulty=cfg["difficulty"]),
+        replace(VIEWPOINTS[tier["viewpoint"]], difficulty=cfg["difficulty"]),
         cfg["augment"],
+        tier["photometric"],
     )
 
 

@@ -14,13 +14,13 @@ the non-zero values; the rest as they are. Parts that run in a runtime backend (
 matching network) are stored as their graph's bytes instead of tensors. Then every packed stream, float tensor and
 graph is entropy-coded where that makes it smaller (compression/coding.py: version 4; older versions still load).
 Loading gives back exactly the weights that were evaluated (bit-exact). Model size in this project means the bytes of
-this file.
+this file. This module sits above the models and the compression toolkits: it imports both, neither imports it.
 
 A checkpoint may come from a stranger, so loading trusts nothing in it: version 7 carries a SHA-256 of each entry's
 bytes, of the index and of each graph; every decompression stops at the size its entry declares, and the declared
 sizes are bounded before anything is decoded; dtypes must be the model's, only ``SHAPE_ATTRS`` may be set, a network
 whose shapes the file changed must run once (``trial_run``), and graphs that refer to external data are refused
-(``backends.self_contained``). Whatever fails is a one-line WeightsError naming the file. This module sits above the models and the compression toolkits: it imports both, neither imports it.
+(``backends.self_contained``). Whatever fails is a one-line WeightsError naming the file.
 """
 
 from __future__ import annotations

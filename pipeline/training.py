@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from compression.state import enforce, start_training
 from compression.tensors import prunable_weights
-from data.pairs import make_pairs
+from data.pairs import TIERS, make_pairs
 from helper import (
     MAX_SIDE,
     Check,
@@ -125,6 +125,7 @@ SIZE = Check(kind=list, length=2, each=Check(kind=int, lo=16, hi=MAX_SIDE))  # W
 SEED = Check(kind=int, lo=0, hi=2**31 - 1)  # NumPy's seeds: 0 to 2**32 - 1, less one per data-parallel rank
 PAIRS_CHECKS: dict[str, Check] = {  # a section of pairs: "train", "val" (and the experiments' "calibration")
     "seed": SEED,
+    "tier": Check(choices=tuple(TIERS)),
     "split": Check(choices=("all", "train", "val")),
     "val_fraction": Check(lo=0, hi=1, open=True),
     "num_pairs": Check(lo=1),

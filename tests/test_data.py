@@ -144,3 +144,35 @@ def test_pairs_file_formats_and_errors(tmp_path):
         path.write_text(line + "\n")
         with pytest.raises(InputError, match=f"pairs.txt:1: malformed pair line .*{why}"):
             read_pairs(path)
+
+
+def test_the_homography_sampler_never_falls_back_to_an_easy_warp():
+    # the whole image turned in plane without shrinking: its corners always leave the frame
+    impossible = HomographyConfig(patch_ratio=1.0, perspective=0, shear=0, scale=0, rotation=90, difficulty=1.0)
+    with pytest.raises(ValueError, match="no patch fits"):
+        sample_homography(np.random.default_rng(0), (640, 480), impossible)
+
+
+def test_the_hard_tier_is_seeded_stronger_in_viewpoint_and_changes_the_light_of_the_second_image():
+    from data.pairs import make_pairs
+
+    def corner_shift(pairs):
+        c = np.array([[0, 0], [159, 0], [159, 119], [0, 119]], np.float64)
+        return np.median([np.abs(warp_points(c, p.H) - c).max() for p in pairs.pairs])
+
+    settings = {"source": "sample", "num_pairs": 12, "size": [160, 120]}
+    easy, hard = make_pairs(settings, tier="easy"), make_pairs(settings, tier="hard")
+    again = make_pairs(settings, tier="hard")
+    assert corner_shift(hard) > 1.5 * corner_shift(easy)
+    scales = [abs(np.linalg.det(p.H[:2, :2] / p.H[2, 2])) ** 0.5 for p in hard.pairs]
+    assert max(scales) / min(scales) > 2  # zooms in and out
+    for p, q in zip(hard.pairs, again.pairs):  # the same on every run
+        assert np.array_equal(p.H, q.H) and np.array_equal(hard.image(p, 1)[1], again.image(q, 1)[1])
+    p = hard.pairs[0]
+    assert np.array_equal(hard.image(p, 0)[1], easy.image(easy.pairs[0], 0)[1])  # the photo as it is
+    plain = warp_image(hard.image(p, 0)[1], p.H, (160, 120))
+    changed = hard.image(p, 1)[1]
+    assert np.abs(changed.astype(float) - plain).mean() > 5  # other light and camera on the second image only
+    assert easy.ident != hard.ident and hard.image(p, 1)[0] != easy.image(easy.pairs[0], 1)[0]  # caches kept apart
+    with pytest.raises(InputError, match="unknown tier 'medium'"):
+        make_pairs(settings, tier="medium")
