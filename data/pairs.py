@@ -242,7 +242,10 @@ class SyntheticPairs(PairSet):
         self.pairs = []
         for i in range(num_pairs):
             name = usable[i % len(usable)]
-            H = sample_homography(np.random.default_rng([seed, i]), self.size, self.homography)
+            try:
+                H = sample_homography(np.random.default_rng([seed, i]), self.size, self.homography)
+            except ValueError as e:  # the amplitudes asked for leave no patch inside the image
+                raise InputError(f"pair {i}: {e}") from None
             warped = f"{Path(name).stem}_warp{i:04d}.png"
             self.pairs.append(Pair(name, warped, H=H, meta={"index": i}))
         self.ident = (
