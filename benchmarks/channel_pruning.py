@@ -10,12 +10,11 @@ widths and per-head attention dims.
 
 from __future__ import annotations
 
-import argparse
 import copy
 
 import torch
 
-from helper import count_macs, measure_latency
+from helper import ArgumentParser, count_macs, float_in, measure_latency, positive_int, run_cli
 from models.superglue import SuperGlue
 from models.superpoint import SuperPoint
 from pruning.channel import prune_superglue_channels, prune_superpoint_channels
@@ -25,13 +24,13 @@ def params(m: torch.nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--ratio", type=float, default=0.5)
-    p.add_argument("--keypoints", type=int, default=512)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=10)
-    args = p.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    p = ArgumentParser()
+    p.add_argument("--ratio", type=float_in(0, 0.99), default=0.5)
+    p.add_argument("--keypoints", type=positive_int, default=512)
+    p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument("--repeats", type=positive_int, default=10)
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -85,4 +84,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

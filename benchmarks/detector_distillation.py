@@ -42,7 +42,17 @@ import torch
 from end_to_end import CALIBRATION, ESTIMATOR, VAL, calibration_images  # a sibling script
 
 from data.pairs import make_pairs
-from helper import ArgumentParser, InputError, git_commit, int_in, positive_int, run_cli, to_tensor, write_json
+from helper import (
+    ArgumentParser,
+    InputError,
+    float_in,
+    git_commit,
+    int_in,
+    positive_int,
+    run_cli,
+    to_tensor,
+    write_json,
+)
 from models.aliked import ACTIVATIONS
 from models.matching import Matcher, build_matcher
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
@@ -111,12 +121,12 @@ def main(argv: list[str] | None = None) -> None:
                    help="channels pruned: one fraction, or GROUP=FRACTION for the groups blockN (N = 1..4: a block's "
                         "output) and blockN.mid (its hidden width)")  # fmt: skip
     p.add_argument("--activation", choices=sorted(ACTIVATIONS), default="selu", help="the student's (dense part)")
-    p.add_argument("--activation_ramp", type=float, default=0.5,
+    p.add_argument("--activation_ramp", type=float_in(0, 1), default=0.5,
                    help="share of the steps moving another activation from SELU to its own (0: at once)")  # fmt: skip
     p.add_argument("--bn_images", type=int_in(0, 10_000), default=0,
                    help="training photos re-estimating its batch-norm statistics (0: the teacher's)")  # fmt: skip
     p.add_argument("--steps", type=positive_int, default=300, help="distillation steps (one training pair each)")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float_in(1e-12, 1), default=1e-3)
     p.add_argument("--train_size", nargs=2, type=int_in(64, 4096), default=[640, 480], metavar=("W", "H"))
     p.add_argument("--num_pairs", type=int_in(2, 10_000), default=100, help="val pairs for accuracy")
     p.add_argument("--agreement_pairs", type=int_in(1, 10_000), default=20, help="of those, for the agreement")

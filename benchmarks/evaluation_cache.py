@@ -10,22 +10,22 @@ Prints both wall times, their ratio and the cache hits.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
 from data.pairs import make_pairs
+from helper import ArgumentParser, positive_int, run_cli
 from models.matching import build_matcher
 from pipeline.evaluation import FeatureCache, evaluate
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--num_pairs", type=int, default=100)
+def main(argv: list[str] | None = None) -> None:
+    p = ArgumentParser()
+    p.add_argument("--num_pairs", type=positive_int, default=100)
     p.add_argument("--matcher", default="aliked+lightglue")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    args = p.parse_args()
+    p.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     pairs = make_pairs(num_pairs=args.num_pairs, size=(640, 480))
     matcher = build_matcher(args.matcher)
@@ -58,4 +58,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

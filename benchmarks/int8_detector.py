@@ -10,7 +10,6 @@ uses training photos of the sample set; evaluation the fixed validation pairs; t
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 
 from data.pairs import make_pairs
-from helper import merge_config, to_tensor
+from helper import ArgumentParser, keypoint_limit, merge_config, positive_int, run_cli, to_tensor
 from models.lightglue import EVERY_LAYER
 from models.matching import build_matcher
 from pipeline.costs import interleaved_latency, test_pair
@@ -39,15 +38,15 @@ def closeness(ref: dict, out: dict) -> tuple[float, float]:
     return float(near.mean()), float(cos)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    p = ArgumentParser()
     p.add_argument("--matcher", default="disk+lightglue")
-    p.add_argument("--num_pairs", type=int, default=16)
-    p.add_argument("--calibration_images", type=int, default=8)
-    p.add_argument("--max_keypoints", type=int, default=512)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
-    args = p.parse_args()
+    p.add_argument("--num_pairs", type=positive_int, default=16)
+    p.add_argument("--calibration_images", type=positive_int, default=8)
+    p.add_argument("--max_keypoints", type=keypoint_limit, default=512)
+    p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument("--repeats", type=positive_int, default=5)
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     dense = build_matcher(args.matcher, {"detector": {"max_keypoints": args.max_keypoints}, "matcher": EVERY_LAYER})
     val = make_pairs(merge_config(DEFAULTS["val"], {"num_pairs": args.num_pairs}))
@@ -88,4 +87,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -12,14 +12,13 @@ computed once and shared, so only the matcher differs between rows.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
 import torch
 
 from data.pairs import make_pairs
-from helper import merge_config
+from helper import ArgumentParser, merge_config, positive_int, run_cli
 from models.lightglue import EVERY_LAYER
 from models.matching import build_matcher
 from pipeline.costs import interleaved_latency, prepare, state_bytes
@@ -34,8 +33,8 @@ def same_matches(ref: torch.Tensor, out: torch.Tensor) -> float:
     return float((out[valid] == ref[valid]).float().mean()) if valid.any() else 1.0
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    p = ArgumentParser()
     p.add_argument("--matcher", default="aliked+lightglue")
     p.add_argument(
         "--random-weights",
@@ -44,12 +43,12 @@ def main() -> None:
         action="store_true",
         help="latency only (e.g. SuperGlue, whose official weights are not here)",
     )
-    p.add_argument("--num_pairs", type=int, default=100)
-    p.add_argument("--calibration_pairs", type=int, default=16)
-    p.add_argument("--num_keypoints", type=int, default=512)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=10)
-    args = p.parse_args()
+    p.add_argument("--num_pairs", type=positive_int, default=100)
+    p.add_argument("--calibration_pairs", type=positive_int, default=16)
+    p.add_argument("--num_keypoints", type=positive_int, default=512)
+    p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument("--repeats", type=positive_int, default=10)
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = {
         "detector": {"max_keypoints": args.num_keypoints},
@@ -115,4 +114,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

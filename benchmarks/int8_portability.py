@@ -11,7 +11,6 @@ the PyTorch fp32 matches the graph makes too (the emulated run is slow: about a 
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import numpy as np
 import quantization.int8 as int8
 from backends.modules import graph_feed
 from data.pairs import make_pairs
-from helper import merge_config
+from helper import ArgumentParser, merge_config, positive_int, run_cli
 from models.lightglue import EVERY_LAYER
 from models.matching import build_matcher
 from pipeline.evaluation import FeatureCache, evaluate, extract_pair
@@ -49,13 +48,13 @@ for graph in sys.argv[2:]:
 """
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--num_pairs", type=int, default=4)
-    p.add_argument("--calibration_pairs", type=int, default=8)
-    p.add_argument("--num_keypoints", type=int, default=512)
+def main(argv: list[str] | None = None) -> None:
+    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--num_pairs", type=positive_int, default=4)
+    p.add_argument("--calibration_pairs", type=positive_int, default=8)
+    p.add_argument("--num_keypoints", type=positive_int, default=512)
     p.add_argument("--cpu", default="EPYC-Rome", help="qemu CPU model without VNNI (qemu-x86_64 -cpu help)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     qemu = shutil.which("qemu-x86_64")
     dense = build_matcher(
         "aliked+lightglue", {"detector": {"max_keypoints": args.num_keypoints}, "matcher": EVERY_LAYER}
@@ -100,4 +99,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

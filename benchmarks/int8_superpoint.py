@@ -9,7 +9,6 @@ photos of the sample set, measurement a held-out photo and its homography warp a
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from backends.export import export_detector
 from backends.modules import GraphDetector
 from data.homographies import HomographyConfig, crop_resize, sample_homography, warp_image, warp_points
 from data.images import open_source, split_names
-from helper import measure_latency, to_tensor
+from helper import ArgumentParser, measure_latency, positive_int, run_cli, to_tensor
 from models.superpoint import SuperPoint
 from models.weights import WeightsError, resolve_weights
 from quantization.int8 import quantize_static_onnx
@@ -30,12 +29,12 @@ def gray(image: np.ndarray) -> torch.Tensor:
     return to_tensor(image).mul(torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--threads", type=int, default=2)
+def main(argv: list[str] | None = None) -> None:
+    p = ArgumentParser()
+    p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--weights", default=None)
-    p.add_argument("--repeats", type=int, default=10)
-    args = p.parse_args()
+    p.add_argument("--repeats", type=positive_int, default=10)
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     weights = args.weights
@@ -94,4 +93,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -26,7 +26,7 @@ import torch
 from data.hpatches import HPatchesPairs, fetch_hpatches
 from data.images import opencv_samples_dir
 from data.pairs import FilePairs, Pair, PairSet, make_pairs, read_homography_file
-from helper import InputError, run_cli
+from helper import ArgumentParser, InputError, keypoint_limit, positive_int, run_cli
 from models.matching import build_matcher
 from pipeline.evaluation import evaluate, reestimate
 from pipeline.metrics import summarize
@@ -70,13 +70,13 @@ def line(group: str, matcher: str, estimator: str, s: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser()
+    p = ArgumentParser()
     p.add_argument("--matchers", nargs="+", default=["aliked+lightglue", "sift+nn"])
-    p.add_argument("--num_pairs", type=int, default=100, help="sample pairs")
-    p.add_argument("--num_unseen", type=int, default=30, help="pairs of OpenCV's photos")
+    p.add_argument("--num_pairs", type=positive_int, default=100, help="sample pairs")
+    p.add_argument("--num_unseen", type=positive_int, default=30, help="pairs of OpenCV's photos")
     p.add_argument("--hpatches", default=None, metavar="DIR", help="HPatches folder (downloaded there if missing)")
-    p.add_argument("--max_keypoints", type=int, default=1024)
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--max_keypoints", type=keypoint_limit, default=1024)
+    p.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     sets = pair_sets(args)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from data.pairs import make_pairs
-from helper import merge_config
+from helper import ArgumentParser, int_in, merge_config, positive_int, run_cli
 from models.lightglue import EVERY_LAYER
 from models.matching import build_matcher
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
@@ -30,19 +30,19 @@ from quantization.kmeans import quantize_kmeans
 from quantization.linear import quantize_linear
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--num_pairs", type=int, default=100)
-    p.add_argument("--calibration_pairs", type=int, default=8)
-    p.add_argument("--finetune_steps", type=int, default=300, help="codebook finetuning steps (0: none)")
-    p.add_argument("--bits", type=int, nargs="*", default=[4, 2], help="k-means bit widths")
+def main(argv: list[str] | None = None) -> None:
+    p = ArgumentParser()
+    p.add_argument("--num_pairs", type=positive_int, default=100)
+    p.add_argument("--calibration_pairs", type=positive_int, default=8)
+    p.add_argument("--finetune_steps", type=int_in(0, 10**6), default=300, help="codebook finetuning steps (0: none)")
+    p.add_argument("--bits", type=int_in(1, 8), nargs="*", default=[4, 2], help="k-means bit widths")
     p.add_argument(
         "--control",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="also finetune the dense model the same way (is a recovery the finetuning's own gain?)",
     )
-    args = p.parse_args()
+    args = p.parse_args(argv)
     cfg = {"detector": {"max_keypoints": 512}, "matcher": EVERY_LAYER}
     dense = build_matcher("aliked+lightglue", cfg)
     val = make_pairs(merge_config(DEFAULTS["val"], {"num_pairs": args.num_pairs}))
@@ -97,4 +97,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -13,13 +13,12 @@ same number of parameters, side by side.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 from pathlib import Path
 
 from data.pairs import make_pairs
-from helper import write_json
+from helper import ArgumentParser, float_in, positive_int, run_cli, write_json
 from models.lightglue import EVERY_LAYER
 from models.matching import build_matcher
 from pipeline.evaluation import FeatureCache, evaluate
@@ -27,19 +26,21 @@ from pruning.fine_grained import prune_fine_grained, sparsity_report
 from pruning.sensitivity import choose_verified, expand, group_sizes, groups_by_prefix, scan
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    p = ArgumentParser()
     p.add_argument("--out", default="runs/sensitivity-aliked")
-    p.add_argument("--num_pairs", type=int, default=30)
-    p.add_argument("--budget", type=float, default=0.01, help="allowed predicted AUC@3px drop")
-    p.add_argument("--sparsities", type=float, nargs="+", default=[0.3, 0.6, 0.9])
+    p.add_argument("--num_pairs", type=positive_int, default=30)
+    p.add_argument("--budget", type=float_in(0, 1), default=0.01, help="allowed predicted AUC@3px drop")
+    p.add_argument("--sparsities", type=float_in(0, 0.999), nargs="+", default=[0.3, 0.6, 0.9])
     p.add_argument(
         "--choose_metric",
         default="agreement",
         help="scan metric the choice is made on (agreement: share of the dense model's matches kept)",
     )
-    p.add_argument("--choose_budget", type=float, default=0.2, help="allowed predicted drop of --choose_metric")
-    args = p.parse_args()
+    p.add_argument(
+        "--choose_budget", type=float_in(0, 1e6), default=0.2, help="allowed predicted drop of --choose_metric"
+    )
+    args = p.parse_args(argv)
     out = Path(args.out)
     start = time.perf_counter()
 
@@ -105,4 +106,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

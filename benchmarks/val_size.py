@@ -11,10 +11,10 @@ compress only the matcher, as the demo's do.
 
 from __future__ import annotations
 
-import argparse
 import copy
 
 from data.pairs import make_pairs
+from helper import ArgumentParser, float_in, positive_int, run_cli
 from models.lightglue import EVERY_LAYER
 from models.matching import build_matcher
 from pipeline.evaluation import FeatureCache, evaluate, reestimate
@@ -23,16 +23,16 @@ from pruning.fine_grained import prune_fine_grained
 from quantization.kmeans import quantize_kmeans
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--matcher", default="aliked+lightglue")
     p.add_argument("--source", default="photos")
-    p.add_argument("--val_fraction", type=float, default=0.2)
-    p.add_argument("--num_pairs", type=int, default=200)
-    p.add_argument("--steps", type=int, nargs="+", default=[25, 50, 100, 150, 200])
-    p.add_argument("--keypoints", type=int, default=512)
+    p.add_argument("--val_fraction", type=float_in(0.01, 0.99), default=0.2)
+    p.add_argument("--num_pairs", type=positive_int, default=200)
+    p.add_argument("--steps", type=positive_int, nargs="+", default=[25, 50, 100, 150, 200])
+    p.add_argument("--keypoints", type=positive_int, default=512)
     p.add_argument("--estimators", nargs="+", default=["poselib:2", "ransac:3"], help="METHOD:THRESHOLD (px)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     pairs = make_pairs(source=args.source, split="val", val_fraction=args.val_fraction, num_pairs=args.num_pairs)
     dense = build_matcher(args.matcher, {"detector": {"max_keypoints": args.keypoints}, "matcher": EVERY_LAYER})
@@ -73,4 +73,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)
