@@ -240,9 +240,12 @@ class Run:
             self.ramp_end = max(1, round(distill["activation_ramp"] * config["steps"]))
             self.ramp = lambda step: set_mix(step / self.ramp_end)
         self.net = getattr(self.matcher, self.part)  # the network that trains (its compression state kept true)
-        params = self.params = list(self.net.parameters()) + (
-            list(self.matcher.detector.parameters()) if config["train_detector"] and self.part == "matcher" else []
+        also = config["train_detector"] and self.part == "matcher"
+        # every trained parameter, by name (the trained network's own names; the detector's when it trains too)
+        self.named_params = list(self.net.named_parameters()) + (
+            [(f"detector.{n}", p) for n, p in self.matcher.detector.named_parameters()] if also else []
         )
+        params = self.params = [p for _, p in self.named_params]
         if config["keep_zeros"] and state is not None:
             try:
                 apply_masks(self.net, state["masks"])  # the masks of the run, not the zeros of its last checkpoint
@@ -608,7 +611,7 @@ def finetune(
                 torch.nn.utils.clip_grad_norm_(run.params, config["clip"])
                 run.optimizer.step()
                 enforce(run.net)
-                bad = next((n for n, p in run.net.named_parameters() if not torch.isfinite(p).all()), None)
+                bad = next((n for n, p in run.named_params if not torch.isfinite(p).all()), None)
                 if bad is not None:
                     raise InputError(
                         f"finetuning diverged at step {run.step + 1}: {bad} is no longer finite (lr {config['lr']:g} "
