@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from data.hpatches import HPatchesPairs, fetch_hpatches
-from data.pairs import TIERS, FilePairs, SyntheticPairs, make_pairs, read_pairs
+from data.pairs import TIERS, FilePairs, make_pairs, read_pairs
 from helper import (
     ArgumentParser,
     InputError,
@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
         "--tier",
         default="easy",
         choices=list(TIERS),
-        help="synthetic pairs' tier: easy (the seed's mild warps) or hard (HPatches-like viewpoint and light change)",
+        help="synthetic pairs' tier: easy (the seed's mild warps), hard (HPatches-like viewpoint and light change) or "
+        "pose (two-view 3D scenes, relative pose: AUC@5/10/20 degrees)",
     )
     parser.add_argument("--difficulty", type=float_in(0, 1), default=0.7)
     parser.add_argument("--augment", type=float_in(0, 10), default=0.0, help="photometric change strength (0: none)")
@@ -86,7 +87,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--estimator", default="ransac", choices=["ransac", "magsac", "poselib", "dlt"])
     parser.add_argument("--threshold", type=float_in(1e-6), default=3.0, help="correctness threshold, px")
     parser.add_argument(
-        "--ransac_threshold", type=float_in(1e-6), default=3.0, help="inlier threshold of the estimator, px"
+        "--ransac_threshold",
+        type=float_in(1e-6),
+        default=None,
+        help="inlier threshold of the estimator, px (default: 3 for homographies, 1 for poses)",
     )
     parser.add_argument("--output", default=None, help="folder for summary.json and pairs.csv")
     parser.add_argument("--export_pairs", default=None, help="write the synthetic pairs (images + pairs.txt) here")
@@ -95,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.input_pairs and args.hpatches:
         raise InputError("give --input_pairs or --hpatches, not both")
+    if args.tier == "pose" and args.estimator == "dlt" and not (args.input_pairs or args.hpatches):
+        raise InputError("--estimator dlt estimates homographies: the pose tier takes ransac, magsac or poselib")
     if args.resize is not None:
         args.resize = check_resize(args.resize)
     for flag in ("output", "export_pairs"):  # where the results go, checked before the work
@@ -116,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
             augment=args.augment,
         )
     if args.export_pairs:
-        if not isinstance(pairs, SyntheticPairs):
+        if not hasattr(pairs, "export"):
             raise InputError("--export_pairs exports synthetic pairs; drop --input_pairs / --hpatches")
         print(f"exported {len(pairs)} pairs to {pairs.export(args.export_pairs)}")
     matcher = build_from_args(args).to(pick_device(args.force_cpu))

@@ -371,12 +371,14 @@ class FilePairs(PairSet):
         return pair
 
 
-# Evaluation tiers of synthetic pairs: the viewpoint amplitudes (data/homographies.py VIEWPOINTS) and the strength of
-# the second image's photometric change. "easy" is the seed's protocol (where a dense pipeline is saturated);
-# "hard" is where a small loss can show.
+# Evaluation tiers of synthetic pairs. Homography tiers: the viewpoint amplitudes (data/homographies.py VIEWPOINTS)
+# and the strength of the second image's photometric change; "easy" is the seed's protocol (where a dense pipeline is
+# saturated), "hard" is where a small loss can show. "pose": two-view 3D scenes with relative pose (data/scenes.py,
+# its SceneConfig with these settings changed).
 TIERS: dict[str, dict[str, Any]] = {
     "easy": {"viewpoint": "easy", "photometric": 0.0},
     "hard": {"viewpoint": "hard", "photometric": 1.0},
+    "pose": {"scenes": {}},
 }
 
 # One section of pairs settings (a config's "val", "train", "calibration"), with the defaults of a plain evaluation.
@@ -393,16 +395,24 @@ PAIRS: dict[str, Any] = {
 }
 
 
-def make_pairs(settings: Mapping[str, Any] | None = None, **overrides: Any) -> SyntheticPairs:
+def make_pairs(settings: Mapping[str, Any] | None = None, **overrides: Any) -> PairSet:
     """The fixed synthetic pairs of a section of settings (PAIRS, then ``settings``, then ``overrides``): the same on
-    every machine for the same settings; ``augment`` > 0 adds seeded photometric changes to both images. Keys that
-    are not about pairs (e.g. a val section's ``every``) are ignored."""
+    every machine for the same settings; ``augment`` > 0 adds seeded photometric changes to both images (homography
+    tiers only: the pose tier is for evaluation; ``difficulty`` scales homography tiers only). Keys that are not
+    about pairs (e.g. a val section's ``every``) are ignored."""
     cfg = {**PAIRS, **(settings or {}), **overrides}
     if cfg["tier"] not in TIERS:
         raise InputError(f"unknown tier {cfg['tier']!r} (choose from {', '.join(TIERS)})")
     tier = TIERS[cfg["tier"]]
+    if "scenes" in tier and cfg["augment"]:
+        raise InputError(f"tier {cfg['tier']!r} is for evaluation: its pairs take no augment (got {cfg['augment']})")
     source = open_source(cfg["source"])
     names = split_names(source.names, cfg["split"], cfg["val_fraction"])
+    if "scenes" in tier:
+        from .scenes import SceneConfig, ScenePairs  # scenes build on this module's pairs
+
+        config = SceneConfig(**tier["scenes"])
+        return ScenePairs(source, names, cfg["num_pairs"], tuple(cfg["size"]), cfg["seed"], config)
     return SyntheticPairs(
         source,
         names,

@@ -168,7 +168,7 @@ def evaluate(
     progress: bool = True,
     desc: str = "evaluate",
     reference: list[dict[str, np.ndarray]] | None = None,
-    ransac_threshold: float = 3.0,
+    ransac_threshold: float | None = None,
 ) -> dict[str, Any]:
     """Match every pair; return {'summary': means and AUCs over all pairs, 'rows': per-pair metrics,
     'predictions': keypoints and matches per pair}. With the ``predictions`` of a reference model (e.g. the
@@ -207,7 +207,7 @@ def reestimate(
     predictions: list[dict[str, Any]],
     threshold: float = 3.0,
     method: str = "ransac",
-    ransac_threshold: float = 3.0,
+    ransac_threshold: float | None = None,
 ) -> list[dict[str, Any]]:
     """Per-pair metrics of ``evaluate``'s predictions under another estimator or threshold, without matching again
     (e.g. to give each matcher its best RANSAC threshold, as glue-factory's HPatches evaluation does)."""

@@ -220,14 +220,32 @@ def epipolar_errors(kpts0, kpts1, T_0to1, K0, K1) -> np.ndarray:
     return p1Ep0**2 * (1.0 / (Ep0[:, 0] ** 2 + Ep0[:, 1] ** 2) + 1.0 / (Etp1[:, 0] ** 2 + Etp1[:, 1] ** 2))
 
 
-def estimate_pose(kpts0, kpts1, K0, K1, thresh: float = 1.0, conf: float = 0.99999):
-    """(R, t, inliers) from the essential matrix with OpenCV RANSAC, as the official code; None if < 5 matches."""
+def estimate_pose(kpts0, kpts1, K0, K1, thresh: float = 1.0, conf: float = 0.99999, method: str = "ransac"):
+    """(R, t, inliers) of camera 1 from camera 0 from the essential matrix, None if < 5 matches or no estimate.
+    ``method``: 'ransac' (OpenCV RANSAC in normalised coordinates, as the official code), 'magsac' (OpenCV
+    USAC-MAGSAC) or 'poselib' (PoseLib's LO-RANSAC with non-linear refinement, glue-factory's); ``thresh`` is
+    the inlier threshold in pixels."""
     if len(kpts0) < 5:
         return None
+    if method == "poselib":
+        import poselib
+
+        camera = lambda K: {"model": "PINHOLE", "width": 0, "height": 0,  # noqa: E731
+                            "params": [K[0, 0], K[1, 1], K[0, 2], K[1, 2]]}  # fmt: skip
+        pose, info = poselib.estimate_relative_pose(
+            kpts0.astype(np.float64), kpts1.astype(np.float64), camera(K0), camera(K1),
+            {"max_epipolar_error": thresh}, {},
+        )  # fmt: skip
+        if info.get("num_inliers", 0) < 5 or not np.all(np.isfinite(pose.t)):
+            return None
+        return pose.R, np.asarray(pose.t), np.asarray(info["inliers"], bool)
+    if method not in ("ransac", "magsac"):
+        raise InputError(f"estimator {method!r} does not estimate a relative pose (choose ransac, magsac or poselib)")
     f_mean = np.mean([K0[0, 0], K1[1, 1], K0[0, 0], K1[1, 1]])
     n0 = (kpts0 - K0[[0, 1], [2, 2]][None]) / K0[[0, 1], [0, 1]][None]
     n1 = (kpts1 - K1[[0, 1], [2, 2]][None]) / K1[[0, 1], [0, 1]][None]
-    E, mask = cv2.findEssentialMat(n0, n1, np.eye(3), threshold=thresh / f_mean, prob=conf, method=cv2.RANSAC)
+    flag = cv2.RANSAC if method == "ransac" else cv2.USAC_MAGSAC
+    E, mask = cv2.findEssentialMat(n0, n1, np.eye(3), threshold=thresh / f_mean, prob=conf, method=flag)
     if E is None:
         return None
     best, ret = 0, None
@@ -247,13 +265,14 @@ def pose_errors(T_0to1: np.ndarray, R: np.ndarray, t: np.ndarray) -> tuple[float
     return float(min(err_t, 180 - err_t)), float(np.rad2deg(np.abs(np.arccos(cos_r))))
 
 
-def pose_metrics(kpts0, kpts1, matches, K0, K1, T_0to1) -> dict[str, Any]:
-    """Epipolar precision, matching score and pose errors of one pose pair, as the official match_pairs.py."""
+def pose_metrics(kpts0, kpts1, matches, K0, K1, T_0to1, method: str = "ransac", thresh: float = 1.0) -> dict[str, Any]:
+    """Epipolar precision, matching score and pose errors of one pose pair, as the official match_pairs.py (its
+    estimator: OpenCV RANSAC at 1 px)."""
     valid = matches > -1
     m0, m1 = kpts0[valid], kpts1[matches[valid]]
     epi = epipolar_errors(m0, m1, T_0to1, K0, K1)
     correct = epi < EPIPOLAR_THRESHOLD
-    ret = estimate_pose(m0, m1, K0, K1)
+    ret = estimate_pose(m0, m1, K0, K1, thresh, method=method)
     err_t, err_R = (float("inf"), float("inf")) if ret is None else pose_errors(T_0to1, ret[0], ret[1])
     return {
         "num_keypoints0": len(kpts0),
@@ -288,15 +307,18 @@ def pair_metrics(
     shape1: tuple[int, ...],
     threshold: float = 3.0,
     method: str = "ransac",
-    ransac_threshold: float = 3.0,
+    ransac_threshold: float | None = None,
 ) -> dict[str, Any]:
-    """Metrics of one pair whose ground truth is expressed for the evaluated images (PairSet.ground_truth)."""
+    """Metrics of one pair whose ground truth is expressed for the evaluated images (PairSet.ground_truth).
+    ``ransac_threshold``: the estimator's inlier threshold, px (default: 3 for a homography, 1 for a pose, the
+    official settings)."""
     k0, k1, m, c = pred["keypoints0"], pred["keypoints1"], pred["matches0"], pred["matching_scores0"]
     if pair.kind == "homography":
-        return homography_metrics(k0, k1, m, c, pair.H, (shape0[1], shape0[0]), threshold, method, ransac_threshold)
+        size0 = (shape0[1], shape0[0])
+        return homography_metrics(k0, k1, m, c, pair.H, size0, threshold, method, ransac_threshold or 3.0)
     if pair.kind == "pose":
         K0, K1, T = pose_ground_truth(pair, shape0, shape1)
-        return pose_metrics(k0, k1, m, K0, K1, T)
+        return pose_metrics(k0, k1, m, K0, K1, T, method, ransac_threshold or 1.0)
     raise InputError(f"pair {pair.name0} {pair.name1} has no ground truth to evaluate")
 
 
