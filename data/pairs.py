@@ -377,7 +377,7 @@ class FilePairs(PairSet):
 # its SceneConfig with these settings changed).
 TIERS: dict[str, dict[str, Any]] = {
     "easy": {"viewpoint": "easy", "photometric": 0.0},
-    "hard": {"viewpoint": "hard", "photometric": 1.0},
+    "hard": {"viewpoint": "hard", "photometric": 0.5},
     "pose": {"scenes": {}},
 }
 

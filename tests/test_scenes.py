@@ -122,12 +122,13 @@ def test_the_pose_tier_is_evaluated_with_the_pose_protocol():
     from models.matching import build_matcher
     from pipeline.evaluation import evaluate
 
-    pairs = make_pairs(source="sample", split="val", num_pairs=3, size=[320, 240], tier="pose")
+    pairs = make_pairs(source="sample", num_pairs=3, tier="pose")
     assert isinstance(pairs, ScenePairs) and all(p.kind == "pose" for p in pairs)
     result = evaluate(build_matcher("aliked+lightglue"), pairs, method="poselib", progress=False)
     assert {"auc@5deg", "auc@10deg", "auc@20deg"} <= set(result["summary"])
-    # the seeded draws: an 82-degree orbit (beyond the matcher) and two it solves within a degree
-    good = [r for r in result["rows"] if max(r["error_R"], r["error_t"]) < 1.0]
-    assert len(good) == 2 and all(r["precision"] > 0.9 for r in good)
+    # the pair of the narrowest baseline is solved within a degree by the dense pipeline
+    angle = lambda p: np.linalg.norm(cv2.Rodrigues(p.T_0to1[:3, :3])[0])  # noqa: E731
+    row = result["rows"][min(range(len(pairs)), key=lambda i: angle(pairs[i]))]
+    assert max(row["error_R"], row["error_t"]) < 1.0 and row["precision"] > 0.9
     with pytest.raises(InputError, match="its pairs take no augment"):
         make_pairs(source="sample", num_pairs=2, tier="pose", augment=0.5)
