@@ -6,6 +6,7 @@ pair is ever dropped from an average.
 
     python evaluate.py --matcher aliked+lightglue --source photos --split val --num_pairs 200 --output runs/eval
     python evaluate.py --matcher aliked+lightglue --hpatches data/hpatches      # real scenes (downloads 1.3 GB)
+    python evaluate.py --matcher aliked+lightglue --megadepth data              # MegaDepth-1500 relative pose
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from data.hpatches import HPatchesPairs, fetch_hpatches
+from data.megadepth import MegaDepthPairs, fetch_megadepth
 from data.pairs import TIERS, FilePairs, make_pairs, read_pairs
 from helper import (
     ArgumentParser,
@@ -29,12 +31,13 @@ from helper import (
     write_json,
 )
 from pipeline.evaluation import (
+    PROTOCOL_AUCS,
     PUBLISHED,
     FeatureCache,
     add_matcher_args,
     build_from_args,
     evaluate,
-    homography_protocol,
+    protocol,
 )
 from pipeline.metrics import BOOTSTRAP, format_summary
 
@@ -72,6 +75,13 @@ def main(argv: list[str] | None = None) -> None:
         "if missing",
     )
     parser.add_argument(
+        "--megadepth",
+        default=None,
+        metavar="DIR",
+        help="evaluate MegaDepth-1500 in DIR with glue-factory's protocol (longer side 1600, OpenCV RANSAC / PoseLib, "
+        "inlier threshold swept 0.5-3 px, AUC@5/10/20 degrees); downloaded there if missing",
+    )
+    parser.add_argument(
         "--hpatches_subset",
         default="all",
         choices=["all", "v", "i"],
@@ -97,10 +107,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--force_cpu", action="store_true")
     args = parser.parse_args(argv)
 
-    if args.input_pairs and args.hpatches:
-        raise InputError("give --input_pairs or --hpatches, not both")
-    if args.tier == "pose" and args.estimator == "dlt" and not (args.input_pairs or args.hpatches):
-        raise InputError("--estimator dlt estimates homographies: the pose tier takes ransac, magsac or poselib")
+    if sum(bool(x) for x in (args.input_pairs, args.hpatches, args.megadepth)) > 1:
+        raise InputError("give one of --input_pairs, --hpatches and --megadepth")
+    if args.estimator == "dlt" and (
+        args.megadepth or (args.tier == "pose" and not (args.input_pairs or args.hpatches))
+    ):
+        raise InputError("--estimator dlt estimates homographies: poses take ransac, magsac or poselib")
     if args.resize is not None:
         args.resize = check_resize(args.resize)
     for flag in ("output", "export_pairs"):  # where the results go, checked before the work
@@ -110,6 +122,10 @@ def main(argv: list[str] | None = None) -> None:
         pairs = FilePairs(read_pairs(args.input_pairs), args.input_dir, args.resize or [640, 480])
     elif args.hpatches:
         pairs = HPatchesPairs(fetch_hpatches(args.hpatches), args.resize, args.hpatches_subset)
+    elif args.megadepth:
+        if args.resize and (len(args.resize) != 1 or args.resize[0] < 1):
+            raise InputError(f"--megadepth takes one --resize number, the longer side (got {args.resize})")
+        pairs = MegaDepthPairs(fetch_megadepth(args.megadepth), *(args.resize or []))
     else:
         pairs = make_pairs(
             source=args.source,
@@ -123,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     if args.export_pairs:
         if not hasattr(pairs, "export"):
-            raise InputError("--export_pairs exports synthetic pairs; drop --input_pairs / --hpatches")
+            raise InputError("--export_pairs exports synthetic pairs; drop --input_pairs / --hpatches / --megadepth")
         print(f"exported {len(pairs)} pairs to {pairs.export(args.export_pairs)}")
     matcher = build_from_args(args).to(pick_device(args.force_cpu))
     result = evaluate(
@@ -133,34 +149,41 @@ def main(argv: list[str] | None = None) -> None:
     level = BOOTSTRAP["level"]
     print(f"{len(pairs)} pairs; [..] = {level:.0%} bootstrap interval over pairs ({BOOTSTRAP['resamples']} resamples)")
     print(format_summary(summary))
-    protocol = homography_protocol(pairs, result["predictions"]) if args.hpatches else None
-    if protocol:
-        print(protocol_table(protocol, len(pairs)))
+    rows = protocol(pairs, result["predictions"]) if args.hpatches or args.megadepth else None
+    if rows:
+        size = f"longer side {pairs.resize[0]}" if args.megadepth else f"shorter side {pairs.short_side}"
+        if args.hpatches and args.resize:
+            size = f"--resize {' '.join(map(str, args.resize))}"
+        benchmark = "HPatches" if args.hpatches else "MegaDepth-1500"
+        print(protocol_table(rows, f"{len(pairs)} pairs, {size}", benchmark, matcher.name))
     if args.output:
         out = Path(args.output)
         write_csv(out / "pairs.csv", result["rows"])
-        extra = {"hpatches_protocol": protocol} if protocol else {}
+        extra = {"protocol": rows} if rows else {}
         write_json(out / "summary.json", {"summary": summary, **extra, "args": vars(args)})
 
 
-def protocol_table(rows: list[dict], num_pairs: int) -> str:
-    """glue-factory's HPatches table (AUC@1/3/5 px, in %) for these predictions, the published numbers beside."""
+def protocol_table(rows: list[dict], setting: str, benchmark: str, matcher: str) -> str:
+    """glue-factory's table for these predictions (AUC@1/3/5 px of the mean corner error for HPatches, AUC@5/10/20°
+    of the pose error for MegaDepth-1500, in %), the published numbers beside."""
     names = {"dlt": "DLT (confidence-weighted)", "ransac": "OpenCV RANSAC", "poselib": "PoseLib LO-RANSAC"}
-    published = lambda m, k: "/".join(f"{v:.1f}" for v in PUBLISHED[m].get(k, ())) or "—"  # noqa: E731
+    pose = benchmark != "HPatches"
+    keys, middle = PROTOCOL_AUCS["pose" if pose else "homography"], "auc@10deg" if pose else "auc@3px"
+    shown = [matcher] if pose else ["superpoint+lightglue", "superpoint+superglue"]
+    published = lambda m, k: "/".join(f"{v:.1f}" for v in PUBLISHED.get(m, {}).get(k, ())) or "—"  # noqa: E731
     lines = [
-        f"HPatches, glue-factory's protocol ({num_pairs} pairs, shorter side 480; AUC of the mean corner error, %; "
-        f"[..] = {BOOTSTRAP['level']:.0%} interval of AUC@3px)",
-        f"{'estimator':<27}{'threshold':<22}{'AUC@1/3/5 px':<20}{'AUC@3px interval':<18}"
-        "published SP+LightGlue  SP+SuperGlue",
+        f"{benchmark}, glue-factory's protocol ({setting}; AUC, %; [..] = {BOOTSTRAP['level']:.0%} interval of "
+        f"{middle})",
+        f"{'estimator':<27}{'threshold':<22}{'AUC ' + '/'.join(k[4:] for k in keys):<24}{'interval':<18}"
+        "published " + "  ".join(shown),
     ]
     for r in rows:
         where = "—" if r["threshold"] is None else f"{r['threshold']:g} px {r['setting']}"
-        aucs = "/".join(f"{100 * r[f'auc@{a}px']:.1f}" for a in (1, 3, 5))
-        low, high = r["intervals"]["auc@3px"]
-        line = f"{names[r['estimator']]:<27}{where:<22}{aucs:<20}{f'[{100 * low:.1f}, {100 * high:.1f}]':<18}"
+        aucs = "/".join(f"{100 * r[k]:.1f}" for k in keys)
+        low, high = r["intervals"][middle]
+        line = f"{names[r['estimator']]:<27}{where:<22}{aucs:<24}{f'[{100 * low:.1f}, {100 * high:.1f}]':<18}"
         if r["setting"] != "fixed":  # the published numbers are the DLT and the best of the sweep
-            line += f"{published('superpoint+lightglue', r['estimator']):<23}"
-            line += published("superpoint+superglue", r["estimator"])
+            line += "  ".join(f"{published(m, ('pose ' if pose else '') + r['estimator']):<20}" for m in shown)
         lines.append(line.rstrip())
     return "\n".join(lines)
 

@@ -11,8 +11,9 @@ import os
 import tarfile
 import tempfile
 import urllib.error
+import zipfile
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from helper import InputError, download, remove_stale_temps, temp_prefix
 
@@ -42,41 +43,62 @@ def scenes_in(root: Path) -> list[str]:
 def fetch_hpatches(folder: str | os.PathLike, url: str = HPATCHES_URL) -> Path:
     """The HPatches scenes folder: ``folder`` itself if it holds scenes, else ``folder/hpatches-sequences-release``,
     downloaded and extracted there first if missing (the folder appears only complete)."""
+    return fetch_dataset(
+        folder,
+        url,
+        HPATCHES_FOLDER,
+        lambda p: bool(scenes_in(p)),
+        "HPatches (1.3 GB)",
+        "HPatches scenes (<scene>/1.ppm)",
+    )
+
+
+def fetch_dataset(
+    folder: str | os.PathLike, url: str, name: str, complete: Callable[[Path], bool], what: str, layout: str
+) -> Path:
+    """A dataset's folder: ``folder`` itself if ``complete(folder)``, else ``folder/name``, downloaded from ``url``
+    (a .tar.gz or .zip holding ``name/``) and extracted there first if missing; it appears only complete. Never
+    deletes or overwrites the user's files: an archive found in ``folder`` is used and kept, a ``folder/name`` that
+    is not complete is an error."""
     folder = Path(folder).expanduser()
+    label = what.split(" (")[0]
     if folder.exists() and not folder.is_dir():
-        raise InputError(
-            f"HPatches folder {folder} is a file: give the folder that holds (or will hold) {HPATCHES_FOLDER}"
-        )
-    if scenes_in(folder):
+        raise InputError(f"{label} folder {folder} is a file: give the folder that holds (or will hold) {name}")
+    if complete(folder):
         return folder
-    root = folder / HPATCHES_FOLDER
-    if scenes_in(root):
+    root = folder / name
+    if complete(root):
         return root
     if root.exists():  # never overwrite a folder someone made: it may hold their own files
-        raise InputError(f"{root} holds no HPatches scenes (<scene>/1.ppm); move it away to download again")
+        raise InputError(f"{root} holds no {layout}; move it away to download again")
+    folder.mkdir(parents=True, exist_ok=True)
     archive = folder / url.rsplit("/", 1)[-1]
     downloaded = not archive.is_file()  # an archive the user put there is theirs: never deleted
     if downloaded:
-        logger.info("downloading HPatches (1.3 GB) from %s to %s", url, archive)
+        logger.info("downloading %s from %s to %s", what, url, archive)
         try:
             download(url, archive)
         except (urllib.error.URLError, OSError) as e:
             raise InputError(
-                f"cannot download HPatches from {url} ({getattr(e, 'reason', e)}); put {archive.name} "
-                f"or its extracted {HPATCHES_FOLDER} in {folder}"
+                f"cannot download {label} from {url} ({getattr(e, 'reason', e)}); put {archive.name} "
+                f"or its extracted {name} in {folder}"
             ) from None
-    remove_stale_temps(folder, HPATCHES_FOLDER)  # a half-extracted copy a killed run left
+    remove_stale_temps(folder, name)  # a half-extracted copy a killed run left
     with tempfile.TemporaryDirectory(dir=folder, prefix=temp_prefix(root)) as tmp:
         try:
-            with tarfile.open(archive) as tar:
-                tar.extractall(tmp, filter="data")
-        except (tarfile.TarError, OSError, EOFError) as e:
+            if archive.name.endswith(".zip"):
+                with zipfile.ZipFile(archive) as z:
+                    z.extractall(tmp)  # member names are made relative: nothing lands outside tmp
+            else:
+                with tarfile.open(archive) as tar:
+                    tar.extractall(tmp, filter="data")
+        except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as e:
             raise InputError(
-                f"{archive} is not a readable HPatches archive ({e}); delete it to download again"
+                f"{archive} is not a readable {label} archive ({e}); delete it to download again"
             ) from None
-        extracted = Path(tmp) / HPATCHES_FOLDER
-        if not scenes_in(extracted):
-            raise InputError(f"{archive} holds no {HPATCHES_FOLDER}/<scene>/1.ppm; delete it to download again")
+        extracted = Path(tmp) / name
+        if not complete(extracted):
+            raise InputError(f"{archive} holds no {name}/ with {layout}; delete it to download again")
         os.replace(extracted, root)
     if downloaded:
         logger.info("extracted %s; deleting the archive this run downloaded", root)

@@ -219,25 +219,33 @@ def reestimate(
     ]
 
 
-# glue-factory's HPatches protocol (its README's table): shorter side 480 (HPatchesPairs), the inlier threshold of
-# each robust estimator swept and the best kept, AUC@1/3/5 px of the mean corner error.
+# glue-factory's protocols (its README's tables): HPatches at a shorter side of 480 (HPatchesPairs), MegaDepth-1500 at
+# a longer side of 1600 (MegaDepthPairs); the inlier threshold of each robust estimator swept and the best kept.
 SWEEP = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
-PUBLISHED = {  # AUC@1/3/5 px, glue-factory README (HPatches, 540 pairs)
-    "superpoint+lightglue": {"dlt": (35.1, 67.2, 77.6), "ransac": (34.2, 57.9, 69.9), "poselib": (37.1, 67.4, 77.8)},
+PUBLISHED = {  # HPatches AUC@1/3/5 px (540 pairs), MegaDepth-1500 AUC@5/10/20° (1500 pairs), glue-factory README
+    "superpoint+lightglue": {"dlt": (35.1, 67.2, 77.6), "ransac": (34.2, 57.9, 69.9), "poselib": (37.1, 67.4, 77.8),
+                             "pose ransac": (51.0, 68.1, 80.7), "pose poselib": (66.8, 79.3, 87.9)},
     "superpoint+superglue": {"dlt": (32.1, 65.0, 75.7), "ransac": (32.9, 55.7, 68.0), "poselib": (37.0, 68.2, 78.7)},
-}
+    "aliked+lightglue": {"pose ransac": (52.3, 68.8, 81.0), "pose poselib": (66.4, 79.0, 87.5)},
+}  # fmt: skip
+PROTOCOL_AUCS = {"homography": ("auc@1px", "auc@3px", "auc@5px"), "pose": ("auc@5deg", "auc@10deg", "auc@20deg")}
 
 
-def homography_protocol(
+def protocol(
     pairs: PairSet,
     predictions: list[dict[str, Any]],
-    estimators: tuple[str, ...] = ("dlt", "ransac", "poselib"),
-    fixed: float = 3.0,
+    estimators: tuple[str, ...] | None = None,
+    fixed: float | None = None,
     sweep: tuple[float, ...] = SWEEP,
 ) -> list[dict[str, Any]]:
-    """Each estimator on ``evaluate``'s predictions, without matching again: DLT once; a robust estimator at the
-    ``fixed`` threshold and at the best of ``sweep`` (highest mean of AUC@1/3/5 px, glue-factory's choice).
-    Rows: {"estimator", "threshold", "setting" ('fixed' / 'best of sweep' / '—'), summary metrics + intervals}."""
+    """Each estimator on ``evaluate``'s predictions, without matching again: DLT once (homographies); a robust
+    estimator at the ``fixed`` threshold (default: 3 px for homographies, 1 px for poses) and at the best of
+    ``sweep`` (highest sum of the protocol's three AUCs, glue-factory's choice). Rows: {"estimator", "threshold",
+    "setting" ('fixed' / 'best of sweep' / '—'), summary metrics + intervals}."""
+    kind = pairs[0].kind
+    keys = PROTOCOL_AUCS[kind]
+    estimators = estimators or (("dlt", "ransac", "poselib") if kind == "homography" else ("ransac", "poselib"))
+    fixed = fixed or (3.0 if kind == "homography" else 1.0)
     out = []
     for method in estimators:
         if method == "dlt":
@@ -247,7 +255,7 @@ def homography_protocol(
         runs = {t: summarize(reestimate(pairs, predictions, method=method, ransac_threshold=t)) for t in sweep}
         if fixed not in runs:
             runs[fixed] = summarize(reestimate(pairs, predictions, method=method, ransac_threshold=fixed))
-        best = max(sweep, key=lambda t: sum(runs[t][f"auc@{a}px"] for a in (1, 3, 5)))
+        best = max(sweep, key=lambda t: sum(runs[t][k] for k in keys))
         out.append({"estimator": method, "threshold": fixed, "setting": "fixed", **runs[fixed]})
         out.append({"estimator": method, "threshold": best, "setting": "best of sweep", **runs[best]})
     return out

@@ -121,5 +121,5 @@ def test_evaluate_command_line_on_hpatches(archive, tmp_path):
         "PoseLib LO-RANSAC",
     ]
     assert "3 px fixed" in table[1] and "best of sweep" in table[2] and "34.2/57.9/69.9" in table[2]
-    saved = json.loads((tmp_path / "out" / "summary.json").read_text())["hpatches_protocol"]
+    saved = json.loads((tmp_path / "out" / "summary.json").read_text())["protocol"]
     assert {r["threshold"] for r in saved if r["setting"] == "best of sweep"} <= {0.5, 1.0, 1.5, 2.0, 2.5, 3.0}
