@@ -30,7 +30,7 @@ from data.pairs import TIERS, make_pairs
 from helper import ArgumentParser, positive_int, run_cli, writable_location, write_json
 from models.matching import Matcher, build_matcher, with_settings
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.evaluation import FeatureCache, evaluate
+from pipeline.evaluation import VERDICT, FeatureCache, evaluate
 from pipeline.metrics import paired_difference, summarize
 
 
@@ -69,13 +69,11 @@ CONTROLS: list[tuple[str, str, Callable[[Matcher], Matcher], str]] = [
     ("one thread instead of the machine's", "neutral", copy.deepcopy, "one thread"),
 ]  # fmt: skip
 
-METRIC = {"homography": ("auc@3px", "name0", {"method": "poselib", "ransac_threshold": 2.0}),
-          "pose": ("auc@10deg", "name0", {"method": "poselib", "ransac_threshold": 1.0})}  # fmt: skip
-
 
 def run_tier(tier: str, args: Any) -> list[dict[str, Any]]:
     pairs = make_pairs(source=args.source, split="val", num_pairs=args.num_pairs, tier=tier)
-    metric, by, estimator = METRIC[pairs[0].kind]
+    verdict = VERDICT[pairs[0].kind]
+    metric, estimator = verdict["metric"], {k: verdict[k] for k in ("method", "ransac_threshold")}
     dense = build_matcher("aliked+lightglue", {"detector": {"max_keypoints": 1024}})
     cache = FeatureCache()
 
@@ -89,7 +87,7 @@ def run_tier(tier: str, args: Any) -> list[dict[str, Any]]:
              "precision": s["precision"], "recall": s.get("recall")}]  # fmt: skip
     for name, expected, make, how in CONTROLS:
         got = score(make(dense), how)
-        d = paired_difference(got, base, by=by)[metric]
+        d = paired_difference(got, base, by="name0")[metric]
         flagged = d["interval"][1] < 0  # a loss is flagged when its whole interval lies below 0
         right = flagged if expected == "loss" else d["within_noise"]
         rows.append({"tier": tier, "control": name, "expected": expected, "metric": metric,

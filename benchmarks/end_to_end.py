@@ -38,7 +38,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from data.pairs import make_pairs
+from data.pairs import TIERS, make_pairs
 from helper import (
     ArgumentParser,
     InputError,
@@ -54,7 +54,7 @@ from models.lightglue import EVERY_LAYER
 from models.matching import Matcher, build_matcher, to_channels, with_settings
 from pipeline.checkpoint import load_checkpoint
 from pipeline.costs import interleaved_latency
-from pipeline.evaluation import evaluate
+from pipeline.evaluation import PROTOCOL_AUCS, VERDICT, evaluate
 from pipeline.metrics import paired_difference, summarize
 from quantization.int8 import int8_detector, int8_matcher, recorded_inputs
 
@@ -216,17 +216,21 @@ def ratio_interval(mine: np.ndarray, base: np.ndarray, seed: int = 0) -> tuple[f
     return float(np.median(ratios)), [float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))]
 
 
-def accuracy_columns(rows: list[dict], reference: list[dict]) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """A pipeline's printed accuracy on per-pair ``rows``: AUC@1/3/5 px, AUC@3px with its interval, and its paired
-    difference to ``reference`` (the same pairs) with its interval over pairs and over photos (whole photos
-    resampled: the val pairs outnumber their photos, so the pair interval alone is optimistic); also the summary
-    and the difference (``interval_by_photo`` added)."""
-    s, d = summarize(rows), paired_difference(rows, reference)["auc@3px"]
-    d["interval_by_photo"] = pi = paired_difference(rows, reference, by="name0")["auc@3px"]["interval"]
-    ci, di = s["intervals"]["auc@3px"], d["interval"]
-    aucs = "/".join(f"{s[f'auc@{t}px']:.3f}" for t in (1, 3, 5))
+def accuracy_columns(
+    rows: list[dict], reference: list[dict], kind: str = "homography"
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """A pipeline's printed accuracy on per-pair ``rows`` of pairs of ``kind`` ('homography', 'pose'): the protocol's
+    three AUCs, the verdict metric (AUC@3px, AUC@10°) with its interval, and its paired difference to ``reference``
+    (the same pairs) with its interval over pairs and over photos or scenes (whole photos resampled: the val pairs
+    outnumber their photos, so the pair interval alone is optimistic); also the summary and the difference
+    (``interval_by_photo`` added)."""
+    metric = VERDICT[kind]["metric"]
+    s, d = summarize(rows), paired_difference(rows, reference)[metric]
+    d["interval_by_photo"] = pi = paired_difference(rows, reference, by="name0")[metric]["interval"]
+    ci, di = s["intervals"][metric], d["interval"]
+    aucs = "/".join(f"{s[k]:.3f}" for k in PROTOCOL_AUCS[kind])
     text = (
-        f"{aucs:17} {s['auc@3px']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] {d['difference']:+.3f} [{di[0]:+.3f}, {di[1]:+.3f}]"
+        f"{aucs:17} {s[metric]:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] {d['difference']:+.3f} [{di[0]:+.3f}, {di[1]:+.3f}]"
         f" [{pi[0]:+.3f}, {pi[1]:+.3f}]"
     )
     return text, s, d
@@ -238,6 +242,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--random-weights", "--random_weights", dest="random_weights", action="store_true",
                    help="random weights: latency only (the accuracy of random networks means nothing)")  # fmt: skip
     p.add_argument("--num_pairs", type=int_in(2, 10_000), default=100, help="val pairs for accuracy")
+    p.add_argument(
+        "--tier", default=VAL.get("tier", "easy"), choices=list(TIERS), help="the val pairs' tier (data/pairs.py)"
+    )
     p.add_argument("--timed_pairs", type=int_in(1, 10_000), default=20, help="of those, timed round-robin")
     p.add_argument("--repeats", type=positive_int, default=3)
     p.add_argument("--checkpoint", default=None, help="a compressed aliked+lightglue checkpoint: its rows too")
@@ -253,7 +260,13 @@ def main(argv: list[str] | None = None) -> None:
 
         if not official_weights_available():
             raise InputError("the official SuperPoint/SuperGlue weights are not here: add --random-weights")
-    pairs = make_pairs({**VAL, "num_pairs": args.num_pairs})
+    pairs = make_pairs({**VAL, "num_pairs": args.num_pairs, "tier": args.tier})
+    kind = pairs[0].kind
+    estimator = (
+        {k: VERDICT[kind][k] for k in ("method", "ransac_threshold")}
+        if args.tier != VAL.get("tier", "easy")
+        else ESTIMATOR
+    )
     with tempfile.TemporaryDirectory() as tmp:
         if args.matcher == "aliked+lightglue":
             table = aliked_pipelines(Path(tmp), pretrained, args.checkpoint)
@@ -268,26 +281,28 @@ def main(argv: list[str] | None = None) -> None:
         rows: dict[str, Any] = {}
         if pretrained:
             for name, m in pipelines.items():
-                result = evaluate(m, pairs, desc=name, method=ESTIMATOR["method"],
-                                  ransac_threshold=ESTIMATOR["ransac_threshold"])  # fmt: skip
+                result = evaluate(m, pairs, desc=name, **estimator)
                 rows[name] = [{"name0": q.name0, "name1": q.name1, **r} for q, r in zip(pairs, result["rows"])]
         times = round_robin(pipelines, pairs, min(args.timed_pairs, len(pairs)), args.repeats)
     report = {"matcher": args.matcher, "pretrained": pretrained, "num_pairs": len(pairs), "git_commit": git_commit(),
               "timed_pairs": len(times["stock"]), "repeats": args.repeats, "threads": torch.get_num_threads(),
-              "val": VAL, "rows": {}}  # fmt: skip
-    accuracy = f"{len(pairs)} val pairs at 640×480 (accuracy), " if pretrained else "val pairs at 640×480: "
+              "val": {**VAL, "tier": args.tier}, "estimator": estimator, "rows": {}}  # fmt: skip
+    accuracy = (
+        f"{len(pairs)} val pairs ({args.tier} tier) at 640×480 (accuracy), " if pretrained else "val pairs at 640×480: "
+    )
     print(f"{args.matcher}: {accuracy}{report['timed_pairs']} timed round-robin × {args.repeats}, "
           f"{torch.get_num_threads()} threads" + ("" if pretrained else " (random weights: latency only)"))  # fmt: skip
     header = f"{'pipeline':38} {'pair ms':>8} {'× stock [95 %]':>20}"
     if pretrained:
-        header += f"  {'AUC@1/3/5 px':17} {'AUC@3px [95 %]':>19} {'Δ AUC@3px to stock [95 %]':>28} {'by photo':>16}"
+        auc, aucs = VERDICT[kind]["metric"], "/".join(k[4:] for k in PROTOCOL_AUCS[kind])
+        header += f"  {'AUC ' + aucs:17} {auc + ' [95 %]':>19} {'Δ ' + auc + ' to stock [95 %]':>28} {'by photo':>16}"
     print(header)
     for name in pipelines:
         ratio, span = ratio_interval(times[name], times["stock"])
         line = f"{name:38} {np.median(times[name]):8.0f} {ratio:6.2f} [{span[0]:.2f}, {span[1]:.2f}]"
         entry: dict[str, Any] = {"pair_ms": float(np.median(times[name])), "time_ratio": ratio, "time_ratio_ci": span}
         if pretrained:
-            text, s, d = accuracy_columns(rows[name], rows["stock"])
+            text, s, d = accuracy_columns(rows[name], rows["stock"], kind)
             line += "  " + text
             entry.update(summary=s, auc3_difference=d)
         print(line)

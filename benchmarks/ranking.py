@@ -17,7 +17,7 @@ from typing import Any
 from data.pairs import TIERS, make_pairs
 from helper import ArgumentParser, positive_int, run_cli, writable_location, write_json
 from models.matching import build_matcher, matcher_class
-from pipeline.evaluation import FeatureCache, evaluate, reestimate
+from pipeline.evaluation import PROTOCOL_AUCS, VERDICT, FeatureCache, evaluate, reestimate
 from pipeline.metrics import paired_difference, summarize
 
 MATCHERS = ["aliked+lightglue", "xfeat+lighterglue", "xfeat", "sift+nn"]
@@ -31,8 +31,9 @@ PUBLISHED = {
 def run_tier(tier: str, names: list[str], num_pairs: int) -> list[dict[str, Any]]:
     pairs = make_pairs(source="photos", split="val", num_pairs=num_pairs, tier=tier)
     pose = pairs[0].kind == "pose"
-    estimators = {"poselib": 1.0, "ransac": 1.0} if pose else {"poselib": 2.0}
-    metrics = ("auc@5deg", "auc@10deg", "auc@20deg") if pose else ("auc@3px",)
+    verdict = VERDICT[pairs[0].kind]
+    estimators = {"poselib": verdict["ransac_threshold"], **({"ransac": 1.0} if pose else {})}
+    metrics = PROTOCOL_AUCS["pose"] if pose else (verdict["metric"],)
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for name in names:
         pred = evaluate(build_matcher(name), pairs, FeatureCache(), desc=f"{tier} {name}")["predictions"]
@@ -45,7 +46,7 @@ def run_tier(tier: str, names: list[str], num_pairs: int) -> list[dict[str, Any]
             row = {"tier": tier, "matcher": name, "estimator": estimator, "precision": s["precision"],
                    **{m: s[m] for m in metrics}}  # fmt: skip
             if name != names[0]:
-                d = paired_difference(got, results[names[0]][estimator], by="name0")[metrics[len(metrics) // 2]]
+                d = paired_difference(got, results[names[0]][estimator], by="name0")[verdict["metric"]]
                 row["difference"], row["interval"] = d["difference"], d["interval"]
             rows.append(row)
     return rows

@@ -229,6 +229,13 @@ PUBLISHED = {  # HPatches AUC@1/3/5 px (540 pairs), MegaDepth-1500 AUC@5/10/20°
     "aliked+lightglue": {"pose ransac": (52.3, 68.8, 81.0), "pose poselib": (66.4, 79.0, 87.5)},
 }  # fmt: skip
 PROTOCOL_AUCS = {"homography": ("auc@1px", "auc@3px", "auc@5px"), "pose": ("auc@5deg", "auc@10deg", "auc@20deg")}
+# The verdict metric of each kind of pairs and the estimator it is measured under (the project's: PoseLib's LO-RANSAC,
+# whose paired intervals are the narrowest, benchmarks/val_size.py): AUC@3px of the corner error at 2 px for
+# homography tiers, AUC@10° of the pose error at 1 px for the pose tier.
+VERDICT = {
+    "homography": {"metric": "auc@3px", "method": "poselib", "ransac_threshold": 2.0},
+    "pose": {"metric": "auc@10deg", "method": "poselib", "ransac_threshold": 1.0},
+}
 
 
 def protocol(
