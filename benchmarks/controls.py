@@ -3,7 +3,7 @@ controls) must be flagged — their paired interval to the dense pipeline lies w
 neutral (negative controls) must not be. A tier that flags no positive control cannot see a loss; one that flags a
 negative control sees losses that are not there.
 
-    python benchmarks/controls.py [--tiers easy hard pose] [--num_pairs 100] [--json controls.json]
+    python benchmarks/controls.py [--tiers easy hard pose] [--num_pairs 100] [--only depth thread] [--json F]
 
 The dense pipeline is the stock ALIKED+LightGlue (1024 keypoints, LightGlue's shipped adaptive depth and width).
 Positive controls: LightGlue's depth confidence 0.8 and width confidence 0.95 (it stops sooner, drops more points);
@@ -27,7 +27,7 @@ import torch
 
 from compression.methods import Job, method
 from data.pairs import TIERS, make_pairs
-from helper import ArgumentParser, positive_int, run_cli, writable_location, write_json
+from helper import ArgumentParser, InputError, positive_int, run_cli, writable_location, write_json
 from models.matching import Matcher, build_matcher, with_settings
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.evaluation import VERDICT, FeatureCache, evaluate
@@ -70,7 +70,7 @@ CONTROLS: list[tuple[str, str, Callable[[Matcher], Matcher], str]] = [
 ]  # fmt: skip
 
 
-def run_tier(tier: str, args: Any) -> list[dict[str, Any]]:
+def run_tier(tier: str, args: Any, controls: list = CONTROLS) -> list[dict[str, Any]]:
     pairs = make_pairs(source=args.source, split="val", num_pairs=args.num_pairs, tier=tier)
     verdict = VERDICT[pairs[0].kind]
     metric, estimator = verdict["metric"], {k: verdict[k] for k in ("method", "ransac_threshold")}
@@ -85,7 +85,7 @@ def run_tier(tier: str, args: Any) -> list[dict[str, Any]]:
     s = summarize(base)
     rows = [{"tier": tier, "control": "dense", "expected": "-", "metric": metric, "value": s[metric],
              "precision": s["precision"], "recall": s.get("recall")}]  # fmt: skip
-    for name, expected, make, how in CONTROLS:
+    for name, expected, make, how in controls:
         got = score(make(dense), how)
         d = paired_difference(got, base, by="name0")[metric]
         flagged = d["interval"][1] < 0  # a loss is flagged when its whole interval lies below 0
@@ -100,12 +100,17 @@ def main(argv: list[str] | None = None) -> None:
     p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tiers", nargs="+", choices=list(TIERS), default=list(TIERS))
     p.add_argument("--num_pairs", type=positive_int, default=100)
+    p.add_argument("--only", nargs="+", default=None, metavar="WORD",
+                   help="run the controls whose name holds one of these words (dense is always run)")  # fmt: skip
     p.add_argument("--source", default="photos")
     p.add_argument("--json", default=None, help="write the rows here too")
     args = p.parse_args(argv)
     if args.json:
         writable_location(args.json, what="--json")
-    rows = [row for tier in args.tiers for row in run_tier(tier, args)]
+    controls = [c for c in CONTROLS if args.only is None or any(w in c[0] for w in args.only)]
+    if not controls:
+        raise InputError(f"--only {' '.join(args.only)}: no control's name holds these words")
+    rows = [row for tier in args.tiers for row in run_tier(tier, args, controls)]
     print("| tier | control | expected | metric | value | vs dense [95 % interval] | flagged | as expected |")
     print("|---|---|---|---|---:|---|---|---|")
     for r in rows:
