@@ -14,7 +14,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -381,6 +381,10 @@ TIERS: dict[str, dict[str, Any]] = {
     "pose": {"scenes": {}},
 }
 
+# Pair sets other modules generate, by a tier's key ("scenes": data/scenes.py, which builds on this module and registers
+# itself when the data package is imported): (source, names, num_pairs, size, seed, settings) -> PairSet.
+GENERATORS: dict[str, Callable[..., PairSet]] = {}
+
 # One section of pairs settings (a config's "val", "train", "calibration"), with the defaults of a plain evaluation.
 PAIRS: dict[str, Any] = {
     "tier": "easy",
@@ -409,10 +413,8 @@ def make_pairs(settings: Mapping[str, Any] | None = None, **overrides: Any) -> P
     source = open_source(cfg["source"])
     names = split_names(source.names, cfg["split"], cfg["val_fraction"])
     if "scenes" in tier:
-        from .scenes import SceneConfig, ScenePairs  # scenes build on this module's pairs
-
-        config = SceneConfig(**tier["scenes"])
-        return ScenePairs(source, names, cfg["num_pairs"], tuple(cfg["size"]), cfg["seed"], config)
+        make = GENERATORS["scenes"]
+        return make(source, names, cfg["num_pairs"], tuple(cfg["size"]), cfg["seed"], tier["scenes"])
     return SyntheticPairs(
         source,
         names,

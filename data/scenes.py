@@ -32,7 +32,7 @@ from helper import InputError, atomic_path
 
 from .homographies import photometric_change
 from .images import ImageSource, readable_images
-from .pairs import Pair, PairSet, write_pairs
+from .pairs import GENERATORS, Pair, PairSet, write_pairs
 
 SUPERSAMPLE = 2  # rendered at this many times the size, then averaged down
 KEPT_IMAGES = 256  # rendered images kept in memory (~0.9 MB each at 640×480)
@@ -299,3 +299,8 @@ class ScenePairs(PairSet):
                     tmp.write_bytes(buf.tobytes())
         write_pairs(folder / pairs_file, self.pairs)
         return folder / pairs_file
+
+
+GENERATORS["scenes"] = lambda source, names, num_pairs, size, seed, settings: ScenePairs(
+    source, names, num_pairs, size, seed, SceneConfig(**settings)
+)
