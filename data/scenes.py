@@ -225,8 +225,9 @@ class Scene:
 
 class ScenePairs(PairSet):
     """A fixed list of two-view pose pairs of procedural scenes textured with the photos ``names`` of ``source``
-    (the official pose pairs format's ground truth: ``K0``, ``K1``, ``T_0to1``). The same source, names, size,
-    seed and settings give the same pairs on any machine; images are rendered when first asked for."""
+    (the first ``max_photos`` readable ones; the official pose pairs format's ground truth: ``K0``, ``K1``,
+    ``T_0to1``). The same source, names, size, seed and settings give the same pairs on any machine; images are
+    rendered when first asked for."""
 
     def __init__(
         self,
