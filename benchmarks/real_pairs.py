@@ -52,7 +52,8 @@ def run(names: list[str]) -> list[dict[str, Any]]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| matcher | graffiti: precision, corner error (px) | aloe: precision (right / matches) | motorcycle: precision (right / matches) "
+    lines = ["| matcher | graffiti: precision, corner error (px) | aloe: precision (right / matches) "
+             "| motorcycle: precision (right / matches) "
              "| chessboard (13): epipolar precision, median pose error PoseLib / OpenCV (°) |",
              "|---|---|---|---|---|"]  # fmt: skip
     for name in dict.fromkeys(r["matcher"] for r in rows):
