@@ -109,10 +109,6 @@ def main(argv: list[str] | None = None) -> None:
 
     if sum(bool(x) for x in (args.input_pairs, args.hpatches, args.megadepth)) > 1:
         raise InputError("give one of --input_pairs, --hpatches and --megadepth")
-    if args.estimator == "dlt" and (
-        args.megadepth or (args.tier == "pose" and not (args.input_pairs or args.hpatches))
-    ):
-        raise InputError("--estimator dlt estimates homographies: poses take ransac, magsac or poselib")
     if args.resize is not None:
         args.resize = check_resize(args.resize)
     for flag in ("output", "export_pairs"):  # where the results go, checked before the work
@@ -137,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
             difficulty=args.difficulty,
             augment=args.augment,
         )
+    if args.estimator == "dlt" and any(p.kind == "pose" for p in pairs):
+        raise InputError("--estimator dlt estimates homographies: pose pairs take ransac, magsac or poselib")
     if args.export_pairs:
         if not hasattr(pairs, "export"):
             raise InputError("--export_pairs exports synthetic pairs; drop --input_pairs / --hpatches / --megadepth")

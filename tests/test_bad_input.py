@@ -194,6 +194,21 @@ SIFT = ["--matcher", "sift+nn"]
 # (id, command, arguments ({H}: the hostile folder, {W}: an empty work folder), what the error line must name,
 #  functions that must not run: the input is refused before that work)
 CASES = [
+    # the tiers' pairs and MegaDepth-1500
+    (
+        "pose pairs with the homography-only DLT estimator",
+        E,
+        ["--tier", "pose", "--estimator", "dlt", "--num_pairs", "2", *SIFT, "--output", "{W}/o"],
+        ["--estimator dlt", "pose pairs"],
+        ["evaluate.evaluate"],
+    ),
+    (
+        "MegaDepth-1500 with two --resize numbers",
+        E,
+        ["--megadepth", "{W}/md", "--resize", "640", "480", *SIFT],
+        ["--megadepth takes one --resize number"],
+        ["evaluate.fetch_megadepth"],
+    ),
     # images
     (
         "0-byte image in a pairs file",
