@@ -418,17 +418,16 @@ def _checked(value: Any, default: Any, check: Check | None, name: str) -> Any:
     if isinstance(value, str) and value in check.words:
         return value
     kind = check.kind or (type(default) if default is not None else None)
-    if kind is None:
-        return value
-    for k in kind if isinstance(kind, tuple) else (kind,):
+    for k in () if kind is None else kind if isinstance(kind, tuple) else (kind,):  # no kind: any value's own
         try:
             value = _coerce(value, k)
             break
         except ValueError:
             continue
     else:
-        words = "".join(f" or '{w}'" for w in check.words)
-        raise InputError(f"setting '{name}' must be {_describe(kind)}{words}, got {value!r}")
+        if kind is not None:
+            words = "".join(f" or '{w}'" for w in check.words)
+            raise InputError(f"setting '{name}' must be {_describe(kind)}{words}, got {value!r}")
     if isinstance(value, float) and not math.isfinite(value):  # no setting means anything at inf or NaN
         raise InputError(f"setting '{name}' must be a finite number, got {value!r}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):

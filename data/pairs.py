@@ -208,6 +208,12 @@ class PairSet(Sequence):
         """The pair with its ground truth expressed for the images that ``image`` returns."""
         return pair
 
+    def view(self, pair: Pair, i: int) -> tuple[str, tuple[int, ...], np.ndarray | None]:
+        """(cache key, image shape, the image or None): what a cached detector output needs. A set that knows key
+        and shape without making the image (rendered scenes) returns None for it unless it is at hand."""
+        key, image = self.image(pair, i)
+        return key, image.shape, image
+
 
 class SyntheticPairs(PairSet):
     """A fixed list of homography pairs: photos (cropped to size) against seeded random warps of them.

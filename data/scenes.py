@@ -273,8 +273,12 @@ class ScenePairs(PairSet):
             self._textured = (index, scene)
         return scene
 
+    def view(self, pair: Pair, i: int) -> tuple[str, tuple[int, ...], np.ndarray | None]:
+        key = f"{self.ident}:{pair.name0 if i == 0 else pair.name1}"  # rendered only when a detector needs it
+        return key, (self.size[1], self.size[0], 3), self._rendered.get(key)
+
     def image(self, pair: Pair, i: int) -> tuple[str, np.ndarray]:
-        key = f"{self.ident}:{pair.name0 if i == 0 else pair.name1}"
+        key = self.view(pair, i)[0]
         if key in self._rendered:  # several pipelines evaluated on the same pairs render each image once
             self._rendered.move_to_end(key)
             return key, self._rendered[key]

@@ -89,9 +89,12 @@ def extract_pair(
     device = device or next(matcher.parameters(), torch.empty(0)).device
     detector_id = detector_id or matcher.detector_fingerprint()
     data: dict[str, Any] = {"time_extract": 0.0}
-    keys, images = zip(*(pairs.image(pair, i) for i in (0, 1)))
+    keys, shapes, images = (list(v) for v in zip(*(pairs.view(pair, i) for i in (0, 1))))
     features = [cache.get((detector_id, key)) if cache is not None else None for key in keys]
     todo = [i for i in (0, 1) if features[i] is None]
+    for i in todo:  # made only for a detector that has not seen it
+        if images[i] is None:
+            images[i] = pairs.image(pair, i)[1]
     if todo:  # both images at once where the detector can (Matcher.extract_images)
         start = time.perf_counter()
         try:
@@ -110,10 +113,10 @@ def extract_pair(
             features[i] = {k: v[0].detach().cpu() for k, v in f.items()}
             if cache is not None:
                 cache.put((detector_id, keys[i]), features[i])
-    for i, (image, cached) in enumerate(zip(images, features)):
+    for i, (shape, cached) in enumerate(zip(shapes, features)):
         data.update({f"{k}{i}": v[None].to(device) for k, v in cached.items()})
-        data[f"shape{i}"] = image.shape
-        data[f"image_size{i}"] = (image.shape[1], image.shape[0])
+        data[f"shape{i}"] = shape
+        data[f"image_size{i}"] = (shape[1], shape[0])
     return data
 
 

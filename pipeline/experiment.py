@@ -59,8 +59,12 @@ from pipeline.checkpoint import coding_summary, load_checkpoint, save_checkpoint
 from pipeline.costs import side_by_side
 from pipeline.evaluation import FeatureCache, evaluate, predict
 from pipeline.figures import make_gif
-from pipeline.metrics import MEANS, paired_difference
+from pipeline.metrics import pair_floats, pair_values, paired_difference
 from pipeline.report import update_readme, write_report
+from pipeline.tiers import VERDICT_DEFAULTS
+from pipeline.tiers import check as check_tiers
+from pipeline.tiers import checks as tier_checks
+from pipeline.tiers import judge as judge_tiers
 from pipeline.training import CHECKS as FINETUNE_CHECKS
 from pipeline.training import DEFAULTS as FINETUNE_DEFAULTS
 from pipeline.training import PAIRS_CHECKS, SEED, SIZE, finetune
@@ -80,7 +84,9 @@ DEFAULTS: dict[str, Any] = {
     "checkpoint": None,
     "source": None,  # when set: the images of every stage (val, calibration, finetuning), e.g. a COCO zip
     "seed": 0,
-    "val": FINETUNE_DEFAULTS["val"],
+    "val": FINETUNE_DEFAULTS["val"],  # the pairs the experiment decides on (scan checks, finetuning progress)
+    "tiers": {},  # more pair sets every variant is judged on: name -> the val settings it changes (pipeline/tiers.py)
+    "verdict": VERDICT_DEFAULTS,  # the tiers whose paired intervals say whether a variant holds within a point
     "calibration": {**FINETUNE_DEFAULTS["train"], "num_pairs": 8, "augment": 0.0},
     "sensitivity": {
         "part": "matcher",
@@ -137,6 +143,7 @@ CHECKS: dict[str, Check] = {
     "profile.repeats": Check(lo=1),
     "profile.threads": Check(kind=int, nullable=True, lo=1),
     "deep_compression": Check(kind=str, nullable=True),
+    **tier_checks(PAIRS_CHECKS),
     "animation": Check(
         kind=dict,
         nullable=True,
@@ -167,6 +174,7 @@ def checked_experiment(config: dict[str, Any]) -> dict[str, Any]:
     ranges), the matcher's own settings, and the plan of variants (methods, bases, what each method needs)."""
     config = check_config(config, DEFAULTS, experiment_checks())
     safe_name(config["name"], "experiment name")  # names that become file names, refused before any work
+    check_tiers(config)
     for kind in ("pruning", "quantization", "references"):
         for spec in config.get(kind) or []:
             if spec.get("name"):
@@ -358,7 +366,7 @@ class Experiment:
     def dense_pairs(self) -> list[dict[str, Any]]:
         """The dense model's per-pair metrics on the val pairs (from the baseline stage), for paired comparisons.
         Numbers as floats again: a stage record stores an infinite error (a failure) as 'inf'."""
-        return [{k: v if k in ("name0", "name1") else float(v) for k, v in r.items()} for r in self.baseline()["pairs"]]
+        return pair_floats(self.baseline()["pairs"])
 
     def judge(self, matcher: Matcher, desc: str) -> dict[str, Any]:
         """Evaluate on the val pairs; the summary gains ``vs_dense``: each metric's difference to the dense model
@@ -726,12 +734,6 @@ def variant_row(
     }
 
 
-def pair_values(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The per-pair metrics a paired comparison needs (names, corner or pose errors, precision, recall, ...)."""
-    keep = ("name0", "name1", "corner_error", "error_t", "error_R", *MEANS)
-    return [{k: r[k] for k in keep if k in r} for r in rows]
-
-
 # ----------------------------------------------------------------------------- the whole run
 
 
@@ -771,12 +773,14 @@ def run(
     references = [exp.reference(spec) for spec in config["references"]]
     exp.save_cache()
     if dry_run:
-        print("  then: profile, results.json, figures, report.md" if report else "  then: stop (no report)")
+        then = f"the {', '.join(config['tiers'])} tiers, " if config["tiers"] else ""
+        print(f"  then: {then}profile, results.json, figures, report.md" if report else "  then: stop (no report)")
         return []
     if not report:  # e.g. the main job's first script: the second profiles every variant side by side
         return []
     dense = {k: v for k, v in dense.items() if k != "pairs"}  # per-pair values stay in the stage record
     rows = [dense, *(r for v in variants.values() for r in v["rows"]), *references]
+    rows = judge_tiers(exp, rows)  # every row on every tier, and the verdict from the verdict tiers
     exp.profile(rows)  # every current variant, side by side in one run
     exp.animation(rows)
     return write_report(exp, rows)

@@ -435,6 +435,18 @@ def paired_difference(
     return dict(sorted(out.items()))
 
 
+def pair_values(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The per-pair metrics a paired comparison needs (names, corner or pose errors, precision, recall, ...)."""
+    keep = ("name0", "name1", "corner_error", "error_t", "error_R", *MEANS)
+    return [{k: r[k] for k in keep if k in r} for r in rows]
+
+
+def pair_floats(stored: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``pair_values`` read back from a stage record: numbers as floats again (a record stores a failure's
+    infinite error as 'inf')."""
+    return [{k: v if k in ("name0", "name1") else float(v) for k, v in r.items()} for r in stored]
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """One line per metric: value and, where it has one, its 95 % interval over pairs."""
     spans = summary.get("intervals", {})

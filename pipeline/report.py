@@ -15,7 +15,9 @@ from compression.tensors import prunable_weights
 from helper import InputError, atomic_path, git_commit, write_json
 from models.lightglue import DEFAULT_MATCHER
 from pipeline.checkpoint import load_checkpoint
+from pipeline.evaluation import VERDICT
 from pipeline.figures import plot_sensitivity, plot_tradeoff, plot_weight_histograms
+from pipeline.tiers import sections
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: README.md, docs/demo
 
@@ -117,6 +119,66 @@ def variants_markdown(rows: list[dict[str, Any]]) -> str:
             + f" | {delta} | {noise} | {r['size_bytes'] / 1e6:.2f} | {dense['size_bytes'] / r['size_bytes']:.1f} |"
         )
     return "\n".join(lines)
+
+
+def tiers_markdown(cfg: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """The section of every tier side by side: each row's verdict metric per tier with its interval, the paired
+    difference to dense, and the verdict (pipeline/tiers.py)."""
+    names = list(rows[0].get("tiers", {}))
+    if len(names) < 2:
+        return []
+    settings = cfg["verdict"]
+    metric = lambda t: VERDICT[rows[0]["tiers"][t]["kind"]]["metric"]  # noqa: E731
+    label = lambda m: m.replace("deg", "°")  # noqa: E731
+    within = f"{settings['within']:g}"
+    about = []
+    for name, section in sections(cfg).items():
+        t = rows[0]["tiers"][name]
+        dense = ", ".join(f"{k} {t[k]:.3f}" for k in ("precision", "recall", metric(name)) if k in t)
+        about.append(
+            f"*{name}*: {t['num_pairs']} {t['kind']} pairs (tier `{section['tier']}`, seed {section['seed']}; "
+            f"{section['estimator']} at {section['ransac_threshold']:g} px), dense {label(dense)}"
+        )
+    verdict_words = (
+        f"verdict on {', '.join(settings['tiers'])}: *within* = on every verdict tier the paired interval's lower end "
+        f"is at −{within} or above (any loss is smaller, at 95 %); *loss* = on one of them the interval lies below 0 "
+        f"and reaches past −{within}; *unresolved* = it holds 0 but reaches past −{within} (too few pairs to tell)"
+        if settings["tiers"]
+        else "no verdict tiers configured (`verdict.tiers`)"
+    )
+    lines = [
+        "",
+        "## Every tier",
+        "",
+        "Each model judged on each tier's pairs against the dense model on the same pairs: the tier's verdict metric "
+        "with its 95 % interval and the paired difference to dense (Δ, paired 95 % interval); "
+        + verdict_words
+        + ". "
+        + "; ".join(about)
+        + ".",
+        "",
+        "| variant | " + " | ".join(f"{n} {label(metric(n))} | Δ {n}" for n in names) + " | verdict |",
+        "|---|" + "---:|---:|" * len(names) + "---|",
+    ]
+    for r in rows:
+        cells = []
+        for n in names:
+            t, m = r["tiers"].get(n, {}), metric(n)
+            if m not in t:
+                cells += ["—", "—"]
+                continue
+            cells.append(with_interval(t, m))
+            cells.append(versus_dense(t, m)[0])
+        v = r.get("verdict") or {}
+        states = ", ".join(f"{n} {t['state']}" for n, t in v.get("tiers", {}).items())
+        lines.append(
+            f"| {r['name']} | "
+            + " | ".join(cells)
+            + f" | {v.get('holds') or '—'}"
+            + (f" ({states})" if states else "")
+            + " |"
+        )
+    return lines
 
 
 def lightglue_settings(cfg: dict[str, Any]) -> dict[str, Any] | None:
@@ -275,6 +337,7 @@ def report_markdown(cfg: dict[str, Any], rows: list[dict[str, Any]], figures: li
             f"±{(dense['intervals']['auc@3px'][1] - dense['intervals']['auc@3px'][0]) / 2:.3f} (unpaired: what a "
             "comparison with a number measured on other pairs would have to beat).",
         ]
+    lines += tiers_markdown(cfg, rows)
     lines += ["", *[f"![{p.stem}]({p.as_posix()})" for p in figures]]
     if cfg.get("deep_compression"):
         lines += deep_compression_markdown(cfg, out)

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from compression.state import enforce, start_training
 from compression.tensors import prunable_weights
-from data.pairs import TIERS, make_pairs
+from data.pairs import PAIRS, TIERS, make_pairs
 from helper import (
     MAX_SIDE,
     Check,
@@ -96,23 +96,13 @@ DEFAULTS: dict[str, Any] = {
     },
     # gradual magnitude pruning of the trained network to the targets in prune.sparsity (pruning/gradual.py)
     "prune": PRUNE_SETTINGS,
-    "train": {
-        "source": "sample",
-        "split": "train",
-        "val_fraction": 0.5,
-        "num_pairs": 200,
-        "size": [640, 480],
-        "difficulty": 0.7,
-        "augment": 1.0,
-        "seed": 100,
-    },
+    # pairs sections: data.pairs.PAIRS (the one table of pair settings) with these values of their own
+    "train": {**PAIRS, "split": "train", "val_fraction": 0.5, "num_pairs": 200, "augment": 1.0, "seed": 100},
     "val": {
-        "source": "sample",
+        **{k: v for k, v in PAIRS.items() if k != "augment"},
         "split": "val",
         "val_fraction": 0.5,
         "num_pairs": 30,
-        "size": [640, 480],
-        "difficulty": 0.7,
         "seed": 1,
         "every": 50,
         # PoseLib's LO-RANSAC at 2 px: on the photos' val pairs its paired intervals between two models are 2-3x
@@ -164,6 +154,8 @@ CHECKS: dict[str, Check] = {
 def checked_config(config: dict[str, Any]) -> dict[str, Any]:
     """A finetuning config checked against DEFAULTS (keys, types, ranges, the matcher's own settings)."""
     config = check_config(config, DEFAULTS, CHECKS)
+    if "scenes" in TIERS[config["train"]["tier"]]:  # the loss needs every point's correspondence: a homography
+        raise InputError(f"train.tier {config['train']['tier']!r}: finetuning trains on homography tiers only")
     config["matcher_config"] = check_matcher_config(
         config["matcher"], config.get("matcher_config"), inherited=DEFAULTS["matcher_config"]
     )

@@ -14,6 +14,7 @@ from helper import InputError, load_config
 from pipeline import experiment as experiments
 from pipeline.checkpoint import load_checkpoint, stored_bytes
 from pipeline.experiment import DEFAULTS, experiment_config, run
+from pipeline.tiers import verdict
 from pruning.fine_grained import sparsity_report
 from quantization.kmeans import quantized_layers
 
@@ -133,6 +134,22 @@ def test_killed_experiment_resumes_and_reports_every_variant(tmp_path, monkeypat
     )
     assert "dense_vs_compressed.gif" in report and (tmp_path / "figures" / "dense_vs_compressed.gif").is_file()
     assert (tmp_path / "config.yaml").read_text().count("git_commit") == 1
+    # every model on every tier, against dense on the same pairs; the verdict from the verdict tiers
+    tiers = [TINY["val"]["tier"], *TINY["tiers"]]
+    assert tiers == ["hard", "easy", "pose"] and TINY["verdict"]["tiers"] == ["hard", "pose"]
+    for r in saved:
+        assert list(r["tiers"]) == tiers, r["name"]
+        pose = r["tiers"]["pose"]
+        assert pose["kind"] == "pose" and pose["num_pairs"] == TINY["tiers"]["pose"]["num_pairs"]
+        assert 0 <= pose["auc@10deg"] <= 1 and "auc@3px" not in pose
+        assert r["tiers"]["hard"]["auc@3px"] == r["auc@3px"]  # val's tier: the row's own numbers
+        if r["name"] != "dense":
+            assert r["verdict"]["holds"] in ("within", "loss", "unresolved")
+            assert set(r["verdict"]["tiers"]) == {"hard", "pose"}
+            d = pose["vs_dense"]["auc@10deg"]
+            assert d["difference"] == pytest.approx(pose["auc@10deg"] - dense["tiers"]["pose"]["auc@10deg"])
+    assert by_name["detector-onnxruntime"]["verdict"]["holds"] == "within"  # the same detections: no difference
+    assert "## Every tier" in report and report.index("## Every tier") < report.index("![")  # in the README's cut
 
     # Nothing to redo; a changed quantization setting redoes that variant (and the profile) only.
     before = stage_times(tmp_path)
@@ -142,10 +159,11 @@ def test_killed_experiment_resumes_and_reports_every_variant(tmp_path, monkeypat
     changed["quantization"] = [dict(s, bits=3) if s["name"] == "kmeans-4bit" else s for s in TINY["quantization"]]
     run(changed, tmp_path, ("quantization",), progress=False)
     redone = {n for n, t in stage_times(tmp_path).items() if before.get(n) != t}
+    tier_stages = {f"tier-{t}-kmeans-4bit.json" for t in TINY["tiers"]}  # its new checkpoint on the other tiers
     assert (
-        {"variant-kmeans-4bit.json", "profile.json"}
+        {"variant-kmeans-4bit.json", "profile.json", *tier_stages}
         <= redone
-        <= {"variant-kmeans-4bit.json", "profile.json", "animation.json"}
+        <= {"variant-kmeans-4bit.json", "profile.json", "animation.json", *tier_stages}
     )  # if it is the smallest
 
 
@@ -154,6 +172,46 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     plan = capsys.readouterr().out
     assert "to do: baseline" in plan and "to do: finetune-fine-grained" in plan and "report.md" in plan
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"tiers": {"hard": {"num_pairs": 2}}}, "already the 'hard' tier"),
+        ({"tiers": {"a/b": {}}}, "tier name"),
+        ({"tiers": {"x": {"tier": "medium"}}}, "tiers.x.tier"),
+        ({"tiers": {"x": {"num_pairs": 0}}}, "tiers.x.num_pairs"),
+        ({"tiers": {"x": {"tier": "pose", "estimator": "dlt"}}}, "not dlt"),
+        ({"tiers": {"x": {"pairs": 3}}}, "unknown setting 'tiers.x.pairs'"),
+        ({"verdict": {"tiers": ["nope"]}}, "no tier 'nope'"),
+    ],
+)
+def test_bad_tiers_are_one_line_errors(change, message):
+    with pytest.raises(InputError, match=message):
+        experiment_config([], [], base=experiments.merge_config(TINY, change))
+
+
+def test_the_verdict_rests_on_the_verdict_tiers():
+    def row(**intervals):
+        tiers = {
+            name: {
+                "kind": "pose" if name == "pose" else "homography",
+                "vs_dense": {metric: {"difference": (lo + hi) / 2, "interval": [lo, hi]}},
+            }
+            for name, (lo, hi) in intervals.items()
+            for metric in ["auc@10deg" if name == "pose" else "auc@3px"]
+        }
+        return {"tiers": tiers}
+
+    settings = {"tiers": ["hard", "pose"], "within": 0.01}
+    holds = lambda r: verdict(r, settings)["holds"]  # noqa: E731
+    assert holds(row(hard=(-0.005, 0.004), pose=(-0.01, 0.02), easy=(-0.5, -0.4))) == "within"  # easy: no say
+    assert holds(row(hard=(-0.008, -0.002), pose=(0.0, 0.01))) == "within"  # a loss shown, but under a point
+    assert holds(row(hard=(-0.02, 0.01), pose=(-0.005, 0.005))) == "unresolved"  # could be more than a point
+    assert holds(row(hard=(-0.03, -0.011), pose=(-0.005, 0.005))) == "loss"
+    assert holds(row(hard=(-0.03, -0.001), pose=(-0.05, 0.02))) == "loss"  # past the point and below 0 somewhere
+    assert verdict(row(hard=(-0.02, 0.01), pose=(0, 0)), settings)["tiers"]["pose"]["metric"] == "auc@10deg"
+    assert verdict({"tiers": {}}, settings)["holds"] is None  # dense: nothing to compare with
 
 
 @pytest.mark.parametrize(
@@ -215,6 +273,7 @@ def test_coco_preset_runs_end_to_end_with_random_weights(tmp_path):
         s for s in config["quantization"] if "int8-onnxruntime" in s["method"] or s["name"] in kept
     ]
     config["references"] = []  # (the demo's test runs references)
+    config["tiers"], config["verdict"]["tiers"] = {}, []  # (and tiers)
     for s in config["quantization"]:  # the preset's own step counts are Colab's; the wiring needs the fixture's two
         if isinstance(s.get("finetune"), dict):
             s["finetune"] = {**s["finetune"], "steps": config["finetune"]["steps"]}
