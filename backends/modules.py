@@ -71,6 +71,11 @@ class GraphModule(nn.Module):
                 sessions[threads] = backend(self.backend).session(self.graph_bytes, threads)
         return sessions[threads]
 
+    def unused_state(self) -> list[str]:
+        """The state_dict keys of weights that never run: the detector's, less those after the graph."""
+        kept = self.python_state()
+        return [f"sp.{k}" for k in self.sp.state_dict() if k not in kept]
+
     def python_state(self) -> dict[str, torch.Tensor]:
         """The weights that still run in PyTorch around the graph (a checkpoint keeps them): none by default."""
         return {}
@@ -114,6 +119,11 @@ class GraphDetector(GraphModule):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.sp(*args, **kwargs, dense=self.dense)  # its post-processing of the graph's outputs
+
+    def unused_state(self) -> list[str]:
+        """The state_dict keys of weights that never run: the detector's, less those after the graph."""
+        kept = self.python_state()
+        return [f"sp.{k}" for k in self.sp.state_dict() if k not in kept]
 
     def python_state(self) -> dict[str, torch.Tensor]:
         """The weights that still run in PyTorch after the graph (e.g. ALIKED's descriptor head), named as in the
@@ -162,6 +172,10 @@ class GraphMatcher(GraphModule):
         super().__init__()
         self.net = net
         self._open(graph, threads, backend_name)
+
+    def unused_state(self) -> list[str]:
+        """The state_dict keys of the PyTorch network's weights: the graph runs in their place."""
+        return [f"net.{k}" for k in self.net.state_dict()]
 
     @property
     def adapter(self) -> MatcherGraph:

@@ -50,11 +50,21 @@ def to_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 def fingerprint(module: nn.Module, settings: dict[str, Any] | None = None) -> str:
-    """Identity of a network's weights and settings: changes whenever pruning or quantization touches it."""
+    """Identity of a network's weights and settings: changes whenever pruning or quantization touches it. Weights a
+    submodule says never run (``unused_state()``: a graph module's PyTorch copy, kept for its settings) are left out,
+    so the same graph is the same network however its checkpoint was loaded."""
     h = hashlib.blake2b(digest_size=16)
     h.update(type(module).__name__.encode())
     h.update(repr(sorted((settings if settings is not None else getattr(module, "config", {})).items())).encode())
+    unused = {
+        f"{prefix}.{k}" if prefix else k
+        for prefix, sub in module.named_modules()
+        if hasattr(sub, "unused_state")
+        for k in sub.unused_state()
+    }
     for name, tensor in module.state_dict().items():
+        if name in unused:
+            continue
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()

@@ -74,7 +74,7 @@ def judge(exp: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     all_sections = sections(exp.cfg)
     val_tier = exp.cfg["val"]["tier"]
     dense = rows[0]
-    out = [{**r, "tiers": {val_tier: kept(r)}} for r in rows]
+    out = [{**r, "tiers": {val_tier: {**kept(r), "num_pairs": exp.cfg["val"]["num_pairs"]}}} for r in rows]
     for name, section in list(all_sections.items())[1:]:
         pairs = make_pairs(section)
 

@@ -105,6 +105,8 @@ def test_killed_experiment_resumes_and_reports_every_variant(tmp_path, monkeypat
     fast = load_checkpoint(by_name["fast-pipeline"]["checkpoint"])  # the ORT detector and LightGlue's fast settings
     assert type(fast.detector).__name__ == "GraphDetector" and fast.detector.backend == "onnxruntime"
     assert (fast.matcher.conf.depth_confidence, fast.matcher.conf.width_confidence) == (0.8, 0.95)
+    # one graph, one detector: the two share the detector outputs cached (the PyTorch copy a graph keeps is not it)
+    assert fast.detector_fingerprint() == load_checkpoint(graph["checkpoint"]).detector_fingerprint()
     for r in saved:  # every accuracy with its interval; every variant judged against dense on the same pairs
         assert all(r["intervals"][k][0] <= r[k] <= r["intervals"][k][1] for k in ("auc@3px", "precision", "recall"))
         if r["name"] != "dense":
@@ -115,7 +117,8 @@ def test_killed_experiment_resumes_and_reports_every_variant(tmp_path, monkeypat
     assert xfeat["method"] == "reference" and xfeat["sparsity"] is None and xfeat["execution"] == "fp32"
     assert load_checkpoint(xfeat["checkpoint"]).name == "xfeat" and xfeat["latency_ms"] > 0
     assert by_name["dense-1024kp"]["weights"] != dense["weights"]  # another keypoint budget: another pipeline
-    assert load_checkpoint(by_name["dense-480px"]["checkpoint"]).resize == 480  # detected at 480 px: its file says so
+    more = load_checkpoint(by_name["dense-1024kp"]["checkpoint"])  # its keypoint budget: its file says so
+    assert more.config["detector"]["max_keypoints"] == 1024
     assert "pairs" not in saved[0]  # the dense per-pair values stay in the baseline stage
     assert (
         len(json.loads((tmp_path / "stages" / "baseline.json").read_text())["result"]["pairs"])

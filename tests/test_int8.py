@@ -12,7 +12,7 @@ from backends import graph_macs
 from backends.modules import GraphMatcher, graph_feed
 from compression import coding
 from helper import count_macs
-from models.matching import build_matcher
+from models.matching import build_matcher, fingerprint
 from pipeline.checkpoint import checkpoint_entries, load_checkpoint, save_checkpoint
 from pipeline.costs import module_macs
 from quantization.int8 import coordinate_layers, int8_matcher, quantize_matcher_onnx, recorded_inputs
@@ -162,6 +162,8 @@ def test_checkpoint_stores_the_int8_graph_and_loads_it_back(graphs, tmp_path):
             out["matches0"], ref["matches0"]
         )
     assert (out["matches0"] == -1).all() and out["matches1"].shape == (1, 4)
+    # the same graph is the same network however it was loaded (the PyTorch copy it keeps for settings never runs)
+    assert fingerprint(loaded, loaded.config) == fingerprint(load_checkpoint(path), loaded.config)
 
 
 def test_bad_mode_and_unsupported_network_are_clear_errors():

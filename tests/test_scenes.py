@@ -132,3 +132,19 @@ def test_the_pose_tier_is_evaluated_with_the_pose_protocol():
     assert max(row["error_R"], row["error_t"]) < 1.0 and row["precision"] > 0.9
     with pytest.raises(InputError, match="its pairs take no augment"):
         make_pairs(source="sample", num_pairs=2, tier="pose", augment=0.5)
+
+
+def test_cached_detector_outputs_need_no_rendering(monkeypatch):
+    # a pose tier larger than the images kept in memory is rendered once per detector, not once per model judged
+    from data.pairs import make_pairs
+    from models.matching import build_matcher
+    from pipeline.evaluation import FeatureCache, evaluate
+
+    settings = {"source": "sample", "num_pairs": 2, "tier": "pose", "size": [320, 240]}
+    matcher, cache = build_matcher("aliked+lightglue", {"detector": {"max_keypoints": 128}}), FeatureCache()
+    first = evaluate(matcher, make_pairs(settings), cache, method="poselib", progress=False)
+    calls = []
+    monkeypatch.setattr(scenes, "render", lambda *a, **k: calls.append(1))
+    again = evaluate(matcher, make_pairs(settings), cache, method="poselib", progress=False)  # a fresh pair set
+    untimed = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]  # noqa: E731
+    assert calls == [] and untimed(again["rows"]) == untimed(first["rows"])
