@@ -135,10 +135,6 @@ def read_photo(path: str) -> bytes:
 # ----------------------------------------------------------------------------- installing
 
 
-def debian_packages(rows: list[dict[str, str]]) -> list[str]:
-    return sorted({r["package"] for r in rows} - set(PYPI_PACKAGES))
-
-
 def install(manifest: str | os.PathLike = MANIFEST, dry_run: bool = False) -> int:
     """apt-get install the manifest's Debian packages that are missing and known to this machine's package lists."""
     rows = read_manifest(manifest)

@@ -148,7 +148,7 @@ def tiers_markdown(cfg: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]
     )
     lines = [
         "",
-        "## Every tier",
+        "### Every tier",
         "",
         "Each model judged on each tier's pairs against the dense model on the same pairs: the tier's verdict metric "
         "with its 95 % interval and the paired difference to dense (Δ, paired 95 % interval); "

@@ -95,7 +95,6 @@ def judge(exp: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
         key = {"tier": section, "dense": dense["checkpoint_sha1"]}
         base = exp.stage(f"tier-{name}-dense", key, dense_compute)
-        exp.save_cache()
         if not base:  # a dry run
             continue
         reference = pair_floats(base["pairs"])
@@ -111,7 +110,7 @@ def judge(exp: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
             stage_key = {**key, "model": row["checkpoint_sha1"]}
             row["tiers"][name] = exp.stage(f"tier-{name}-{row['name']}", stage_key, compute)
-            exp.save_cache()
+        exp.save_cache()  # once a tier (the file holds every detection: hundreds of MB)
     for row in out:
         row["tiers"][val_tier]["kind"] = "homography" if "scenes" not in TIERS[val_tier] else "pose"
         row["verdict"] = verdict(row, exp.cfg["verdict"])

@@ -154,8 +154,9 @@ CHECKS: dict[str, Check] = {
 def checked_config(config: dict[str, Any]) -> dict[str, Any]:
     """A finetuning config checked against DEFAULTS (keys, types, ranges, the matcher's own settings)."""
     config = check_config(config, DEFAULTS, CHECKS)
-    if "scenes" in TIERS[config["train"]["tier"]]:  # the loss needs every point's correspondence: a homography
-        raise InputError(f"train.tier {config['train']['tier']!r}: finetuning trains on homography tiers only")
+    tier = config.get("train", {}).get("tier", PAIRS["tier"])
+    if "scenes" in TIERS[tier]:  # the loss needs every point's correspondence: a homography
+        raise InputError(f"train.tier {tier!r}: finetuning trains on homography tiers only")
     config["matcher_config"] = check_matcher_config(
         config["matcher"], config.get("matcher_config"), inherited=DEFAULTS["matcher_config"]
     )
