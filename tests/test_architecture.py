@@ -91,6 +91,33 @@ def test_no_import_cycles():
 
 
 @pytest.mark.slow
+def test_the_architecture_page_names_every_registry_and_module():
+    page = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    diagram = page.split("```")[1]  # the layer diagram
+    registries, modules = [], []
+    for package in (d for d in LAYER if (ROOT / d).is_dir()):
+        for path in sorted((ROOT / package).glob("*.py")):
+            if path.stem != "__init__":
+                modules.append((package, path.stem))
+            for node in ast.parse(path.read_text()).body:  # a module-level dict that starts empty: a registry
+                if not isinstance(node, (ast.Assign, ast.AnnAssign)):
+                    continue
+                target, value = node.target if isinstance(node, ast.AnnAssign) else node.targets[0], node.value
+                if (
+                    isinstance(target, ast.Name)
+                    and target.id.isupper()
+                    and not target.id.startswith("_")  # a private cache, not a registry
+                    and isinstance(value, ast.Dict)
+                    and not value.keys
+                ):
+                    registries.append(target.id)
+    assert {"MATCHERS", "METHODS", "STATES", "BACKENDS", "MODULES", "GRAPHS", "PRUNERS", "GENERATORS"} <= set(
+        registries
+    )
+    assert [r for r in registries if f"`{r}`" not in page] == []
+    assert [f"{p}/{m}" for p, m in modules if m not in diagram] == []
+
+
 def test_a_new_method_in_one_file_runs_through_experiment_checkpoint_and_finetuning(tmp_path):
     import toy_method  # noqa: F401  (registers 'toy-ternary': its state, its checkpoint form, its method)
 

@@ -186,6 +186,7 @@ def test_two_process_gloo_run_writes_one_checkpoint(tmp_path):
         ("prune.sparsity={'nope.*': 0.5}", "prune.sparsity: sparsity pattern 'nope.*' matches no"),
         ("prune.sparsity=1.5", "prune.sparsity"),
         ("lr=.inf", "lr' must be a finite number"),
+        ("train.tier=pose", "train.tier 'pose': finetuning trains on homography tiers only"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, override, message):
