@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import cv2
 import numpy as np
 
-from helper import InputError, atomic_path, read_image, read_text, resize_to
+from helper import MAX_SIDE, Check, InputError, atomic_path, read_image, read_text, resize_to
 
 from .homographies import (
     VIEWPOINTS,
@@ -402,6 +402,23 @@ PAIRS: dict[str, Any] = {
     "difficulty": 0.7,
     "augment": 0.0,
     "seed": 0,
+}
+
+
+SIZE = Check(kind=list, length=2, each=Check(kind=int, lo=16, hi=MAX_SIDE))  # W H of the pairs' images
+SEED = Check(kind=int, lo=0, hi=2**31 - 1)  # NumPy's seeds: 0 to 2**32 - 1, less one per data-parallel rank
+PAIRS_CHECKS: dict[str, Check] = {  # a section of pairs: PAIRS' keys, and a val section's evaluation settings
+    "seed": SEED,
+    "tier": Check(choices=tuple(TIERS)),
+    "split": Check(choices=("all", "train", "val")),
+    "val_fraction": Check(lo=0, hi=1, open=True),
+    "num_pairs": Check(lo=1),
+    "size": SIZE,
+    "difficulty": Check(lo=0, hi=1),
+    "augment": Check(lo=0),
+    "every": Check(lo=1),
+    "estimator": Check(choices=("ransac", "magsac", "poselib", "dlt")),
+    "ransac_threshold": Check(lo=0, open=True),
 }
 
 

@@ -22,7 +22,7 @@ import torch
 from compression.methods import METHODS, Job, execution, steps, variant_bits, variant_settings
 from compression.tensors import prunable_weights
 from data.images import open_source, split_names
-from data.pairs import SequencePairs, SyntheticPairs, make_pairs
+from data.pairs import PAIRS_CHECKS, SEED, SIZE, SequencePairs, SyntheticPairs, make_pairs
 from helper import (
     ArgumentParser,
     Check,
@@ -61,13 +61,12 @@ from pipeline.evaluation import FeatureCache, evaluate, predict
 from pipeline.figures import make_gif
 from pipeline.metrics import pair_floats, pair_values, paired_difference
 from pipeline.report import update_readme, write_report
-from pipeline.tiers import VERDICT_DEFAULTS
+from pipeline.tiers import TIER_CHECKS, VERDICT_DEFAULTS
 from pipeline.tiers import check as check_tiers
-from pipeline.tiers import checks as tier_checks
 from pipeline.tiers import judge as judge_tiers
 from pipeline.training import CHECKS as FINETUNE_CHECKS
 from pipeline.training import DEFAULTS as FINETUNE_DEFAULTS
-from pipeline.training import PAIRS_CHECKS, SEED, SIZE, finetune
+from pipeline.training import finetune
 from pruning.fine_grained import global_sparsities, prune_fine_grained
 from pruning.sensitivity import choose_verified, expand, flat_differences, groups_by_prefix, scan
 from quantization.kmeans import kmeans_values, quantize_kmeans
@@ -143,7 +142,7 @@ CHECKS: dict[str, Check] = {
     "profile.repeats": Check(lo=1),
     "profile.threads": Check(kind=int, nullable=True, lo=1),
     "deep_compression": Check(kind=str, nullable=True),
-    **tier_checks(PAIRS_CHECKS),
+    **TIER_CHECKS,
     "animation": Check(
         kind=dict,
         nullable=True,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from data.pairs import PAIRS, TIERS, make_pairs
+from data.pairs import PAIRS, PAIRS_CHECKS, TIERS, make_pairs
 from helper import Check, InputError, safe_name
 from pipeline.checkpoint import load_checkpoint
 from pipeline.evaluation import VERDICT, evaluate
@@ -31,14 +31,14 @@ KEPT = ("auc@1px", "auc@3px", "auc@5px", "auc@10px", "auc@5deg", "auc@10deg", "a
 KEPT += ("failures",)
 
 
-def checks(pairs_checks: dict[str, Check]) -> dict[str, Check]:
-    """The config checks of ``tiers`` (a mapping of names to sections) and ``verdict``."""
-    section = Check(kind=dict, schema=TIER, checks={k: c for k, c in pairs_checks.items() if k in TIER})
-    return {
-        "tiers": Check(kind=dict, values=section),
-        "verdict.tiers": Check(each=Check(kind=str)),
-        "verdict.within": Check(lo=0),
-    }
+# The config checks of ``tiers`` (a mapping of names to sections) and ``verdict``.
+TIER_CHECKS: dict[str, Check] = {
+    "tiers": Check(
+        kind=dict, values=Check(kind=dict, schema=TIER, checks={k: c for k, c in PAIRS_CHECKS.items() if k in TIER})
+    ),
+    "verdict.tiers": Check(each=Check(kind=str)),
+    "verdict.within": Check(lo=0),
+}
 
 
 def sections(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -29,9 +29,8 @@ from tqdm import tqdm
 
 from compression.state import enforce, start_training
 from compression.tensors import prunable_weights
-from data.pairs import PAIRS, TIERS, make_pairs
+from data.pairs import PAIRS, PAIRS_CHECKS, SEED, TIERS, make_pairs
 from helper import (
-    MAX_SIDE,
     Check,
     InputError,
     atomic_path,
@@ -110,21 +109,6 @@ DEFAULTS: dict[str, Any] = {
         "estimator": "poselib",
         "ransac_threshold": 2.0,
     },
-}
-SIZE = Check(kind=list, length=2, each=Check(kind=int, lo=16, hi=MAX_SIDE))  # W H of the pairs' images
-SEED = Check(kind=int, lo=0, hi=2**31 - 1)  # NumPy's seeds: 0 to 2**32 - 1, less one per data-parallel rank
-PAIRS_CHECKS: dict[str, Check] = {  # a section of pairs: "train", "val" (and the experiments' "calibration")
-    "seed": SEED,
-    "tier": Check(choices=tuple(TIERS)),
-    "split": Check(choices=("all", "train", "val")),
-    "val_fraction": Check(lo=0, hi=1, open=True),
-    "num_pairs": Check(lo=1),
-    "size": SIZE,
-    "difficulty": Check(lo=0, hi=1),
-    "augment": Check(lo=0),
-    "every": Check(lo=1),
-    "estimator": Check(choices=("ransac", "magsac", "poselib", "dlt")),
-    "ransac_threshold": Check(lo=0, open=True),
 }
 CHECKS: dict[str, Check] = {
     "matcher": Check(choices=tuple(available_matchers())),
