@@ -4,20 +4,20 @@ pipelines and the speed anchors, on the demo's validation pairs (640×480 photog
     python benchmarks/end_to_end.py [--num_pairs 100] [--timed_pairs 20] [--repeats 3] [--json out.json]
     python benchmarks/end_to_end.py --matcher superpoint+superglue --random-weights   # latency only
 
-Rows (aliked+lightglue): ``stock`` is what a user runs out of the box — kornia's ALIKED (1024 keypoints) and
-LightGlue with its shipped adaptive depth and width, one image after the other as LightGlue's example does; ``stock,
-every layer`` the demo's reference until 2026-12-02. Ours, each row on top of the one above: the same ALIKED without
-its dense descriptor map (models/aliked.py, same outputs), its dense part in ONNX Runtime, both images extracted at
-once (``Matcher.extract_images``), LightGlue's depth confidence 0.9, its layers compiled (``compile_layers``), depth
-confidence 0.8 and width confidence 0.95 (it stops sooner and drops more points), 768 keypoints; then, beside those,
-896 keypoints, the images detected at 480 px (``resize: 480``: the longer side, as LightGlue's extractors'
-``resize``; keypoints back in 640×480 pixels), LightGlue's two knobs a step further at 1024 keypoints (depth 0.75,
-width 0.9), 512 keypoints, LightGlue in int8; the fastest: the 1024- and 896-keypoint pipelines with ALIKED's dense
-part in OpenVINO instead (when ``openvino`` is installed; backends/openvino.py); with ``--checkpoint`` (a pipeline
-whose detector was distilled, e.g. the ReLU ALIKED of benchmarks/detector_distillation.py), that pipeline as saved,
-both images at once and its detector in ONNX Runtime, then with depth 0.8, width 0.95 and compiled layers, then at
-768 keypoints. Anchors as their demos run them (one image after the other): xfeat+lighterglue, xfeat (mutual NN),
-sift+nn; and xfeat with both images at once, since it gains from that as much as ours.
+Rows (aliked+lightglue): ``stock`` is what a user runs out of the box — kornia's ALIKED (1024 keypoints) and LightGlue
+with its shipped adaptive depth and width, one image after the other as LightGlue's example does; ``stock, every layer``
+with LightGlue's adaptive depth and width off. Ours, each row on top of the one above: the same ALIKED without its dense
+descriptor map (models/aliked.py, same outputs), its dense part in ONNX Runtime, both images extracted at once
+(``Matcher.extract_images``), LightGlue's depth confidence 0.9, its layers compiled (``compile_layers``), depth
+confidence 0.8 and width confidence 0.95 (it stops sooner and drops more points), 768 keypoints; then, beside those, 896
+keypoints, the images detected at 480 px (``resize: 480``: the longer side, as LightGlue's extractors' ``resize``;
+keypoints back in 640×480 pixels), LightGlue's two knobs a step further at 1024 keypoints (depth 0.75, width 0.9), 512
+keypoints, LightGlue in int8; the fastest: the 1024- and 896-keypoint pipelines with ALIKED's dense part in OpenVINO
+instead (when ``openvino`` is installed; backends/openvino.py); with ``--checkpoint`` (a pipeline whose detector was
+distilled, e.g. the ReLU ALIKED of benchmarks/detector_distillation.py), that pipeline as saved, both images at once and
+its detector in ONNX Runtime, then with depth 0.8, width 0.95 and compiled layers, then at 768 keypoints. Anchors as
+their demos run them (one image after the other): xfeat+lighterglue, xfeat (mutual NN), sift+nn; and xfeat with both
+images at once, since it gains from that as much as ours.
 
 Accuracy: every pipeline matches every pair once; AUC@1/3/5 px of the corner error under the demo's estimator
 (PoseLib LO-RANSAC, 2 px) with its 95 % bootstrap interval over pairs, and the paired difference to ``stock`` (its
