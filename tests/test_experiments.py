@@ -262,6 +262,7 @@ def test_coco_preset_runs_end_to_end_with_random_weights(tmp_path):
     )
     # the tiny fixture's keypoint budget is ALIKED's ('detector'); SuperPoint's lives under 'superpoint'
     config["matcher_config"]["superpoint"]["max_keypoints"] = config["matcher_config"].pop("detector")["max_keypoints"]
+    config["tiers"], config["verdict"]["tiers"] = {}, []  # the seed's val pairs alone (the demo's test runs tiers)
     config = experiment_config([], [], base=config)
     deep = (
         "superglue-gradual83+kmeans-2bit",
@@ -276,7 +277,6 @@ def test_coco_preset_runs_end_to_end_with_random_weights(tmp_path):
         s for s in config["quantization"] if "int8-onnxruntime" in s["method"] or s["name"] in kept
     ]
     config["references"] = []  # (the demo's test runs references)
-    config["tiers"], config["verdict"]["tiers"] = {}, []  # (and tiers)
     for s in config["quantization"]:  # the preset's own step counts are Colab's; the wiring needs the fixture's two
         if isinstance(s.get("finetune"), dict):
             s["finetune"] = {**s["finetune"], "steps": config["finetune"]["steps"]}
