@@ -271,7 +271,7 @@ def report_markdown(cfg: dict[str, Any], rows: list[dict[str, Any]], figures: li
         f"# Experiment `{cfg['name']}`: what compression costs and buys",
         "",
         f"Matcher `{cfg['matcher']}`{' from ' + cfg['checkpoint'] if cfg['checkpoint'] else ''}; "
-        f"{val['num_pairs']} fixed homography pairs of `{val['source']}` "
+        f"{val['num_pairs']} fixed homography pairs of the `{val.get('tier', 'easy')}` tier of `{val['source']}` "
         f"({val['split']} split, {val['size'][0]}×{val['size'][1]}); AUC of the corner "
         f"error of the homography estimated by {val.get('estimator', 'ransac')} "
         f"({val.get('ransac_threshold', 3.0):g} px), failures count as infinite error; [..] = 95 % bootstrap "
