@@ -72,9 +72,9 @@ class GraphModule(nn.Module):
         return sessions[threads]
 
     def unused_state(self) -> list[str]:
-        """The state_dict keys of weights that never run: the detector's, less those after the graph."""
-        kept = self.python_state()
-        return [f"sp.{k}" for k in self.sp.state_dict() if k not in kept]
+        """The state_dict keys of weights kept beside the graph that never run (left out of fingerprints): none by
+        default."""
+        return []
 
     def python_state(self) -> dict[str, torch.Tensor]:
         """The weights that still run in PyTorch around the graph (a checkpoint keeps them): none by default."""

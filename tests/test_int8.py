@@ -15,7 +15,7 @@ from helper import count_macs
 from models.matching import build_matcher, fingerprint
 from pipeline.checkpoint import checkpoint_entries, load_checkpoint, save_checkpoint
 from pipeline.costs import module_macs
-from quantization.int8 import coordinate_layers, int8_matcher, quantize_matcher_onnx, recorded_inputs
+from quantization.int8 import coordinate_layers, int8_detector, int8_matcher, quantize_matcher_onnx, recorded_inputs
 
 pytestmark = pytest.mark.slow  # one ONNX export per network (about 25 s)
 
@@ -225,3 +225,14 @@ def test_op_times_splits_a_graph_by_operator_type():
     assert ops["Elu"][1] == 2 and ops["Elu"][0] > 0
     assert sum(n for op, (_, n) in ops.items() if "Conv" in op) == 2  # as Conv, or fused/reordered by ORT
     assert list(ops) == sorted(ops, key=lambda op: -ops[op][0])  # slowest first
+
+
+@pytest.mark.parametrize("name", ["superpoint+superglue", "aliked+lightglue"])  # a graph network / a graph detector
+def test_a_detector_graph_is_one_detector_however_its_checkpoint_was_loaded(name, tmp_path):
+    config = {"superpoint": {"weights": None}, "superglue": {"weights": None}} if "superglue" in name else {}
+    matcher = build_matcher(name, config).eval()
+    graph = int8_detector(matcher, [torch.rand(1, matcher.channels, 64, 80)], tmp_path / "graph", quantize=False)
+    path = save_checkpoint(graph, tmp_path / "graph.pth")
+    # the feature cache's key: the PyTorch copy a graph keeps for its settings is not stored, so not in it
+    assert load_checkpoint(path).detector_fingerprint() == load_checkpoint(path).detector_fingerprint()
+    assert load_checkpoint(path).detector_fingerprint() != matcher.detector_fingerprint()
