@@ -34,20 +34,25 @@ def kmeans_1d(values: torch.Tensor, k: int, iters: int = 30) -> tuple[torch.Tens
     values = values.detach().float().flatten()
     if values.numel() == 0:
         return torch.zeros(k), torch.zeros(0, dtype=torch.long)
-    distinct = torch.unique(values)
+    ordered = torch.sort(values).values  # Lloyd's steps on sorted values: each cluster is a run, its sum a difference
+    distinct = torch.unique_consecutive(ordered)
     if distinct.numel() <= k:  # already shared values (e.g. re-quantizing): the codebook is exact
         centroids = torch.cat([distinct, distinct[-1:].expand(k - distinct.numel())])
         return centroids, torch.searchsorted(distinct, values)
-    sample = values[:: values.numel() // (1 << 20) + 1]  # quantile() has a size limit; a strided sample suffices
-    centroids = torch.unique(torch.quantile(sample, (torch.arange(k, device=values.device) + 0.5) / k))
+    at = (torch.arange(k, dtype=torch.float64, device=values.device) + 0.5) / k * (ordered.numel() - 1)  # quantiles
+    low = at.floor().long()
+    high = (low + 1).clamp(max=ordered.numel() - 1)
+    centroids = torch.unique_consecutive(ordered[low] + (at - low).float() * (ordered[high] - ordered[low]))
     if centroids.numel() < k:  # ties in the quantiles: fill in evenly spread values
         fill = torch.linspace(0, 1, k - centroids.numel() + 2, device=values.device)[1:-1]
         centroids = torch.sort(torch.cat([centroids, values.min() + fill * (values.max() - values.min())])).values
+    sums_before = torch.cat([ordered.new_zeros(1, dtype=torch.float64), torch.cumsum(ordered.double(), 0)])
     for _ in range(iters):
-        codes = torch.bucketize(values, (centroids[1:] + centroids[:-1]) / 2)
-        sums = torch.zeros(k, device=values.device).index_add_(0, codes, values)
-        counts = torch.bincount(codes, minlength=k).float()
-        new = torch.where(counts > 0, sums / counts.clamp(min=1), centroids)
+        ends = torch.searchsorted(ordered, (centroids[1:] + centroids[:-1]) / 2, right=True)  # as bucketize splits
+        bounds = torch.cat([ends.new_zeros(1), ends, ends.new_full((1,), ordered.numel())])
+        counts = (bounds[1:] - bounds[:-1]).double()
+        sums = sums_before[bounds[1:]] - sums_before[bounds[:-1]]
+        new = torch.where(counts > 0, sums / counts.clamp(min=1), centroids.double()).float()
         new, _ = torch.sort(new)
         if torch.allclose(new, centroids):
             break

@@ -116,9 +116,9 @@ def test_killed_experiment_resumes_and_reports_every_variant(tmp_path, monkeypat
     xfeat = by_name["xfeat"]  # a reference: judged on the same pairs, timed in the same profile, no compression
     assert xfeat["method"] == "reference" and xfeat["sparsity"] is None and xfeat["execution"] == "fp32"
     assert load_checkpoint(xfeat["checkpoint"]).name == "xfeat" and xfeat["latency_ms"] > 0
-    assert by_name["dense-1024kp"]["weights"] != dense["weights"]  # another keypoint budget: another pipeline
-    more = load_checkpoint(by_name["dense-1024kp"]["checkpoint"])  # its keypoint budget: its file says so
-    assert more.config["detector"]["max_keypoints"] == 1024
+    assert by_name["dense-256kp"]["weights"] != dense["weights"]  # another keypoint budget: another pipeline
+    more = load_checkpoint(by_name["dense-256kp"]["checkpoint"])  # its keypoint budget: its file says so
+    assert more.config["detector"]["max_keypoints"] == 256
     assert "pairs" not in saved[0]  # the dense per-pair values stay in the baseline stage
     assert (
         len(json.loads((tmp_path / "stages" / "baseline.json").read_text())["result"]["pairs"])
