@@ -583,7 +583,12 @@ def write_run_config(folder: str | os.PathLike, config: dict[str, Any], **extra:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose errors are one line on stderr (exit status 2), like every other bad input."""
+    """argparse whose errors are one line on stderr (exit status 2), like every other bad input; every command line
+    takes ``-v`` (``run_cli`` reads it: the libraries' INFO logs too)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("-v", "--verbose", action="store_true", help="show the libraries' INFO logs too")
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
@@ -691,11 +696,21 @@ _NO_MEMORY = ("can't allocate memory", "not enough memory", "out of memory", "ba
               "failed to allocate")  # fmt: skip
 
 
+PROJECT_LOGGERS = ("__main__", "backends", "compression", "data", "efm", "evaluate", "experiments", "finetune",
+                   "helper", "match_pairs", "models", "pipeline", "profiling", "pruning", "quantization",
+                   "visualizations")  # fmt: skip
+
+
 def run_cli(main: Callable[..., Any], argv: Sequence[str] | None = None) -> None:
     """Run a command line's ``main(argv)``: the known failure classes (bad input, bad output location, files
     that cannot be read or written, memory exhausted by the sizes asked for) become one line on stderr and exit
     status 2; anything else is a bug and shows its traceback."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    verbose = any(a in ("-v", "--verbose") for a in (sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    for name in PROJECT_LOGGERS:  # the project's own progress notes; the libraries' INFO only with -v
+        logging.getLogger(name).setLevel(logging.INFO)
     try:
         main(argv)
     except InputError as e:  # WeightsError is one too

@@ -1,5 +1,6 @@
 """Match image pairs and evaluate them: the official SuperGlue command line, extended to the whole zoo.
 
+    python match_pairs.py left.jpg right.jpg --viz   # two images: their matches and a picture of them
     python match_pairs.py --eval --viz          # offline: sample pairs, the default matcher
     python match_pairs.py --input_pairs pairs.txt --input_dir images/ --matcher sift+nn --eval
     python match_pairs.py --checkpoint runs/demo/pruned.pth --input_pairs ... --eval
@@ -21,8 +22,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import efm
 from data.images import open_source
-from data.pairs import FilePairs, SequencePairs, make_pairs, output_stems, read_pairs
+from data.pairs import FilePairs, Pair, SequencePairs, make_pairs, output_stems, read_pairs
 from helper import (
     MAX_SIDE,
     ArgumentParser,
@@ -33,12 +35,13 @@ from helper import (
     int_in,
     keypoint_limit,
     pick_device,
+    read_image,
     run_cli,
     save_npz,
     writable_location,
 )
 from models.matching import available_matchers
-from pipeline.evaluation import build_from_args, predict
+from pipeline.evaluation import SETTING_FLAGS, build_from_args, predict
 from pipeline.figures import plot_prediction
 from pipeline.metrics import (
     HOMOGRAPHY_THRESHOLDS,
@@ -47,6 +50,7 @@ from pipeline.metrics import (
     pair_metrics,
     summarize,
 )
+from pipeline.presets import PRESETS
 
 logger = logging.getLogger("match_pairs")
 
@@ -55,11 +59,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = ArgumentParser(
         description="Image pair matching and evaluation", formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="two images to match (instead of --input_pairs)")
     p.add_argument(
         "--input_pairs",
-        default="sample",
-        help="pairs file, or 'sample': fixed homography pairs of the sample photos, or 'sequence': a "
-        "sample photo against 12 frames of a smooth camera motion (both exported first)",
+        default=None,
+        help="pairs file, or 'sample' (the default without IMAGEs): fixed homography pairs of the sample photos, or "
+        "'sequence': a sample photo against 12 frames of a smooth camera motion (both exported first)",
     )
     p.add_argument("--input_dir", default=None, help="folder of the images (default: the pairs file's folder)")
     p.add_argument("--output_dir", default="dump_match_pairs/")
@@ -71,7 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=int,
         nargs="+",
         default=[640, 480],
-        help="two numbers: exact W H; one: max dimension; -1: no resize",
+        help="as the official script: two numbers resize every image to exactly W H (the aspect is not kept: "
+        "640 480 by default); one number: the longer side to that many px, keeping the aspect; -1: as given. "
+        "Keypoints and matches are in the resized images' pixels",
     )
     p.add_argument("--resize_float", action="store_true", help="resize after casting uint8 to float")
     p.add_argument(
@@ -81,7 +88,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="default: superpoint+superglue when its weights are local, else aliked+lightglue",
     )
     p.add_argument("--checkpoint", default=None, help="a pruned or quantized model written by this project")
-    p.add_argument("--superglue", choices=["indoor", "outdoor"], default="indoor", help="SuperGlue weights")
+    p.add_argument(
+        "--pipeline",
+        choices=list(PRESETS),
+        default=None,
+        help="a ready pipeline (efm.load): accurate = ALIKED+LightGlue as shipped; fast = its detector in ONNX Runtime "
+        "(the same matches, faster); small = LightGlue in int8 ONNX Runtime kernels (a smaller file)",
+    )
+    p.add_argument(
+        "--superglue",
+        choices=["indoor", "outdoor"],
+        default=None,
+        help="SuperGlue weights (implies --matcher superpoint+superglue; the official weights must be local or "
+        "downloadable, else a one-line error says where to put them; default: indoor)",
+    )
     # default None: beside --checkpoint (whose config sets them) a given flag is refused (SETTING_FLAGS: defaults)
     p.add_argument("--max_keypoints", type=keypoint_limit, help="maximum keypoints per image (-1: all; default 1024)")
     p.add_argument("--keypoint_threshold", type=float_in(0, 1), help="SuperPoint detector threshold (default 0.005)")
@@ -97,6 +117,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--shuffle", action="store_true", help="shuffle the pairs before processing")
     p.add_argument("--force_cpu", action="store_true")
     args = p.parse_args(argv)
+    if args.images and (len(args.images) != 2 or args.input_pairs is not None):
+        raise InputError(
+            f"give two images to match, or --input_pairs (got {len(args.images)} image(s)"
+            + (f" and --input_pairs {args.input_pairs})" if args.input_pairs is not None else ")")
+        )
+    if args.input_pairs is None and not args.images:
+        args.input_pairs = "sample"
+    if args.pipeline is not None:
+        given = [
+            f"--{f}" for f in ("matcher", "checkpoint", "superglue", *SETTING_FLAGS) if getattr(args, f) is not None
+        ]
+        if given:
+            raise InputError(f"--pipeline {args.pipeline} is a ready pipeline with its own settings: drop {given[0]}")
+    if args.superglue is not None and (args.checkpoint or args.matcher not in (None, "superpoint+superglue")):
+        other = f"--checkpoint {args.checkpoint}" if args.checkpoint else f"--matcher {args.matcher}"
+        raise InputError(f"--superglue chooses SuperGlue's weights: it does not apply to {other}")
     if args.fast_viz and not args.viz:
         raise InputError("--fast_viz needs --viz")
     if args.fast_viz and args.viz_extension == "pdf":
@@ -137,11 +173,16 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     output_dir = writable_location(args.output_dir, folder=True, what="--output_dir")
     made = args.input_pairs in ("sample", "sequence")
-    if not made:  # inputs first (cheap), then the model; nothing is written before both are good
+    if args.images:  # the two images the command names, read from where they are
+        for image in args.images:
+            read_image(image)  # a missing or unreadable image is an error before any work
+        pairs_file, input_dir = None, Path(args.input_dir or ".")
+        pairs = [Pair(*(str(Path(image).resolve()) for image in args.images))]
+    elif not made:  # inputs first (cheap), then the model; nothing is written before both are good
         pairs_file, input_dir = Path(args.input_pairs), Path(args.input_dir or Path(args.input_pairs).parent)
         pairs = read_pairs(pairs_file)
     device = pick_device(args.force_cpu)
-    matcher = build_from_args(args).to(device)
+    matcher = (efm.load(args.pipeline) if args.pipeline else build_from_args(args)).to(device)
     if made:
         made = (
             make_pairs(num_pairs=30, size=(640, 480))
@@ -159,12 +200,16 @@ def main(argv=None) -> dict:
     if args.eval:
         missing = [p for p in pairs if p.kind == "none"]
         if missing:
+            where = f"{pairs_file} has pairs" if pairs_file else "two images come"
             raise InputError(
-                f"--eval needs ground truth, but {pairs_file} has pairs without it "
-                f"(e.g. '{missing[0].name0} {missing[0].name1}')"
+                f"--eval needs ground truth, but {where} without it (e.g. '{missing[0].name0} {missing[0].name1}'): "
+                "give a pairs file with a homography or pose per pair"
             )
     pairset = FilePairs(pairs, input_dir, args.resize, args.resize_float)
-    print(f"Matching {len(pairs)} pairs from {pairs_file} with {matcher.name} on {device}; writing to {output_dir}")
+    variant = Path(args.checkpoint).name if args.checkpoint else args.pipeline  # the file or the preset
+    label = matcher.name + (f" ({variant})" if variant else "")
+    source = f"from {pairs_file} " if pairs_file else ""
+    print(f"Matching {len(pairs)} pair(s) {source}with {label} on {device}; writing to {output_dir}")
 
     rows = {"homography": [], "pose": []}
     for pair, stem in zip(tqdm(pairs, desc="pairs"), output_stems(pairs)):
@@ -187,7 +232,7 @@ def main(argv=None) -> dict:
         correct, text = (
             None,
             [
-                matcher.name,
+                label,
                 f"Keypoints: {len(pred['keypoints0'])}:{len(pred['keypoints1'])}",
                 f"Matches: {int((pred['matches0'] > -1).sum())}",
             ],

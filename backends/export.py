@@ -6,6 +6,7 @@ Which module is exported and with which inputs comes from the network's adapter 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -31,19 +32,26 @@ def export(
     onnxscript's graph optimizer (constant folding, rewrites); ``opset``: the ONNX opset."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # "axis name m will not be used": inputs that share a dimension, as meant
-        warnings.filterwarnings("ignore", message=".*axis name", category=UserWarning)
-        program = torch.onnx.export(
-            module.eval(),
-            example,
-            input_names=input_names,
-            output_names=output_names,
-            dynamic_shapes=dynamic_shapes,
-            dynamo=True,
-            opset_version=opset,
-            verbose=False,
-            optimize=optimize,
-        )
+    optimizer = logging.getLogger("onnxscript")  # its notes on folds it skips: noise to a user, kept with DEBUG on
+    level = optimizer.level
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        optimizer.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():  # "axis name m will not be used": inputs that share a dimension, as meant
+            warnings.filterwarnings("ignore", message=".*axis name", category=UserWarning)
+            program = torch.onnx.export(
+                module.eval(),
+                example,
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_shapes=dynamic_shapes,
+                dynamo=True,
+                opset_version=opset,
+                verbose=False,
+                optimize=optimize,
+            )
+    finally:
+        optimizer.setLevel(level)
     program.save(str(path), external_data=False)
     return path
 

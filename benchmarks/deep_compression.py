@@ -10,37 +10,19 @@ entropy-coded files; its size against its accuracy.
 The recipe, on the demo's matcher (aliked+lightglue, 512 keypoints, every layer):
 
 1. the matching network pruned gradually during finetuning (pruning/gradual.py: the cubic schedule of Zhu & Gupta,
-   from 0 to ``--sparsity`` over the first 60 % of ``--steps``, ``--prune_end``, then recovery at it: 0.4 at 86 %
-   ended no closer to dense, see the README), each weight tensor to ``--sparsity`` by its own magnitude ranking or,
-   with ``--ranking global``, to its share of one ranking of the dense network's weights (``--sparsity`` overall),
-   trained on ``--train_pairs`` homography pairs of the training photos with the ground-truth loss plus, with
-   ``--assignment``, the dense matcher's assignment as soft targets (4 × beside the ground truth on 400 pairs: on 500
-   val pairs both seeds' finished files −.001 AUC@3px [−.0085, +.007] and [−.008, +.006]; 1 × on 100 pairs: seed 0
-   −.002, seed 1 −.005 [−.013, +.002]; with ``--ranking global`` −.0007 [−.0077, +.0064] and −.0022 [−.0091,
-   +.0052] at 20.3×, photo intervals 0.5–0.6 points narrower, see the README);
+   from 0 to ``--sparsity`` over the first ``--prune_end`` of ``--steps``, then recovery at it), each weight tensor to
+   ``--sparsity`` by its own magnitude ranking or, with ``--ranking global``, to its share of one ranking of the dense
+   network's weights, trained on ``--train_pairs`` homography pairs of the training photos with the ground-truth loss
+   plus, with ``--assignment``, the dense matcher's assignment as soft targets;
 2. its non-zero weights shared by k-means at ``--bits`` and the codebooks finetuned (``--kmeans_steps``);
 3. the detector's weights shared by k-means at ``--detector_bits`` (its convolutions and ALIKED's descriptor
-   aggregation), untrained, but its tensors of fewer than ``--detector_small`` weights at 8 bits: its first layers,
-   heads and deformable offsets, 18 % of ALIKED's weights, are what 4 bits break (on 24 val pairs: its convolutions all
-   at 4 bits lose 14 points of AUC@3px, the small ones alone at 4 bits 3–6 points each, the large ones ~0).
-   ``--detector_bits auto`` (the default) gives the detector the most bits (8 down to 2) whose finished file is still
-   ``--target`` times smaller than the dense one: what the size budget leaves after the matching network, since
-   the detector is untrained and every bit it keeps is accuracy (at 83 % and 2 bits: ALIKED's 0.7 M weights get 6
-   bits, SuperPoint's 1.3 M 3 bits; on 500 val pairs the finished aliked+lightglue file of a seed-0 training (1 ×, 100
-   pairs) lost −.003 [−.010, +.004] AUC@3px with ALIKED at 4 bits, −.000 [−.008, +.007] at 5, and with the default
-   recipe's trainings ALIKED at 8 bits (18.8×) narrowed the interval over photos from 2.4 to 1.4–1.7 points; see the
-   README). ``--detector grid`` puts them on a uniform grid instead (``quantization.linear.quantize_grid``: per output
-   channel, ``--detector_step`` times its RMS apart, 8-bit codes that the file codes at about their entropy; auto:
-   the finest step, a quarter of a bit per weight apart, that keeps ``--target``): in the same bytes it errs far less
-   than k-means (ALIKED in the 20× file 40.9 dB from its dense weights, against 32.3 dB at 6 bits and 38.4 dB at 8
-   bits, 19.0×), but not more accurate: on 500 val pairs three global-ranking trainings' finished files lost −.0056,
-   −.0075 and −.0065 AUC@3px at auto's 0.0156 × RMS (two at 0.03: −.003, −.003), where k-means at 6 bits lost
-   −.0007, −.0022 and −.0034 (one comparison three times: ALIKED is untrained, the same in all three; alone beside
-   the dense LightGlue k-means +.002, the grid −.004, each within its photo interval; the README). With
-   ``--detector_steps N`` the detector is then distilled from the dense one for N steps, the matching network frozen
-   (k-means: its codebooks; the grid: float shadows, QAT; 300 steps of k-means codebooks made its per-photo effect 3×
-   narrower, but the two finished files lost −.008 and −.009 [−.015, −.003], where untrained they were −.001: the
-   untrained k-means' gain is luck, see the README);
+   aggregation), untrained, but its tensors of fewer than ``--detector_small`` weights at 8 bits (its first layers,
+   heads and deformable offsets: what 4 bits break). ``--detector_bits auto`` (the default) gives the detector the
+   most bits (8 down to 2) whose finished file is still ``--target`` times smaller than the dense one: the detector is
+   untrained, so every bit the size budget leaves it is accuracy. ``--detector grid`` puts its weights on a uniform
+   grid instead (``quantization.linear.quantize_grid``: per output channel, ``--detector_step`` times its RMS apart,
+   8-bit codes that the file codes at about their entropy; auto: the finest step that keeps ``--target``). With
+   ``--detector_steps N`` the detector is then distilled from the dense one for N steps, the matching network frozen;
 4. the biases, norms and codebooks in float16 values (``quantization/half.py``);
 5. each stage saved in the project's checkpoint format (entropy-coded, bit-exact on load).
 
@@ -54,7 +36,8 @@ tensors alone), and writes every number to ``<out>/<matcher>/report.json`` (an e
 stages: ``deep_compression`` in the experiment's config, as configs/demo.yaml). Finetuning runs and evaluations resume
 after a kill (under ``--out``). With ``--random-weights`` (superpoint+superglue here: the official weights are
 Colab's) the same recipe runs for a few steps and only the sizes are printed (the detector's bit width chosen by the
-same rule); the accuracy is Colab's (``configs/coco.yaml``).
+same rule); the accuracy is Colab's (``configs/coco.yaml``). What each choice measured (seeds, rankings, detector
+bits, the grid, distillation): docs/results/deep-compression.md.
 """
 
 from __future__ import annotations

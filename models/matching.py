@@ -293,6 +293,8 @@ def build_matcher(name: str, config: dict[str, Any] | None = None) -> Matcher:
         with warnings.catch_warnings():  # e.g. "Initializing zero-element tensors is a no-op" before the error
             warnings.simplefilter("ignore", UserWarning)
             return cls(config or {}).eval()
+    except InputError:  # already one line that names what to do (weights: where to put them)
+        raise
     except (ValueError, RuntimeError, AssertionError, KorniaError) as e:  # settings it cannot be built with (kornia's
         # errors derive from Exception only)
         raise InputError(f"matcher {name}: {first_line(e)[:200]}") from None

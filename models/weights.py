@@ -81,8 +81,13 @@ def resolve_weights(name_or_path: str | os.PathLike, allow_download: bool = True
     try:
         return download(url, cached, OFFICIAL_WEIGHTS[name])
     except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise WeightsError(f"cannot download {url} ({reason}); put the file at {cached}") from None
+        while isinstance(getattr(e, "reason", None), BaseException):  # urllib wraps the socket's error
+            e = e.reason
+        reason = getattr(e, "strerror", None) or getattr(e, "reason", None) or e
+        raise WeightsError(
+            f"the {name} weights are not here and cannot be downloaded ({reason}): download {url} "
+            f"and put the file at {cached}"
+        ) from None
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

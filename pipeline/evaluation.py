@@ -310,8 +310,9 @@ def build_from_args(args: argparse.Namespace) -> Matcher:
             )
         logger.info("using %s from checkpoint %s", matcher.name, args.checkpoint)
         return matcher
-    superglue = getattr(args, "superglue", "indoor")
-    name = args.matcher
+    superglue = getattr(args, "superglue", None)
+    name = args.matcher or ("superpoint+superglue" if superglue else None)  # asked for: its weights or an error
+    superglue = superglue or "indoor"
     if name is None:
         name = "superpoint+superglue" if official_weights_available(superglue) else "aliked+lightglue"
         if name == "aliked+lightglue":

@@ -819,7 +819,7 @@ def main(kinds: tuple[str, ...], description: str, argv: list[str] | None = None
         "--update_readme",
         dest="update_readme",
         action="store_true",
-        help="copy the report's table and figures into README.md (for the demo run)",
+        help="put the report into docs/results/demo.md and the ready pipelines' table into README.md (the demo)",
     )
     p.add_argument(
         "--no-report",

@@ -13,6 +13,7 @@ bound of its paired AUC difference to dense is within the budget (we are 97.5 % 
 from __future__ import annotations
 
 import csv
+import difflib
 import fnmatch
 import logging
 import os
@@ -24,6 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from compression.tensors import prunable_weights
+from helper import InputError
 from models.matching import fingerprint
 
 from .fine_grained import magnitude_mask
@@ -249,5 +251,11 @@ def choose_verified(
 
 
 def expand(groups: Mapping[str, list[str]], choice: Mapping[str, float]) -> dict[str, float]:
-    """Group sparsities -> per-parameter sparsities for ``prune_fine_grained``."""
+    """Group sparsities -> per-parameter sparsities for ``prune_fine_grained``; a group that is not one is an
+    InputError naming the nearest group and listing them all."""
+    for g in choice:
+        if g not in groups:
+            near = difflib.get_close_matches(str(g), list(groups), n=1, cutoff=0.6)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise InputError(f"no group {g!r} ({hint}the groups: {', '.join(groups)})")
     return {name: s for g, s in choice.items() for name in groups[g]}

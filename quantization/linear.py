@@ -166,7 +166,7 @@ def quantize_grid(model: nn.Module, step: float, bits: int = 8) -> float:
     benchmarks/deep_compression.py, measured: k-means at 6 bits (8 for its small tensors) 32.3 dB signal-to-error, at
     8 bits 38.4 dB but the file 19.0x; this grid at 0.0156 x RMS 40.9 dB, the file 20.0x. ``step`` moves the size
     continuously, where a bit width moves it by a bit per weight. Less weight error did not make that pipeline more
-    accurate (its finished files lost more AUC@3px than with k-means; README, "Much smaller").
+    accurate (its finished files lost more AUC@3px than with k-means; docs/results/deep-compression.md).
     """
     codes = []
     for name, w in prunable_weights(model).items():

@@ -14,6 +14,7 @@ LAYERS = [
     {"compression"},
     {"pruning", "quantization", "backends"},
     {"pipeline"},
+    {"efm"},  # the public Python interface: a thin layer over the pipeline
     {
         "evaluate",
         "finetune",

@@ -14,6 +14,7 @@ from helper import InputError, load_config
 from pipeline import experiment as experiments
 from pipeline.checkpoint import load_checkpoint, stored_bytes
 from pipeline.experiment import DEFAULTS, experiment_config, run
+from pipeline.report import README_END, README_START, update_readme
 from pipeline.tiers import verdict
 from pruning.fine_grained import sparsity_report
 from quantization.kmeans import quantized_layers
@@ -128,6 +129,15 @@ def test_killed_experiment_resumes_and_reports_every_variant(tmp_path, monkeypat
     report = (tmp_path / "report.md").read_text()
     assert all(f"| {name} |" in report for name in by_name)
     assert "| within noise |" in report and "How sure:" in report
+    readme = tmp_path / "README.md"  # --update-readme: the ready pipelines' table, the report beside it
+    readme.write_text(f"intro\n{README_START}\nold\n{README_END}\nafter\n")
+    update_readme(tmp_path, readme, tmp_path / "docs" / "results", tmp_path / "docs" / "demo")
+    text = readme.read_text()
+    assert text.startswith(f"intro\n{README_START}\n") and text.endswith(f"{README_END}\nafter\n") and "old" not in text
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    assert "| **fast** (detector-onnxruntime) |" in text and "| xfeat |" in text and len(table) == 2 + 3 + 3
+    assert all(line.count("|") == 9 for line in table)  # 8 columns: the two verdict tiers' metric and Δ
+    assert "](../demo/" in (tmp_path / "docs" / "results" / "demo.md").read_text()
     assert "int8 kernels (ONNX Runtime) for the matcher" in report and "References are other pipelines" in report
     assert "## Deep compression (benchmarks/deep_compression.py)" in report  # the demo's deep_compression report
     assert report.index("## Deep compression") > report.index("![")  # after the figures: the README's cut omits it

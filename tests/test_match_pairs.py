@@ -149,3 +149,40 @@ def test_sequence_input_matches_a_camera_sweep(tmp_path):
     assert summaries["homography"]["num_pairs"] == 3
     assert len(list(tmp_path.glob("astronaut_astronaut_frame000*_matches.npz"))) == 3
     assert len(list((tmp_path / "sequence_pairs").glob("*.png"))) == 13  # the photo and 12 frames
+
+
+def test_two_image_paths_match_without_a_pairs_file_and_the_picture_names_the_pipeline(exported, tmp_path, capsys):
+    image0, image1 = (exported.parent / name for name in read_pairs(exported)[0].stems)
+    image0, image1 = (next(exported.parent.glob(f"{p.name}.*")) for p in (image0, image1))
+    out = tmp_path / "o"
+    match_pairs.main([str(image0), str(image1), "--matcher", "sift+nn", "--output_dir", str(out), "--viz"])
+    assert "with sift+nn" in capsys.readouterr().out
+    saved = np.load(out / f"{image0.stem}_{image1.stem}_matches.npz")
+    assert (saved["matches"] > -1).sum() > 10 and (out / f"{image0.stem}_{image1.stem}_matches.png").is_file()
+    with pytest.raises(InputError, match="give two images"):
+        match_pairs.main([str(image0), "--matcher", "sift+nn", "--output_dir", str(out)])
+    with pytest.raises(InputError, match="--superglue chooses SuperGlue's weights"):
+        match_pairs.main([str(image0), str(image1), "--superglue", "outdoor", "--matcher", "sift+nn"])
+    with pytest.raises(InputError, match="--pipeline fast is a ready pipeline .* drop --max_keypoints"):
+        match_pairs.main([str(image0), str(image1), "--pipeline", "fast", "--max_keypoints", "100"])
+    match_pairs.main([str(image0), str(image1), "--pipeline", "accurate", "--output_dir", str(out), "--viz"])
+    assert "with aliked+lightglue (accurate)" in capsys.readouterr().out
+
+
+def test_superglue_without_its_weights_is_one_line_naming_the_file_never_another_matcher(tmp_path, monkeypatch, capsys):
+    import urllib.error
+
+    from helper import run_cli
+    from models import weights
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(weights, "cache_dir", lambda: tmp_path / "hub")
+    monkeypatch.setattr(weights, "download", offline)
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(match_pairs.main, ["--superglue", "outdoor", "--output_dir", str(tmp_path / "o")])
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("INFO ")]  # logs aside
+    assert exit_.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    assert str(tmp_path / "hub" / "superpoint_v1.pth") in err[0] and "download" in err[0]
+    assert not (tmp_path / "o").exists()
