@@ -202,14 +202,14 @@ def evaluate(
     demo = _demo()
     others = {t: {"tier": t} for t in TIERS if t != demo["val"]["tier"]}
     section = {**sections({**demo, "tiers": others})[tier], "num_pairs": num_pairs}
-    pairs = make_pairs(section)
+    pairs, cache = make_pairs(section), FeatureCache()  # one detector's outputs serve both pipelines when they share it
     found = {}
     for name, model in (("pipeline", pipeline), ("against", against)):
         if model is not None:
             found[name] = evaluate_pairs(
                 model,
                 pairs,
-                FeatureCache(),
+                cache,
                 method=section["estimator"],
                 ransac_threshold=section["ransac_threshold"],
                 progress=progress,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+import platform
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -34,6 +35,20 @@ from pipeline.checkpoint import save_checkpoint
 from quantization.int8 import int8_detector, int8_matcher, recorded_inputs
 
 logger = logging.getLogger("profiling")
+
+
+def cpu_name() -> str:
+    """The CPU timings ran on, as a report names it: its model and its widest vector units (AVX-512, AVX2), which
+    decide the kernels PyTorch and ONNX Runtime pick; what the platform says where there is no /proc/cpuinfo."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine() or "unknown CPU"
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    flags = next((set(line.split(":", 1)[1].split()) for line in info.splitlines() if line.startswith("flags")), set())
+    units = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
+    units += ", AMX" if "amx_tile" in flags else ", VNNI" if "avx512_vnni" in flags else ""
+    return f"{model or platform.machine()}{f' ({units})' if units else ''}"
 
 
 def module_macs(model: nn.Module, fn: Callable[[], Any]) -> int:

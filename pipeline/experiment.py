@@ -56,7 +56,7 @@ from models.matching import (
     to_channels,
 )
 from pipeline.checkpoint import coding_summary, load_checkpoint, save_checkpoint
-from pipeline.costs import side_by_side
+from pipeline.costs import cpu_name, side_by_side
 from pipeline.evaluation import FeatureCache, evaluate, predict
 from pipeline.figures import make_gif
 from pipeline.metrics import pair_floats, pair_values, paired_difference
@@ -635,10 +635,11 @@ class Experiment:
             models = side_by_side(loaded, tuple(pc["resize"]), pc["num_keypoints"], pc["repeats"], self.device)
             for r in rows:
                 models[r["name"]].update(execution=labels[r["name"]], checkpoint_sha1=r["checkpoint_sha1"])
-            return {"threads": torch.get_num_threads(), "device": str(self.device), "models": models}
+            return {"threads": torch.get_num_threads(), "device": str(self.device), "cpu": key["cpu"], "models": models}
 
         # counter 2: attention on CPU and ONNX Runtime graphs counted (a profile from before is recomputed)
         key = {"profile": pc, "models": {r["name"]: r["checkpoint_sha1"] for r in rows}, "macs_counter": 2}
+        key["cpu"] = cpu_name()  # timings of another machine are not this one's: measured again
         return self.stage("profile", key, compute)
 
     def animation(self, rows: list[dict[str, Any]]) -> dict[str, Any]:

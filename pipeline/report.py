@@ -375,18 +375,19 @@ def presets_markdown(cfg: dict[str, Any], rows: list[dict[str, Any]]) -> list[st
     dense = rows[0]
     for label, r in shown:
         what = label if label == r["name"] else f"**{label}** ({r['name']})"
+        weightless = r["size_bytes"] < 1e4  # a config and no weights (SIFT)
         size = f"{r['size_bytes'] / 1e6:.1f}" + (
-            f" ({dense['size_bytes'] / r['size_bytes']:.1f}×)" if r["size_bytes"] else ""
+            " (no weights)" if weightless else f" ({dense['size_bytes'] / r['size_bytes']:.1f}×)"
         )
         speed = f"{r['latency_ms']:.0f} ({r['latency_ratio']:.2f}×)" if "latency_ratio" in r else "—"
         cells = []
         for t in names:
             found = r["tiers"].get(t, {})
-            cells += (
-                [with_interval(found, metric[t]), versus_dense(found, metric[t])[0]]
-                if metric[t] in found
-                else ["—"] * 2
-            )
+            if metric[t] not in found:
+                cells += ["—", "—"]
+                continue
+            delta, within = versus_dense(found, metric[t])
+            cells += [with_interval(found, metric[t]), "equal" if within == "equal" else delta]
         lines.append(
             f"| {what} | {size} | {speed} | "
             + " | ".join(cells)
@@ -422,7 +423,17 @@ def update_readme(
     cfg = load_config(out / "config.yaml")
     rows = json.loads((out / "results.json").read_text())
     page = (results / "demo.md").relative_to(readme.parent).as_posix()
-    body = "\n".join([README_START, *presets_markdown(cfg, rows), "", f"The whole report: [{page}]({page}).", ""])
+    record = json.loads((out / "stages" / "profile.json").read_text())
+    profile = record["result"]
+    pc = cfg["profile"]
+    timed = (
+        f"Times: one pair at {pc['resize'][0]}×{pc['resize'][1]}, {pc['num_keypoints']} keypoints an image, "
+        f"{profile['threads']} threads of {profile.get('cpu', profile['device'])}, median of {pc['repeats']} rounds "
+        f"timed round-robin in one run (of git commit {str(record.get('git_commit'))[:12]})."
+    )
+    body = "\n".join(
+        [README_START, *presets_markdown(cfg, rows), "", timed, f"The whole report: [{page}]({page}).", ""]
+    )
     head, rest = text.split(README_START, 1)
     with atomic_path(readme) as tmp:
         tmp.write_text(head + body + README_END + rest.split(README_END, 1)[1])
