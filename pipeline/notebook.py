@@ -54,6 +54,27 @@ def execute(params: dict[str, Any] | None = None, timeout: int = 3600, notebook:
     return nb
 
 
+BAR = re.compile(r"^(?P<label>[^\n]*?):\s*\d+%\|")  # a tqdm line: "label:  42%|████      | 5/12 [...]"
+
+
+def final_progress(text: str) -> str:
+    """A cell's stream output as a terminal leaves it: each progress bar in its last state. Lines rewritten with a
+    carriage return keep their last version, cursor-up escapes (nested bars) are dropped, and of the lines of one bar
+    between two other lines only the last is kept."""
+    out: list[str] = []
+    pending: dict[str, str] = {}  # label -> its latest line, since the last line that is no bar
+    for line in text.replace("\x1b[A", "").split("\n"):
+        line = line.split("\r")[-1]
+        bar = BAR.match(line)
+        if bar:
+            pending[bar["label"]] = line
+            continue
+        out += pending.values()
+        pending.clear()
+        out.append(line)
+    return "\n".join([*out, *pending.values()])
+
+
 def render_markdown(nb: Any, dest: str | Path) -> Path:
     """Write an executed notebook as Markdown (``dest``) with its figures as PNG files in ``<stem>_files/``."""
     from nbconvert import MarkdownExporter
@@ -63,6 +84,19 @@ def render_markdown(nb: Any, dest: str | Path) -> Path:
     files = f"{dest.stem}_files"
     # A cell's stream outputs merged and each carriage-return-rewritten line (a progress bar) left in its last state
     exporter = MarkdownExporter(config=Config(CoalesceStreamsPreprocessor={"enabled": True}))
+    for cell in nb.cells:  # consecutive writes to one stream merged first: a bar is rewritten across them
+        merged: list[Any] = []
+        for output in cell.get("outputs", []):
+            last = merged[-1] if merged else None
+            if output.get("output_type") == "stream" and last is not None and last.get("name") == output.get("name"):
+                last["text"] += output["text"]
+            else:
+                merged.append(output)
+        for output in merged:
+            if output.get("output_type") == "stream":
+                output["text"] = final_progress(output["text"])
+        if "outputs" in cell:
+            cell["outputs"] = merged
     body, resources = exporter.from_notebook_node(nb, resources={"output_files_dir": files})
     folder = dest.parent / files
     for old in folder.glob("*.png") if folder.is_dir() else []:

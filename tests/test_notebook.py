@@ -127,3 +127,15 @@ def test_render_command_names_a_bad_parameter_in_one_line(tmp_path):
         if bad.startswith("PRESETT"):
             assert "did you mean PRESET?" in done.stderr
     assert not (tmp_path / "nb.md").exists()
+
+
+def test_the_rendered_copy_keeps_each_progress_bar_in_its_last_state_only():
+    from pipeline.notebook import final_progress
+
+    stream = (
+        "start\nscan:   0%|   | 0/12 [00:00<?, ?it/s]\x1b[A\nscan:  50%|█  | 6/12 [00:01<00:01]\x1b[A\n"
+        "outer:  10%|x| 1/10\router:  20%|x| 2/10\nscan: 100%|███| 12/12 [00:02<00:00]\ndone\nscan:  90%|██| 9/10"
+    )
+    assert final_progress(stream) == (
+        "start\nscan: 100%|███| 12/12 [00:02<00:00]\nouter:  20%|x| 2/10\ndone\nscan:  90%|██| 9/10"
+    )
