@@ -134,7 +134,7 @@ def test_killed_experiment_resumes_and_reports_every_variant(tmp_path, monkeypat
     update_readme(tmp_path, readme, tmp_path / "docs" / "results", tmp_path / "docs" / "demo")
     text = readme.read_text()
     assert text.startswith(f"intro\n{README_START}\n") and text.endswith(f"{README_END}\nafter\n") and "old" not in text
-    table = [line for line in text.splitlines() if line.startswith("| ")]
+    table = [line for line in text.splitlines() if line.startswith("|")]
     assert "| **fast** (detector-onnxruntime) |" in text and "| xfeat |" in text and len(table) == 2 + 3 + 3
     assert all(line.count("|") == 9 for line in table)  # 8 columns: the two verdict tiers' metric and Δ
     assert "](../demo/" in (tmp_path / "docs" / "results" / "demo.md").read_text()
